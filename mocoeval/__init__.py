@@ -1,0 +1,1 @@
+"""Shared code of the MoCo v2 transfer-evaluation toolkit."""

@@ -1,0 +1,26 @@
+"""One-line errors for users: raise UserError for bad input, wrap CLIs with `cli_main`."""
+from __future__ import annotations
+
+import functools
+import sys
+
+
+class UserError(Exception):
+    """Bad input or state the user can fix; printed as one line, never as a traceback."""
+
+
+def cli_main(main):
+    """Decorate a script's `main(argv=None)`: a UserError becomes `error: ...` on stderr and exit 2."""
+
+    @functools.wraps(main)
+    def wrapper(*args, **kwargs):
+        try:
+            return main(*args, **kwargs)
+        except UserError as e:
+            print(f"error: {e}", file=sys.stderr)
+            raise SystemExit(2) from None
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            raise SystemExit(130) from None
+
+    return wrapper
