@@ -1,0 +1,363 @@
+"""Find the ResNet-50 inside a checkpoint, whatever wrote it, without running pickled code.
+
+`load_resnet50(path)` returns a torchvision-keyed ResNet-50 state dict (no `fc.*`, no
+`num_batches_tracked`, float32) plus an `info` dict saying what the file was. Formats:
+
+- ``moco``: MoCo v1/v2 checkpoints, ours and the official ones: ``state_dict`` holding
+  ``[module.]encoder_q.*`` (kept), ``encoder_k.*``, ``queue``, ``queue_ptr`` (dropped); the projection
+  head ``encoder_q.fc.*`` is dropped.
+- ``moco_v3``: official MoCo v3 ResNet-50: ``[module.]base_encoder.*`` (kept, projector ``fc.*``
+  dropped), ``momentum_encoder.*`` and ``predictor.*`` dropped.
+- ``torchvision``: a torchvision ResNet-50 state dict (``fc.*`` dropped).
+
+Any of them may sit at the top level or under ``state_dict`` / ``model``, with or without the
+``module.`` prefix of (Distributed)DataParallel. Every bad input raises `UserError` with one line.
+"""
+from __future__ import annotations
+
+import re
+import tarfile
+import warnings
+import zipfile
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from .errors import UserError
+from .fileio import sha256_file
+from .results_store import pretrain_variant, special_variant
+
+FORMATS = {
+    "moco": "MoCo v1/v2 checkpoint (encoder_q kept; encoder_k, queue and projection head dropped)",
+    "moco_v3": "MoCo v3 ResNet-50 checkpoint (base_encoder kept; momentum encoder, projector, predictor dropped)",
+    "torchvision": "torchvision ResNet-50 state dict (fc dropped)",
+}
+# Where each format keeps the backbone, before an optional "module." prefix.
+_FORMAT_PREFIX = {"moco": "encoder_q.", "moco_v3": "base_encoder.", "torchvision": ""}
+
+RESNET50_BLOCKS = (3, 4, 6, 3)
+_KNOWN_BOTTLENECK_DEPTHS = {(3, 4, 6, 3): 50, (3, 4, 23, 3): 101, (3, 8, 36, 3): 152}
+_KNOWN_BASIC_DEPTHS = {(2, 2, 2, 2): 18, (3, 4, 6, 3): 34}
+# Classifier / SSL heads that sit beside the backbone under the same prefix: dropped, never converted.
+_HEAD_NAMES = ("fc", "head", "heads", "projector", "projection_head", "predictor", "classifier")
+_BN_TENSORS = ("weight", "bias", "running_mean", "running_var")
+
+# Legacy (pre-1.6, non-zip) torch.save files start with the pickled magic number 0x1950a86a20f9469cfc6c.
+_LEGACY_TORCH_MAGIC = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19"
+
+
+def resnet50_shapes() -> "OrderedDict[str, tuple[int, ...]]":
+    """Every tensor a ResNet-50 backbone needs, torchvision names, in module order.
+
+    53 conv weights (stem, 16 blocks x 3, 4 downsamples) and 53 BN layers x 4 tensors: 265 tensors.
+    Built from the architecture, not from torchvision, so the tests can cross-check it against torchvision.
+    """
+    shapes: OrderedDict[str, tuple[int, ...]] = OrderedDict()
+
+    def conv_bn(conv: str, bn: str, cout: int, cin: int, k: int):
+        shapes[f"{conv}.weight"] = (cout, cin, k, k)
+        for t in _BN_TENSORS:
+            shapes[f"{bn}.{t}"] = (cout,)
+
+    conv_bn("conv1", "bn1", 64, 3, 7)
+    cin = 64
+    for stage, nblocks in enumerate(RESNET50_BLOCKS, start=1):
+        width = 64 * 2 ** (stage - 1)
+        cout = width * 4
+        for b in range(nblocks):
+            p = f"layer{stage}.{b}"
+            conv_bn(f"{p}.conv1", f"{p}.bn1", width, cin, 1)
+            conv_bn(f"{p}.conv2", f"{p}.bn2", width, width, 3)
+            conv_bn(f"{p}.conv3", f"{p}.bn3", cout, width, 1)
+            if b == 0:
+                conv_bn(f"{p}.downsample.0", f"{p}.downsample.1", cout, cin, 1)
+            cin = cout
+    return shapes
+
+
+RESNET50_SHAPES = resnet50_shapes()
+NUM_CONV = sum(1 for k, s in RESNET50_SHAPES.items() if len(s) == 4)
+NUM_BN = sum(1 for k in RESNET50_SHAPES if k.endswith(".running_var"))
+assert NUM_CONV == 53 and NUM_BN == 53 and len(RESNET50_SHAPES) == 53 + 53 * 4
+
+
+def first_few(items, n: int = 5) -> str:
+    items = list(items)
+    more = f" (+{len(items) - n} more)" if len(items) > n else ""
+    return ", ".join(str(i) for i in items[:n]) + more
+
+
+def _checkpoint_stem(path: Path) -> str:
+    """'moco_v2_200ep_pretrain.pth.tar' -> 'moco_v2_200ep_pretrain'."""
+    name = path.name
+    while True:
+        stem, dot, ext = name.rpartition(".")
+        if dot and stem and ext.lower() in ("pth", "pt", "tar", "ckpt", "bin", "pkl"):
+            name = stem
+        else:
+            return name
+
+
+def _sniff(path: Path) -> str:
+    """What kind of file this is, from its first bytes: 'zip', 'legacy' (old torch.save), or a UserError."""
+    with open(path, "rb") as f:
+        head = f.read(64)
+    if not head:
+        raise UserError(f"{path}: empty file (0 bytes), not a checkpoint")
+    if head.startswith(b"PK\x03\x04"):
+        if not zipfile.is_zipfile(path):
+            raise UserError(f"{path}: truncated or corrupted PyTorch checkpoint (zip archive without its "
+                            f"central directory; was the download or copy interrupted?)")
+        return "zip"
+    if head[:1] == b"\x80" and _LEGACY_TORCH_MAGIC[2:] in head:  # any pickle protocol
+        return "legacy"
+    if tarfile.is_tarfile(path):  # torch.save's format before PyTorch 0.4 (still readable by torch.load)
+        return "legacy"
+    if head[:1] == b"\x80":
+        raise UserError(f"{path}: a plain Python pickle, not a PyTorch checkpoint (an already converted "
+                        f"Detectron2 .pkl? those are inputs for transfer/run_voc.py, not for this converter)")
+    raise UserError(f"{path}: not a PyTorch checkpoint (neither a torch.save zip archive nor a legacy torch pickle)")
+
+
+def _one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split())
+    return f"{type(e).__name__}: {text[:200]}" if text else type(e).__name__
+
+
+def torch_load_safely(path: str | Path, trust_pickle: bool = False) -> Any:
+    """torch.load on CPU with `weights_only=True`; a file that needs more is refused unless `trust_pickle`."""
+    import pickle
+
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"checkpoint not found: {path}")
+    if path.is_dir():
+        raise UserError(f"{path} is a directory, expected a checkpoint file")
+    kind = _sniff(path)
+    import torch  # after the cheap checks: a typo in the path fails in milliseconds
+
+    try:
+        # mmap: only the tensors we keep are read from disk (official MoCo files also hold encoder_k, queue,
+        # optimizer state).
+        with warnings.catch_warnings():  # torch's note about legacy files' pickle protocol: noise for users
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=(kind == "zip"))
+    except pickle.UnpicklingError as e:
+        msg = str(e)
+        if "Weights only load failed" not in msg:
+            raise UserError(f"{path}: corrupted PyTorch checkpoint ({_one_line(e)})") from None
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", msg)
+        operand = re.search(r"Unsupported operand \d+", msg)
+        what = (f"a pickled {found.group(1)} object" if found else
+                f"pickle instructions the safe loader does not support ({operand.group(0) if operand else 'unknown'})")
+        if not trust_pickle:
+            raise UserError(
+                f"{path}: refusing to load: the file contains {what}, which only a full unpickle can "
+                f"rebuild, and unpickling can run arbitrary code; if you trust where the file comes from, "
+                f"rerun with --trust-pickle") from None
+    except (RuntimeError, EOFError, KeyError, ValueError, OSError, zipfile.BadZipFile) as e:
+        raise UserError(f"{path}: unreadable PyTorch checkpoint, truncated or corrupted ({_one_line(e)})") from None
+    # The user vouched for the file: full unpickling.
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # any failure of arbitrary pickled code is the file's fault: one line
+        raise UserError(f"{path}: could not load even with --trust-pickle ({_one_line(e)})") from None
+
+
+def _tensor_items(d: Mapping) -> dict:
+    import torch
+
+    return {k: v for k, v in d.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
+
+
+def _find_state_dict(obj: Any, path: Path) -> tuple[str, dict]:
+    """(where, {name: tensor}) — the state dict at the top level or under 'state_dict' / 'model'."""
+    if not isinstance(obj, Mapping):
+        raise UserError(f"{path}: holds a {type(obj).__name__}, expected a dict of tensors (a state dict) "
+                        f"or a checkpoint dict with one under 'state_dict' or 'model'")
+    for where in ("state_dict", "model"):
+        inner = obj.get(where)
+        if isinstance(inner, Mapping) and _tensor_items(inner):
+            return where, _tensor_items(inner)
+    top = _tensor_items(obj)
+    if top:
+        return "top level", top
+    keys = first_few(repr(k) for k in obj.keys())
+    raise UserError(f"{path}: no state dict inside (no tensors at the top level nor under 'state_dict' or "
+                    f"'model'; top-level keys: {keys or 'none'})")
+
+
+def _backbone_prefixes(keys, fmt: str) -> list[str]:
+    """The prefixes ('module.encoder_q.', 'encoder_q.', ...) under which `fmt` keeps a backbone, most keys first."""
+    base = _FORMAT_PREFIX[fmt]
+    counts = {}
+    for prefix in ("module." + base, base):
+        if fmt == "torchvision":
+            n = sum(1 for k in keys if k.startswith(prefix) and re.match(r"(conv1\.|bn1\.|layer\d+\.)", k[len(prefix):]))
+        else:
+            n = sum(1 for k in keys if k.startswith(prefix))
+        if n:
+            counts[prefix] = n
+    return sorted(counts, key=lambda p: -counts[p])
+
+
+def detect_format(keys) -> tuple[str, str] | None:
+    """(format, prefix) of a state dict's keys, or None when no known layout matches."""
+    keys = list(keys)
+    for fmt in ("moco", "moco_v3", "torchvision"):
+        prefixes = _backbone_prefixes(keys, fmt)
+        if prefixes:
+            return fmt, prefixes[0]
+    return None
+
+
+def describe_architecture(sd: Mapping[str, Any]) -> str | None:
+    """Why `sd` (prefix stripped) is not a ResNet-50, in words; None if its block structure is ResNet-50's."""
+    blocks: dict[int, set[int]] = {}
+    has_conv3 = False
+    for k in sd:
+        m = re.match(r"layer(\d+)\.(\d+)\.(\w+)", k)
+        if m:
+            blocks.setdefault(int(m.group(1)), set()).add(int(m.group(2)))
+            has_conv3 |= m.group(3) == "conv3"
+    n_conv = sum(1 for v in sd.values() if getattr(v, "ndim", 0) == 4)
+    if not blocks:
+        if any(re.search(r"(^|\.)(patch_embed|cls_token|pos_embed|class_token|conv_proj|blocks\.\d+\.attn|"
+                         r"encoder\.layers\.)", k) for k in sd):
+            return (f"a Vision Transformer ({len(sd)} tensors: patch embedding and attention blocks, "
+                    f"{n_conv} conv layer(s), no ResNet stages)")
+        if n_conv == 0:
+            return f"no convolution layers at all among its {len(sd)} tensors (keys like {first_few(sd, 3)})"
+        if "conv1.weight" not in sd:
+            return f"{n_conv} convolution kernels but no ResNet stages (layer1..layer4); keys like {first_few(sd, 3)}"
+        return None  # a stem without stages: reported as missing keys
+    per_stage = tuple(len(blocks.get(i, ())) for i in range(1, max(blocks) + 1))
+    shown = "-".join(map(str, per_stage))
+    if len(per_stage) != 4:
+        return f"a network with {len(per_stage)} residual stages (blocks per stage {shown}); ResNet-50 has 4"
+    if not has_conv3:
+        depth = _KNOWN_BASIC_DEPTHS.get(per_stage)
+        name = f"a ResNet-{depth}" if depth else "a ResNet"
+        return (f"{name} with BasicBlocks (two 3x3 convs, no conv3 in its blocks; blocks per stage {shown}); "
+                f"ResNet-50 has Bottleneck blocks 3-4-6-3")
+    depth = _KNOWN_BOTTLENECK_DEPTHS.get(per_stage)
+    if depth and depth != 50:
+        return f"a ResNet-{depth} (Bottleneck blocks per stage {shown}); ResNet-50 has 3-4-6-3"
+    w = sd.get("layer1.0.conv2.weight")
+    if w is not None and w.ndim == 4 and tuple(w.shape) != RESNET50_SHAPES["layer1.0.conv2.weight"]:
+        if w.shape[1] != w.shape[0]:
+            return f"a ResNeXt-50 (grouped 3x3 convs: layer1.0.conv2.weight is {tuple(w.shape)}, ResNet-50 (64, 64, 3, 3))"
+        return f"a wide ResNet-50 (layer1.0.conv2.weight is {tuple(w.shape)}, ResNet-50 (64, 64, 3, 3))"
+    return None
+
+
+def _variant(obj: Any, fmt: str, path: Path, name: str | None) -> dict:
+    extras = obj if isinstance(obj, Mapping) else {}
+    if isinstance(extras.get("variant"), Mapping):  # our pretrainer's checkpoints
+        variant = dict(extras["variant"])
+        if name:
+            variant["name"] = name
+        return variant
+    if isinstance(extras.get("config"), Mapping):
+        return pretrain_variant(extras["config"], name=name)
+    if name:
+        return special_variant(name)
+    if fmt == "torchvision":
+        return special_variant("supervised")
+    return special_variant(_checkpoint_stem(path))
+
+
+def load_resnet50(path, fmt: str | None = None, trust_pickle: bool = False, *,
+                  variant: str | None = None) -> tuple["OrderedDict[str, Any]", dict]:
+    """The ResNet-50 backbone of a checkpoint as a torchvision-keyed float32 state dict, and what the file was.
+
+    fmt: None to auto-detect, else one of FORMATS. variant: a name overriding the detected variant's name
+    (e.g. 'random-init' for a randomly initialised torchvision model, which would otherwise count as
+    'supervised'). Raises UserError (one line) for anything that is not a complete ResNet-50.
+    """
+    path = Path(path)
+    if fmt is not None and fmt not in FORMATS:
+        raise UserError(f"unknown format {fmt!r}; choose from {', '.join(FORMATS)}")
+    obj = torch_load_safely(path, trust_pickle=trust_pickle)
+    import torch  # already imported by the load; here (not at the top) so bad paths fail fast
+    where, tensors = _find_state_dict(obj, path)
+
+    detected = detect_format(tensors)
+    if fmt is None:
+        if detected is None:
+            why = describe_architecture(tensors)
+            raise UserError(f"{path}: no ResNet-50 weights found ({why or 'no encoder_q/base_encoder/conv1/layerN keys'}"
+                            f"; state dict under {where}, keys like {first_few(tensors, 3)})")
+        fmt, prefix = detected
+    else:
+        prefixes = _backbone_prefixes(tensors, fmt)
+        if not prefixes:
+            hint = f"; it looks like --format {detected[0]}" if detected else ""
+            raise UserError(f"{path}: --format {fmt}: no [module.]{_FORMAT_PREFIX[fmt] or 'conv1/layerN '}* keys in the "
+                            f"state dict (keys like {first_few(tensors, 3)}){hint}")
+        prefix = prefixes[0]
+
+    backbone, heads, unknown, batch_counters = {}, [], [], 0
+    for k, v in tensors.items():
+        if not k.startswith(prefix):
+            continue
+        name = k[len(prefix):]
+        if name.endswith("num_batches_tracked"):
+            batch_counters += 1
+        elif name.split(".", 1)[0] in _HEAD_NAMES:
+            heads.append(name)
+        elif name in RESNET50_SHAPES:
+            backbone[name] = v
+        else:
+            unknown.append(name)
+    outside = len(tensors) - len(backbone) - len(heads) - len(unknown) - batch_counters
+
+    why = describe_architecture({**backbone, **{u: tensors[prefix + u] for u in unknown}})
+    if why:
+        raise UserError(f"{path}: no ResNet-50 weights under '{prefix}': found {why}")
+    missing = [k for k in RESNET50_SHAPES if k not in backbone]
+    if missing:
+        raise UserError(f"{path}: incomplete ResNet-50 under '{prefix}' ({fmt} format): {len(missing)} of "
+                        f"{len(RESNET50_SHAPES)} tensors missing: {first_few(missing)}")
+    if unknown:
+        raise UserError(f"{path}: unexpected tensors for a ResNet-50 under '{prefix}' ({fmt} format): "
+                        f"{first_few(unknown)} (a modified ResNet? only {', '.join(_HEAD_NAMES)} heads are dropped)")
+    wrong = [f"{k} {tuple(v.shape)} (expected {RESNET50_SHAPES[k]})" for k, v in backbone.items()
+             if tuple(v.shape) != RESNET50_SHAPES[k]]
+    if wrong:
+        raise UserError(f"{path}: not a standard ResNet-50: wrong shapes: {first_few(wrong, 3)}")
+    not_float = [k for k, v in backbone.items() if not v.is_floating_point()]
+    if not_float:
+        raise UserError(f"{path}: non-floating-point weights: {first_few(not_float)}")
+
+    state_dict: OrderedDict[str, torch.Tensor] = OrderedDict()
+    cast = sorted({str(v.dtype) for v in backbone.values() if v.dtype != torch.float32})
+    for k in RESNET50_SHAPES:  # canonical order; a copy so nothing stays mapped to the source file
+        state_dict[k] = backbone[k].detach().to(dtype=torch.float32, copy=True).contiguous()
+    # numpy's isfinite: ~10x faster than torch's on this CPU (it dominated the conversion time)
+    not_finite = [k for k, v in state_dict.items() if not np.isfinite(v.numpy()).all()]
+    if not_finite:
+        raise UserError(f"{path}: NaN or Inf in {len(not_finite)} tensors ({first_few(not_finite, 3)}): "
+                        f"a diverged or corrupted run")
+
+    extras = obj if isinstance(obj, Mapping) else {}
+    info = {
+        "format": fmt,
+        "format_description": FORMATS[fmt],
+        "path": str(path.resolve()),
+        "source_sha256": sha256_file(path),
+        "variant": _variant(obj, fmt, path, variant),
+        "container": where,
+        "prefix": prefix,
+        "num_tensors": len(state_dict),
+        "num_conv": NUM_CONV,
+        "num_bn": NUM_BN,
+        "dropped": {"head": len(heads), "num_batches_tracked": batch_counters, "outside_backbone": outside},
+        "head_keys": heads,
+        "cast_to_float32_from": cast,
+        "epoch": extras.get("epoch") if isinstance(extras.get("epoch"), int) else None,
+        "arch": extras.get("arch") if isinstance(extras.get("arch"), str) else None,
+    }
+    return state_dict, info

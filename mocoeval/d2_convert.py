@@ -1,0 +1,294 @@
+"""torchvision ResNet-50 weights -> Detectron2 R50-C4 weights (.pkl), and the checks that the result is right.
+
+Mapping (the official MoCo detection converter's rules): stem ``conv1``/``bn1`` -> ``stem.conv1``/
+``stem.conv1.norm``; ``layerN`` -> ``res{N+1}``; in blocks ``bnK`` -> ``convK.norm``, ``downsample.0`` ->
+``shortcut``, ``downsample.1`` -> ``shortcut.norm``. Detectron2 reads a .pkl holding "model" and
+"__author__" as its own format, and with "matching_heuristics" it maps ``res5.*`` to ``roi_heads.res5.*``
+and the rest to ``backbone.*`` by key suffix.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import pickle
+import re
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from .checkpoint_formats import NUM_BN, NUM_CONV, RESNET50_SHAPES, first_few
+from .errors import UserError
+from .fileio import atomic_write
+
+AUTHOR = "mocoeval"
+# The normalisation torchvision ResNets are trained with, on a 0..255 RGB scale (what the D2 model must use).
+IMAGENET_PIXEL_MEAN = (123.675, 116.280, 103.530)
+IMAGENET_PIXEL_STD = (58.395, 57.120, 57.375)
+# What may be missing after loading a converted backbone into the R50-C4 detector: heads trained from scratch.
+NEW_IN_DETECTOR = ("proposal_generator.", "roi_heads.box_predictor.", "roi_heads.res5.norm.")
+
+_RULES = [
+    (re.compile(r"^conv1\.weight$"), lambda m: "stem.conv1.weight"),
+    (re.compile(r"^bn1\.(\w+)$"), lambda m: f"stem.conv1.norm.{m[1]}"),
+    (re.compile(r"^layer(\d)\.(\d+)\.conv(\d)\.weight$"), lambda m: f"res{int(m[1]) + 1}.{m[2]}.conv{m[3]}.weight"),
+    (re.compile(r"^layer(\d)\.(\d+)\.bn(\d)\.(\w+)$"), lambda m: f"res{int(m[1]) + 1}.{m[2]}.conv{m[3]}.norm.{m[4]}"),
+    (re.compile(r"^layer(\d)\.(\d+)\.downsample\.0\.weight$"), lambda m: f"res{int(m[1]) + 1}.{m[2]}.shortcut.weight"),
+    (re.compile(r"^layer(\d)\.(\d+)\.downsample\.1\.(\w+)$"), lambda m: f"res{int(m[1]) + 1}.{m[2]}.shortcut.norm.{m[3]}"),
+]
+
+
+def d2_key(torchvision_key: str) -> str:
+    """Detectron2 name of one torchvision ResNet tensor name (ValueError for names outside the backbone)."""
+    for pattern, rename in _RULES:
+        m = pattern.match(torchvision_key)
+        if m:
+            return rename(m)
+    raise ValueError(f"not a ResNet backbone tensor: {torchvision_key}")
+
+
+D2_RESNET50_SHAPES = {d2_key(k): s for k, s in RESNET50_SHAPES.items()}
+
+
+def _check_complete(model: Mapping[str, Any], where: str) -> None:
+    """All 53 conv + 53 BN layers of R50 present with their shapes; else UserError naming what is off."""
+    missing = [k for k in D2_RESNET50_SHAPES if k not in model]
+    if missing:
+        raise UserError(f"{where}: {len(missing)} of {len(D2_RESNET50_SHAPES)} ResNet-50 tensors missing: {first_few(missing)}")
+    wrong = [f"{k} {tuple(np.shape(model[k]))} (expected {s})" for k, s in D2_RESNET50_SHAPES.items()
+             if tuple(np.shape(model[k])) != s]
+    if wrong:
+        raise UserError(f"{where}: wrong shapes for a ResNet-50: {first_few(wrong, 3)}")
+    convs = sum(1 for k in D2_RESNET50_SHAPES if np.ndim(model[k]) == 4)
+    norms = sum(1 for k in D2_RESNET50_SHAPES if k.endswith(".norm.running_var"))
+    if (convs, norms) != (NUM_CONV, NUM_BN):  # pragma: no cover - guaranteed by the shape table
+        raise UserError(f"{where}: found {convs} conv and {norms} BN layers, ResNet-50 has {NUM_CONV} and {NUM_BN}")
+
+
+def torchvision_to_d2(state_dict: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """torchvision ResNet-50 state dict -> {Detectron2 name: float32 numpy array}.
+
+    `fc.*` and `num_batches_tracked` are dropped; any other non-ResNet-50 name, a missing tensor or a
+    wrong shape raises UserError, so the result is always the complete 265-tensor backbone.
+    """
+    import torch
+
+    out: dict[str, np.ndarray] = {}
+    unknown = []
+    for k, v in state_dict.items():
+        if k.startswith("fc.") or k.endswith("num_batches_tracked"):
+            continue
+        if k not in RESNET50_SHAPES:
+            unknown.append(k)
+            continue
+        t = v.detach().to(device="cpu", dtype=torch.float32) if isinstance(v, torch.Tensor) else torch.as_tensor(v, dtype=torch.float32)
+        out[d2_key(k)] = t.contiguous().numpy()
+    if unknown:
+        raise UserError(f"not a torchvision ResNet-50 state dict: unexpected keys {first_few(unknown)}")
+    _check_complete(out, "torchvision state dict")
+    return {k: out[k] for k in D2_RESNET50_SHAPES}  # canonical order
+
+
+def save_d2_pickle(out_path, d2_model: Mapping[str, np.ndarray], source: Mapping[str, Any]) -> Path:
+    """Write the Detectron2 .pkl atomically; refuses an incomplete model (never an empty or partial file)."""
+    out_path = Path(out_path)
+    if out_path.suffix != ".pkl":
+        raise UserError(f"output {out_path} must end with .pkl (Detectron2 reads only .pkl files as converted weights)")
+    if not out_path.parent.is_dir():
+        raise UserError(f"output folder does not exist: {out_path.parent}")
+    if out_path.is_dir():
+        raise UserError(f"output {out_path} is a directory")
+    _check_complete(d2_model, "converted model")
+    data = {"model": dict(d2_model), "__author__": AUTHOR, "matching_heuristics": True,
+            "mocoeval_source": dict(source)}
+    return atomic_write(out_path, lambda f: pickle.dump(data, f, protocol=4))
+
+
+class _ForeignObject(pickle.UnpicklingError):
+    pass
+
+
+class _NumpyOnlyUnpickler(pickle.Unpickler):
+    """Unpickles dicts/lists/numbers/strings and numpy arrays only: reading a .pkl never runs foreign code."""
+
+    _ALLOWED = {("numpy", "ndarray"), ("numpy", "dtype"), ("collections", "OrderedDict"),
+                ("numpy._core.multiarray", "_reconstruct"), ("numpy.core.multiarray", "_reconstruct")}
+
+    def find_class(self, module, name):
+        if (module, name) not in self._ALLOWED:
+            raise _ForeignObject(f"holds a {module}.{name} object, not only numpy arrays")
+        if module == "numpy.core.multiarray":  # pickles written with numpy 1.x
+            module = "numpy._core.multiarray" if hasattr(np, "_core") else module
+        return super().find_class(module, name)
+
+
+def check_d2_pickle(path) -> dict:
+    """Load a converted .pkl (numpy-only unpickling) and check it is a complete Detectron2 R50; return its data.
+
+    Accepts files from this converter and from the official MoCo converter (whose extra `stem.fc.*` and
+    `num_batches_tracked` entries Detectron2 ignores). Raises UserError naming what is missing or wrong.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"converted weights not found: {path}")
+    if path.is_dir():
+        raise UserError(f"{path} is a directory, expected a converted .pkl")
+    if path.suffix != ".pkl":
+        raise UserError(f"{path}: Detectron2 reads converted weights only from .pkl files "
+                        f"(convert a .pth first: python convert/to_d2.py CKPT OUT.pkl)")
+    try:
+        with open(path, "rb") as f:
+            data = _NumpyOnlyUnpickler(f, encoding="latin1").load()
+    except _ForeignObject as e:
+        raise UserError(f"{path}: not a converted weights file ({e})") from None
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError,
+            OSError) as e:
+        raise UserError(f"{path}: truncated or corrupted pickle ({type(e).__name__}: {e})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("model"), dict):
+        raise UserError(f"{path}: not a converted weights file (no 'model' dict inside)")
+    if "__author__" not in data:
+        raise UserError(f"{path}: no '__author__' entry, so Detectron2 would read it as a Caffe2 model; "
+                        f"convert with convert/to_d2.py")
+    if not data.get("matching_heuristics"):
+        raise UserError(f"{path}: 'matching_heuristics' is not set, so Detectron2 would not map res5.* to "
+                        f"roi_heads.res5.*; convert with convert/to_d2.py")
+    model = data["model"]
+    not_arrays = [k for k in D2_RESNET50_SHAPES if k in model and not isinstance(model[k], np.ndarray)]
+    if not_arrays:
+        raise UserError(f"{path}: entries that are not numpy arrays: {first_few(not_arrays)}")
+    _check_complete(model, str(path))
+    not_finite = [k for k in D2_RESNET50_SHAPES if not np.isfinite(model[k]).all()]
+    if not_finite:
+        raise UserError(f"{path}: NaN or Inf in {first_few(not_finite, 3)}")
+    return data
+
+
+@contextlib.contextmanager
+def _quiet_loggers(*names: str, level: int = logging.ERROR):
+    """Silence Detectron2/fvcore's load-time warnings: verify_conversion reports the same facts itself."""
+    loggers = [logging.getLogger(n) for n in names]
+    old = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(level)
+    try:
+        yield
+    finally:
+        for lg, lv in zip(loggers, old):
+            lg.setLevel(lv)
+
+
+def load_into_detector(pkl_path, config_file=None, opts: list | None = None):
+    """Build the R50-C4 detector (CPU, eval mode) and load `pkl_path` through DetectionCheckpointer.
+
+    Returns (model, cfg, incompatible) where incompatible has missing_keys / unexpected_keys /
+    incorrect_shapes as DetectionCheckpointer computed them.
+    """
+    from detectron2.checkpoint import DetectionCheckpointer
+    from detectron2.modeling import build_model
+
+    from .d2_modeling import DEFAULT_VOC_CONFIG, load_config
+
+    class RecordingCheckpointer(DetectionCheckpointer):
+        """DetectionCheckpointer that keeps the incompatible-keys result its `load` only logs."""
+
+        incompatible = None
+
+        def _load_model(self, checkpoint):
+            self.incompatible = super()._load_model(checkpoint)
+            return self.incompatible
+
+    cfg = load_config(config_file or DEFAULT_VOC_CONFIG, ["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", "", *(opts or [])])
+    with _quiet_loggers("fvcore.common.checkpoint", "detectron2"):
+        model = build_model(cfg)
+        checkpointer = RecordingCheckpointer(model)
+        checkpointer.load(str(pkl_path))
+    model.eval()
+    return model, cfg, checkpointer.incompatible
+
+
+def classify_load_result(incompatible) -> dict:
+    """Split a load result into expected gaps (new heads, BN batch counters) and problems."""
+    missing = list(incompatible.missing_keys)
+    new_heads = [k for k in missing if k.startswith(NEW_IN_DETECTOR)]
+    counters = [k for k in missing if k not in new_heads and k.endswith("num_batches_tracked")]
+    other_missing = [k for k in missing if k not in new_heads and k not in counters]
+    return {
+        "missing_new_heads": new_heads,
+        # BN step counters: only used when BN momentum is None (Detectron2 uses 0.1), so not loading them is harmless.
+        "missing_batch_counters": counters,
+        "missing_other": other_missing,
+        "unexpected": list(incompatible.unexpected_keys),
+        "incorrect_shapes": [f"{k} {tuple(a)} vs model {tuple(b)}" for k, a, b in incompatible.incorrect_shapes],
+    }
+
+
+def verify_conversion(state_dict: Mapping[str, Any], pkl_path, config_file=None, *, tol: float = 1e-4,
+                      image_size: int = 64, batch_size: int = 2, seed: int = 0) -> dict:
+    """Numerically compare the source torchvision ResNet-50 with the detector built from the converted file.
+
+    Both in eval mode, fp32, fed the same already-normalised tensor (Detectron2's backbone does not
+    normalise; GeneralizedRCNN.preprocess_image does): backbone res4 vs layer3 and roi_heads.res5
+    without its appended `norm` vs layer4. Also checks what loading left out (only RPN, box predictor
+    and roi_heads.res5.norm may be missing) and that the config normalises inputs like torchvision.
+    Returns a dict with "ok", the max abs differences, the load report and a one-line "line".
+    """
+    import torch
+    import torchvision
+
+    model, cfg, incompatible = load_into_detector(pkl_path, config_file)
+    load = classify_load_result(incompatible)
+    problems = []
+    if load["missing_other"]:
+        problems.append(f"missing after loading: {first_few(load['missing_other'], 3)}")
+    if load["incorrect_shapes"]:
+        problems.append(f"shape mismatches: {first_few(load['incorrect_shapes'], 2)}")
+    mean, std = tuple(cfg.MODEL.PIXEL_MEAN), tuple(cfg.MODEL.PIXEL_STD)
+    if (cfg.INPUT.FORMAT != "RGB" or not np.allclose(mean, IMAGENET_PIXEL_MEAN, atol=1e-3)
+            or not np.allclose(std, IMAGENET_PIXEL_STD, atol=1e-3)):
+        problems.append(f"config feeds {cfg.INPUT.FORMAT} with PIXEL_MEAN {list(mean)} PIXEL_STD {list(std)}, "
+                        f"torchvision weights need RGB with {list(IMAGENET_PIXEL_MEAN)} / {list(IMAGENET_PIXEL_STD)}")
+
+    # The source model: built on the meta device (no random init to pay for), then given the checkpoint's
+    # tensors; fc and the BN step counters are not part of the backbone and get placeholders.
+    with torch.device("meta"):
+        source = torchvision.models.resnet50()
+    full = {k: torch.zeros(v.shape, dtype=v.dtype) for k, v in source.state_dict().items()
+            if k.startswith("fc.") or k.endswith("num_batches_tracked")}
+    full.update({k: v for k, v in state_dict.items() if not (k.startswith("fc.") or k.endswith("num_batches_tracked"))})
+    try:
+        source.load_state_dict(full, strict=True, assign=True)
+    except RuntimeError as e:  # the state dict comes from load_resnet50: a bug if this fires
+        raise UserError(f"source state dict is not a torchvision ResNet-50: {' '.join(str(e).split())[:300]}") from None
+    source.eval()
+
+    res5 = model.roi_heads.res5
+    res5_blocks = torch.nn.Sequential(*[m for name, m in res5.named_children() if name != "norm"])
+    x = torch.randn(batch_size, 3, image_size, image_size, generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        y = source.maxpool(source.relu(source.bn1(source.conv1(x))))
+        layer3 = source.layer3(source.layer2(source.layer1(y)))
+        layer4 = source.layer4(layer3)
+        res4 = model.backbone(x)["res4"]
+        res5_out = res5_blocks(res4)
+    if res4.shape != layer3.shape or res5_out.shape != layer4.shape:
+        problems.append(f"output shapes differ: res4 {tuple(res4.shape)} vs layer3 {tuple(layer3.shape)}, "
+                        f"res5 {tuple(res5_out.shape)} vs layer4 {tuple(layer4.shape)}")
+        diff4 = diff5 = float("inf")
+    else:
+        diff4 = (res4 - layer3).abs().max().item()
+        diff5 = (res5_out - layer4).abs().max().item()
+    if not (diff4 <= tol and diff5 <= tol):
+        problems.append(f"features differ by more than {tol:g}")
+    ok = not problems
+    diffs = f"max|res4-layer3| {diff4:.2e}, max|res5-layer4| {diff5:.2e} (tol {tol:g}, fp32"
+    if ok:
+        counters = len(load["missing_batch_counters"])
+        line = (f"verify: OK {diffs}, input {batch_size}x3x{image_size}x{image_size}, feature max "
+                f"{layer3.abs().max().item():.3g}/{layer4.abs().max().item():.3g}); loaded all "
+                f"{len(D2_RESNET50_SHAPES)} backbone+res5 tensors, missing only the new heads "
+                f"({len(load['missing_new_heads'])} RPN/box-predictor/res5.norm tensors"
+                + (f", {counters} BN step counters" if counters else "") + ")")
+    else:
+        line = f"verify: FAIL {'; '.join(problems)}; {diffs})"
+    return {"ok": ok, "line": line, "max_abs_diff": {"res4_vs_layer3": diff4, "res5_vs_layer4": diff5},
+            "tol": tol, "problems": problems, "load": load}
