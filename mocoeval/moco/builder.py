@@ -1,0 +1,172 @@
+"""The MoCo model (He et al. 2020, Algorithm 1; MoCo v2: Chen et al. 2020), written to read beside the paper.
+
+    f_k.params = f_q.params                      -> encoder_k starts as a copy of encoder_q, no gradients
+    q = f_q(x_q); k = f_k(x_k) (no grad)         -> keys come from a shuffled batch (shuffling BN, below)
+    l_pos = q . k        (N x 1)
+    l_neg = q . queue    (N x K)
+    logits = [l_pos, l_neg] / t; label 0         -> InfoNCE = cross-entropy with the positive at index 0
+    f_k.params = m * f_k.params + (1 - m) * f_q.params
+    enqueue(k); dequeue oldest
+
+As in the official implementation the momentum update runs before the keys are computed (the same
+sequence of updates, shifted by one step). Every step runs without a host synchronisation: the queue
+pointer lives on the device and the momentum update is one `torch._foreach_lerp_` call.
+
+Shuffling BN. BatchNorm statistics computed over one device's batch let the model recognise "keys of the
+current batch" and cheat the pretext task. The paper's remedy: compute the keys on a batch shuffled across
+GPUs, so a query and its positive key are normalised with different sub-batches. With several processes we
+do exactly that (gather, permutation from rank 0, unshuffle). On one device we emulate the GPUs with
+`SplitBatchNorm` in both encoders: every BN layer normalises `num_splits` consecutive sub-batches with their
+own statistics (as each GPU normalises its own queries), and the key batch is randomly permuted before it is
+split (as the keys are shuffled across GPUs) -- the official scheme on `num_splits` GPUs.
+"""
+from __future__ import annotations
+
+import functools
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import torch.nn.functional as F
+import torchvision
+
+
+class SplitBatchNorm(nn.BatchNorm2d):
+    """BatchNorm2d that, in training, normalises `num_splits` consecutive sub-batches separately, each with
+    its own F.batch_norm call, as if each sat on its own GPU.
+
+    Same parameters and buffers as nn.BatchNorm2d (checkpoints keep torchvision's keys). The running
+    statistics move towards the mean over sub-batches of each sub-batch's mean and unbiased variance. In
+    eval mode, or with one split, it is plain BatchNorm2d.
+    """
+
+    def __init__(self, num_features: int, num_splits: int = 1, **kwargs):
+        super().__init__(num_features, **kwargs)
+        self.num_splits = int(num_splits)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = self.num_splits
+        if not self.training or s == 1:
+            return super().forward(x)
+        if x.shape[0] % s:
+            raise ValueError(f"SplitBatchNorm: batch {x.shape[0]} is not divisible by num_splits {s}")
+        if not self.track_running_stats:
+            return torch.cat([F.batch_norm(c, None, None, self.weight, self.bias, True, 0.0, self.eps)
+                              for c in x.chunk(s)])
+        self.num_batches_tracked.add_(1)
+        factor = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+        # Every call moves its own copy of the running statistics; the update being linear, the mean of the
+        # copies is the update towards the mean of the sub-batch statistics.
+        outs, means, variances = [], [], []
+        for chunk in x.chunk(s):  # chunks of the batch dim are views in any memory format
+            mean, var = self.running_mean.clone(), self.running_var.clone()
+            outs.append(F.batch_norm(chunk, mean, var, self.weight, self.bias, True, factor, self.eps))
+            means.append(mean)
+            variances.append(var)
+        with torch.no_grad():
+            self.running_mean.copy_(torch.stack(means).mean(0))
+            self.running_var.copy_(torch.stack(variances).mean(0))
+        return torch.cat(outs)
+
+
+def resnet_encoder(arch: str, dim: int, mlp: bool, bn_splits: int = 1) -> nn.Module:
+    """A torchvision ResNet whose `fc` is the MoCo projection: Linear(d, dim), or with `mlp` (MoCo v2)
+    Sequential(Linear(d, d), ReLU, Linear(d, dim)) -> keys fc.0.*, fc.2.* as in the official checkpoints."""
+    norm_layer = functools.partial(SplitBatchNorm, num_splits=bn_splits)
+    encoder = torchvision.models.__dict__[arch](weights=None, num_classes=dim, norm_layer=norm_layer)
+    if mlp:
+        d = encoder.fc.in_features
+        encoder.fc = nn.Sequential(nn.Linear(d, d), nn.ReLU(inplace=True), encoder.fc)
+    return encoder
+
+
+class MoCo(nn.Module):
+    """Query encoder, momentum key encoder and queue. `forward(im_q, im_k)` returns the (N, 1+K) logits
+    (positives in column 0) and updates the key encoder and the queue as side effects."""
+
+    def __init__(self, encoder_fn, dim: int = 128, K: int = 65536, m: float = 0.999, T: float = 0.07):
+        super().__init__()
+        self.K, self.m, self.T = K, m, T
+        self.encoder_q = encoder_fn()
+        self.encoder_k = encoder_fn()
+        self.encoder_k.load_state_dict(self.encoder_q.state_dict())
+        self.encoder_k.requires_grad_(False)
+        self.register_buffer("queue", F.normalize(torch.randn(dim, K), dim=0))  # one key per column
+        self.register_buffer("queue_ptr", torch.zeros(1, dtype=torch.long))
+
+    @torch.no_grad()
+    def momentum_update_key_encoder(self):
+        """theta_k <- m * theta_k + (1 - m) * theta_q, parameters only (BN buffers follow their own batches)."""
+        params_k = list(self.encoder_k.parameters())
+        params_q = [p.detach() for p in self.encoder_q.parameters()]
+        torch._foreach_lerp_(params_k, params_q, 1.0 - self.m)
+
+    @torch.no_grad()
+    def dequeue_and_enqueue(self, keys: torch.Tensor):
+        """Write the (globally gathered) keys over the oldest columns; the pointer stays on the device."""
+        keys = gather_from_all(keys)
+        columns = (self.queue_ptr + torch.arange(keys.shape[0], device=keys.device)) % self.K
+        self.queue.index_copy_(1, columns, keys.t().to(self.queue.dtype))
+        self.queue_ptr.copy_((self.queue_ptr + keys.shape[0]) % self.K)
+
+    def forward(self, im_q: torch.Tensor, im_k: torch.Tensor) -> torch.Tensor:
+        q = self.encoder_q(im_q)
+        with torch.no_grad():
+            self.momentum_update_key_encoder()
+            im_k, unshuffle = shuffle_batch(im_k)
+            k = unshuffle_batch(self.encoder_k(im_k), unshuffle)
+        # The contrastive head runs in float32 even under autocast: logits of size 1/T need the precision.
+        with torch.autocast(device_type=q.device.type, enabled=False):
+            q = F.normalize(q.float(), dim=1)
+            k = F.normalize(k.float(), dim=1)
+            l_pos = (q * k).sum(dim=1, keepdim=True)
+            l_neg = q @ self.queue.clone()  # clone: the queue is overwritten below, backward needs this copy
+            logits = torch.cat([l_pos, l_neg], dim=1) / self.T
+        self.dequeue_and_enqueue(k)
+        return logits
+
+
+def contrastive_loss(logits: torch.Tensor) -> torch.Tensor:
+    """InfoNCE: cross-entropy of the (N, 1+K) logits with the positive key at index 0."""
+    return F.cross_entropy(logits, torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device))
+
+
+def contrastive_top1(logits: torch.Tensor) -> torch.Tensor:
+    """Fraction of queries whose positive key wins the (1+K)-way classification (a device tensor)."""
+    return (logits.argmax(dim=1) == 0).float().mean()
+
+
+# ---- shuffling BN across processes (one process: a random permutation, the split BN does the rest) ----
+
+def _world() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+@torch.no_grad()
+def gather_from_all(x: torch.Tensor) -> torch.Tensor:
+    """Concatenate `x` from every process along dim 0 (identity without a process group). No gradient."""
+    if _world() == 1:
+        return x
+    parts = [torch.empty_like(x, memory_format=torch.contiguous_format) for _ in range(_world())]
+    dist.all_gather(parts, x.contiguous())
+    return torch.cat(parts)
+
+
+@torch.no_grad()
+def shuffle_batch(x: torch.Tensor):
+    """This process's share of the globally permuted batch, and the indices that undo the permutation."""
+    x_all = gather_from_all(x)
+    perm = torch.randperm(x_all.shape[0], device=x.device)
+    if _world() > 1:
+        dist.broadcast(perm, src=0)  # every process must use rank 0's permutation
+    chunk = slice(dist.get_rank() * x.shape[0], (dist.get_rank() + 1) * x.shape[0]) if _world() > 1 else slice(None)
+    x_shuffled = x_all[perm[chunk]]
+    if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        x_shuffled = x_shuffled.contiguous(memory_format=torch.channels_last)
+    return x_shuffled, torch.argsort(perm)[chunk]
+
+
+@torch.no_grad()
+def unshuffle_batch(x: torch.Tensor, unshuffle: torch.Tensor) -> torch.Tensor:
+    """Inverse of `shuffle_batch`: gather the outputs and take back this process's original samples."""
+    return gather_from_all(x)[unshuffle]

@@ -1,0 +1,86 @@
+"""Pretraining checkpoints in the official MoCo layout, plus our extras.
+
+    {"epoch": epochs done, "arch", "state_dict": {module.encoder_q.*, module.encoder_k.*, module.queue,
+     module.queue_ptr}, "optimizer",                                     <- official main_moco.py layout
+     "config": resolved flags (argparse dest names), "variant", "seed", "history": per-epoch metrics}
+
+The `module.` prefix is written even without DistributedDataParallel: official tools (and converters
+written for them) expect it, and a checkpoint without it was silently converted to nothing by the
+official converter. Files are written atomically: a crash leaves the previous checkpoint intact.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import torch
+
+from ..errors import UserError
+from ..fileio import atomic_torch_save
+
+PREFIX = "module."
+CHECKPOINT_RE = re.compile(r"checkpoint_(\d{4,})\.pth\.tar$")
+FINAL_NAME = "final.pth.tar"
+
+
+def checkpoint_name(epochs_done: int) -> str:
+    """Official naming: after epoch index e (0-based) the file is checkpoint_{e:04d} and holds epoch e+1."""
+    return f"checkpoint_{epochs_done - 1:04d}.pth.tar"
+
+
+def prefixed_state_dict(model: torch.nn.Module) -> dict:
+    return {PREFIX + k: v for k, v in model.state_dict().items()}
+
+
+def strip_prefix(state_dict: dict) -> dict:
+    return {(k[len(PREFIX):] if k.startswith(PREFIX) else k): v for k, v in state_dict.items()}
+
+
+def save_checkpoint(path: str | Path, *, model, optimizer, epochs_done: int, arch: str, config: dict,
+                    variant: dict, seed: int, history: list) -> Path:
+    state = {
+        "epoch": epochs_done, "arch": arch, "state_dict": prefixed_state_dict(model),
+        "optimizer": optimizer.state_dict(),
+        "config": config, "variant": variant, "seed": seed, "history": history,
+    }
+    return atomic_torch_save(state, path)
+
+
+def load_moco_checkpoint(path: str | Path) -> dict:
+    """Load and validate a MoCo pretraining checkpoint (ours or official) for resuming; UserError if not one."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"resume checkpoint {path} does not exist")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unpickling failure means "not a checkpoint we can read"
+        first_line = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise UserError(f"cannot read {path} as a torch checkpoint: {first_line[:200]}") from None
+    sd = ckpt.get("state_dict") if isinstance(ckpt, dict) else None
+    keys = set(strip_prefix(sd)) if isinstance(sd, dict) else set()
+    if not ({"queue", "queue_ptr"} <= keys and any(k.startswith("encoder_q.") for k in keys)
+            and any(k.startswith("encoder_k.") for k in keys)):
+        raise UserError(f"{path} is not a MoCo pretraining checkpoint "
+                        "(expected state_dict with module.encoder_q.*, module.encoder_k.*, module.queue, module.queue_ptr)")
+    missing = [k for k in ("epoch", "optimizer") if k not in ckpt]
+    if missing:
+        raise UserError(f"{path} cannot be resumed: it has no {' or '.join(missing)}")
+    return ckpt
+
+
+def structure_of(ckpt: dict) -> dict:
+    """What the weights themselves say about the run: arch, mlp, moco_dim, moco_k (official checkpoints
+    carry no config, so these are read off the tensors)."""
+    sd = strip_prefix(ckpt["state_dict"])
+    dim, k = sd["queue"].shape
+    return {"arch": ckpt.get("arch") or "resnet50", "mlp": "encoder_q.fc.0.weight" in sd,
+            "moco_dim": int(dim), "moco_k": int(k)}
+
+
+def find_latest_checkpoint(output_dir: str | Path) -> Path | None:
+    """The checkpoint_XXXX.pth.tar with the highest number in `output_dir`, if any."""
+    folder = Path(output_dir)
+    if not folder.is_dir():
+        return None
+    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := CHECKPOINT_RE.match(p.name))]
+    return max(found)[1] if found else None

@@ -1,0 +1,212 @@
+"""Command-line flags of the pretrainer and how they resolve.
+
+The official main_moco.py names and defaults are kept (--arch resnet50 --lr 0.03 --batch-size 256
+--epochs 200 --schedule 120 160 --moco-k 65536 --moco-m 0.999 --moco-t 0.07 --mlp --aug-plus --cos ...).
+Precedence, highest first: flags on the command line > `--config X.yaml` > the config stored in the
+`--resume` checkpoint (so `--resume` alone continues the same run) > the defaults below.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import yaml
+
+from ..errors import UserError
+from ..results_store import pretrain_variant
+from .checkpoint import find_latest_checkpoint, load_moco_checkpoint, structure_of
+
+ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d",
+         "resnext101_32x8d", "wide_resnet50_2", "wide_resnet101_2")
+# Flags that describe how to run this process, not the run itself: never taken from a resumed checkpoint.
+RUNTIME_KEYS = {"data", "config", "resume", "device", "workers", "print_freq"}
+# What the checkpoint's tensors fix: a flag that contradicts them cannot resume that checkpoint.
+STRUCTURE_KEYS = ("arch", "mlp", "moco_dim", "moco_k")
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    def _get_help_string(self, action):  # no "(default: None)"
+        return action.help if action.default is None else super()._get_help_string(action)
+
+
+EPILOG = """\
+presets (the MoCo v2 paper's Table 1): configs/pretrain/{moco_v1,a,b,c,d,e}.yaml
+  python pretrain/train_moco.py /data/imagenet --config configs/pretrain/d.yaml      # MoCo v2, 200 ep
+several GPUs / machines (--batch-size is the global batch over all processes):
+  torchrun --nproc_per_node 8 pretrain/train_moco.py /data/imagenet --config configs/pretrain/d.yaml
+continue an interrupted run (every other flag comes from the checkpoint):
+  python pretrain/train_moco.py /data/imagenet --resume auto --output-dir output/pretrain/d
+output (--output-dir): checkpoint_XXXX.pth.tar (official layout: after epoch XXXX+1, 0-based like the
+official code), final.pth.tar (the last one), metrics.json, log.txt, config.json, tb/ (tensorboard);
+one run record in results/runs/ (or $MOCOEVAL_RESULTS_DIR).
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="train_moco.py",
+        description="MoCo v1/v2 self-supervised pretraining of a ResNet on an ImageFolder (labels ignored). "
+                    "Single process (CPU or one GPU) or several GPUs/machines with torchrun.",
+        epilog=EPILOG, formatter_class=_HelpFormatter)
+    A = p.add_argument
+    A("data", metavar="DATA_DIR", help="ImageFolder root holding train/<class>/<image> (labels are ignored)")
+    A("--config", metavar="YAML", help="preset whose keys (flag names) fill the flags; explicit flags win")
+    A("-a", "--arch", default="resnet50", choices=ARCHS, metavar="ARCH",
+      help=f"torchvision ResNet backbone: {', '.join(ARCHS)}")
+    A("-j", "--workers", type=int, default=None, metavar="N",
+      help="data loading workers per process (default: CPU cores / processes on this machine, at most 32)")
+    A("--epochs", type=int, default=200, help="total epochs")
+    A("-b", "--batch-size", type=int, default=256, metavar="N", help="global batch size (all processes together)")
+    A("--lr", "--learning-rate", type=float, default=0.03, dest="lr", metavar="LR", help="initial learning rate")
+    A("--schedule", type=int, nargs="*", default=[120, 160], metavar="EPOCH",
+      help="epochs at which lr is multiplied by 0.1 (ignored with --cos)")
+    A("--momentum", type=float, default=0.9, help="SGD momentum")
+    A("--wd", "--weight-decay", type=float, default=1e-4, dest="weight_decay", metavar="W",
+      help="weight decay (all parameters, as in the official recipe)")
+    A("-p", "--print-freq", type=int, default=10, metavar="N", help="log every N steps (the only host syncs)")
+    A("--resume", metavar="PATH", default=None,
+      help="checkpoint to continue (ours or an official MoCo one); 'auto' = latest in --output-dir, if any")
+    A("--seed", type=int, default=None, help="seed of model init, data order and augmentations (default: drawn and recorded)")
+    g = p.add_argument_group("MoCo")
+    g.add_argument("--moco-dim", type=int, default=128, help="feature dimension")
+    g.add_argument("--moco-k", type=int, default=65536, help="queue size (negative keys); divisible by the batch")
+    g.add_argument("--moco-m", type=float, default=0.999, help="key encoder momentum")
+    g.add_argument("--moco-t", type=float, default=0.07, help="softmax temperature (MoCo v2: 0.2)")
+    g.add_argument("--mlp", action=argparse.BooleanOptionalAction, default=False, help="MLP projection head (v2)")
+    g.add_argument("--aug-plus", action=argparse.BooleanOptionalAction, default=False, help="aug+ augmentations (v2)")
+    g.add_argument("--cos", action=argparse.BooleanOptionalAction, default=False, help="cosine lr schedule (v2)")
+    g.add_argument("--bn-splits", type=int, default=0, metavar="S",
+                   help="BN sub-batches per process (split BN, emulating shuffle BN across S GPUs). 0 = auto: "
+                        "per-process batch / 32 like the 8x32 recipe, at least 2 in a single-process run")
+    r = p.add_argument_group("run")
+    r.add_argument("--image-size", type=int, default=224, help="crop size of the views")
+    r.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                   help="bf16 = bfloat16 autocast (CPU and CUDA); the contrastive head stays float32")
+    r.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=False,
+                   help="channels_last memory format (faster with bf16 on CPUs with AMX and on GPUs)")
+    r.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (torchrun: cuda:LOCAL_RANK)")
+    r.add_argument("--output-dir", default=None, metavar="DIR",
+                   help="checkpoints, log.txt, metrics.json, tensorboard events (default: output/pretrain/<variant>)")
+    r.add_argument("--save-every", type=int, default=1, metavar="N", help="checkpoint every N epochs (and the last)")
+    r.add_argument("--keep-checkpoints", type=int, default=0, metavar="N",
+                   help="keep only the N newest checkpoint_XXXX files (0 = keep all, as the official code)")
+    r.add_argument("--knn-data", default=None, metavar="DIR",
+                   help="labelled ImageFolder with train/ and val/ for a kNN monitor of f_q's backbone features")
+    r.add_argument("--knn-every", type=int, default=1, metavar="N", help="kNN monitor every N epochs (and the last)")
+    r.add_argument("--knn-k", type=int, default=200, help="kNN neighbours")
+    r.add_argument("--knn-t", type=float, default=0.1, help="kNN temperature of the similarity weights")
+    return p
+
+
+def _load_yaml(path: str, parser: argparse.ArgumentParser) -> dict:
+    try:
+        raw = yaml.safe_load(Path(path).read_text())
+    except FileNotFoundError:
+        raise UserError(f"config file {path} does not exist") from None
+    except (OSError, yaml.YAMLError) as e:
+        raise UserError(f"cannot read config {path}: {str(e).splitlines()[0]}") from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise UserError(f"config {path} must be a mapping of flag names to values")
+    actions = {a.dest: a for a in parser._actions}
+    values = {}
+    for key, value in raw.items():
+        dest = str(key).replace("-", "_")
+        if dest in ("learning_rate",):
+            dest = "lr"
+        if dest not in actions or dest in ("help", "config", "data"):
+            raise UserError(f"config {path}: unknown key {key!r}")
+        values[dest] = _coerce(actions[dest], value, f"config {path}: {key}")
+    return values
+
+
+def _coerce(action: argparse.Action, value, what: str):
+    """Give a YAML/checkpoint value the flag's type (argparse does not convert defaults)."""
+    if value is None:
+        return None
+    try:
+        if isinstance(action, argparse.BooleanOptionalAction):
+            if not isinstance(value, bool):
+                raise ValueError("expected true or false")
+            return value
+        if action.nargs == "*":
+            return [action.type(v) for v in (value if isinstance(value, (list, tuple)) else [value])]
+        value = action.type(value) if action.type else value
+        if action.choices and value not in action.choices:
+            raise ValueError(f"choose from {', '.join(map(str, action.choices))}")
+        return value
+    except (TypeError, ValueError) as e:
+        raise UserError(f"{what}: bad value {value!r} ({e})") from None
+
+
+def default_output_dir(args) -> str:
+    return str(Path("output") / "pretrain" / pretrain_variant(vars(args))["name"])
+
+
+def parse_config(argv=None):
+    """Resolve the flags -> (args, resume checkpoint dict or None). Raises UserError for bad input."""
+    parser = build_parser()
+    early = argparse.ArgumentParser(add_help=False)
+    early.add_argument("--config")
+    early.add_argument("--resume")
+    pre, _ = early.parse_known_args(argv)
+    file_values = _load_yaml(pre.config, parser) if pre.config else {}
+
+    # Where is the checkpoint to resume? ('auto': the latest one in the output dir, which may be a default)
+    resume_path = pre.resume if pre.resume is not None else file_values.get("resume")
+    if resume_path == "auto":
+        parser.set_defaults(**file_values)
+        first = parser.parse_args(argv)
+        out = first.output_dir or default_output_dir(first)
+        resume_path = find_latest_checkpoint(out)
+    ckpt = load_moco_checkpoint(resume_path) if resume_path else None
+
+    inherited = {}
+    if ckpt is not None:
+        actions = {a.dest: a for a in parser._actions}
+        stored = ckpt.get("config") if isinstance(ckpt.get("config"), dict) else {}
+        for k, v in stored.items():
+            if k in actions and k not in RUNTIME_KEYS:
+                inherited[k] = _coerce(actions[k], v, f"checkpoint {resume_path} config {k}")
+        inherited.update(structure_of(ckpt))
+        if "seed" in ckpt and ckpt["seed"] is not None:
+            inherited.setdefault("seed", int(ckpt["seed"]))
+    parser.set_defaults(**{**inherited, **file_values})
+    args = parser.parse_args(argv)
+    args.resume = str(resume_path) if resume_path else None
+    if ckpt is not None:
+        for key, value in structure_of(ckpt).items():
+            if getattr(args, key) != value:
+                raise UserError(f"--{key.replace('_', '-')} {getattr(args, key)} contradicts checkpoint "
+                                f"{resume_path}, which was trained with {key}={value}")
+    if args.output_dir is None:
+        args.output_dir = default_output_dir(args)
+    validate(args)
+    return args, ckpt
+
+
+def validate(args) -> None:
+    """One-line errors for values that cannot work."""
+    def need(ok: bool, msg: str):
+        if not ok:
+            raise UserError(msg)
+
+    need(args.epochs > 0, f"--epochs must be positive, got {args.epochs}")
+    need(args.batch_size > 0, f"--batch-size must be positive, got {args.batch_size}")
+    need(args.lr > 0, f"--lr must be positive, got {args.lr}")
+    need(args.moco_k > 0, f"--moco-k must be positive, got {args.moco_k}")
+    need(args.moco_dim > 0, f"--moco-dim must be positive, got {args.moco_dim}")
+    need(0.0 <= args.moco_m < 1.0, f"--moco-m must be in [0, 1), got {args.moco_m}")
+    need(args.moco_t > 0, f"--moco-t must be positive, got {args.moco_t}")
+    need(args.moco_k % args.batch_size == 0,
+         f"--moco-k {args.moco_k} is not divisible by the (global) --batch-size {args.batch_size}: "
+         "the queue must hold a whole number of batches")
+    need(args.image_size >= 8, f"--image-size must be at least 8, got {args.image_size}")
+    need(args.bn_splits >= 0, f"--bn-splits must be >= 0 (0 = auto), got {args.bn_splits}")
+    need(args.save_every > 0, f"--save-every must be positive, got {args.save_every}")
+    need(args.knn_every > 0, f"--knn-every must be positive, got {args.knn_every}")
+    need(args.knn_k > 0 and args.knn_t > 0, "--knn-k and --knn-t must be positive")
+    need(args.print_freq > 0, f"--print-freq must be positive, got {args.print_freq}")
+    need(args.keep_checkpoints >= 0, f"--keep-checkpoints must be >= 0, got {args.keep_checkpoints}")
+    need(args.workers is None or args.workers >= 0, f"--workers must be >= 0, got {args.workers}")

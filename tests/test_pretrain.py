@@ -1,0 +1,385 @@
+"""End-to-end tests of pretrain/train_moco.py on a tiny ImageFolder (CPU, 32 px): checkpoint layout, run
+record, resume equivalence (ours and official checkpoints), NaN handling, one-line errors, bf16 vs fp32,
+deterministic data, and the multi-process (torchrun, gloo) shuffle BN."""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from mocoeval.fileio import sha256_file
+from mocoeval.moco.augment import TwoCropsTransform, moco_transform
+from mocoeval.moco.checkpoint import strip_prefix
+from mocoeval.moco.config import parse_config
+from mocoeval.moco.data import EpochSampler, TwoViewImageFolder
+from mocoeval.moco.engine import build_model, train_step
+from mocoeval.results_store import load_records
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "pretrain" / "train_moco.py"
+N_CLASSES, PER_CLASS, PER_CLASS_VAL = 3, 8, 3
+
+
+def _load_cli():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("train_moco_cli", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.main
+
+
+train_main = _load_cli()
+
+
+def write_image_folder(root: Path, per_class: dict[str, int], seed: int = 0):
+    rng = np.random.default_rng(seed)
+    for split, n in per_class.items():
+        for c in range(N_CLASSES):
+            d = root / split / f"class{c}"
+            d.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                base = np.zeros((40, 48, 3), np.uint8)
+                base[..., c] = 160  # class colour + noise: kNN has something to find
+                noise = rng.integers(0, 96, size=(40, 48, 3), dtype=np.uint8)
+                Image.fromarray(base + noise).save(d / f"img{i}.jpg")
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("imagefolder")
+    write_image_folder(root, {"train": PER_CLASS, "val": PER_CLASS_VAL})
+    return root
+
+
+@pytest.fixture(autouse=True)
+def results_dir(tmp_path, monkeypatch) -> Path:
+    """Run records go to a temporary store; the working directory (default output dirs) is temporary too."""
+    store = tmp_path / "runs"
+    monkeypatch.setenv("MOCOEVAL_RESULTS_DIR", str(store))
+    monkeypatch.chdir(tmp_path)
+    return store
+
+
+TINY = ["--image-size", "32", "-b", "8", "--moco-k", "16", "--workers", "0", "--seed", "7", "-p", "2"]
+V2 = ["--mlp", "--aug-plus", "--cos", "--moco-t", "0.2"]
+
+
+def run_cli(argv):
+    return train_main([str(a) for a in argv])
+
+
+def error_line(capsys, argv) -> str:
+    """Run the CLI expecting a one-line error: exit 2, exactly one `error: ...` line on stderr."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        run_cli(argv)
+    assert e.value.code == 2
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1, lines
+    assert "Traceback" not in lines[0]
+    return lines[0]
+
+
+# ------------------------------------------------------------------ the default ResNet-50, two epochs
+
+def test_two_epochs_resnet50_official_layout_record_and_monitoring(mini_data_root, tmp_path, results_dir):
+    """The default architecture on imagenet-mini (80 images): 2 epochs of 2 steps of 40 pairs at 32 px."""
+    data = mini_data_root / "imagenet-mini"
+    out = tmp_path / "r50"
+    summary = run_cli([data, *TINY, *V2, "-b", "40", "--moco-k", "120", "--epochs", "2", "--save-every", "2",
+                       "--output-dir", out, "--knn-data", data])
+    ckpt_path = out / "checkpoint_0001.pth.tar"  # official naming: index of the last epoch, 0-based
+    assert ckpt_path.is_file() and not (out / "checkpoint_0000.pth.tar").exists()  # --save-every 2
+    final = out / "final.pth.tar"
+    assert sha256_file(final) == sha256_file(ckpt_path) == summary["sha256"]
+    ckpt = torch.load(final, map_location="cpu", weights_only=True)
+    assert {"epoch", "arch", "state_dict", "optimizer", "config", "variant", "seed"} <= set(ckpt)
+    assert ckpt["epoch"] == 2 and ckpt["arch"] == "resnet50" and ckpt["seed"] == 7
+    sd = ckpt["state_dict"]
+    assert all(k.startswith(("module.encoder_q.", "module.encoder_k.")) or k in ("module.queue", "module.queue_ptr")
+               for k in sd)
+    assert sd["module.queue"].shape == (128, 120) and sd["module.queue_ptr"].item() == (4 * 40) % 120
+    assert sd["module.encoder_q.fc.0.weight"].shape == (2048, 2048)
+    assert sd["module.encoder_q.fc.2.weight"].shape == (128, 2048)
+    assert sd["module.encoder_q.conv1.weight"].shape == (64, 3, 7, 7)
+    q_keys = {k[len("module.encoder_q."):] for k in sd if k.startswith("module.encoder_q.")}
+    k_keys = {k[len("module.encoder_k."):] for k in sd if k.startswith("module.encoder_k.")}
+    assert q_keys == k_keys
+    import torchvision
+    tv = torchvision.models.resnet50().state_dict()
+    assert q_keys - {"fc.0.weight", "fc.0.bias", "fc.2.weight", "fc.2.bias"} == set(tv) - {"fc.weight", "fc.bias"}
+    assert ckpt["config"]["mlp"] and ckpt["config"]["aug_plus"] and ckpt["config"]["cos"]
+    assert ckpt["variant"]["name"] == "d" and ckpt["variant"]["epochs"] == 2
+    # the optimizer holds every parameter of both encoders, like the official one (so its states load)
+    n_params = sum(not k.endswith(("running_mean", "running_var", "num_batches_tracked")) for k in sd) - 2
+    assert len(ckpt["optimizer"]["param_groups"][0]["params"]) == n_params
+
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert [h["epoch"] for h in metrics["history"]] == [1, 2]
+    assert all(np.isfinite(h["loss"]) and 0 <= h["knn_top1"] <= 100 for h in metrics["history"])
+    assert metrics["history"][1]["lr"] == pytest.approx(0.03 * 0.5 * (1 + np.cos(np.pi / 2)))
+    assert list((out / "tb").glob("events.out.tfevents.*"))
+    log = (out / "log.txt").read_text()
+    assert "ln(K+1) = 4.80" in log and "kNN top-1" in log and "more than 10%" in log
+
+    (record,) = load_records(results_dir)
+    assert record["stage"] == "pretrain" and record["source_sha256"] == summary["sha256"]
+    assert record["weights"] == str(final) and record["seeds"] == [7]
+    assert record["variant"]["name"] == "d" and record["metrics"]["epochs"] == 2
+    assert record["metrics"]["final_loss"] == pytest.approx(metrics["history"][-1]["loss"])
+    assert metrics["run_record"] == record["_path"]
+
+    try:
+        from mocoeval.checkpoint_formats import load_resnet50
+    except ImportError:
+        return
+    state, info = load_resnet50(final)
+    assert info["format"] == "moco" and info["source_sha256"] == summary["sha256"]
+    assert info["variant"]["name"] == "d"
+    assert torch.equal(state["conv1.weight"], sd["module.encoder_q.conv1.weight"])
+
+
+# ------------------------------------------------------------------ resume
+
+@pytest.fixture(scope="module")
+def uninterrupted(tiny_data, tmp_path_factory):
+    """ResNet-18, MoCo v2 switches, 2 epochs in one go, with 2 loader workers; checkpoint every epoch."""
+    out = tmp_path_factory.mktemp("uninterrupted")
+    os.environ["MOCOEVAL_RESULTS_DIR"] = str(out / "runs")
+    try:
+        run_cli([tiny_data, *TINY, *V2, "--arch", "resnet18", "--epochs", "2", "--workers", "2",
+                 "--output-dir", out, "--bn-splits", "2"])
+    finally:
+        del os.environ["MOCOEVAL_RESULTS_DIR"]
+    return out
+
+
+def test_checkpoint_every_epoch_in_the_official_layout(uninterrupted):
+    """Fast counterpart of the ResNet-50 test: names, layout, epoch numbers, the queue pointer, the extras."""
+    names = sorted(p.name for p in uninterrupted.glob("*.pth.tar"))
+    assert names == ["checkpoint_0000.pth.tar", "checkpoint_0001.pth.tar", "final.pth.tar"]
+    for epochs_done, name in ((1, "checkpoint_0000.pth.tar"), (2, "final.pth.tar")):
+        ckpt = torch.load(uninterrupted / name, map_location="cpu", weights_only=True)
+        assert ckpt["epoch"] == epochs_done and ckpt["arch"] == "resnet18"
+        sd = ckpt["state_dict"]
+        assert sd["module.queue_ptr"].item() == (3 * epochs_done * 8) % 16  # 3 steps of 8 per epoch
+        assert sd["module.encoder_q.fc.0.weight"].shape == (512, 512) and "module.encoder_k.fc.2.bias" in sd
+        assert all(k.startswith(("module.encoder_q.", "module.encoder_k.", "module.queue")) for k in sd)
+        assert ckpt["variant"]["name"] == "d" and ckpt["seed"] == 7 and ckpt["config"]["bn_splits_effective"] == 2
+        assert [h["epoch"] for h in ckpt["history"]] == list(range(1, epochs_done + 1))
+    assert sha256_file(uninterrupted / "final.pth.tar") == sha256_file(uninterrupted / "checkpoint_0001.pth.tar")
+
+
+def assert_same_state(a: Path, b: Path):
+    ca, cb = (torch.load(p, map_location="cpu", weights_only=True) for p in (a, b))
+    assert ca["epoch"] == cb["epoch"]
+    assert ca["state_dict"].keys() == cb["state_dict"].keys()
+    for k, v in ca["state_dict"].items():
+        assert torch.allclose(v.double(), cb["state_dict"][k].double(), atol=1e-6, rtol=0), k
+    sa, sb = ca["optimizer"]["state"], cb["optimizer"]["state"]
+    assert sa.keys() == sb.keys() and len(sa) > 0
+    for i in sa:
+        assert torch.allclose(sa[i]["momentum_buffer"], sb[i]["momentum_buffer"], atol=1e-6, rtol=0)
+
+
+def test_resume_auto_equals_the_uninterrupted_run(uninterrupted, tiny_data, tmp_path):
+    """Epoch 1's checkpoint is what an interrupted run leaves. `--resume auto` alone (every other flag from
+    the checkpoint's config; 0 workers instead of 2) must finish exactly like the run that never stopped."""
+    out = tmp_path / "resumed"
+    out.mkdir()
+    shutil.copy(uninterrupted / "checkpoint_0000.pth.tar", out)
+    run_cli([tiny_data, "--resume", "auto", "--output-dir", out, "--workers", "0"])
+    assert_same_state(uninterrupted / "final.pth.tar", out / "final.pth.tar")
+    ha = json.loads((uninterrupted / "metrics.json").read_text())["history"]
+    hb = json.loads((out / "metrics.json").read_text())["history"]
+    assert [h["epoch"] for h in hb] == [1, 2]  # the history travels in the checkpoint
+    assert hb[1]["loss"] == pytest.approx(ha[1]["loss"], abs=1e-6)
+
+
+def test_official_checkpoint_resumes(uninterrupted, tiny_data, tmp_path):
+    """An official-layout checkpoint (no config/seed/history) resumes from the flags, structure read off its
+    tensors; with the same flags and seed it finishes like the uninterrupted run."""
+    ours = torch.load(uninterrupted / "checkpoint_0000.pth.tar", map_location="cpu", weights_only=True)
+    official = tmp_path / "moco_official.pth.tar"
+    torch.save({k: ours[k] for k in ("epoch", "arch", "state_dict", "optimizer")}, official)
+    out = tmp_path / "from_official"
+    run_cli([tiny_data, *TINY, *V2, "--epochs", "2", "--bn-splits", "2", "--resume", official, "--output-dir", out,
+             "--keep-checkpoints", "1"])
+    assert_same_state(uninterrupted / "final.pth.tar", out / "final.pth.tar")
+    assert sorted(p.name for p in out.glob("*.pth.tar")) == ["checkpoint_0001.pth.tar", "final.pth.tar"]
+    ckpt = torch.load(out / "final.pth.tar", map_location="cpu", weights_only=True)
+    assert ckpt["arch"] == "resnet18" and ckpt["config"]["mlp"] is True  # read off the official file
+    assert "no stored config (an official checkpoint)" in (out / "log.txt").read_text()
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(uninterrupted, tiny_data, tmp_path, capsys):
+    out = tmp_path / "diverge"
+    out.mkdir()
+    good = shutil.copy(uninterrupted / "checkpoint_0000.pth.tar", out)
+    sha = sha256_file(good)
+    line = error_line(capsys, [tiny_data, "--resume", "auto", "--output-dir", out, "--lr", "1e38"])
+    assert "NaN/Inf" in line and "checkpoint_0000.pth.tar" in line
+    assert sha256_file(good) == sha
+    assert sorted(p.name for p in out.glob("*.pth.tar")) == ["checkpoint_0000.pth.tar"]
+
+
+def test_finished_run_resumes_to_nothing_and_contradictions_are_refused(uninterrupted, tiny_data, capsys,
+                                                                        results_dir):
+    summary = run_cli([tiny_data, "--resume", str(uninterrupted / "final.pth.tar"), "--workers", "0"])
+    assert summary["checkpoint"] == str(uninterrupted / "final.pth.tar")
+    assert not results_dir.exists() or not list(results_dir.glob("*.json"))  # no second record
+    line = error_line(capsys, [tiny_data, "--resume", uninterrupted / "final.pth.tar", "--arch", "resnet50"])
+    assert "--arch resnet50 contradicts checkpoint" in line
+    line = error_line(capsys, [tiny_data, *TINY, "--arch", "resnet18", "--output-dir", uninterrupted])
+    assert "already holds checkpoints" in line and "--resume auto" in line
+
+
+# ------------------------------------------------------------------ bad input: one line each
+
+def test_bad_data_folders_are_one_line_errors(tmp_path, capsys):
+    """Each is one line, and nothing is created (no default output folder) for bad input."""
+    assert error_line(capsys, [tmp_path / "missing", *TINY]) == f"error: {tmp_path / 'missing'}: missing dataset root folder"
+    (tmp_path / "no_train").mkdir()
+    assert f"{tmp_path / 'no_train' / 'train'}: missing" in error_line(capsys, [tmp_path / "no_train", *TINY])
+    (tmp_path / "no_classes" / "train").mkdir(parents=True)
+    assert "no class folders" in error_line(capsys, [tmp_path / "no_classes", *TINY])
+    (tmp_path / "empty" / "train" / "cls").mkdir(parents=True)
+    (tmp_path / "empty" / "train" / "cls" / "notes.txt").write_text("no images here")
+    assert "class folder without images" in error_line(capsys, [tmp_path / "empty", *TINY])
+    knn_without_val = tmp_path / "knn"
+    write_image_folder(knn_without_val, {"train": 1})
+    line = error_line(capsys, [knn_without_val, *TINY, "--knn-data", knn_without_val, "-b", "1", "--moco-k", "1"])
+    assert f"{knn_without_val / 'val'}: missing" in line
+    assert not (tmp_path / "output").exists()
+    few = tmp_path / "few"
+    write_image_folder(few, {"train": 1})
+    assert "fewer than the batch size 8" in error_line(capsys, [few, *TINY, "--arch", "resnet18"])
+    assert "not divisible" in error_line(capsys, [few, *TINY, "--moco-k", "20"])
+
+
+def test_unreadable_images_are_counted_and_stop_the_run(tmp_path, capsys):
+    data = tmp_path / "data"
+    write_image_folder(data, {"train": PER_CLASS})
+    for name in ("img0.jpg", "img1.jpg"):
+        (data / "train" / "class1" / name).write_bytes(b"\xff\xd8 truncated jpeg")
+    line = error_line(capsys, [data, *TINY, "--arch", "resnet18", "--epochs", "1", "--output-dir", tmp_path / "o"])
+    assert "unreadable images (more than 1% of 24)" in line and "class1/img" in line
+
+
+def test_cli_prints_one_line_and_exits_2(tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    res = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path / "nope")], capture_output=True, text=True,
+                         env=env, timeout=120)
+    assert res.returncode == 2
+    assert res.stderr == f"error: {tmp_path / 'nope'}: missing dataset root folder\n"
+
+
+# ------------------------------------------------------------------ numerics and determinism
+
+def test_fast_paths_match_fp32(tiny_data):
+    """Same batch, same shuffle: channels_last alone is exact up to summation order; bf16 autocast +
+    channels_last stays within bf16's precision (measured here: 0.1-3.4% of the loss over seeds)."""
+    torch.manual_seed(0)
+    args, _ = parse_config([str(tiny_data), "--arch", "resnet18", "--moco-k", "64", "-b", "8", *V2])
+    model = build_model(args, bn_splits=2)
+    cl = torch.channels_last
+    models = {"fp32": model, "cl": copy.deepcopy(model).to(memory_format=cl),
+              "bf16_cl": copy.deepcopy(model).to(memory_format=cl)}
+    x_q, x_k = torch.randn(8, 3, 32, 32), torch.randn(8, 3, 32, 32)
+    losses = {}
+    for name, m in models.items():
+        opt = torch.optim.SGD(m.parameters(), 0.03, momentum=0.9, weight_decay=1e-4)
+        xq, xk = (x_q, x_k) if name == "fp32" else (x_q.contiguous(memory_format=cl), x_k.contiguous(memory_format=cl))
+        torch.manual_seed(1)  # the same shuffle-BN permutation
+        losses[name], _ = train_step(m, opt, xq, xk, torch.bfloat16 if name == "bf16_cl" else None)
+    assert losses["bf16_cl"].dtype == torch.float32  # the contrastive head stays float32
+    assert abs(losses["cl"].item() - losses["fp32"].item()) < 1e-4
+    assert torch.allclose(models["cl"].queue, model.queue, atol=1e-4)
+    assert abs(losses["bf16_cl"].item() - losses["fp32"].item()) < 0.1
+    assert torch.allclose(models["bf16_cl"].queue, model.queue, atol=0.1)  # the keys agree too
+
+
+def test_views_and_order_depend_only_on_seed_epoch_index(tiny_data):
+    ds = TwoViewImageFolder(tiny_data / "train", TwoCropsTransform(moco_transform(32, aug_plus=True)), seed=3)
+    state = torch.get_rng_state()
+    (q1, k1), bad = ds[(0, 5)]
+    assert bad == -1 and torch.equal(torch.get_rng_state(), state)  # caller's generator untouched
+    (q2, k2), _ = ds[(0, 5)]
+    assert torch.equal(q1, q2) and torch.equal(k1, k2) and not torch.equal(q1, k1)
+    (q3, _), _ = ds[(1, 5)]
+    assert not torch.equal(q1, q3)
+    order = list(EpochSampler(24, seed=3))
+    assert order == list(EpochSampler(24, seed=3)) and sorted(i for _, i in order) == list(range(24))
+    s = EpochSampler(24, seed=3)
+    s.set_epoch(1)
+    assert [i for _, i in s] != [i for _, i in order]
+    ranks = [[i for _, i in EpochSampler(25, seed=3, rank=r, world_size=2)] for r in (0, 1)]
+    assert len(ranks[0]) == len(ranks[1]) == 12 and not set(ranks[0]) & set(ranks[1])
+
+
+# ------------------------------------------------------------------ several processes (torchrun, gloo on CPU)
+
+def torchrun_2(args, timeout=300) -> subprocess.CompletedProcess:
+    """torchrun --standalone --nproc_per_node 2 (gloo on CPU); on a timeout the whole process group dies."""
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                             *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def test_shuffle_bn_across_two_processes(tmp_path):
+    script = tmp_path / "check_shuffle.py"
+    script.write_text(textwrap.dedent("""
+        import sys, torch, torch.distributed as dist, torch.nn as nn
+        from mocoeval.moco.builder import MoCo, gather_from_all, shuffle_batch, unshuffle_batch
+        dist.init_process_group("gloo")
+        rank = dist.get_rank()
+        torch.manual_seed(100 + rank)  # different generators: rank 0's permutation must win
+        x = torch.arange(4.0).view(4, 1) + 10 * rank  # rank 0: 0..3, rank 1: 10..13
+        shuffled, unshuffle = shuffle_batch(x)
+        everyone = gather_from_all(shuffled)
+        assert sorted(everyone.flatten().tolist()) == [0, 1, 2, 3, 10, 11, 12, 13], everyone
+        assert torch.equal(unshuffle_batch(shuffled, unshuffle), x)
+        torch.manual_seed(0)
+        model = MoCo(lambda: nn.Linear(1, 2, bias=False), dim=2, K=16)
+        model(x, x)
+        assert model.queue_ptr.item() == 8  # the keys of both processes were enqueued
+        queues = gather_from_all(model.queue[None])
+        assert torch.equal(queues[0], queues[1])  # identical queues everywhere
+        open(sys.argv[1] + f".{rank}", "w").write("ok")
+        dist.destroy_process_group()
+    """))
+    res = torchrun_2([str(script), str(tmp_path / "done")])
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert (tmp_path / "done.0").read_text() == "ok" and (tmp_path / "done.1").read_text() == "ok"
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_train_and_checkpoint(tiny_data, tmp_path, results_dir):
+    out = tmp_path / "ddp"
+    res = torchrun_2([str(SCRIPT), str(tiny_data), *TINY, *V2, "--arch", "resnet18", "--epochs", "1",
+                      "--device", "cpu", "--output-dir", str(out)])
+    assert res.returncode == 0, res.stderr[-3000:]
+    ckpt = torch.load(out / "final.pth.tar", map_location="cpu", weights_only=True)
+    assert ckpt["config"]["world_size"] == 2 and ckpt["config"]["bn_splits_effective"] == 1
+    sd = strip_prefix(ckpt["state_dict"])
+    assert sd["queue_ptr"].item() == (3 * 8) % 16  # 3 steps of the global batch 8 (4 per process)
+    assert len(load_records(results_dir)) == 1  # rank 0 alone writes
