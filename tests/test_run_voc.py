@@ -1,0 +1,478 @@
+"""transfer/run_voc.py and mocoeval.voc_transfer: seeds, config building, planning, summary, the VOC
+evaluator, one-line errors, and (slow) real tiny trials on the mini VOC data: two trials, a re-run that
+skips them, a killed trial that resumes, a failed trial that does not lose the others."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mocoeval import voc_transfer as vt
+from mocoeval.d2_modeling import DEFAULT_VOC_CONFIG
+from mocoeval.errors import UserError
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "transfer" / "run_voc.py"
+
+# A tiny schedule for CPU tests. R50-C4 on CPU is dominated by res5 on every RoI (~1.6 GFLOP per RoI at
+# the protocol's 14x14 pooler), so the tests shrink the pooler, the RoI batch and the images.
+TINY_OPTS = [
+    "SOLVER.MAX_ITER", "2", "SOLVER.IMS_PER_BATCH", "2",
+    "INPUT.MIN_SIZE_TRAIN", "(64,)", "INPUT.MIN_SIZE_TEST", "64",
+    "MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION", "4", "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "16",
+    "MODEL.RPN.POST_NMS_TOPK_TRAIN", "64", "MODEL.RPN.PRE_NMS_TOPK_TEST", "100", "MODEL.RPN.POST_NMS_TOPK_TEST", "16",
+    "TEST.PRECISE_BN.NUM_ITER", "1", "DATALOADER.NUM_WORKERS", "0",
+]
+
+
+def _load_cli():
+    spec = importlib.util.spec_from_file_location("run_voc_cli", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="session")
+def random_r50_pkl(tmp_path_factory):
+    """A converted randomly initialised torchvision ResNet-50 (the converter's own functions)."""
+    import torchvision
+
+    from mocoeval.d2_convert import save_d2_pickle, torchvision_to_d2
+    from mocoeval.results_store import special_variant
+
+    torch.manual_seed(0)
+    model = torchvision.models.resnet50()
+    out = tmp_path_factory.mktemp("weights") / "r50_random.pkl"
+    save_d2_pickle(out, torchvision_to_d2(model.state_dict()),
+                   {"path": "torchvision resnet50()", "sha256": "0" * 64, "format": "torchvision",
+                    "variant": special_variant("random-init")})
+    return out
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch):
+    path = tmp_path / "store"
+    monkeypatch.setenv("MOCOEVAL_RESULTS_DIR", str(path))
+    return path
+
+
+def _subprocess_env(store_dir: Path) -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env["MOCOEVAL_RESULTS_DIR"] = str(store_dir)
+    return env
+
+
+# ------------------------------------------------------------------------------------------ seeds/config
+
+
+def test_seeds_default_fixed_and_validated():
+    assert vt.resolve_seeds(None, None) == [0, 1, 2, 3, 4]  # protocol: 5 trials
+    assert vt.resolve_seeds(3, None) == [0, 1, 2]
+    assert vt.resolve_seeds(5, None)[:3] == vt.resolve_seeds(3, None)  # --trials 5 after --trials 3 extends
+    assert vt.resolve_seeds(None, [7, 11]) == [7, 11]
+    assert vt.resolve_seeds(2, [7, 11]) == [7, 11]
+    for trials, seeds in [(3, [7, 11]), (None, [4, 4]), (0, None), (None, [-1])]:
+        with pytest.raises(UserError):
+            vt.resolve_seeds(trials, seeds)
+
+
+def test_build_config_scales_lr_with_batch_and_leaves_schedule():
+    cfg, notes = vt.build_config(DEFAULT_VOC_CONFIG, ["SOLVER.IMS_PER_BATCH", "8"], weights="")
+    assert cfg.SOLVER.BASE_LR == pytest.approx(0.01) and notes.lr_scaled == (0.02, pytest.approx(0.01))
+    assert cfg.SOLVER.MAX_ITER == 24000 and tuple(cfg.SOLVER.STEPS) == (18000, 22000)  # never changed silently
+    text = " ".join(notes.messages)
+    assert "0.02 -> 0.01" in text and "SOLVER.MAX_ITER 48000" in text and "(36000, 44000)" in text
+
+    cfg, notes = vt.build_config(DEFAULT_VOC_CONFIG, ["SOLVER.IMS_PER_BATCH", "8", "SOLVER.BASE_LR", "0.005"])
+    assert cfg.SOLVER.BASE_LR == 0.005 and notes.lr_scaled is None  # an explicit lr wins
+
+    cfg, notes = vt.build_config(DEFAULT_VOC_CONFIG, [])
+    assert cfg.SOLVER.BASE_LR == 0.02 and cfg.SOLVER.IMS_PER_BATCH == 16 and not notes.messages
+
+    cfg, _ = vt.build_config(DEFAULT_VOC_CONFIG, [], norm="SyncBN", device="cpu")
+    assert cfg.MODEL.RESNETS.NORM == "SyncBN" and cfg.MODEL.DEVICE == "cpu"
+
+
+@pytest.mark.parametrize("opts, message", [
+    (["SOLVER.MAX_ITER"], "odd number"),
+    (["SOLVER.NO_SUCH_KEY", "1"], "NO_SUCH_KEY"),
+    (["SOLVER.MAX_ITER", "abc"], "--opts"),
+    (["MODEL.WEIGHTS", "x.pkl"], "--weights"),
+    (["SEED", "3"], "--seeds"),
+    (["SOLVER.IMS_PER_BATCH", "0"], "IMS_PER_BATCH"),
+])
+def test_build_config_bad_opts_are_user_errors(opts, message):
+    with pytest.raises(UserError, match=message):
+        vt.build_config(DEFAULT_VOC_CONFIG, opts)
+
+
+def test_config_hash_ignores_result_neutral_keys_only():
+    base, _ = vt.build_config(DEFAULT_VOC_CONFIG, [], device="cpu", weights="")
+    neutral, _ = vt.build_config(DEFAULT_VOC_CONFIG, ["DATALOADER.NUM_WORKERS", "0", "SOLVER.CHECKPOINT_PERIOD", "7"],
+                                 device="cuda")
+    other, _ = vt.build_config(DEFAULT_VOC_CONFIG, ["SOLVER.WARMUP_ITERS", "200"])
+    assert vt.config_hash(base) == vt.config_hash(neutral)
+    assert vt.config_hash(base) != vt.config_hash(other)
+    diff = vt.config_differences(vt.config_identity(base), vt.config_identity(other))
+    assert diff == "SOLVER.WARMUP_ITERS (100 -> 200)"
+
+
+def test_voc_splits_of_the_protocol_and_non_voc_refused():
+    cfg, _ = vt.build_config(DEFAULT_VOC_CONFIG, [])
+    assert vt.voc_splits(cfg) == [("2007", "trainval"), ("2012", "trainval"), ("2007", "test")]
+    cfg, _ = vt.build_config(DEFAULT_VOC_CONFIG, ["DATASETS.TEST", "('coco_2017_val',)"])
+    with pytest.raises(UserError, match="coco_2017_val"):
+        vt.voc_splits(cfg)
+
+
+def test_loaded_key_check_allows_only_new_detection_layers():
+    missing_ok = ["proposal_generator.rpn_head.conv.weight", "roi_heads.box_predictor.cls_score.weight",
+                  "roi_heads.res5.norm.weight", "roi_heads.res5.norm.running_mean",
+                  "backbone.res2.0.conv1.norm.num_batches_tracked"]
+    assert vt.check_loaded_keys(missing_ok, ["fc.0.weight"], "w.pkl") == ["fc.0.weight"]
+    with pytest.raises(UserError, match=r"backbone\.res4\.5\.conv3\.weight"):
+        vt.check_loaded_keys(missing_ok + ["backbone.res4.5.conv3.weight"], [], "w.pkl")
+    with pytest.raises(UserError, match=r"roi_heads\.res5\.0\.conv1\.weight"):
+        vt.check_loaded_keys(["roi_heads.res5.0.conv1.weight"], [], "w.pkl")
+
+
+def test_preflight_reports_unused_projection_head(random_r50_pkl, tmp_path):
+    """A .pkl with extra tensors (a MoCo projection head) loads; the extras are reported, not fatal."""
+    import pickle
+
+    with open(random_r50_pkl, "rb") as f:
+        data = pickle.load(f)
+    data["model"]["fc.0.weight"] = np.zeros((4, 4), np.float32)
+    with_head = tmp_path / "with_head.pkl"
+    with open(with_head, "wb") as f:
+        pickle.dump(data, f)
+    cfg, _ = vt.build_config(DEFAULT_VOC_CONFIG, [], device="cpu", weights=with_head)
+    weights = vt.check_weights(with_head)
+    assert weights.variant["name"] == "random-init" and weights.source_sha256 == "0" * 64
+    unused, report = vt.preflight_weights(cfg, weights)
+    assert unused == ["fc.0.weight"]
+    assert "RPN (6), box predictor (4), res5 norm (4)" in report and "unused in the file: 1" in report
+
+
+@pytest.mark.parametrize("options, message", [
+    (dict(num_gpus=2, device="cpu"), "needs CUDA"),
+    (dict(num_machines=2, machine_rank=1), "--dist-url"),
+    (dict(num_machines=2, machine_rank=2, dist_url="tcp://h:1"), "--machine-rank"),
+    (dict(trials=3, seeds=[1, 2]), "one seed per trial"),
+])
+def test_bad_flag_combinations_are_user_errors(options, message, tmp_path):
+    with pytest.raises(UserError, match=message):
+        vt.run(vt.RunOptions(weights=str(tmp_path / "w.pkl"), output_dir=str(tmp_path / "o"), **options))
+    assert not (tmp_path / "o").exists()
+
+
+def test_trial_spec_pickles_for_spawn_and_submitit():
+    """launch() (spawn) and submitit pickle the trial; the frozen config must survive it unchanged."""
+    import pickle
+
+    cfg, _ = vt.build_config(DEFAULT_VOC_CONFIG, ["SOLVER.IMS_PER_BATCH", "8"], device="cpu")
+    cfg.OUTPUT_DIR, cfg.SEED = "/tmp/run/trial_2", 1
+    cfg.freeze()
+    spec = vt.TrialSpec(index=2, n_trials=5, seed=1, cfg=cfg, identity={"seed": 1}, dataset_root="/data")
+    job = pickle.loads(pickle.dumps(vt.SlurmTrialJob(spec)))
+    assert job.spec.cfg == cfg and job.spec.cfg.is_frozen() and job.spec.dir == Path("/tmp/run/trial_2")
+    assert job.spec.cfg.SOLVER.BASE_LR == pytest.approx(0.01)
+
+
+# --------------------------------------------------------------------------------------------- planning
+
+
+def _identity(seed=0, cfg_hash="h1", sha="w1"):
+    return {"seed": seed, "config_hash": cfg_hash, "weights": "/w.pkl", "weights_sha256": sha}
+
+
+def _finished(tdir: Path, **identity):
+    tdir.mkdir(parents=True)
+    (tdir / "metrics.json").write_text(json.dumps({"AP50": 50.0, "AP": 30.0, "AP75": 28.0, **_identity(**identity)}))
+
+
+def test_plan_skips_finished_resumes_checkpointed_and_starts_new(tmp_path):
+    _finished(tmp_path / "trial_1", seed=0)
+    t2 = tmp_path / "trial_2"
+    t2.mkdir()
+    (t2 / "trial.json").write_text(json.dumps(_identity(seed=1)))
+    (t2 / "last_checkpoint").write_text("model_0000009.pth")
+    base = {"config_hash": "h1", "weights": "/w.pkl", "weights_sha256": "w1"}
+    plans = vt.plan_trials(tmp_path, [0, 1, 2], base, {})
+    assert [(p.index, p.seed, p.status) for p in plans] == [(1, 0, "finished"), (2, 1, "resume"), (3, 2, "new")]
+    assert plans[0].metrics["AP50"] == 50.0
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"seed": 5}, "seed 0, not 5"),
+    ({"config_hash": "h2"}, "different config"),
+    ({"weights_sha256": "w2"}, "other weights"),
+])
+def test_plan_refuses_to_mix_setups(tmp_path, change, message):
+    _finished(tmp_path / "trial_1", seed=0)
+    base = {"config_hash": "h1", "weights": "/w.pkl", "weights_sha256": "w1"}
+    seed = change.pop("seed", 0)
+    with pytest.raises(UserError, match=message) as e:
+        vt.plan_trials(tmp_path, [seed], {**base, **change}, {})
+    assert "--output-dir" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_plan_refuses_foreign_checkpoints_and_corrupt_metrics(tmp_path):
+    (tmp_path / "trial_1").mkdir()
+    (tmp_path / "trial_1" / "last_checkpoint").write_text("model_final.pth")
+    base = {"config_hash": "h1", "weights": "/w.pkl", "weights_sha256": "w1"}
+    with pytest.raises(UserError, match="unknown run"):
+        vt.plan_trials(tmp_path, [0], base, {})
+    (tmp_path / "trial_1" / "metrics.json").write_text("{truncated")
+    with pytest.raises(UserError, match="unreadable"):
+        vt.plan_trials(tmp_path, [0], base, {})
+
+
+# ---------------------------------------------------------------------------------------------- summary
+
+
+def test_summary_population_std_csv_and_table(tmp_path):
+    trials = [{"trial": i + 1, "seed": i, "AP50": a, "AP": b, "AP75": c, "wall_time_s": 1.0}
+              for i, (a, b, c) in enumerate([(81.5, 55.9, 62.6), (82.0, 56.4, 62.6), (82.2, 56.8, 63.2)])]
+    summary, table = vt.summarize(tmp_path, trials, requested=3, failed=[])
+    ap50 = np.array([81.5, 82.0, 82.2])
+    s = summary["metrics"]["AP50"]
+    assert s["mean"] == pytest.approx(ap50.mean()) and s["n"] == 3
+    assert s["std"] == pytest.approx(ap50.std(ddof=0)) and s["std"] != pytest.approx(ap50.std(ddof=1))
+    assert (s["min"], s["max"]) == (81.5, 82.2) and summary["std_ddof"] == 0
+    on_disk = json.loads((tmp_path / "summary.json").read_text())
+    assert on_disk["metrics"]["AP75"]["values"] == [62.6, 62.6, 63.2]
+    lines = (tmp_path / "summary.csv").read_text().splitlines()
+    assert lines[0] == "row,trial,seed,AP50,AP,AP75,wall_time_s"
+    assert [ln.split(",")[0] for ln in lines[1:]] == ["trial_1", "trial_2", "trial_3", "mean", "std (ddof=0)",
+                                                     "min", "max", "n"]
+    std_row = lines[5].split(",")
+    assert float(std_row[3]) == pytest.approx(ap50.std(ddof=0), abs=1e-4)
+    assert "std (ddof=0)" in table and "81.90" in table
+
+
+# -------------------------------------------------------------------------------------------- evaluator
+
+
+def _twenty_class_voc07_test(root: Path) -> None:
+    """A VOC2007 test split with one 20x20 box of each class (1-based 11..30) plus one difficult object."""
+    from PIL import Image
+
+    from mocoeval.data.voc import VOC_CLASS_NAMES, VocObject, annotation_xml
+
+    voc = root / "VOC2007"
+    for sub in ("JPEGImages", "Annotations", "ImageSets/Main"):
+        (voc / sub).mkdir(parents=True)
+    ids = []
+    for k, name in enumerate(VOC_CLASS_NAMES):
+        image_id = f"{k:06d}"
+        ids.append(image_id)
+        Image.new("RGB", (64, 48), (k * 10, 100, 200)).save(voc / "JPEGImages" / f"{image_id}.jpg")
+        objects = [VocObject(name, 11, 11, 30, 30)]
+        if k == 0:
+            objects.append(VocObject("dog", 40, 20, 60, 40, difficult=1))  # ignored by the VOC metric
+        (voc / "Annotations" / f"{image_id}.xml").write_text(annotation_xml(
+            "VOC2007", f"{image_id}.jpg", 64, 48, objects, {"database": "test", "annotation": "test", "image": "test"}))
+    (voc / "ImageSets" / "Main" / "test.txt").write_text("\n".join(ids) + "\n")
+
+
+def _evaluate(predict) -> dict:
+    from detectron2.data import DatasetCatalog
+    from detectron2.structures import Boxes, Instances
+
+    cfg, _ = vt.build_config(DEFAULT_VOC_CONFIG, [])
+    evaluator = vt.VOCTrainer.build_evaluator(cfg, "voc_2007_test")
+    evaluator.reset()
+    for d in DatasetCatalog.get("voc_2007_test"):
+        boxes = [a["bbox"] for a in d["annotations"] if predict(a)]
+        inst = Instances((d["height"], d["width"]))
+        inst.pred_boxes = Boxes(torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4) + predict.shift)
+        inst.scores = torch.ones(len(boxes))
+        inst.pred_classes = torch.tensor([a["category_id"] for a in d["annotations"] if predict(a)], dtype=torch.long)
+        evaluator.process([{"image_id": d["image_id"]}], [{"instances": inst}])
+    return vt.extract_voc_metrics(evaluator.evaluate())
+
+
+def test_evaluator_ground_truth_as_predictions_scores_100(tmp_path):
+    from mocoeval.data.voc import register_voc_datasets
+
+    _twenty_class_voc07_test(tmp_path)
+    register_voc_datasets(tmp_path)
+    try:
+        def every_box(a):
+            return not (a["category_id"] == 11 and a["bbox"][0] > 30)  # not the difficult dog
+        every_box.shift = torch.zeros(4)
+        assert _evaluate(every_box) == {"AP50": pytest.approx(100.0), "AP": pytest.approx(100.0),
+                                        "AP75": pytest.approx(100.0)}
+
+        def all_but_cats(a):
+            return every_box(a) and a["category_id"] != 7
+        all_but_cats.shift = torch.zeros(4)
+        assert _evaluate(all_but_cats)["AP50"] == pytest.approx(95.0)  # one class of 20 at AP 0
+
+        # Shift by 4 px: IoU = 16*20 / (2*400 - 320) = 0.667, a hit at IoU 0.50..0.65 only (4 of 10 thresholds)
+        every_box.shift = torch.tensor([4.0, 0.0, 4.0, 0.0])
+        assert _evaluate(every_box) == {"AP50": pytest.approx(100.0), "AP": pytest.approx(40.0),
+                                        "AP75": pytest.approx(0.0)}
+    finally:
+        register_voc_datasets(os.environ.get("DETECTRON2_DATASETS", "datasets"))
+
+
+# ------------------------------------------------------------------------------------- one-line errors
+
+
+def _run_cli(args, store_dir, timeout=300):
+    return subprocess.run([sys.executable, str(SCRIPT), *map(str, args)], capture_output=True, text=True,
+                          env=_subprocess_env(store_dir), cwd=REPO, timeout=timeout)
+
+
+def _assert_one_line_error(proc, *fragments):
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    err_lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(err_lines) == 1 and err_lines[0].startswith("error: "), proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr + proc.stdout
+    for fragment in fragments:
+        assert fragment in err_lines[0]
+
+
+def test_cli_bad_weights_one_line_error(tmp_path, mini_data_root, capsys):
+    missing = tmp_path / "nope.pkl"
+    proc = _run_cli(["--weights", missing, "--dataset-root", mini_data_root, "--output-dir", tmp_path / "o"],
+                    tmp_path / "store")
+    _assert_one_line_error(proc, str(missing))
+    # in-process too (same cli_main path, no interpreter start-up): a file that is not a pickle
+    garbage = tmp_path / "garbage.pkl"
+    garbage.write_bytes(b"not a pickle at all")
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        _load_cli().main(["--weights", str(garbage), "--dataset-root", str(mini_data_root),
+                          "--output-dir", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and "\n" not in err and err.startswith("error: ") and str(garbage) in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_cli_bad_dataset_root_one_line_error(tmp_path, random_r50_pkl):
+    empty = tmp_path / "empty_root"
+    empty.mkdir()
+    proc = _run_cli(["--weights", random_r50_pkl, "--dataset-root", empty, "--output-dir", tmp_path / "o"],
+                    tmp_path / "store")
+    _assert_one_line_error(proc, "VOC2007")
+    assert not (tmp_path / "o").exists()
+
+
+def test_dry_run_checks_and_prints_plan(tmp_path, random_r50_pkl, mini_data_root, store):
+    out = tmp_path / "run"
+    rc = _load_cli().main(["--weights", str(random_r50_pkl), "--trials", "2", "--output-dir", str(out),
+                           "--dataset-root", str(mini_data_root), "--dry-run", "--device", "cpu",
+                           "--opts", "SOLVER.IMS_PER_BATCH", "4"])
+    assert rc == 0
+    log = (out / "log.txt").read_text()
+    assert "BASE_LR scaled linearly 0.02 -> 0.005" in log
+    assert "trial 1/2 (seed 0): would start" in log and "trial 2/2 (seed 1): would start" in log
+    assert not list(out.glob("trial_*")) and not store.exists()
+
+
+# ------------------------------------------------------------------------------------- real tiny trials
+
+
+def _metrics(out: Path, i: int) -> dict:
+    return json.loads((out / f"trial_{i}" / "metrics.json").read_text())
+
+
+@pytest.mark.slow
+def test_trials_summary_rerun_kill_resume_and_failure(tmp_path, random_r50_pkl, mini_data_root, store):
+    cli = _load_cli()
+    out = tmp_path / "run"
+    common = ["--weights", str(random_r50_pkl), "--output-dir", str(out), "--dataset-root", str(mini_data_root),
+              "--device", "cpu"]
+
+    # 1. Two trials: metrics per trial, a summary with n=2, one results record.
+    assert cli.main([*common, "--trials", "2", "--opts", *TINY_OPTS]) == 0
+    for i, seed in [(1, 0), (2, 1)]:
+        m = _metrics(out, i)
+        assert m["trial"] == i and m["seed"] == seed and m["iterations"] == 2 and m["resumed_from_iter"] is None
+        assert all(0.0 <= m[k] <= 100.0 for k in ("AP50", "AP", "AP75"))
+        assert (out / f"trial_{i}" / "model_final.pth").exists()
+        assert (out / f"trial_{i}" / "events.json").exists()  # Detectron2's event log, renamed
+        assert json.loads((out / f"trial_{i}" / "trial.json").read_text())["seed"] == seed
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["n_trials"] == 2 and summary["metrics"]["AP50"]["n"] == 2 and summary["std_ddof"] == 0
+    assert [t["seed"] for t in summary["trials"]] == [0, 1]
+    assert (out / "summary.csv").read_text().splitlines()[-1].startswith("n,")
+    records = sorted(store.glob("*_voc_*.json"))
+    assert len(records) == 1
+    rec = json.loads(records[0].read_text())
+    assert rec["stage"] == "voc" and rec["seeds"] == [0, 1] and rec["variant"]["name"] == "random-init"
+    assert rec["source_sha256"] == "0" * 64 and len(rec["weights_sha256"]) == 64 and rec["config_hash"]
+    assert [t["seed"] for t in rec["trials"]] == [0, 1]
+
+    # 2. The same command again: both trials skipped, nothing rewritten, no second record.
+    before = {i: ((out / f"trial_{i}" / "metrics.json").read_bytes(),
+                  (out / f"trial_{i}" / "metrics.json").stat().st_mtime_ns) for i in (1, 2)}
+    assert cli.main([*common, "--trials", "2", "--opts", *TINY_OPTS]) == 0
+    assert all(((out / f"trial_{i}" / "metrics.json").read_bytes(),
+                (out / f"trial_{i}" / "metrics.json").stat().st_mtime_ns) == before[i] for i in (1, 2))
+    log = (out / "log.txt").read_text()
+    assert "trial 1/2 (seed 0): finished earlier, skipped" in log and "trial 2/2 (seed 1): finished earlier" in log
+    assert len(list(store.glob("*_voc_*.json"))) == 1
+
+    # 3. A different config for the same directory is refused (one line), nothing runs.
+    with pytest.raises(SystemExit) as e:
+        cli.main([*common, "--trials", "2", "--opts", *TINY_OPTS, "SOLVER.WARMUP_ITERS", "7"])
+    assert e.value.code == 2
+
+    # 4. --trials 3, killed after trial 3's first checkpoint (a subprocess, SIGKILL: no clean-up at all).
+    t3 = out / "trial_3"
+    proc = subprocess.Popen([sys.executable, str(SCRIPT), *common, "--trials", "3", "--opts", *TINY_OPTS,
+                             "SOLVER.CHECKPOINT_PERIOD", "1"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_subprocess_env(store), cwd=REPO)
+    try:
+        deadline = time.time() + 600
+        while not (t3 / "last_checkpoint").exists():
+            assert proc.poll() is None, "run_voc.py ended before trial 3 wrote a checkpoint"
+            assert time.time() < deadline, "no checkpoint within 10 minutes"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert not (t3 / "metrics.json").exists()
+    checkpoint = t3 / (t3 / "last_checkpoint").read_text().strip()
+    assert checkpoint.name.startswith("model_000000")
+    resume_iter = int(checkpoint.stem.split("_")[1]) + 1
+
+    # 5. A broken checkpoint makes trial 3 fail; trial 4 still runs; exit 1, summary of 1, 2, 4, no record.
+    good = checkpoint.with_suffix(".good")
+    checkpoint.rename(good)
+    checkpoint.write_bytes(b"truncated by a full disk")
+    assert cli.main([*common, "--trials", "4", "--opts", *TINY_OPTS]) == 1
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["failed_trials"] == [3] and [t["trial"] for t in summary["trials"]] == [1, 2, 4]
+    assert _metrics(out, 4)["seed"] == 3
+    assert len(list(store.glob("*_voc_*.json"))) == 1
+    assert all((out / f"trial_{i}" / "metrics.json").read_bytes() == before[i][0] for i in (1, 2))
+
+    # 6. Repaired: the same command resumes trial 3 from its checkpoint and completes the run of 4.
+    checkpoint.unlink()
+    good.rename(checkpoint)
+    assert cli.main([*common, "--trials", "4", "--opts", *TINY_OPTS]) == 0
+    m3 = _metrics(out, 3)
+    assert m3["resumed_from_iter"] == resume_iter and m3["seed"] == 2
+    assert not list(t3.glob("model_0*.pth")) and (t3 / "model_final.pth").exists()  # resume points pruned
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["n_trials"] == 4 and summary["failed_trials"] == [] and summary["metrics"]["AP"]["n"] == 4
+    records = sorted(store.glob("*_voc_*.json"))
+    assert len(records) == 2
+    newest = max((json.loads(p.read_text()) for p in records), key=lambda r: len(r["trials"]))
+    assert newest["seeds"] == [0, 1, 2, 3] and newest["extra"]["supersedes"]
