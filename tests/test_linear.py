@@ -1,0 +1,426 @@
+"""Linear classification (transfer/run_linear.py, mocoeval.linear_eval): protocol constants, the frozen
+eval-mode backbone, only-fc gradients, the sanity check, exact resume, records and one-line errors.
+
+Runs on CPU on the session's imagenet-mini (20 classes x 4 train / 2 val) at 32 px with tiny batches.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn as nn
+import torchvision
+from torchvision import transforms as T
+
+from mocoeval import linear_eval as le
+from mocoeval.checkpoint_formats import load_resnet50
+from mocoeval.errors import UserError
+from mocoeval.fileio import sha256_file
+from mocoeval.results_store import load_records, pretrain_variant
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "transfer" / "run_linear.py"
+PRETRAIN_CONFIG = dict(mlp=True, aug_plus=True, cos=True, epochs=3, batch_size=16, moco_k=64, moco_t=0.2,
+                       moco_m=0.99, arch="resnet50", image_size=32)
+# Small, fast and not degenerate: few iterations per epoch, a sane lr for the fixture's features.
+FAST = ["--image-size", "32", "--batch-size", "32", "--lr", "0.5", "--print-freq", "1"]
+
+
+def _load_script():
+    spec = importlib.util.spec_from_file_location("run_linear_script", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+run_linear = _load_script()
+
+
+@pytest.fixture(autouse=True)
+def results_dir(tmp_path, monkeypatch):
+    store = tmp_path / "runs"
+    monkeypatch.setenv("MOCOEVAL_RESULTS_DIR", str(store))
+    return store
+
+
+@pytest.fixture(scope="module")
+def imagenet_mini(mini_data_root):
+    return mini_data_root / "imagenet-mini"
+
+
+def _resnet50_with_trained_looking_bn(seed: int) -> nn.Module:
+    """A torchvision ResNet-50 whose BN layers hold non-trivial statistics, like a pretrained one: then a BN
+    layer in train mode (batch statistics, running-stat updates) is distinguishable from eval mode."""
+    torch.manual_seed(seed)
+    model = torchvision.models.resnet50()
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.normal_(0, 0.2)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.uniform_(0.2, 0.6)
+                m.bias.normal_(0, 0.1)
+                m.num_batches_tracked.fill_(1000)
+    return model
+
+
+@pytest.fixture(scope="module")
+def moco_checkpoint(tmp_path_factory):
+    """A checkpoint in our pretrainer's layout (module.encoder_q.* + projection head + queue, config, variant)."""
+    model = _resnet50_with_trained_looking_bn(seed=1)
+    state = {f"module.encoder_q.{k}": v for k, v in model.state_dict().items() if not k.startswith("fc.")}
+    state["module.encoder_q.fc.0.weight"] = torch.randn(64, 2048) * 0.01
+    state["module.encoder_q.fc.0.bias"] = torch.zeros(64)
+    state["module.encoder_q.fc.2.weight"] = torch.randn(16, 64) * 0.01
+    state["module.encoder_q.fc.2.bias"] = torch.zeros(16)
+    state["module.queue"] = torch.randn(16, 64)
+    state["module.queue_ptr"] = torch.zeros(1, dtype=torch.long)
+    path = tmp_path_factory.mktemp("ckpt") / "checkpoint_0003.pth.tar"
+    torch.save({"epoch": 3, "arch": "resnet50", "state_dict": state, "optimizer": {}, "config": PRETRAIN_CONFIG,
+                "variant": pretrain_variant(PRETRAIN_CONFIG), "seed": 0}, path)
+    return path
+
+
+def _run(args) -> dict:
+    return run_linear.main([str(a) for a in args])
+
+
+# ------------------------------------------------------------------------------------ protocol
+def test_protocol_constants_match_official_main_lincls():
+    assert le.LINCLS_DEFAULTS == dict(lr=30.0, momentum=0.9, weight_decay=0.0, batch_size=256, epochs=100,
+                                      schedule=(60, 80), image_size=224, print_freq=10)
+    assert le.FC_INIT_STD == 0.01 and le.LR_DECAY == 0.1
+    args = run_linear.build_parser().parse_args(["--random-init", "data"])
+    assert (args.lr, args.momentum, args.weight_decay, args.batch_size, args.epochs, args.schedule,
+            args.image_size) == (30.0, 0.9, 0.0, 256, 100, [60, 80], 224)
+    # step schedule: x0.1 at epochs 60 and 80 (0-based, as the official adjust_learning_rate)
+    lrs = [le.lr_at_epoch(30.0, e, (60, 80)) for e in (0, 59, 60, 79, 80, 99)]
+    assert lrs == pytest.approx([30.0, 30.0, 3.0, 3.0, 0.3, 0.3])
+
+
+def test_transforms_follow_the_protocol():
+    train, val = le.build_transforms(224)
+    rrc, flip, to_tensor, norm = train.transforms
+    assert isinstance(rrc, T.RandomResizedCrop) and rrc.size == (224, 224) and rrc.scale == (0.08, 1.0)
+    assert isinstance(flip, T.RandomHorizontalFlip) and flip.p == 0.5 and isinstance(to_tensor, T.ToTensor)
+    resize, crop, _, vnorm = val.transforms
+    assert isinstance(resize, T.Resize) and resize.size == 256
+    assert isinstance(crop, T.CenterCrop) and crop.size == (224, 224)
+    for n in (norm, vnorm):
+        assert tuple(n.mean) == (0.485, 0.456, 0.406) and tuple(n.std) == (0.229, 0.224, 0.225)
+    assert le.val_resize_size(32) == 36 and le.val_resize_size(64) == 73
+
+
+def test_model_fc_init_and_only_fc_trainable():
+    torch.manual_seed(0)
+    model = le.FrozenBackboneResNet50(num_classes=1000)
+    assert model.fc.in_features == 2048 and model.fc.out_features == 1000
+    assert model.fc.weight.std().item() == pytest.approx(0.01, rel=0.02)
+    assert abs(model.fc.weight.mean().item()) < 1e-4 and torch.count_nonzero(model.fc.bias) == 0
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable == ["fc.weight", "fc.bias"]
+    opt = le.build_optimizer(model, 30.0, 0.9, 0.0)
+    group = opt.param_groups[0]
+    assert [id(p) for p in group["params"]] == [id(model.fc.weight), id(model.fc.bias)]
+    assert (group["lr"], group["momentum"], group["weight_decay"]) == (30.0, 0.9, 0.0)
+    # same state-dict keys as torchvision's ResNet-50 (checkpoints and the sanity check rely on it)
+    assert list(model.state_dict()) == list(torchvision.models.resnet50().state_dict())
+
+
+def test_train_mode_keeps_every_module_in_eval():
+    model = le.FrozenBackboneResNet50(num_classes=5)
+    model.train()
+    assert not model.training and not any(m.training for m in model.modules())
+    model.train(True)
+    assert not any(m.training for m in model.modules())
+
+
+# --------------------------------------------------------------------- training keeps the backbone
+def _batches(n_batches=2, batch=8, size=32, classes=5, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randn(n_batches * batch, 3, size, size, generator=g)
+    targets = torch.randint(0, classes, (n_batches * batch,), generator=g)
+    return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(images, targets), batch_size=batch)
+
+
+def test_training_updates_fc_only_and_backbone_stays_in_eval_mode(moco_checkpoint):
+    state, _ = load_resnet50(moco_checkpoint)
+    model = le.FrozenBackboneResNet50(num_classes=5)
+    le.load_backbone(model, state, "fixture")
+    fc_before = {k: v.clone() for k, v in model.fc.state_dict().items()}
+    bn_modes = []
+    hooks = [m.register_forward_pre_hook(lambda mod, inp: bn_modes.append(mod.training))
+             for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    runner = le.Runner(model, torch.device("cpu"))
+    optimizer = le.build_optimizer(model, 0.5, 0.9, 0.0)
+    stats = le.train_one_epoch(runner, _batches(), optimizer, epoch=0, progress=False)
+    for h in hooks:
+        h.remove()
+
+    assert len(bn_modes) == 2 * 53 and not any(bn_modes)  # every BN of every step ran in eval mode
+    assert stats["train_loss"] > 0 and 0 <= stats["train_top1"] <= 100
+    # gradients: fc only (the backbone ran under no_grad and has no trainable parameters)
+    for name, param in model.named_parameters():
+        if name.startswith("fc."):
+            assert param.grad is not None and torch.count_nonzero(param.grad) > 0, name
+        else:
+            assert param.grad is None and not param.requires_grad, name
+    assert not torch.equal(model.fc.weight, fc_before["weight"])
+    # BN running statistics and every other backbone tensor unchanged
+    le.check_backbone_unchanged(model.state_dict(), state)
+
+    # the check above is not vacuous: the same batch in train mode would move the running statistics
+    nn.Module.train(model, True)
+    with torch.no_grad():
+        model(next(iter(_batches()))[0])
+    assert le.backbone_mismatch(model.state_dict(), state) is not None
+
+
+def test_bf16_channels_last_features_close_to_fp32(moco_checkpoint):
+    state, _ = load_resnet50(moco_checkpoint)
+    model = le.FrozenBackboneResNet50(num_classes=5)
+    le.load_backbone(model, state, "fixture")
+    images = next(iter(_batches(n_batches=1, batch=2, size=32)))[0]
+    fp32 = le.Runner(model, torch.device("cpu")).features(images)
+    fast = le.Runner(model, torch.device("cpu"), precision="bf16", channels_last=True).features(images)
+    assert fast.dtype == torch.float32 and fast.shape == (2, 2048)
+    assert torch.allclose(fast, fp32, rtol=0.1, atol=0.1 * fp32.abs().mean().item())
+    le.check_backbone_unchanged(model.state_dict(), state)  # channels-last changes strides, not values
+
+
+# ----------------------------------------------------------------------------------- sanity check
+def test_sanity_check_catches_a_modified_backbone(moco_checkpoint):
+    reference, _ = load_resnet50(moco_checkpoint)
+    model = le.FrozenBackboneResNet50(num_classes=5)
+    le.load_backbone(model, reference, "fixture")
+    le.check_backbone_unchanged(model.state_dict(), reference)  # untouched: passes
+
+    for key, delta in (("layer3.2.bn2.running_mean", 1e-6), ("layer1.0.conv1.weight", 1e-3), ("bn1.bias", 1.0)):
+        changed = {k: v.clone() for k, v in model.state_dict().items()}
+        changed[key].view(-1)[0] += delta
+        with pytest.raises(le.SanityCheckError, match=key.replace(".", r"\.")) as err:
+            le.check_backbone_unchanged(changed, reference, "ckpt.pth")
+        assert "\n" not in str(err.value) and isinstance(err.value, UserError)
+    # fc is ignored; a backbone tensor missing from the checkpoint is not
+    changed = {k: v.clone() for k, v in model.state_dict().items()}
+    changed["fc.weight"] += 1
+    le.check_backbone_unchanged(changed, reference)
+    partial = {k: v for k, v in reference.items() if k != "layer4.2.bn3.running_var"}
+    assert "layer4.2.bn3.running_var" in le.backbone_mismatch(model.state_dict(), partial)
+
+
+def test_random_init_backbone_is_seeded_and_leaves_global_rng_alone():
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    a, b, c = (le.random_init_backbone_state(s) for s in (0, 0, 1))
+    assert torch.equal(torch.get_rng_state(), before)
+    assert le.backbone_mismatch(a, b) is None and le.backbone_mismatch(a, c) is not None
+    assert le.random_init_source_sha256(0) != le.random_init_source_sha256(1)
+
+
+# ------------------------------------------------------------------------------ data and sampling
+def test_seeded_augmentation_is_independent_of_workers(imagenet_mini):
+    train, _, classes = le.build_datasets(imagenet_mini, image_size=32, seed=7)
+    assert len(classes) == 20
+    train.set_epoch(3)
+    first = [train[i][0] for i in (5, 0, 5)]
+    assert torch.equal(first[0], first[2]) and not torch.equal(first[0], first[1])
+    train.set_epoch(4)
+    assert not torch.equal(train[5][0], first[0])  # a new crop each epoch
+
+    def batches(workers):
+        loader = torch.utils.data.DataLoader(train, batch_size=16, num_workers=workers, shuffle=False)
+        return [b[0] for b in loader]
+
+    for x, y in zip(batches(0), batches(2), strict=True):
+        assert torch.equal(x, y)
+
+
+def test_val_uses_train_class_indices(imagenet_mini, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(imagenet_mini, data)
+    for d in sorted((data / "val").iterdir())[:3]:  # a val split with fewer classes keeps train's numbering
+        shutil.rmtree(d)
+    expected = torchvision.datasets.ImageFolder(data / "train").class_to_idx
+    val = le._ImageFolderWithClasses(data / "val", expected)
+    assert val.class_to_idx == expected and len(val.samples) == 17 * 2
+    for path, target in val.samples:
+        assert target == expected[Path(path).parent.name]
+    assert min(t for _, t in val.samples) == 3
+
+
+def test_val_shards_cover_each_image_once():
+    dataset = list(range(11))
+    shards = [list(le._shard(dataset, r, 3)) for r in range(3)]
+    assert sorted(sum(shards, [])) == dataset
+    assert le._shard(dataset, 0, 1) is dataset
+
+
+# ---------------------------------------------------------------------------------- the whole run
+@pytest.fixture(scope="module")
+def uninterrupted_run(imagenet_mini, moco_checkpoint, tmp_path_factory):
+    """2 epochs with the lr dropping after the first; its own results store."""
+    out = tmp_path_factory.mktemp("linear_full")
+    store = out / "runs"
+    old = os.environ.get("MOCOEVAL_RESULTS_DIR")
+    os.environ["MOCOEVAL_RESULTS_DIR"] = str(store)
+    try:
+        metrics = _run(["--weights", moco_checkpoint, imagenet_mini, *FAST, "--epochs", 2, "--schedule", 1,
+                        "--workers", 0, "--seed", 3, "--output-dir", out / "run"])
+    finally:
+        if old is None:
+            os.environ.pop("MOCOEVAL_RESULTS_DIR")
+        else:
+            os.environ["MOCOEVAL_RESULTS_DIR"] = old
+    return out / "run", store, metrics
+
+
+def test_run_writes_metrics_checkpoints_and_one_record(uninterrupted_run, moco_checkpoint):
+    out, store, returned = uninterrupted_run
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["top1"] == returned["top1"] and metrics["sanity_check"] == "passed"
+    for key in ("top1", "top5", "best_top1", "best_top5"):
+        assert 0 <= metrics[key] <= 100
+    assert metrics["top5"] >= metrics["top1"] and metrics["best_top1"] >= metrics["top1"]
+    assert metrics["best_epoch"] in (1, 2) and metrics["epochs"] == 2 and metrics["val_images"] == 40
+    assert [h["lr"] for h in metrics["history"]] == pytest.approx([0.5, 0.05])
+    assert metrics["source_sha256"] == sha256_file(moco_checkpoint)
+    assert metrics["settings"]["batch_size"] == 32 and metrics["variant"]["name"] == "d"
+    ckpt = torch.load(out / "checkpoint.pth.tar", weights_only=True)
+    assert ckpt["epoch"] == 2 and set(ckpt["fc"]) == {"weight", "bias"} and ckpt["fc"]["weight"].shape == (20, 2048)
+    assert (out / "model_best.pth.tar").is_file() and (out / "log.txt").is_file()
+    assert list((out / "tb").glob("events.out.tfevents.*"))
+
+    records = load_records(store)
+    assert len(records) == 1
+    rec = records[0]
+    assert rec["stage"] == "linear" and rec["variant"] == pretrain_variant(PRETRAIN_CONFIG)
+    assert rec["source_sha256"] == sha256_file(moco_checkpoint) and rec["seeds"] == [3]
+    assert rec["metrics"]["top1"] == metrics["top1"] and rec["metrics"]["best_epoch"] == metrics["best_epoch"]
+    assert rec["config"]["lr"] == 0.5 and rec["wall_time_s"] > 0
+    assert (store.parent / "ablation.md").is_file()  # tables regenerated (next to a store named runs/)
+
+
+def test_resume_continues_and_equals_the_uninterrupted_run(uninterrupted_run, imagenet_mini, moco_checkpoint,
+                                                           tmp_path, results_dir):
+    full_out, _, full = uninterrupted_run
+    out = tmp_path / "resumed"
+    common = ["--weights", moco_checkpoint, imagenet_mini, *FAST, "--schedule", 1, "--seed", 3, "--output-dir", out]
+    _run([*common, "--epochs", 1, "--workers", 0])
+    assert torch.load(out / "checkpoint.pth.tar", weights_only=True)["epoch"] == 1
+    # picks up epoch 2 only; other workers count: the crops are seeded per image, not per worker
+    resumed = _run([*common, "--epochs", 2, "--workers", 2, "--resume", "auto"])
+    log = (out / "log.txt").read_text()
+    assert "resumed from" in log and "at epoch 1" in log
+    assert [h["epoch"] for h in resumed["history"]] == [1, 2]
+    a = torch.load(full_out / "checkpoint.pth.tar", weights_only=True)
+    b = torch.load(out / "checkpoint.pth.tar", weights_only=True)
+    assert torch.equal(a["fc"]["weight"], b["fc"]["weight"]) and torch.equal(a["fc"]["bias"], b["fc"]["bias"])
+    assert resumed["top1"] == full["top1"] and resumed["top5"] == full["top5"]
+    assert [h["train_loss"] for h in resumed["history"]] == [h["train_loss"] for h in full["history"]]
+
+    # a resume with a setting that changes the result is refused, in one line
+    with pytest.raises(SystemExit) as exc:
+        _run([*common, "--epochs", 3, "--resume", str(out / "checkpoint.pth.tar"), "--lr", "0.1"])
+    assert exc.value.code == 2
+
+
+def test_random_init_run_records_its_seed(imagenet_mini, tmp_path, results_dir):
+    metrics = _run(["--random-init", imagenet_mini, *FAST, "--epochs", 1, "--workers", 0, "--seed", 5,
+                    "--output-dir", tmp_path / "rand"])
+    assert metrics["sanity_check"] == "passed" and metrics["source_format"] == "random-init"
+    (rec,) = load_records(results_dir)
+    assert rec["variant"]["name"] == "random-init" and rec["seeds"] == [5]
+    assert rec["source_sha256"] == le.random_init_source_sha256(5) and rec["weights"] is None
+
+
+# --------------------------------------------------------------------------------- bad input
+def _error_line(capsys, argv) -> str:
+    with pytest.raises(SystemExit) as exc:
+        _run(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: "), err
+    return err[0]
+
+
+def test_missing_split_is_one_line_error_from_the_cli(imagenet_mini, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(imagenet_mini / "train", data / "train")
+    env = dict(os.environ, PYTHONPATH=f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--random-init", str(data), "--output-dir",
+                           str(tmp_path / "out")], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and str(data / "val") in lines[0]
+    assert "Traceback" not in proc.stderr + proc.stdout
+
+
+def test_class_in_val_not_in_train_is_one_line_error(imagenet_mini, tmp_path, capsys):
+    data = tmp_path / "data"
+    shutil.copytree(imagenet_mini, data)
+    extra = data / "val" / "zebra"
+    extra.mkdir()
+    shutil.copy(next((data / "val").glob("*/*.jpg")), extra / "z.jpg")
+    line = _error_line(capsys, ["--random-init", data, "--output-dir", tmp_path / "out"])
+    assert "zebra" in line
+
+
+def test_empty_split_or_class_folder_is_one_line_error(imagenet_mini, tmp_path, capsys):
+    data = tmp_path / "data"
+    (data / "train").mkdir(parents=True)
+    (data / "val").mkdir()
+    assert str(data / "train") in _error_line(capsys, ["--random-init", data, "--output-dir", tmp_path / "out"])
+    shutil.rmtree(data)
+    shutil.copytree(imagenet_mini, data)
+    empty_class = sorted((data / "train").iterdir())[4]
+    for image in empty_class.iterdir():
+        image.unlink()
+    assert str(empty_class) in _error_line(capsys, ["--random-init", data, "--output-dir", tmp_path / "out"])
+
+
+def test_bad_checkpoint_is_one_line_error(imagenet_mini, tmp_path, capsys):
+    bogus = tmp_path / "weights.pth"
+    bogus.write_text("not a checkpoint")
+    line = _error_line(capsys, ["--weights", bogus, imagenet_mini, "--output-dir", tmp_path / "out"])
+    assert str(bogus) in line
+    r18 = tmp_path / "resnet18.pth"
+    torch.save(torchvision.models.resnet18().state_dict(), r18)
+    line = _error_line(capsys, ["--weights", r18, imagenet_mini, "--output-dir", tmp_path / "out"])
+    assert "ResNet-18" in line or "resnet18" in line.lower()
+    assert _error_line(capsys, ["--weights", tmp_path / "missing.pth", imagenet_mini,
+                                "--output-dir", tmp_path / "out"])
+
+
+# ----------------------------------------------------------------------------------- distributed
+@pytest.mark.slow
+def test_torchrun_two_cpu_processes_shard_val_exactly(imagenet_mini, moco_checkpoint, tmp_path, results_dir):
+    """torchrun with 2 gloo processes: fc in DDP, val sharded; the reported accuracy equals a single-process
+    evaluation of the same fc, and rank 0 alone writes the record."""
+    out = tmp_path / "ddp"
+    env = dict(os.environ, PYTHONPATH=f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           str(SCRIPT), "--weights", str(moco_checkpoint), str(imagenet_mini), *FAST,
+                           "--epochs", "1", "--workers", "0", "--device", "cpu", "--output-dir", str(out)],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["world_size"] == 2 and metrics["val_images"] == 40
+    assert len(load_records(results_dir)) == 1
+
+    state, _ = load_resnet50(moco_checkpoint)
+    model = le.FrozenBackboneResNet50(num_classes=20)
+    le.load_backbone(model, state, "fixture")
+    model.fc.load_state_dict(torch.load(out / "checkpoint.pth.tar", weights_only=True)["fc"])
+    _, val, _ = le.build_datasets(imagenet_mini, 32, seed=0)
+    single = le.evaluate(le.Runner(model, torch.device("cpu")),
+                         torch.utils.data.DataLoader(val, batch_size=7), progress=False)
+    assert single["val_images"] == 40
+    assert single["top1"] == metrics["top1"] and single["top5"] == metrics["top5"]
