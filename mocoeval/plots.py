@@ -1,0 +1,168 @@
+"""Ablation plots (matplotlib, Agg, PNG): per-variant VOC trial spread; linear top-1 against VOC AP50.
+
+Figures are built with matplotlib's object API (`Figure`), never pyplot, so no GUI backend or global state
+is involved, and written atomically.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless; harmless if pyplot is never imported
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+from .fileio import atomic_write  # noqa: E402
+
+METRICS = ("AP50", "AP", "AP75")
+PAPER_STYLE = dict(marker="D", s=46, facecolors="none", edgecolors="tab:red", linewidths=1.4, zorder=4)
+OURS_STYLE = dict(marker="o", s=28, zorder=3)
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    FigureCanvasAgg(fig)
+    return atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110, bbox_inches="tight"), "wb")
+
+
+def _jitter(n: int, width: float = 0.22) -> np.ndarray:
+    """Deterministic horizontal offsets so the trials of one box do not overlap."""
+    return np.zeros(1) if n == 1 else np.linspace(-width / 2, width / 2, n)
+
+
+def plot_voc_trials(trials: pd.DataFrame, labels: Sequence[str], paper: pd.DataFrame | None, path) -> Path:
+    """One panel per VOC metric: a box per table row over its per-trial values, the trials as points
+    (coloured by source checkpoint), and the paper's mean for the row's case (same epochs) as a red diamond."""
+    path = Path(path)
+    n_boxes = max(1, trials["row"].nunique() if not trials.empty else 1)
+    fig = Figure(figsize=(max(9.0, len(METRICS) * (1.2 + 0.6 * n_boxes)), 4.2))
+    axes = fig.subplots(1, len(METRICS), squeeze=False)[0]
+    rows_with_trials = sorted(trials["row"].unique()) if not trials.empty else []
+    from .tables import paper_by_case  # lazy: tables imports this module lazily too
+
+    published = paper_by_case(paper)
+    colors = matplotlib.colormaps["tab10"]
+    for ax, metric in zip(axes, METRICS):
+        ax.set_title(f"VOC07 {metric}")
+        ax.grid(axis="y", alpha=0.3)
+        if not rows_with_trials:
+            ax.text(0.5, 0.5, "no VOC trials yet", ha="center", va="center", transform=ax.transAxes)
+            ax.set_xticks([])
+            continue
+        paper_points = []
+        for x, row in enumerate(rows_with_trials):
+            sub = trials[trials["row"] == row]
+            values = sub[metric].dropna().to_numpy(dtype=float)
+            if values.size:
+                ax.boxplot([values], positions=[x], widths=0.5, showfliers=False,
+                           medianprops=dict(color="black"), boxprops=dict(color="0.4"),
+                           whiskerprops=dict(color="0.4"), capprops=dict(color="0.4"))
+            for si, (_, src) in enumerate(sub.groupby("source", sort=True)):
+                v = src[metric].dropna().to_numpy(dtype=float)
+                if v.size:
+                    ax.scatter(x + _jitter(v.size), v, color=colors(si % 10), **OURS_STYLE,
+                               label="ours (one trial)" if (x, si) == (0, 0) else None)
+            pv = _paper_value(published.get(sub["case"].iloc[0]), sub["epochs"].iloc[0], metric)
+            if pv is not None:
+                paper_points.append((x, pv))
+        _draw_paper_points(ax, trials[metric].dropna().to_numpy(dtype=float), paper_points)
+        ax.set_xticks(range(len(rows_with_trials)))
+        ax.set_xticklabels([labels[r] for r in rows_with_trials], fontsize=8)
+        ax.set_xlim(-0.7, len(rows_with_trials) - 0.3)
+    handles, names = axes[0].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, names, loc="lower center", ncol=len(handles), frameon=False, fontsize=8,
+                   bbox_to_anchor=(0.5, -0.04))
+    fig.suptitle("Per-trial spread of VOC07 detection (Faster R-CNN R50-C4)")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def _missing(x) -> bool:
+    return x is None or x is pd.NA or (isinstance(x, float) and math.isnan(x))
+
+
+def _paper_value(published: dict | None, epochs, metric: str) -> float | None:
+    """The paper's number for a row, only if it is the same setting (a 2-epoch (d) is not the paper's (d))."""
+    if published is None or _missing(published.get(metric)):
+        return None
+    paper_epochs = published.get("epochs")
+    if not _missing(paper_epochs) and (_missing(epochs) or int(epochs) != int(paper_epochs)):
+        return None
+    return float(published[metric])
+
+
+def _draw_paper_points(ax, ours: np.ndarray, points: list[tuple[float, float]], reach: float = 5.0) -> None:
+    """The paper's means as red diamonds. A mean far outside our values (e.g. a few-iteration demo run
+    against the paper's 24k-iteration numbers) would squash our spread into a line, so such points are drawn
+    as an arrow at the panel edge with their value instead."""
+    if not points:
+        return
+    if ours.size:
+        lo, hi = float(ours.min()), float(ours.max())
+        margin = max(reach, 3 * (hi - lo))
+        inside = [(x, v) for x, v in points if lo - margin <= v <= hi + margin]
+    else:
+        inside = points
+    if inside:
+        ax.scatter([x for x, _ in inside], [v for _, v in inside], **PAPER_STYLE, label="paper (5-trial mean)")
+    outside = [p for p in points if p not in inside]
+    if outside:
+        ax.autoscale_view()
+        y0, y1 = ax.get_ylim()
+        for x, v in outside:
+            edge, marker, va = (y1, "^", "top") if v > y1 else (y0, "v", "bottom")
+            ax.scatter([x], [edge], marker=marker, s=40, color="tab:red", clip_on=False, zorder=4)
+            ax.annotate(f"paper {v:.1f}", (x, edge), textcoords="offset points", xytext=(6, 0), fontsize=7,
+                        color="tab:red", va=va)
+        ax.set_ylim(y0, y1)
+
+
+def plot_linear_vs_voc(frame: pd.DataFrame, paper: pd.DataFrame | None, path) -> Path:
+    """ImageNet linear top-1 (x) against VOC07 AP50 (y): our rows as dots with the AP50 std as error bars,
+    the paper's Table 1 rows as red diamonds; each point labelled with its case."""
+    path = Path(path)
+    fig = Figure(figsize=(6.4, 4.8))
+    ax = fig.subplots()
+    drawn = 0
+    if not frame.empty:
+        ours = frame[(frame["linear_n"] > 0) & (frame["AP50_n"] > 0)]
+        if not ours.empty:
+            ax.errorbar(ours["linear_top1"], ours["AP50_mean"], yerr=ours["AP50_std"].fillna(0.0), fmt="o",
+                        color="tab:blue", ecolor="tab:blue", capsize=3, label="ours (mean ± std)", zorder=3)
+            for line in ours.to_dict("records"):
+                ax.annotate(_short(line["case"], line["epochs"]), (line["linear_top1"], line["AP50_mean"]),
+                            textcoords="offset points", xytext=(5, 4), fontsize=8, color="tab:blue")
+            drawn += len(ours)
+    if paper is not None:
+        pts = paper[(paper["case"] != "") & paper["linear_top1"].notna() & paper["AP50"].notna()]
+        pts = pts.drop_duplicates("case")
+        if not pts.empty:
+            ax.scatter(pts["linear_top1"], pts["AP50"], **PAPER_STYLE, label="paper")
+            for line in pts.to_dict("records"):
+                ax.annotate(_short(line["case"], None), (line["linear_top1"], line["AP50"]),
+                            textcoords="offset points", xytext=(5, -10), fontsize=8, color="tab:red")
+            drawn += len(pts)
+    if not drawn:
+        ax.text(0.5, 0.5, "no rows with both a linear and a VOC result yet", ha="center", va="center",
+                transform=ax.transAxes)
+    ax.set_xlabel("ImageNet linear top-1 (%)")
+    ax.set_ylabel("VOC07 AP50")
+    ax.set_title("Linear classification vs detection transfer")
+    ax.grid(alpha=0.3)
+    if drawn:
+        ax.legend(loc="best", fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def _short(case: str, epochs) -> str:
+    label = {"random-init": "random", "supervised": "sup.", "moco_v1": "v1"}.get(case, case)
+    if epochs is not None and not pd.isna(epochs):
+        label += f" {int(epochs)}ep"
+    return label

@@ -1,0 +1,317 @@
+"""Ablation tables and plots from fixture run records (results/make_tables.py, mocoeval.tables)."""
+from __future__ import annotations
+
+import csv
+import importlib.util
+import io
+import json
+import math
+import re
+import warnings
+from pathlib import Path
+
+import pytest
+
+from mocoeval import tables
+from mocoeval.fileio import atomic_write_json
+from mocoeval.results_store import REPO_ROOT, load_records, pretrain_variant, special_variant, write_run_record
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+V1 = pretrain_variant(dict(mlp=False, aug_plus=False, cos=False, epochs=200, moco_t=0.07))
+A = pretrain_variant(dict(mlp=True, aug_plus=False, cos=False, epochs=200, moco_t=0.2))
+D = pretrain_variant(dict(mlp=True, aug_plus=True, cos=True, epochs=200, batch_size=256, moco_k=65536,
+                          moco_t=0.2, moco_m=0.999))
+K4096 = pretrain_variant(dict(mlp=True, aug_plus=True, cos=True, epochs=200, moco_k=4096), name="k4096")
+TAU = pretrain_variant(dict(mlp=True, aug_plus=False, cos=False, epochs=200, moco_t=0.07), name="tau0.07")
+SUP, RAND = special_variant("supervised"), special_variant("random-init")
+
+
+class Store:
+    """Writes records through the real results_store API, with increasing dates (deterministic 'newest')."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.n = 0
+
+    def add(self, stage, variant, sha, metrics=None, trials=None) -> Path:
+        path = write_run_record(stage, variant=variant, metrics=metrics or {}, source_sha256=sha, trials=trials,
+                                store_dir=self.root)
+        rec = json.loads(path.read_text())
+        self.n += 1
+        rec["date"] = f"2025-01-01T00:{self.n // 60:02d}:{self.n % 60:02d}+00:00"
+        atomic_write_json(path, rec)
+        return path
+
+    def voc(self, variant, sha, *aps, seeds=None):
+        seeds = seeds if seeds is not None else range(len(aps))
+        trials = [{"trial": i, "seed": s, "AP50": ap[0], "AP": ap[1], "AP75": ap[2]}
+                  for i, (s, ap) in enumerate(zip(seeds, aps))]
+        return self.add("voc", variant, sha, trials=trials)
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch):
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    monkeypatch.setenv("MOCOEVAL_RESULTS_DIR", str(runs))
+    return Store(runs)
+
+
+def fill_fixture(st: Store) -> None:
+    """The fixture behind EXPECTED_TABLE, written in a scrambled order (the table order must not depend on it)."""
+    st.add("linear", TAU, "t" * 64, {"top1": 62.9})
+    # (d): two pretraining runs (sources d1, d2) pooled into one row.
+    st.add("pretrain", D, "d1" * 32, {"final_loss": 6.123456})
+    st.add("linear", D, "d1" * 32, {"top1": 60.0})  # replaced by the newer linear record of d1
+    st.voc(D, "d1" * 32, (82.0, 57.0, 63.0), (99.0, 99.0, 99.0), seeds=[0, 1])  # seed 1 replaced below
+    st.add("linear", K4096, "k" * 64, {"top1": 66.0})
+    st.voc(D, "d1" * 32, (82.4, 57.2, 63.6), (82.6, 57.4, 64.0), seeds=[1, 2])  # a re-run adding seed 2
+    st.add("linear", D, "d1" * 32, {"top1": 67.4})
+    st.add("linear", D, "d2" * 32, {"top1": 67.8})
+    st.voc(D, "d2" * 32, (82.2, 56.8, 63.4), (82.8, 57.6, 64.0), seeds=[0, 1])
+    st.voc(A, "a" * 64, (81.8, 53.7, 60.0), (82.0, 53.9, 61.0))
+    st.add("linear", V1, "v" * 64, {"top1": 60.6})
+    st.voc(SUP, "s" * 64, (81.3, 53.5, 58.8), (81.5, 53.3, None))  # one trial without AP75
+    st.add("linear", SUP, "s" * 64, {"top1": 76.1})
+    st.voc(RAND, None, (60.2, 33.8, 33.1))
+
+
+# Hand-computed: sup AP50 (81.3+81.5)/2 = 81.4, AP 53.4, AP75 58.8 (n=1); (a) AP50 81.9 -> gap +0.5 (bold),
+# AP 53.8 -> +0.4 (not bold); (d) pools d1 seeds {0, 1 (newer), 2} and d2 seeds {0, 1}: AP50 82.0 82.4 82.6 82.2
+# 82.8 -> 82.4 ± 0.283 (ddof 0); AP 57.2 ± 0.283; AP75 63.0 63.6 64.0 63.4 64.0 -> 63.6 ± 0.379; linear: d1's
+# newest 67.4 and d2's 67.8 -> 67.6 ± 0.2 (2).
+EXPECTED_TABLE = """\
+| case | MLP | aug+ | cos | epochs | ImageNet acc. | VOC AP50 | VOC AP | VOC AP75 |
+|:--|:-:|:-:|:-:|--:|--:|--:|--:|--:|
+| random init |  |  |  |  | — | 60.2 (1) (-21.2) | 33.8 (1) (-19.6) | 33.1 (1) (-25.7) |
+| supervised |  |  |  |  | 76.1 | 81.4 ± 0.1 (2) | 53.4 ± 0.1 (2) | 58.8 (1) |
+| MoCo v1 |  |  |  | 200 | 60.6 | — | — | — |
+| (a) | ✓ |  |  | 200 | — | 81.9 ± 0.1 (2) **(+0.5)** | 53.8 ± 0.1 (2) (+0.4) | 60.5 ± 0.5 (2) **(+1.7)** |
+| (d) | ✓ | ✓ | ✓ | 200 | 67.6 ± 0.2 (2) | 82.4 ± 0.3 (5) **(+1.0)** | 57.2 ± 0.3 (5) **(+3.8)** | 63.6 ± 0.4 (5) **(+4.8)** |
+| k4096 | ✓ | ✓ | ✓ | 200 | 66.0 | — | — | — |
+| tau0.07 | ✓ |  |  | 200 | 62.9 | — | — | — |
+"""
+
+
+def build(store: Store, out: Path, plots=False):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a clean fixture must not warn
+        return tables.build_outputs(store.root, out, plots=plots)
+
+
+def test_markdown_table_exact(store, tmp_path):
+    fill_fixture(store)
+    rows = tables.collect_rows(load_records(store.root))
+    assert tables.render_markdown_table(tables.ablation_frame(rows)) == EXPECTED_TABLE
+    # The same table (plus notes) is what build_outputs writes into ablation.md.
+    build(store, tmp_path / "out")
+    md = (tmp_path / "out" / "ablation.md").read_text()
+    assert EXPECTED_TABLE in md
+    assert "population std (ddof=0)" in md
+
+
+def test_csv_columns_and_values(store, tmp_path):
+    fill_fixture(store)
+    build(store, tmp_path / "out")
+    text = (tmp_path / "out" / "ablation.csv").read_text()
+    lines = list(csv.DictReader(io.StringIO(text)))
+    assert text.splitlines()[0] == ("case,mlp,aug_plus,cos,epochs,linear_top1,AP50_mean,AP50_std,AP_mean,AP_std,"
+                                    "AP75_mean,AP75_std,n_trials")
+    assert [ln["case"] for ln in lines] == ["random-init", "supervised", "moco_v1", "a", "d", "k4096", "tau0.07"]
+    d = lines[4]
+    assert (d["mlp"], d["aug_plus"], d["cos"], d["epochs"], d["n_trials"]) == ("True", "True", "True", "200", "5")
+    assert float(d["linear_top1"]) == pytest.approx(67.6)
+    assert float(d["AP50_mean"]) == pytest.approx(82.4)
+    assert float(d["AP50_std"]) == pytest.approx(math.sqrt(0.08), abs=1e-5)  # ddof=0, not ddof=1 (0.316)
+    assert float(d["AP75_std"]) == pytest.approx(math.sqrt(0.144), abs=1e-5)
+    sup, rand = lines[1], lines[0]
+    assert (sup["mlp"], sup["epochs"], sup["AP75_mean"], sup["AP75_std"], sup["n_trials"]) == ("", "", "58.8", "", "2")
+    assert (rand["linear_top1"], rand["AP50_std"], rand["n_trials"]) == ("", "", "1")
+
+
+def test_comparison_with_paper_numbers(store, tmp_path):
+    fill_fixture(store)
+    rows = tables.collect_rows(load_records(store.root))
+    comp = tables.comparison_frame(tables.ablation_frame(rows), tables.load_paper_numbers())
+    md = tables.render_comparison_markdown(comp)
+    lines = md.splitlines()
+    assert lines[0].startswith("| case | epochs (paper) | epochs (ours) | ImageNet acc. paper | ImageNet acc. ours |")
+    # Every published case appears in table order; ours "—" where we have nothing.
+    assert [ln.split(" | ")[0][2:] for ln in lines[2:]] == [
+        "random init", "supervised", "MoCo v1", "(a)", "(b)", "(c)", "(d)", "(e)"]
+    assert "| random init |  |  | — | — | — | 60.2 | 60.2 | +0.0 | 33.8 | 33.8 | +0.0 | 33.1 | 33.1 | +0.0 |" in lines
+    assert "| supervised |  |  | 76.5 | 76.1 | -0.4 | 81.3 | 81.4 | +0.1 | 53.5 | 53.4 | -0.1 | 58.8 | 58.8 | +0.0 |" in lines
+    assert "| (a) | 200 | 200 | 66.2 | — | — | 82.0 | 81.9 | -0.1 | 56.4 | 53.8 | -2.6 | 62.6 | 60.5 | -2.1 |" in lines
+    assert "| (d) | 200 | 200 | 67.5 | 67.6 | +0.1 | 82.4 | 82.4 | +0.0 | 57.0 | 57.2 | +0.2 | 63.6 | 63.6 | +0.0 |" in lines
+    assert "| (e) | 800 |  | 71.1 | — | — | 82.5 | — | — | 57.4 | — | — | 64.0 | — | — |" in lines
+
+
+def test_no_supervised_row_means_no_gaps(store):
+    store.voc(D, "d" * 64, (82.0, 57.0, 63.0))
+    store.add("linear", D, "d" * 64, {"top1": 67.25})
+    rows = tables.collect_rows(load_records(store.root))
+    assert tables.render_markdown_table(tables.ablation_frame(rows)).splitlines()[2] == (
+        "| (d) | ✓ | ✓ | ✓ | 200 | 67.2 | 82.0 (1) | 57.0 (1) | 63.0 (1) |")
+
+
+def test_row_order_is_fixed():
+    keys = [tables.VariantKey(c, None, None, None, e) for c, e in
+            [("zeta", 1), ("e", 800), ("a", 200), ("supervised", None), ("d", 200), ("alpha", 5), ("moco_v1", 200),
+             ("c", 200), ("random-init", None), ("d", 100), ("b", 200)]]
+    ordered = [(k.case, k.epochs) for k in sorted(keys, key=tables.VariantKey.sort_key)]
+    assert ordered == [("random-init", None), ("supervised", None), ("moco_v1", 200), ("a", 200), ("b", 200),
+                       ("c", 200), ("d", 100), ("d", 200), ("e", 800), ("alpha", 5), ("zeta", 1)]
+
+
+def test_pretrain_variant_wins_for_a_source(store):
+    store.add("pretrain", D, "x" * 64, {"final_loss": 7.0})
+    bad = store.voc(A, "x" * 64, (80.0, 50.0, 55.0))  # claims (a) but its source was pretrained as (d)
+    with pytest.warns(UserWarning, match=re.escape(str(bad))):
+        rows = tables.collect_rows(load_records(store.root))
+    assert [r.key.case for r in rows] == ["d"]
+    assert len(rows[0].trials) == 1
+
+
+def test_pooling_different_hyperparameters_warns_and_notes(store, tmp_path):
+    store.add("linear", D, "p" * 64, {"top1": 67.0})
+    store.add("linear", {**D, "moco_t": 0.07}, "q" * 64, {"top1": 65.0})
+    with pytest.warns(UserWarning, match="moco_t"):
+        tables.build_outputs(store.root, tmp_path / "out", plots=False)
+    md = (tmp_path / "out" / "ablation.md").read_text()
+    assert "Row (d) (200 ep) pools sources that differ in moco_t 0.07, 0.2." in md
+
+
+def test_corrupt_records_skipped_with_warning_naming_them(store, tmp_path):
+    store.voc(SUP, "s" * 64, (81.3, 53.5, 58.8))
+    broken = store.root / "20250101T000000_voc_broken.json"
+    broken.write_text('{"stage": "voc", "variant": ')  # truncated JSON
+    no_trials = store.add("voc", D, "n" * 64, {"AP50": {"mean": 82.0}})  # voc record without per-trial results
+    bad_value = store.voc(A, "b" * 64, ("82.0", 57.0, 63.0))  # AP50 as a string
+    with pytest.warns(UserWarning) as caught:
+        paths = tables.regenerate()  # default store from $MOCOEVAL_RESULTS_DIR, tables into its parent
+    messages = "\n".join(str(w.message) for w in caught)
+    for path in (broken, no_trials, bad_value):
+        assert str(path) in messages
+    assert {p.name for p in paths} >= {"ablation.md", "ablation.tex", "ablation.csv"}
+    assert all(p.parent == tmp_path for p in paths)  # never the repository's results/
+    csv_lines = (tmp_path / "ablation.csv").read_text().splitlines()
+    assert [ln.split(",")[0] for ln in csv_lines[1:]] == ["supervised"]
+
+
+def test_regenerate_never_raises(store, tmp_path):
+    store.voc(SUP, "s" * 64, (81.3, 53.5, 58.8))
+    blocker = tmp_path / "not_a_folder"
+    blocker.write_text("x")
+    with pytest.warns(UserWarning, match="could not regenerate"):
+        assert tables.regenerate(store.root, blocker / "out") == []
+
+
+def test_no_records_still_writes_paper_rows(tmp_path):
+    runs = tmp_path / "store"
+    runs.mkdir()
+    paths = tables.build_outputs(runs)  # a store folder not named runs: outputs go inside it
+    assert {p.parent for p in paths} == {runs}
+    md = (runs / "ablation.md").read_text()
+    assert "No run records found" in md
+    assert "| (d) | 200 |  | 67.5 | — | — | 82.4 | — | — | 57.0 | — | — | 63.6 | — | — |" in md
+    assert (runs / "ablation.csv").read_text().strip() == ",".join(tables.CSV_COLUMNS)
+    assert "no run records yet" in (runs / "ablation.tex").read_text()
+    for name in (tables.OUT_TRIALS_PNG, tables.OUT_LINEAR_VS_VOC_PNG):
+        assert (runs / name).read_bytes()[:8] == PNG_MAGIC
+
+
+def test_plots_written_and_nonempty(store, tmp_path):
+    fill_fixture(store)
+    paths = build(store, tmp_path / "out", plots=True)
+    pngs = [p for p in paths if p.suffix == ".png"]
+    assert sorted(p.name for p in pngs) == sorted([tables.OUT_TRIALS_PNG, tables.OUT_LINEAR_VS_VOC_PNG])
+    from matplotlib.image import imread
+
+    for p in pngs:
+        assert p.read_bytes()[:8] == PNG_MAGIC
+        img = imread(p)
+        assert img.shape[0] > 200 and img.shape[1] > 300
+        assert img[..., :3].std() > 0.01  # something was drawn, not a blank canvas
+    assert "![ablation_voc_trials](ablation_voc_trials.png)" in (tmp_path / "out" / "ablation.md").read_text()
+
+
+def test_latex_table(store, tmp_path):
+    fill_fixture(store)
+    store.add("linear", pretrain_variant(dict(epochs=10), name="my_run&co"), "m" * 64, {"top1": 1.0})
+    build(store, tmp_path / "out")
+    tex = (tmp_path / "out" / "ablation.tex").read_text()
+    assert ("(d) & \\checkmark & \\checkmark & \\checkmark & 200 & 67.6 $\\pm$ 0.2 (2) & "
+            "82.4 $\\pm$ 0.3 (5) \\textcolor{green!50!black}{(+1.0)} & ") in tex
+    assert "60.2 (1) ($-$21.2)" in tex
+    assert "53.8 $\\pm$ 0.1 (2) (+0.4) &" in tex  # below +0.5: not coloured
+    assert "my\\_run\\&co &  &  &  & 10 & 1.0 & -- & -- & -- \\\\" in tex
+    assert "\\usepackage{xcolor}" in tex and tex.count("\\begin{tabular}") == 2
+
+
+# Published numbers (protocol.md, "Published numbers"): case -> (linear top-1, AP50, AP, AP75).
+PROTOCOL_TABLE1 = {
+    "random-init": (None, 60.2, 33.8, 33.1), "supervised": (76.5, 81.3, 53.5, 58.8),
+    "moco_v1": (60.6, 81.5, 55.9, 62.6), "a": (66.2, 82.0, 56.4, 62.6), "b": (63.4, 82.2, 56.8, 63.2),
+    "c": (67.3, 82.5, 57.2, 63.9), "d": (67.5, 82.4, 57.0, 63.6), "e": (71.1, 82.5, 57.4, 64.0),
+}
+
+
+def test_paper_numbers_csv_matches_protocol():
+    paper = tables.load_paper_numbers()
+    assert (paper["source"] != "").all()
+    by_case = tables.paper_by_case(paper)
+    assert set(by_case) == set(PROTOCOL_TABLE1)
+    for case, expected in PROTOCOL_TABLE1.items():
+        line = by_case[case]
+        got = tuple(None if math.isnan(line[c]) else line[c] for c in ("linear_top1", "AP50", "AP", "AP75"))
+        assert got == expected, case
+    assert "MoCo v1" in by_case["random-init"]["source"] and "Table 1" in by_case["d"]["source"]
+    assert (by_case["d"]["mlp"], by_case["d"]["aug_plus"], by_case["d"]["cos"], by_case["d"]["epochs"]) == (
+        True, True, True, 200)
+    assert by_case["e"]["epochs"] == 800
+    labels = dict(zip(paper["label"], zip(paper["AP50"], paper["AP"], paper["AP75"])))
+    assert labels["MoCo IG-1B"] == (82.2, 57.2, 63.7)
+    assert labels["end-to-end"] == (80.4, 54.6, 60.3) and labels["memory bank"] == (80.6, 54.9, 60.6)
+    v1_sup = paper[(paper["label"] == "supervised IN-1M") & paper["source"].str.startswith("MoCo v1")]
+    assert tuple(v1_sup[["AP50", "AP", "AP75"]].iloc[0]) == (81.3, 53.5, 58.8)
+    linear = dict(zip(paper["label"], paper["linear_top1"]))
+    assert [linear[f"w/o MLP tau {t}"] for t in ("0.07", "0.1", "0.2", "0.3", "0.4", "0.5")] == [
+        60.6, 60.7, 59.0, 58.2, 57.2, 56.4]
+    assert [linear[f"w/ MLP tau {t}"] for t in ("0.07", "0.1", "0.2", "0.3", "0.4", "0.5")] == [
+        62.9, 64.9, 66.2, 65.7, 65.0, 64.3]
+    assert [linear[f"momentum {m}"] for m in ("0.9", "0.99", "0.999", "0.9999")] == [55.2, 57.8, 59.0, 58.9]
+    assert (linear["SimCLR 200 ep batch 256"], linear["SimCLR 200 ep batch 8192"],
+            linear["SimCLR 1000 ep batch 4096"], linear["MoCo v2 800 ep"]) == (61.9, 66.6, 69.3, 71.1)
+    assert (linear["moco_v1_200ep_pretrain.pth.tar"], linear["moco_v2_200ep_pretrain.pth.tar"],
+            linear["moco_v2_800ep_pretrain.pth.tar"]) == (60.6, 67.7, 71.1)
+
+
+def test_bad_paper_numbers_file_is_a_user_error(tmp_path):
+    bad = tmp_path / "paper.csv"
+    bad.write_text("source,label\nx,y\n")
+    with pytest.raises(tables.UserError, match=re.escape(str(bad))):
+        tables.load_paper_numbers(bad)
+    with pytest.raises(tables.UserError, match="not found"):
+        tables.load_paper_numbers(tmp_path / "missing.csv")
+
+
+def _cli():
+    spec = importlib.util.spec_from_file_location("make_tables", REPO_ROOT / "results" / "make_tables.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_cli(store, tmp_path, capsys):
+    make_tables = _cli()
+    store.voc(SUP, "s" * 64, (81.3, 53.5, 58.8))
+    (store.root / "broken.json").write_text("[]")
+    assert make_tables.main(["--runs", str(store.root), "--out", str(tmp_path / "out"), "--no-plots"]) == 0
+    captured = capsys.readouterr()
+    assert f"wrote {tmp_path / 'out' / 'ablation.md'}" in captured.out
+    assert f"warning: skipping unreadable run record {store.root / 'broken.json'}" in captured.err
+    with pytest.raises(SystemExit) as exit_info:
+        make_tables.main(["--runs", str(tmp_path / "nope")])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip() == f"error: runs folder not found: {tmp_path / 'nope'}"
