@@ -15,7 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from mocoeval.checkpoint_formats import FORMATS, load_resnet50
+from mocoeval.checkpoint_formats import FORMATS, load_resnet50, parse_random_init, random_init_resnet50
 from mocoeval.d2_convert import save_d2_pickle, torchvision_to_d2
 from mocoeval.errors import UserError, cli_main
 
@@ -29,8 +29,11 @@ def build_parser() -> argparse.ArgumentParser:
                + "\nA checkpoint may keep its weights at the top level or under 'state_dict'/'model', with or\n"
                  "without DataParallel's 'module.' prefix. Exit status: 0 converted (and verified), 1 --verify\n"
                  "failed (nothing written), 2 bad input.\n\n"
-                 "example: python convert/to_d2.py moco_v2_200ep_pretrain.pth.tar moco_v2_200ep.pkl --verify")
-    p.add_argument("checkpoint", help="input checkpoint (.pth / .pth.tar)")
+                 "examples:\n  python convert/to_d2.py moco_v2_200ep_pretrain.pth.tar moco_v2_200ep.pkl --verify\n"
+                 "  python convert/to_d2.py random-init:0 random_init_seed0.pkl          # the random-init baseline")
+    p.add_argument("checkpoint", help="input checkpoint (.pth / .pth.tar), or random-init:SEED for a randomly "
+                                      "initialised ResNet-50 (the tables' random-init row; the same backbone as "
+                                      "run_linear.py --random-init --seed SEED)")
     p.add_argument("output", help="output Detectron2 weights; must end with .pkl; its folder must exist")
     p.add_argument("--format", choices=sorted(FORMATS), help="force the input format instead of detecting it")
     p.add_argument("--verify", action="store_true",
@@ -77,8 +80,12 @@ def main(argv=None) -> int:
     if args.config and not Path(args.config).is_file():
         raise UserError(f"--config file not found: {args.config}")
 
-    state_dict, info = load_resnet50(checkpoint, fmt=args.format, trust_pickle=args.trust_pickle,
-                                     variant=args.variant)
+    random_seed = parse_random_init(args.checkpoint)
+    if random_seed is not None:
+        state_dict, info = random_init_resnet50(random_seed)
+    else:
+        state_dict, info = load_resnet50(checkpoint, fmt=args.format, trust_pickle=args.trust_pickle,
+                                         variant=args.variant)
     dropped = info["dropped"]
     print(f"format: {info['format']}: {info['format_description']} "
           f"[weights at {info['container']}, prefix '{info['prefix']}']")

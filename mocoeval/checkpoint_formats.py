@@ -26,7 +26,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from .errors import UserError
-from .fileio import sha256_file
+from .fileio import sha256_file, sha256_json
 from .results_store import pretrain_variant, special_variant
 
 FORMATS = {
@@ -361,3 +361,42 @@ def load_resnet50(path, fmt: str | None = None, trust_pickle: bool = False, *,
         "arch": extras.get("arch") if isinstance(extras.get("arch"), str) else None,
     }
     return state_dict, info
+
+
+RANDOM_INIT_PREFIX = "random-init:"  # the converter's pseudo-checkpoint "random-init:SEED"
+
+
+def random_init_source_sha256(seed: int) -> str:
+    """Identity of a random-init backbone in the results store: linear and VOC runs of one seed join."""
+    return sha256_json({"random-init": int(seed), "arch": "resnet50"})
+
+
+def random_init_resnet50(seed: int) -> tuple["OrderedDict[str, Any]", dict]:
+    """The tables' "random init" row: torchvision's ResNet-50 initialised under `seed` (fc dropped), as
+    `load_resnet50` returns a checkpoint's backbone. The caller's RNG state is left untouched."""
+    import torch
+    from torchvision.models import resnet50
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = resnet50(weights=None)
+    state = model.state_dict()
+    state_dict = OrderedDict((k, state[k].detach().clone()) for k in RESNET50_SHAPES)
+    info = {
+        "format": "random-init", "format_description": f"randomly initialised torchvision ResNet-50 (seed {seed})",
+        "path": None, "source_sha256": random_init_source_sha256(seed), "variant": special_variant("random-init"),
+        "seed": int(seed), "container": "-", "prefix": "", "num_tensors": len(state_dict), "num_conv": NUM_CONV,
+        "num_bn": NUM_BN, "dropped": {"head": 0, "num_batches_tracked": 0, "outside_backbone": 0}, "head_keys": [],
+        "cast_to_float32_from": [], "epoch": None, "arch": "resnet50",
+    }
+    return state_dict, info
+
+
+def parse_random_init(spec: str) -> int | None:
+    """SEED of a "random-init:SEED" pseudo-checkpoint, None for a real path; a bad seed is a UserError."""
+    if not str(spec).startswith(RANDOM_INIT_PREFIX):
+        return None
+    seed = str(spec)[len(RANDOM_INIT_PREFIX):]
+    if not seed.isdigit():
+        raise UserError(f"{spec}: expected {RANDOM_INIT_PREFIX}SEED with a non-negative integer SEED")
+    return int(seed)

@@ -154,21 +154,35 @@ class FrozenBackboneResNet50(ResNet):
     Every parameter but `fc.*` is frozen, and the model never leaves eval mode: `train()` is overridden to
     keep BN layers normalising with (and not updating) their running statistics, exactly like the official
     script's `model.eval()` during training. `fc` is a Linear layer, which behaves the same in both modes.
+
+    With `feature_norm`, fc is Sequential(BatchNorm1d(2048, affine=False), Linear): the features are
+    standardised with batch statistics in training and their running averages in evaluation (MAE's
+    linear-probing recipe, not the MoCo protocol). It makes one learning rate fit backbones whose feature
+    scales differ by orders of magnitude, e.g. a random-init ResNet-50 in eval mode (BN = identity) next to
+    a pretrained one. fc is then the only part that leaves eval mode.
     """
 
-    def __init__(self, num_classes: int):
+    def __init__(self, num_classes: int, feature_norm: bool = False):
         super().__init__(Bottleneck, [3, 4, 6, 3], num_classes=num_classes)
+        if feature_norm:
+            self.fc = nn.Sequential(nn.BatchNorm1d(self.fc.in_features, affine=False, eps=1e-6), self.fc)
         for name, param in self.named_parameters():
             param.requires_grad = name.startswith("fc.")
         self.reset_fc()
         self.eval()
 
+    @property
+    def linear(self) -> nn.Linear:
+        return self.fc[-1] if isinstance(self.fc, nn.Sequential) else self.fc
+
     def reset_fc(self) -> None:
-        nn.init.normal_(self.fc.weight, mean=0.0, std=FC_INIT_STD)
-        nn.init.zeros_(self.fc.bias)
+        nn.init.normal_(self.linear.weight, mean=0.0, std=FC_INIT_STD)
+        nn.init.zeros_(self.linear.bias)
 
     def train(self, mode: bool = True):
-        return super().train(False)
+        super().train(False)
+        self.fc.train(mode)  # a no-op for Linear; the feature-norm BN uses batch statistics while training
+        return self
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """The 2048-d pooled backbone features (everything before fc)."""
@@ -180,29 +194,13 @@ class FrozenBackboneResNet50(ResNet):
         return self.fc(self.features(x))
 
 
-def random_init_backbone_state(seed: int) -> dict[str, torch.Tensor]:
-    """The backbone of a torchvision ResNet-50 initialised with `seed` (fc dropped); global RNG untouched."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = ResNet(Bottleneck, [3, 4, 6, 3])
-    return {k: v for k, v in model.state_dict().items() if not k.startswith("fc.")}
-
-
-def random_init_source_sha256(seed: int) -> str:
-    """Identity of a random-init backbone in the results store (joins runs of the same seed)."""
-    return sha256_json({"random-init": seed, "arch": ARCH})
-
-
 def load_backbone_source(weights: str | None, random_init: bool, seed: int, weights_format: str | None = None,
                          trust_pickle: bool = False) -> tuple[dict[str, torch.Tensor], dict]:
     """(torchvision-keyed backbone state dict, info with format/source_sha256/variant) for the run."""
-    if random_init:
-        from .results_store import special_variant
+    from .checkpoint_formats import load_resnet50, random_init_resnet50
 
-        info = {"format": "random-init", "source_sha256": random_init_source_sha256(seed),
-                "variant": special_variant("random-init"), "seed": seed}
-        return random_init_backbone_state(seed), info
-    from .checkpoint_formats import load_resnet50
+    if random_init:
+        return random_init_resnet50(seed)
 
     state, info = load_resnet50(weights, fmt=weights_format, trust_pickle=trust_pickle)
     return {k: v for k, v in state.items() if not k.startswith("fc.")}, dict(info)
@@ -418,7 +416,8 @@ def setup_logging(output_dir: Path | None, is_main: bool) -> None:
 
 # ---------------------------------------------------------------------------------------- the run
 # Settings a resumed run must share with the checkpoint; anything else may change (with a warning).
-_RESUME_IDENTITY = ("seed", "image_size", "batch_size", "lr", "momentum", "weight_decay", "schedule")
+_RESUME_IDENTITY = ("seed", "image_size", "batch_size", "lr", "momentum", "weight_decay", "schedule",
+                    "feature_norm")
 
 
 def default_output_dir(args) -> Path:
@@ -492,7 +491,7 @@ def run(args: argparse.Namespace) -> dict:
                 variant.get("name"), str(info.get("source_sha256"))[:12])
 
     torch.manual_seed(args.seed)  # fc initialisation
-    model = FrozenBackboneResNet50(num_classes=len(classes))
+    model = FrozenBackboneResNet50(num_classes=len(classes), feature_norm=args.feature_norm)
     load_backbone(model, backbone_state, source)
     del backbone_state
     runner = Runner(model, device, args.precision, args.channels_last, distributed)
@@ -647,7 +646,8 @@ def record_and_tabulate(args, info: Mapping[str, Any], variant: Mapping, metrics
         weights=None if args.random_init else str(args.weights),
         weights_sha256=None if args.random_init else info.get("source_sha256"),
         config=config, seeds=[args.seed], wall_time_s=wall_time_s,
-        extra={"source_format": info.get("format"), "sanity_check": "passed"})
+        extra={"source_format": info.get("format"), "sanity_check": "passed",
+               "feature_norm": bool(getattr(args, "feature_norm", False))})
     logger.info("results record: %s", path)
     from .tables import regenerate
 

@@ -454,3 +454,20 @@ def test_check_d2_pickle(r50_state, tmp_path):
     cut.write_bytes(path.read_bytes()[:1000])
     with pytest.raises(UserError, match="truncated or corrupted"):
         dc.check_d2_pickle(cut)
+
+
+def test_random_init_pseudo_checkpoint_matches_the_linear_baseline(tmp_path, capsys):
+    """`random-init:SEED` converts the same backbone as run_linear.py --random-init --seed SEED, under the
+    same source identity, so the tables join the two stages' random-init rows."""
+    out = tmp_path / "random_init_seed3.pkl"
+    assert to_d2.main(["random-init:3", str(out)]) == 0
+    data = dc.check_d2_pickle(out)
+    src = data["mocoeval_source"]
+    assert src["sha256"] == cf.random_init_source_sha256(3) and src["variant"]["name"] == "random-init"
+    state, _ = cf.random_init_resnet50(3)
+    expected = dc.torchvision_to_d2(state)
+    assert all(np.array_equal(data["model"][k], v) for k, v in expected.items())
+    torch.manual_seed(3)
+    reference = torchvision.models.resnet50().state_dict()
+    assert torch.equal(state["layer4.2.conv3.weight"], reference["layer4.2.conv3.weight"])
+    assert "random-init:SEED" in _expect_error(capsys, ["random-init:x", str(tmp_path / "bad.pkl")])

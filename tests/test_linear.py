@@ -20,7 +20,7 @@ import torchvision
 from torchvision import transforms as T
 
 from mocoeval import linear_eval as le
-from mocoeval.checkpoint_formats import load_resnet50
+from mocoeval.checkpoint_formats import load_resnet50, random_init_source_sha256, random_init_resnet50
 from mocoeval.errors import UserError
 from mocoeval.fileio import sha256_file
 from mocoeval.results_store import load_records, pretrain_variant
@@ -219,10 +219,10 @@ def test_sanity_check_catches_a_modified_backbone(moco_checkpoint):
 def test_random_init_backbone_is_seeded_and_leaves_global_rng_alone():
     torch.manual_seed(123)
     before = torch.get_rng_state()
-    a, b, c = (le.random_init_backbone_state(s) for s in (0, 0, 1))
+    a, b, c = (random_init_resnet50(s)[0] for s in (0, 0, 1))
     assert torch.equal(torch.get_rng_state(), before)
     assert le.backbone_mismatch(a, b) is None and le.backbone_mismatch(a, c) is not None
-    assert le.random_init_source_sha256(0) != le.random_init_source_sha256(1)
+    assert random_init_source_sha256(0) != random_init_source_sha256(1)
 
 
 # ------------------------------------------------------------------------------ data and sampling
@@ -338,7 +338,7 @@ def test_random_init_run_records_its_seed(imagenet_mini, tmp_path, results_dir):
     assert metrics["sanity_check"] == "passed" and metrics["source_format"] == "random-init"
     (rec,) = load_records(results_dir)
     assert rec["variant"]["name"] == "random-init" and rec["seeds"] == [5]
-    assert rec["source_sha256"] == le.random_init_source_sha256(5) and rec["weights"] is None
+    assert rec["source_sha256"] == random_init_source_sha256(5) and rec["weights"] is None
 
 
 # --------------------------------------------------------------------------------- bad input
@@ -424,3 +424,26 @@ def test_torchrun_two_cpu_processes_shard_val_exactly(imagenet_mini, moco_checkp
                          torch.utils.data.DataLoader(val, batch_size=7), progress=False)
     assert single["val_images"] == 40
     assert single["top1"] == metrics["top1"] and single["top5"] == metrics["top5"]
+
+
+def test_feature_norm_standardises_features_and_keeps_the_backbone_frozen(imagenet_mini, tmp_path, results_dir,
+                                                                         capsys):
+    """--feature-norm (not the protocol): only the head's BN follows train/eval; a random-init backbone, whose
+    eval-mode features are huge, then trains at an ordinary lr without diverging; the sanity check holds."""
+    model = le.FrozenBackboneResNet50(num_classes=20, feature_norm=True)
+    model.train()
+    assert model.fc[0].training and not model.bn1.training and not model.layer4[0].bn1.training
+    assert [n for n, p in model.named_parameters() if p.requires_grad] == ["fc.1.weight", "fc.1.bias"]
+    features = torch.randn(64, 2048) * 1e4 + 5e3
+    standardised = model.fc[0](features)
+    assert standardised.mean().abs() < 1e-3 and (standardised.std(0) - 1).abs().max() < 0.05
+    metrics = _run(["--random-init", imagenet_mini, *FAST, "--epochs", 2, "--workers", 0, "--seed", 0,
+                    "--feature-norm", "--output-dir", tmp_path / "fn"])
+    assert metrics["sanity_check"] == "passed"
+    assert all(torch.isfinite(torch.tensor(e["train_loss"])) for e in metrics["history"])
+    (rec,) = load_records(results_dir)
+    assert rec["extra"]["feature_norm"] is True
+    with pytest.raises(SystemExit):  # resuming must keep the head the same
+        _run(["--random-init", imagenet_mini, *FAST, "--epochs", 3, "--workers", 0, "--seed", 0,
+              "--output-dir", tmp_path / "fn", "--resume", "auto"])
+    assert "feature_norm=True" in capsys.readouterr().err

@@ -57,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", "--learning-rate", dest="lr", type=float, default=D["lr"], help="initial learning rate")
     p.add_argument("--schedule", type=int, nargs="*", default=list(D["schedule"]), metavar="EPOCH",
                    help="epochs (0-based) at which the lr is multiplied by 0.1")
+    p.add_argument("--feature-norm", action="store_true",
+                   help="standardise the frozen features (BatchNorm1d without affine) before fc; not the MoCo "
+                        "protocol, but one lr then fits backbones of very different feature scales (random init)")
     p.add_argument("--momentum", type=float, default=D["momentum"], help="SGD momentum")
     p.add_argument("--wd", "--weight-decay", dest="weight_decay", type=float, default=D["weight_decay"],
                    help="weight decay")
