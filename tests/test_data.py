@@ -103,6 +103,23 @@ def test_boxes_are_exact_visible_extents_and_occlusion_is_bounded():
     assert n_occluded > 0
 
 
+def test_every_split_of_20_or_more_images_holds_every_class(tmp_path):
+    """VOC07 test AP is a mean over the 20 classes: a small test set must not lack one."""
+    sizes = dict(mmd.DEFAULT_SIZES, voc2007_trainval=23, voc2007_test=20, voc2012_trainval=21)
+    voc_ids = mmd._voc_ids(0, sizes)
+    tasks = mmd._tasks("voc", 0, sizes, tmp_path, voc_ids)
+    first = {t["image_id"]: t["first_class"] for t in tasks}
+    for folder, splits in voc_ids.items():
+        for split in ("trainval", "test"):
+            if split in splits:
+                assert {first[i] for i in splits[split]} == set(VOC_CLASS_NAMES), (folder, split)
+    # ... and the scene's first object is that class.
+    assets = mmd.load_assets(mmd._normalise_sizes({"voc_short_side": 96}))
+    for number in range(5):
+        scene = mmd.compose_voc_scene(np.random.default_rng([5, 2007, number]), assets, 96, first_class="cow")
+        assert scene.objects[0].name == "cow"
+
+
 def test_imagenet_mini_is_imagefolder(mini_data_root):
     from torchvision.datasets import ImageFolder
 

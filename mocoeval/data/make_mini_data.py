@@ -51,7 +51,7 @@ from .voc import VOC_CLASS_NAMES, VocObject, annotation_xml
 
 logger = logging.getLogger("mocoeval.data")
 
-GENERATOR_VERSION = 1  # bump whenever the output for the same flags changes
+GENERATOR_VERSION = 2  # bump whenever the output for the same flags changes
 MANIFEST_NAME = "mini_data.json"
 MARKER_NAME = ".mocoeval_mini_data"  # in each generated folder: it is ours, safe to replace
 STAGING_NAME = ".mini_data.staging"
@@ -230,8 +230,9 @@ class Scene:
     placed_area: list
 
 
-def compose_voc_scene(rng: np.random.Generator, assets: dict, short: int) -> Scene:
-    """A VOC-like scene with 1-5 objects on a photo crop whose short side is `short` pixels."""
+def compose_voc_scene(rng: np.random.Generator, assets: dict, short: int, first_class: str | None = None) -> Scene:
+    """A VOC-like scene with 1-5 objects on a photo crop whose short side is `short` pixels; the first
+    object is of `first_class` when given (random otherwise)."""
     # Mostly landscape 4:3-ish like VOC's 500x375, some portrait.
     ratio = rng.uniform(1.2, 1.55)
     long_side = round(short * ratio)
@@ -245,9 +246,9 @@ def compose_voc_scene(rng: np.random.Generator, assets: dict, short: int) -> Sce
     placed_area: list[int] = []             # ... inside the image when it was placed
     names: list[str] = []
     n_objects = int(rng.choice(len(_OBJECT_COUNT_P), p=_OBJECT_COUNT_P)) + 1
-    cls = None
-    for _ in range(n_objects):
-        if cls is None or rng.random() >= _SAME_CLASS_P:
+    cls = first_class
+    for i in range(n_objects):
+        if cls is None or (i > 0 and rng.random() >= _SAME_CLASS_P):
             cls = VOC_CLASS_NAMES[int(rng.integers(len(VOC_CLASS_NAMES)))]
         choices = assets["sprites"][cls]
         sprite = choices[int(rng.integers(len(choices)))]
@@ -305,7 +306,7 @@ def compose_voc_scene(rng: np.random.Generator, assets: dict, short: int) -> Sce
 def _voc_image(task: dict, assets: dict) -> dict:
     """One VOC image + annotation; returns its objects for the split files."""
     rng = np.random.default_rng([task["seed"], _KIND_CODE[task["kind"]], task["number"]])
-    scene = compose_voc_scene(rng, assets, task["voc_short_side"])
+    scene = compose_voc_scene(rng, assets, task["voc_short_side"], task["first_class"])
     canvas, objects = scene.canvas, scene.objects
     H, W = canvas.shape[:2]
     folder = task["folder"]
@@ -408,10 +409,14 @@ def _tasks(part: str, seed: int, sizes: dict, out_dir: Path, voc_ids: dict) -> l
     tasks = []
     if part == "voc":
         for folder, kind in (("VOC2007", "voc2007"), ("VOC2012", "voc2012")):
-            all_ids = sorted(set(voc_ids[folder]["trainval"]) | set(voc_ids[folder].get("test", [])))
-            for image_id in all_ids:
+            # The first object's class cycles through the 20 classes within each split, so that every split
+            # of >= 20 images holds every class (VOC07 test AP is a mean over all 20 classes).
+            first_class = {image_id: VOC_CLASS_NAMES[i % len(VOC_CLASS_NAMES)]
+                           for split in ("trainval", "test") for i, image_id in enumerate(voc_ids[folder].get(split, []))}
+            for image_id in sorted(first_class):
                 number = int(image_id.replace("_", ""))
-                tasks.append(dict(base, kind=kind, folder=folder, image_id=image_id, number=number))
+                tasks.append(dict(base, kind=kind, folder=folder, image_id=image_id, number=number,
+                                  first_class=first_class[image_id]))
     else:
         for split, kind, per_class in (("train", "imagenet_train", sizes["imagenet_train_per_class"]),
                                        ("val", "imagenet_val", sizes["imagenet_val_per_class"])):
