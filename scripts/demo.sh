@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# The whole pipeline on the embedded mini datasets, with exactly the commands a user runs on real data:
+#   data -> pretrain (MoCo v1 and v2) -> linear eval (+ random init) -> convert -> VOC trials -> tables.
+# Only sizes and schedules differ from the paper's protocol, and they come from the environment, set by
+# the Makefile's `demo` / `demo-science` targets (the one place they are written down). Re-running resumes:
+# every stage skips or continues finished work.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+: "${DEMO_OUT:?}" "${DEMO_DATA:?}" "${DEMO_DATA_FLAGS?}" "${DEMO_VARIANTS:?}" "${DEMO_PRETRAIN_FLAGS?}"
+: "${DEMO_LINEAR_FLAGS?}" "${DEMO_RANDOM_SEEDS:?}" "${DEMO_VOC_TRIALS:?}" "${DEMO_VOC_OPTS?}"
+PY=${PY:-.venv/bin/python}
+export MOCOEVAL_RESULTS_DIR=${MOCOEVAL_RESULTS_DIR:-$DEMO_OUT/results/runs}
+export DETECTRON2_DATASETS=$DEMO_DATA
+IMAGENET=$DEMO_DATA/imagenet-mini
+T0=$(date +%s)
+declare -a TIMES=()
+
+stage() {  # stage NAME: print a banner; stage_done records how long the previous stage took
+  STAGE_NAME=$1; STAGE_T0=$(date +%s)
+  echo; echo "=== [demo $(date +%H:%M:%S)] $1"
+}
+stage_done() { TIMES+=("$(printf '%-34s %5d s' "$STAGE_NAME" $(( $(date +%s) - STAGE_T0 )))"); }
+run() { echo "+ $*"; "$@"; }
+
+stage "1/6 mini datasets"
+# shellcheck disable=SC2086
+run "$PY" -m mocoeval.data.make_mini_data --root "$DEMO_DATA" $DEMO_DATA_FLAGS -q
+stage_done
+
+weights=()
+for v in $DEMO_VARIANTS; do
+  stage "2/6 pretrain $v (configs/pretrain/$v.yaml)"
+  # shellcheck disable=SC2086
+  run "$PY" pretrain/train_moco.py "$IMAGENET" --config "configs/pretrain/$v.yaml" $DEMO_PRETRAIN_FLAGS \
+      --output-dir "$DEMO_OUT/pretrain/$v" --resume auto
+  weights+=("$v:$DEMO_OUT/pretrain/$v/final.pth.tar")
+  stage_done
+done
+
+for w in "${weights[@]}"; do
+  v=${w%%:*}; ckpt=${w#*:}
+  stage "3/6 linear eval $v"
+  # shellcheck disable=SC2086
+  run "$PY" transfer/run_linear.py "$IMAGENET" --weights "$ckpt" $DEMO_LINEAR_FLAGS \
+      --output-dir "$DEMO_OUT/linear/$v" --resume auto
+  stage_done
+done
+for s in $DEMO_RANDOM_SEEDS; do
+  stage "3/6 linear eval random init, seed $s"
+  # shellcheck disable=SC2086
+  run "$PY" transfer/run_linear.py "$IMAGENET" --random-init --seed "$s" $DEMO_LINEAR_FLAGS \
+      --output-dir "$DEMO_OUT/linear/random-init_seed$s" --resume auto
+  stage_done
+done
+
+stage "4/6 convert to Detectron2"
+mkdir -p "$DEMO_OUT/d2"
+pkls=()
+for w in "${weights[@]}"; do
+  v=${w%%:*}; ckpt=${w#*:}
+  run "$PY" convert/to_d2.py "$ckpt" "$DEMO_OUT/d2/$v.pkl"
+  pkls+=("$DEMO_OUT/d2/$v.pkl")
+done
+# The VOC random-init row: one seed (the first), the same backbone as its linear row.
+first_seed=${DEMO_RANDOM_SEEDS%% *}
+run "$PY" convert/to_d2.py "random-init:$first_seed" "$DEMO_OUT/d2/random-init_seed$first_seed.pkl"
+pkls+=("$DEMO_OUT/d2/random-init_seed$first_seed.pkl")
+stage_done
+
+for pkl in "${pkls[@]}"; do
+  name=$(basename "$pkl" .pkl)
+  stage "5/6 VOC07+12 -> VOC07 test, $DEMO_VOC_TRIALS trials: $name"
+  # shellcheck disable=SC2086
+  run "$PY" transfer/run_voc.py --weights "$pkl" --trials "$DEMO_VOC_TRIALS" --output-dir "$DEMO_OUT/voc/$name" \
+      --opts $DEMO_VOC_OPTS
+  stage_done
+done
+
+stage "6/6 tables and plots"
+run "$PY" results/make_tables.py --runs "$MOCOEVAL_RESULTS_DIR" --out "$DEMO_OUT/results"
+stage_done
+
+echo; echo "=== [demo] done in $(( $(date +%s) - T0 )) s; time per stage:"
+printf '  %s\n' "${TIMES[@]}"
+echo "tables: $DEMO_OUT/results/ablation.md (also .csv, .tex, plots *.png); runs: $DEMO_OUT/"
