@@ -57,6 +57,18 @@ def build_optimizer(model: torch.nn.Module, args, device: torch.device) -> torch
                            fused=True if device.type == "cuda" else None)
 
 
+def build_loader(data_dir, image_size: int, aug_plus: bool, seed: int, batch: int, workers: int,
+                 device: torch.device, rank: int = 0, world: int = 1) -> torch.utils.data.DataLoader:
+    """Two augmented views per image of DATA_DIR/train, batches of `batch` per process; the sampler
+    (`loader.sampler.set_epoch`) fixes the order and every view from (seed, epoch, index)."""
+    dataset = TwoViewImageFolder(check_train_folder(data_dir),
+                                 TwoCropsTransform(moco_transform(image_size, aug_plus)), seed)
+    return torch.utils.data.DataLoader(
+        dataset, batch_size=batch, sampler=EpochSampler(len(dataset), seed, rank, world), num_workers=workers,
+        drop_last=True, pin_memory=device.type == "cuda", persistent_workers=workers > 0,
+        generator=torch.Generator().manual_seed(seed))  # its own generator: the global one stays per-epoch seeded
+
+
 def lr_at_epoch(args, epoch: int) -> float:
     """Cosine (v2): lr * 0.5 * (1 + cos(pi * epoch / epochs)); step (v1): lr * 0.1 per milestone passed."""
     if args.cos:
@@ -275,8 +287,8 @@ def _train(args, resume_ckpt, device, rank, world, local_world, out: Path, bar_a
     ln_k1 = math.log(args.moco_k + 1)
 
     # ---- data
-    dataset = TwoViewImageFolder(check_train_folder(args.data),
-                                 TwoCropsTransform(moco_transform(args.image_size, args.aug_plus)), seed)
+    loader = build_loader(args.data, args.image_size, args.aug_plus, seed, batch, workers, device, rank, world)
+    dataset = loader.dataset
     n_images = len(dataset)
     if n_images // world < batch:
         raise UserError(f"{args.data}/train has {n_images} images, fewer than the batch size {args.batch_size}")
@@ -285,11 +297,7 @@ def _train(args, resume_ckpt, device, rank, world, local_world, out: Path, bar_a
                     "holds older keys of the same images as negatives and training tends to stall at loss ~ "
                     "ln(K+1) = %.2f. Use K <= %d or more images.", args.moco_k, 100 * args.moco_k / n_images,
                     n_images, 100 * K_FRACTION_WARN, ln_k1, int(K_FRACTION_WARN * n_images))
-    sampler = EpochSampler(n_images, seed, rank, world)
-    loader = torch.utils.data.DataLoader(
-        dataset, batch_size=batch, sampler=sampler, num_workers=workers, drop_last=True,
-        pin_memory=device.type == "cuda", persistent_workers=workers > 0,
-        generator=torch.Generator().manual_seed(seed))  # its own generator: the global one stays per-epoch seeded
+    sampler = loader.sampler
     steps_per_epoch = len(loader)
 
     # ---- model, optimizer, resume
