@@ -164,8 +164,9 @@ def check_d2_pickle(path) -> dict:
 
 
 @contextlib.contextmanager
-def _quiet_loggers(*names: str, level: int = logging.ERROR):
-    """Silence Detectron2/fvcore's load-time warnings: verify_conversion reports the same facts itself."""
+def quiet_loggers(*names: str, level: int = logging.ERROR):
+    """Raise the named loggers to `level` for the block (Detectron2/fvcore's load-time key reports, which
+    our callers report themselves)."""
     loggers = [logging.getLogger(n) for n in names]
     old = [lg.level for lg in loggers]
     for lg in loggers:
@@ -198,7 +199,7 @@ def load_into_detector(pkl_path, config_file=None, opts: list | None = None):
             return self.incompatible
 
     cfg = load_config(config_file or DEFAULT_VOC_CONFIG, ["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", "", *(opts or [])])
-    with _quiet_loggers("fvcore.common.checkpoint", "detectron2"):
+    with quiet_loggers("fvcore.common.checkpoint", "detectron2"):
         model = build_model(cfg)
         checkpointer = RecordingCheckpointer(model)
         checkpointer.load(str(pkl_path))

@@ -181,7 +181,8 @@ class FrozenBackboneResNet50(ResNet):
 
     def train(self, mode: bool = True):
         super().train(False)
-        self.fc.train(mode)  # a no-op for Linear; the feature-norm BN uses batch statistics while training
+        if isinstance(self.fc, nn.Sequential):  # the feature-norm BN uses batch statistics while training
+            self.fc.train(mode)
         return self
 
     def features(self, x: torch.Tensor) -> torch.Tensor:

@@ -50,7 +50,7 @@ from detectron2.utils.events import CommonMetricPrinter, JSONWriter, Tensorboard
 from detectron2.utils.logger import setup_logger
 
 from . import d2_modeling
-from .d2_convert import NEW_IN_DETECTOR
+from .d2_convert import NEW_IN_DETECTOR, quiet_loggers
 from .errors import UserError
 from .fileio import atomic_write_json, atomic_write_text, sha256_file, sha256_json
 
@@ -318,7 +318,8 @@ def preflight_weights(cfg: CfgNode, weights: WeightsInfo) -> tuple[list[str], st
     cpu_cfg = cfg.clone()
     cpu_cfg.defrost()
     cpu_cfg.MODEL.DEVICE = "cpu"
-    with _quiet_loggers(logging.ERROR):  # the trial's own load logs Detectron2's key report
+    # the trial's own load logs Detectron2's key report
+    with quiet_loggers(*(n for n in LOGGER_NAMES if n != "mocoeval")):
         model = build_model(cpu_cfg)
         n_model = len(model.state_dict())
         checkpointer = TrialCheckpointer(model)
@@ -463,19 +464,6 @@ def log_file(path: Path):
         for lg in loggers:
             lg.removeHandler(handler)
         handler.close()
-
-
-@contextlib.contextmanager
-def _quiet_loggers(level=logging.WARNING):
-    loggers = [logging.getLogger(n) for n in LOGGER_NAMES if n != "mocoeval"]
-    old = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(level)
-    try:
-        yield
-    finally:
-        for lg, lv in zip(loggers, old):
-            lg.setLevel(lv)
 
 
 def read_metrics(trial_path: Path) -> dict | None:
