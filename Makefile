@@ -47,7 +47,7 @@ DEMO_ENV = DEMO_OUT='$(DEMO_OUT)' DEMO_DATA='$(DEMO_DATA)' DEMO_DATA_FLAGS='$(DE
 
 # Quick end-to-end run of every stage (~10 min on 2 cores); its numbers show the plumbing, not the science.
 demo: setup
-	$(DEMO_ENV) bash scripts/demo.sh
+	@$(DEMO_ENV) bash scripts/demo.sh
 
 # The paper's central claim in miniature (MoCo v2 beats random init on linear top-1 and VOC AP50): longer
 # pretraining at 64 px on 4,000 images and longer VOC schedules. Hours on 2 cores, minutes on one GPU.

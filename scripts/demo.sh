@@ -15,6 +15,11 @@ export DETECTRON2_DATASETS=$DEMO_DATA
 IMAGENET=$DEMO_DATA/imagenet-mini
 T0=$(date +%s)
 declare -a TIMES=()
+echo "demo settings (Makefile DEMO_*; output in $DEMO_OUT, data in $DEMO_DATA):"
+for v in DEMO_DATA_FLAGS DEMO_VARIANTS DEMO_PRETRAIN_FLAGS DEMO_LINEAR_FLAGS DEMO_RANDOM_SEEDS DEMO_VOC_TRIALS \
+         DEMO_VOC_OPTS; do
+  printf '  %-20s %s\n' "$v" "${!v}"
+done
 
 stage() {  # stage NAME: print a banner; stage_done records how long the previous stage took
   STAGE_NAME=$1; STAGE_T0=$(date +%s)
