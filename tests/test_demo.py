@@ -17,7 +17,7 @@ TINY = {
     "DEMO_VARIANTS": "moco_v1 d",
     "DEMO_PRETRAIN_FLAGS": "--image-size 32 --epochs 1 --batch-size 16 --moco-k 16 --moco-m 0.99 --seed 0 "
                            "--workers 0 --print-freq 1",
-    "DEMO_LINEAR_FLAGS": "--image-size 32 --epochs 1 --batch-size 16 --lr 0.1 --feature-norm --workers 0",
+    "DEMO_LINEAR_FLAGS": "--image-size 32 --epochs 1 --batch-size 16 --lr 0.01 --feature-norm --workers 0",
     "DEMO_RANDOM_SEEDS": "0",
     "DEMO_VOC_TRIALS": "1",
     "DEMO_VOC_OPTS": "SOLVER.IMS_PER_BATCH 2 SOLVER.MAX_ITER 2 SOLVER.STEPS (1,) SOLVER.WARMUP_ITERS 1 "
