@@ -136,6 +136,11 @@ class Row:
     def linear_values(self) -> list[float]:
         return [s.linear["metrics"]["top1"] for s in self.sources if s.linear is not None]
 
+    @property
+    def linear_feature_norm(self) -> bool:
+        """Whether any of the row's linear results used `run_linear.py --feature-norm` (not the official probe)."""
+        return any((s.linear.get("extra") or {}).get("feature_norm") for s in self.sources if s.linear is not None)
+
     def differing_hyperparams(self) -> dict[str, list]:
         out = {}
         for name in POOLED_HYPERPARAMS:
@@ -263,16 +268,18 @@ def ablation_frame(rows: Sequence[Row]) -> pd.DataFrame:
         k = row.key
         line = {"case": k.case, "mlp": k.mlp, "aug_plus": k.aug_plus, "cos": k.cos, "epochs": k.epochs}
         line["linear_top1"], line["linear_std"], line["linear_n"] = _stats(row.linear_values)
+        line["linear_feature_norm"] = row.linear_feature_norm
         trials = row.trials
         for m in METRICS:
             line[f"{m}_mean"], line[f"{m}_std"], line[f"{m}_n"] = _stats([t[m] for t in trials])
         line["n_trials"] = len(trials)
         lines.append(line)
-    columns = CSV_COLUMNS + ["linear_std", "linear_n"] + [f"{m}_n" for m in METRICS]
+    columns = CSV_COLUMNS + ["linear_std", "linear_n", "linear_feature_norm"] + [f"{m}_n" for m in METRICS]
     frame = pd.DataFrame(lines, columns=columns)
     for col in ("mlp", "aug_plus", "cos"):
         frame[col] = frame[col].astype("object")
     frame["epochs"] = frame["epochs"].astype("Int64")
+    frame["linear_feature_norm"] = frame["linear_feature_norm"].astype(bool)
     for col in ["n_trials", "linear_n"] + [f"{m}_n" for m in METRICS]:
         frame[col] = frame[col].astype("int64")
     return frame
@@ -362,15 +369,16 @@ class _Style:
     highlight: Any  # text -> highlighted text
     minus: str
     escape: Any
+    dagger: str  # marks a linear cell measured with --feature-norm
 
 
 _MARKDOWN = _Style(pm="±", check="✓", missing=MISSING, highlight=lambda s: f"**{s}**", minus="-",
-                   escape=lambda s: s.replace("|", "\\|"))
+                   escape=lambda s: s.replace("|", "\\|"), dagger=" †")
 _LATEX_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
                   "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
 _LATEX = _Style(pm="$\\pm$", check="\\checkmark", missing="--",
                 highlight=lambda s: "\\textcolor{green!50!black}{" + s + "}",
-                minus="$-$", escape=lambda s: "".join(_LATEX_ESCAPES.get(c, c) for c in s))
+                minus="$-$", escape=lambda s: "".join(_LATEX_ESCAPES.get(c, c) for c in s), dagger="$^\\dagger$")
 
 
 def _fmt_signed(x: float, style: _Style) -> str:
@@ -412,6 +420,8 @@ def _table_cells(frame: pd.DataFrame, style: _Style) -> list[list[str]]:
         key = VariantKey(ln["case"], ln["mlp"], ln["aug_plus"], ln["cos"], None)
         epochs = "" if _missing(ln["epochs"]) else str(int(ln["epochs"]))
         linear = _stat_cell(ln["linear_top1"], ln["linear_std"], ln["linear_n"], style, show_n_when_single=False)
+        if ln["linear_feature_norm"] and ln["linear_n"]:
+            linear += style.dagger
         out.append([style.escape(row_label(key)), _flag(ln["mlp"], style), _flag(ln["aug_plus"], style),
                     _flag(ln["cos"], style), epochs, linear,
                     *(_voc_cell(ln, m, supervised, style) for m in METRICS)])
@@ -550,6 +560,10 @@ def render_markdown(rows: Sequence[Row], frame: pd.DataFrame, paper: pd.DataFram
             f"{MISSING}: no result yet. Rows: one per variant (case, switches, epochs); "
             f"{n_records} run record(s).",
         ]
+        if any(row.linear_feature_norm for row in rows):
+            notes.append(f"{_MARKDOWN.dagger.strip()}: linear probe run with `--feature-norm` (BatchNorm1d without "
+                         "affine before fc), not the official lr-30 probe on raw features; compare such cells "
+                         "with each other, not with the paper.")
         for row in rows:
             differing = row.differing_hyperparams()
             if differing:

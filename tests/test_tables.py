@@ -34,9 +34,9 @@ class Store:
         self.root = root
         self.n = 0
 
-    def add(self, stage, variant, sha, metrics=None, trials=None) -> Path:
+    def add(self, stage, variant, sha, metrics=None, trials=None, extra=None) -> Path:
         path = write_run_record(stage, variant=variant, metrics=metrics or {}, source_sha256=sha, trials=trials,
-                                store_dir=self.root)
+                                store_dir=self.root, extra=extra)
         rec = json.loads(path.read_text())
         self.n += 1
         rec["date"] = f"2025-01-01T00:{self.n // 60:02d}:{self.n % 60:02d}+00:00"
@@ -180,6 +180,18 @@ def test_pooling_different_hyperparameters_warns_and_notes(store, tmp_path):
         tables.build_outputs(store.root, tmp_path / "out", plots=False)
     md = (tmp_path / "out" / "ablation.md").read_text()
     assert "Row (d) (200 ep) pools sources that differ in moco_t 0.07, 0.2." in md
+
+
+def test_feature_norm_linear_cells_are_marked_and_explained(store, tmp_path):
+    store.add("linear", D, "p" * 64, {"top1": 67.0}, extra={"feature_norm": True})
+    store.add("linear", V1, "v" * 64, {"top1": 60.6}, extra={"feature_norm": False})
+    tables.build_outputs(store.root, tmp_path / "out", plots=False)
+    md = (tmp_path / "out" / "ablation.md").read_text()
+    d_line = next(ln for ln in md.splitlines() if ln.startswith("| (d)"))
+    v1_line = next(ln for ln in md.splitlines() if ln.startswith("| MoCo v1"))
+    assert "67.0 †" in d_line and "†" not in v1_line
+    assert "- †: linear probe run with `--feature-norm`" in md
+    assert "67.0$^\\dagger$" in (tmp_path / "out" / "ablation.tex").read_text()
 
 
 def test_corrupt_records_skipped_with_warning_naming_them(store, tmp_path):
