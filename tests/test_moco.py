@@ -16,8 +16,8 @@ from PIL import Image, ImageFilter
 
 from mocoeval.errors import UserError
 from mocoeval.moco.augment import GaussianBlur, TwoCropsTransform, eval_transform, moco_transform
-from mocoeval.moco.builder import (MoCo, SplitBatchNorm, contrastive_loss, contrastive_top1, resnet_encoder,
-                                   shuffle_batch, unshuffle_batch)
+from mocoeval.moco.builder import (MoCo, SplitBatchNorm, contrastive_loss, contrastive_top1, key_spread,
+                                   resnet_encoder, shuffle_batch, unshuffle_batch)
 from mocoeval.moco.config import build_parser, parse_config
 from mocoeval.moco.engine import lr_at_epoch, resolve_bn_splits
 from mocoeval.moco.knn import backbone_of, knn_predict
@@ -57,6 +57,16 @@ def test_queue_starts_normalised_random():
     assert model.queue.shape == (8, 16)
     assert torch.allclose(model.queue.norm(dim=0), torch.ones(16), atol=1e-6)
     assert model.queue_ptr.item() == 0 and model.queue_ptr.dtype == torch.long
+
+
+def test_key_spread_is_one_for_uniform_keys_and_zero_for_collapsed_ones():
+    torch.manual_seed(0)
+    assert key_spread(F.normalize(torch.randn(128, 4096), dim=0)).item() == pytest.approx(1.0, abs=0.01)
+    one_point = F.normalize(torch.randn(128, 1), dim=0).expand(128, 4096)
+    assert key_spread(one_point).item() == pytest.approx(0.0, abs=1e-6)
+    # a narrow cone: every key within ~0.1 rad of one direction -> spread ~0.1
+    cone = F.normalize(F.normalize(torch.randn(128, 1), dim=0) + 0.1 * F.normalize(torch.randn(128, 4096), dim=0), dim=0)
+    assert 0.05 < key_spread(cone).item() < 0.15
 
 
 def test_queue_pointer_wraps_and_holds_the_newest_keys():

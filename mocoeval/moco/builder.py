@@ -136,6 +136,15 @@ def contrastive_top1(logits: torch.Tensor) -> torch.Tensor:
     return (logits.argmax(dim=1) == 0).float().mean()
 
 
+@torch.no_grad()
+def key_spread(queue: torch.Tensor) -> torch.Tensor:
+    """Collapse monitor: per-dimension std of the queued (unit-norm) keys, averaged, times sqrt(dim).
+    About 1 for keys spread uniformly over the sphere (the random initial queue), near 0 when the projection
+    maps every image to almost the same point -- a collapse in which the loss sits near ln(K+1) while the
+    contrastive top-1 can still be high (the fresh positive beats slightly older queue keys). A device tensor."""
+    return queue.float().std(dim=1).mean() * queue.shape[0] ** 0.5
+
+
 # ---- shuffling BN across processes (one process: a random permutation, the split BN does the rest) ----
 
 def _world() -> int:

@@ -19,7 +19,7 @@ from .checkpoint import find_latest_checkpoint, load_moco_checkpoint, structure_
 ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d",
          "resnext101_32x8d", "wide_resnet50_2", "wide_resnet101_2")
 # Flags that describe how to run this process, not the run itself: never taken from a resumed checkpoint.
-RUNTIME_KEYS = {"data", "config", "resume", "device", "workers", "print_freq"}
+RUNTIME_KEYS = {"data", "config", "resume", "device", "workers", "print_freq", "compile"}
 # What the checkpoint's tensors fix: a flag that contradicts them cannot resume that checkpoint.
 STRUCTURE_KEYS = ("arch", "mlp", "moco_dim", "moco_k")
 
@@ -84,6 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="bf16 = bfloat16 autocast (CPU and CUDA); the contrastive head stays float32")
     r.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=False,
                    help="channels_last memory format (faster with bf16 on CPUs with AMX and on GPUs)")
+    r.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False,
+                   help="torch.compile both encoders (inductor fuses BN/ReLU; the first steps are slow while it "
+                        "compiles; on CPU it needs a C++ compiler). Same results, checkpoints and keys")
     r.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (torchrun: cuda:LOCAL_RANK)")
     r.add_argument("--output-dir", default=None, metavar="DIR",
                    help="checkpoints, log.txt, metrics.json, tensorboard events (default: output/pretrain/<variant>)")

@@ -26,7 +26,7 @@ from ..errors import UserError
 from ..fileio import atomic_write_json, sha256_file
 from ..results_store import pretrain_variant, write_run_record
 from .augment import TwoCropsTransform, eval_transform, moco_transform
-from .builder import MoCo, contrastive_loss, contrastive_top1, resnet_encoder
+from .builder import MoCo, contrastive_loss, contrastive_top1, key_spread, resnet_encoder
 from .checkpoint import (CHECKPOINT_RE, FINAL_NAME, checkpoint_name, find_latest_checkpoint, save_checkpoint,
                          strip_prefix)
 from .data import (MAX_UNREADABLE_FRACTION, EpochSampler, LabelledImageFolder, TwoViewImageFolder,
@@ -48,6 +48,14 @@ def build_model(args, bn_splits: int = 1) -> MoCo:
     """MoCo with the flags' architecture; BN layers split into `bn_splits` sub-batches in training."""
     return MoCo(lambda: resnet_encoder(args.arch, args.moco_dim, args.mlp, bn_splits),
                 dim=args.moco_dim, K=args.moco_k, m=args.moco_m, T=args.moco_t)
+
+
+def compile_encoders(model: MoCo) -> MoCo:
+    """torch.compile each encoder in place (nn.Module.compile): parameter and buffer names, hence checkpoints,
+    stay those of the plain model. The queue, shuffle and loss stay eager: they are cheap and data-dependent."""
+    model.encoder_q.compile()
+    model.encoder_k.compile()
+    return model
 
 
 def build_optimizer(model: torch.nn.Module, args, device: torch.device) -> torch.optim.SGD:
@@ -104,9 +112,12 @@ def train_step(model, optimizer, im_q, im_k, autocast_dtype=None):
     return loss.detach(), contrastive_top1(logits.detach())
 
 
+COLLAPSED_SPREAD = 0.1  # key spread below this: warn that the keys have collapsed (1 = uniform on the sphere)
+
+
 class StepMonitor:
-    """Loss / top-1 / non-finite count summed on the device; `read()` (the one host sync) returns the window's
-    means and images/s and folds them into the epoch totals."""
+    """Loss / top-1 / non-finite count summed on the device; `read(queue)` (the one host sync) returns the
+    window's means, images/s and the queue's key spread, and folds them into the epoch totals."""
 
     def __init__(self, device: torch.device, images_per_step: int):
         self.device, self.images_per_step = device, images_per_step
@@ -118,11 +129,11 @@ class StepMonitor:
         self.window += torch.stack([loss, acc1, (~torch.isfinite(loss)).float()])
         self.steps += 1
 
-    def read(self) -> dict:
-        loss_sum, acc_sum, nonfinite = self.window.tolist()
+    def read(self, queue: torch.Tensor) -> dict:
+        loss_sum, acc_sum, nonfinite, spread = torch.cat([self.window, key_spread(queue).reshape(1)]).tolist()
         now = time.time()
         out = {"loss": loss_sum / self.steps, "acc1": 100 * acc_sum / self.steps, "nonfinite": nonfinite,
-               "images_per_s": self.steps * self.images_per_step / max(now - self.start, 1e-9)}
+               "key_spread": spread, "images_per_s": self.steps * self.images_per_step / max(now - self.start, 1e-9)}
         self.epoch_totals = [self.epoch_totals[0] + loss_sum, self.epoch_totals[1] + acc_sum,
                              self.epoch_totals[2] + self.steps]
         self.window.zero_()
@@ -305,6 +316,8 @@ def _train(args, resume_ckpt, device, rank, world, local_world, out: Path, bar_a
     model = build_model(args, bn_splits).to(device)
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    if args.compile:
+        compile_encoders(model)
     optimizer = build_optimizer(model, args, device)
     start_epoch, history = 0, []
     if resume_ckpt is not None:
@@ -325,7 +338,7 @@ def _train(args, resume_ckpt, device, rank, world, local_world, out: Path, bar_a
         model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False)
         if world > 1 else model)
 
-    knn = _knn_setup(args, batch, workers) if args.knn_data else None
+    knn = knn_loaders(args.knn_data, args.image_size, batch, workers) if args.knn_data else None
     writer = None
     if is_main:
         from torch.utils.tensorboard import SummaryWriter
@@ -333,7 +346,7 @@ def _train(args, resume_ckpt, device, rank, world, local_world, out: Path, bar_a
         log.info("MoCo %s: %s, %d images, %d steps/epoch of %d (%d per process x %d), K %d, m %g, T %g, "
                  "BN splits %d, %s%s, seed %d, device %s, %d workers -> %s", variant["name"], args.arch, n_images,
                  steps_per_epoch, args.batch_size, batch, world, args.moco_k, args.moco_m, args.moco_t, bn_splits,
-                 args.precision, " channels_last" if args.channels_last else "", seed, device, workers, out)
+                 args.precision, (" channels_last" if args.channels_last else "") + (" compiled" if args.compile else ""), seed, device, workers, out)
         atomic_write_json(out / "config.json", config)
 
     last_ckpt = find_latest_checkpoint(out) if is_main else None
@@ -353,6 +366,7 @@ def _train(args, resume_ckpt, device, rank, world, local_world, out: Path, bar_a
             model_ddp.train()
             bar.set_description(f"epoch {epoch + 1}/{args.epochs}")
             monitor = StepMonitor(device, args.batch_size)
+            spreads = []
             try:
                 for step, ((im_q, im_k), unreadable) in enumerate(loader):
                     _count_unreadable(unreadable, bad_files, dataset, n_images // world)
@@ -365,7 +379,7 @@ def _train(args, resume_ckpt, device, rank, world, local_world, out: Path, bar_a
                     steps_done += 1
                     bar.update(1)
                     if monitor.steps == args.print_freq or step + 1 == steps_per_epoch:
-                        w = monitor.read()  # the only host sync
+                        w = monitor.read(model.queue)  # the only host sync
                         if w["nonfinite"]:
                             raise TrainingDiverged(
                                 f"loss became NaN/Inf in epoch {epoch + 1} (step {step + 1}); stopped. "
@@ -374,12 +388,14 @@ def _train(args, resume_ckpt, device, rank, world, local_world, out: Path, bar_a
                         eta = (time.time() - run_start) / steps_done * remaining
                         bar.set_postfix_str(f"loss {w['loss']:.3f} (ln(K+1) {ln_k1:.2f}) acc1 {w['acc1']:.1f}% "
                                             f"lr {lr:.4g} {w['images_per_s']:.1f} img/s", refresh=False)
-                        log.info("epoch %d/%d step %d/%d  loss %.4f (ln(K+1) = %.2f)  acc1 %.2f%%  lr %.5g  "
-                                 "%.1f img/s  eta %s", epoch + 1, args.epochs, step + 1, steps_per_epoch, w["loss"],
-                                 ln_k1, w["acc1"], lr, w["images_per_s"], _hms(eta), extra={"step_line": True})
+                        log.info("epoch %d/%d step %d/%d  loss %.4f (ln(K+1) = %.2f)  acc1 %.2f%%  key spread %.3f  "
+                                 "lr %.5g  %.1f img/s  eta %s", epoch + 1, args.epochs, step + 1, steps_per_epoch,
+                                 w["loss"], ln_k1, w["acc1"], w["key_spread"], lr, w["images_per_s"], _hms(eta),
+                                 extra={"step_line": True})
+                        spreads.append(w["key_spread"])
                         if writer:
                             gstep = epoch * steps_per_epoch + step + 1
-                            for tag in ("loss", "acc1", "images_per_s"):
+                            for tag in ("loss", "acc1", "key_spread", "images_per_s"):
                                 writer.add_scalar(f"train/{tag}", w[tag], gstep)
                             writer.add_scalar("train/lr", lr, gstep)
                             writer.add_scalar("train/ln_K_plus_1", ln_k1, gstep)
@@ -391,6 +407,7 @@ def _train(args, resume_ckpt, device, rank, world, local_world, out: Path, bar_a
             # ---- end of epoch: metrics over all processes, kNN, checkpoint, metrics.json
             loss_mean, acc1_mean = monitor.epoch_means(world)
             entry = {"epoch": epoch + 1, "loss": loss_mean, "acc1": acc1_mean, "lr": lr, "ln_k_plus_1": ln_k1,
+                     "key_spread": spreads[-1],
                      "images_per_s": steps_per_epoch * args.batch_size / (time.time() - epoch_start),
                      "unreadable_images": len(bad_files)}
             if knn is not None and ((epoch + 1) % args.knn_every == 0 or epoch + 1 == args.epochs):
@@ -403,7 +420,12 @@ def _train(args, resume_ckpt, device, rank, world, local_world, out: Path, bar_a
                          epoch + 1, args.epochs, _hms(entry["time_s"]), entry["loss"], ln_k1, entry["acc1"],
                          f", kNN top-1 {entry['knn_top1']:.2f}%" if "knn_top1" in entry else "",
                          entry["images_per_s"])
-                for tag in ("loss", "acc1", "images_per_s", "knn_top1"):
+                if entry["key_spread"] < COLLAPSED_SPREAD:
+                    log.warning("epoch %d: the keys have collapsed (key spread %.3f; 1 = uniform, 0 = one point): "
+                                "the projection maps nearly every image to the same direction, so the loss stays "
+                                "near ln(K+1) = %.2f and a high acc1 only means the fresh positive beats older "
+                                "queue keys. See README, 'Collapse'.", epoch + 1, entry["key_spread"], ln_k1)
+                for tag in ("loss", "acc1", "key_spread", "images_per_s", "knn_top1"):
                     if tag in entry:
                         writer.add_scalar(f"epoch/{tag}", entry[tag], epoch + 1)
                 writer.flush()
@@ -444,9 +466,10 @@ def _count_unreadable(unreadable: torch.Tensor, bad_files: set, dataset, n_local
                         f"{n_local}), e.g. {first}: fix or remove them")
 
 
-def _knn_setup(args, batch, workers) -> dict:
-    root = Path(args.knn_data)
-    tf = eval_transform(args.image_size)
+def knn_loaders(knn_data, image_size: int, batch: int, workers: int) -> dict:
+    """Loaders of KNN_DATA/{train,val} (labelled, eval transform) and the class count, for `knn_top1`."""
+    root = Path(knn_data)
+    tf = eval_transform(image_size)
     train_set = LabelledImageFolder(root / "train", tf)
     val_set = LabelledImageFolder(root / "val", tf, class_names=train_set.classes)
     kw = dict(batch_size=max(batch, 64), shuffle=False, num_workers=workers, drop_last=False)

@@ -21,8 +21,8 @@ import torch.nn as nn
 import torch.utils.data
 
 from .augment import IMAGENET_MEAN, IMAGENET_STD
-from .engine import (autocast_context, build_loader, build_model, build_optimizer, resolve_bn_splits,
-                     train_step)
+from .engine import (autocast_context, build_loader, build_model, build_optimizer, compile_encoders,
+                     resolve_bn_splits, train_step)
 
 
 @dataclass
@@ -38,6 +38,7 @@ class BenchConfig:
     device: str = "cpu"
     precision: str = "fp32"
     channels_last: bool = False
+    compile: bool = False  # torch.compile our encoders (train_moco.py --compile); the peer runs as it ships
     mode: str = "step"
     workers: int = 2
     data: str | None = None
@@ -85,6 +86,8 @@ class OursRunner:
         self.model = build_model(args, self.bn_splits).to(device)
         if cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
+        if cfg.compile:
+            compile_encoders(self.model)
         self.optimizer = build_optimizer(self.model, args, device)
         self.dtype = _dtype(cfg.precision)
         self.batches = _batches(cfg, device, lambda: build_loader(cfg.data, cfg.image_size, True, 0, cfg.batch_size,
@@ -187,7 +190,8 @@ def benchmark(cfg: BenchConfig, implementations=("ours",), steps: int = 6, warmu
         results.append({
             "impl": r.name, "mode": cfg.mode, "arch": cfg.arch, "image_size": cfg.image_size,
             "batch_size": cfg.batch_size, "moco_k": cfg.moco_k, "device": str(device), "precision": cfg.precision,
-            "channels_last": cfg.channels_last, "workers": cfg.workers if cfg.mode == "loop" else 0,
+            "channels_last": cfg.channels_last, "compile": cfg.compile and r.name == "ours",
+            "workers": cfg.workers if cfg.mode == "loop" else 0,
             "threads": torch.get_num_threads(), "steps_timed": rounds * steps,
             "pairs_per_s": pairs / elapsed[r.name], "peak_memory_mib": round(peak_memory_mib(device), 1),
             "bn_splits": getattr(r, "bn_splits", 1),

@@ -1,0 +1,116 @@
+#!/usr/bin/env python
+"""Is a MoCo projection collapsed? Similarities of two aug+ views on one batch, as the training step sees them.
+
+    python pretrain/inspect_collapse.py DATA --weights output/pretrain/d/checkpoint_0010.pth.tar
+    python pretrain/inspect_collapse.py DATA --random-init 0 --arch resnet50 --image-size 64
+
+Prints, for one batch of DATA/train (two aug+ views per image; encoders in training mode with split BN and the
+key shuffle, as in pretraining): the mean cosine between each query and its positive key, between a query and
+the other images' keys (the margin between the two is what the contrastive task can use), the outputs' mean
+pairwise cosine (the cone they fill: 1 = a single point) and the key spread (per-dimension std of the unit
+keys x sqrt(dim): ~1 spread over the sphere, 0 collapsed; train_moco.py logs the same figure for its queue);
+with --knn also the kNN top-1 of the backbone on DATA/val (the random-init baseline of train_moco.py's monitor).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from types import SimpleNamespace
+
+import torch
+import torch.nn.functional as F
+
+from mocoeval.errors import UserError, cli_main
+from mocoeval.moco.builder import key_spread, shuffle_batch, unshuffle_batch
+from mocoeval.moco.checkpoint import load_moco_checkpoint, strip_prefix
+from mocoeval.moco.config import ARCHS
+from mocoeval.data.layout import check_imagefolder
+from mocoeval.moco.engine import COLLAPSED_SPREAD, build_loader, build_model, knn_loaders, resolve_bn_splits
+from mocoeval.moco.knn import knn_top1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="inspect_collapse.py", description=__doc__.split("\n\n")[0],
+                                epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("data", metavar="DATA_DIR", help="ImageFolder root holding train/<class>/<image>")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--weights", metavar="CKPT", help="MoCo pretraining checkpoint (ours or official)")
+    src.add_argument("--random-init", type=int, metavar="SEED", help="a freshly initialised MoCo model instead")
+    p.add_argument("-a", "--arch", choices=ARCHS, default=None, help="with --random-init (default resnet50)")
+    p.add_argument("--no-mlp", action="store_true", help="with --random-init: the v1 linear projection")
+    p.add_argument("--image-size", type=int, default=None, help="view size (default: the checkpoint's, else 64)")
+    p.add_argument("-b", "--batch-size", type=int, default=64, help="images in the batch (default 64)")
+    p.add_argument("--bn-splits", type=int, default=0, help="BN splits, 0 = auto as in pretraining (default 0)")
+    p.add_argument("--seed", type=int, default=0, help="which images and views (default 0)")
+    p.add_argument("--knn", action="store_true",
+                   help="also the kNN top-1 of the query backbone on DATA/val (eval mode; as train_moco.py --knn-data)")
+    p.add_argument("--json", action="store_true", help="one JSON object instead of text")
+    return p
+
+
+@torch.no_grad()
+def view_similarities(model, im_q: torch.Tensor, im_k: torch.Tensor) -> dict:
+    """The cosine statistics of one batch, training-mode encoders, keys through the shuffle."""
+    model.train()
+    q = F.normalize(model.encoder_q(im_q), dim=1)
+    shuffled, unshuffle = shuffle_batch(im_k)
+    k = F.normalize(unshuffle_batch(model.encoder_k(shuffled), unshuffle), dim=1)
+    n = q.shape[0]
+    off = ~torch.eye(n, dtype=torch.bool)
+    qk = q @ k.t()
+    return {"positive_cos": qk.diag().mean().item(), "negative_cos": qk[off].mean().item(),
+            "output_pairwise_cos": (q @ q.t())[off].mean().item(), "key_spread": key_spread(k.t()).item()}
+
+
+@cli_main
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    config = {}
+    if args.weights:
+        ckpt = load_moco_checkpoint(args.weights)
+        config = ckpt.get("config") if isinstance(ckpt.get("config"), dict) else {}
+        sd = strip_prefix(ckpt["state_dict"])
+        arch = ckpt.get("arch") or config.get("arch") or "resnet50"
+        mlp = "encoder_q.fc.0.weight" in sd
+        dim, K = sd["queue"].shape
+    else:
+        arch, mlp, dim, K = args.arch or "resnet50", not args.no_mlp, 128, 4096
+    size = args.image_size or config.get("image_size") or 64
+    if args.batch_size < 2:
+        raise UserError(f"--batch-size must be at least 2, got {args.batch_size}")
+    splits = resolve_bn_splits(args.bn_splits, args.batch_size, 1)
+    torch.manual_seed(args.random_init if args.random_init is not None else 0)
+    model = build_model(SimpleNamespace(arch=arch, moco_dim=dim, mlp=mlp, moco_k=K, moco_m=0.999, moco_t=0.2), splits)
+    if args.weights:
+        try:
+            model.load_state_dict(sd)
+        except RuntimeError as e:
+            raise UserError(f"{args.weights} does not fit a {arch} MoCo model: {str(e).splitlines()[0]}") from None
+    loader = build_loader(args.data, size, True, args.seed, args.batch_size, 0, torch.device("cpu"))
+    loader.sampler.set_epoch(0)
+    try:
+        (im_q, im_k), _ = next(iter(loader))
+    except StopIteration:
+        raise UserError(f"{args.data}/train holds fewer than --batch-size {args.batch_size} images") from None
+    torch.manual_seed(args.seed)  # the key shuffle
+    stats = {"weights": args.weights or f"random-init:{args.random_init}", "arch": arch, "image_size": size,
+             "batch_size": args.batch_size, "bn_splits": splits, **view_similarities(model, im_q, im_k)}
+    stats["collapsed"] = stats["key_spread"] < COLLAPSED_SPREAD
+    if args.knn:
+        check_imagefolder(args.data, splits=("train", "val"))
+        knn = knn_loaders(args.data, size, args.batch_size, 0)
+        stats["knn_top1"] = knn_top1(model.encoder_q, knn["train"], knn["val"], knn["num_classes"], torch.device("cpu"))
+    if args.json:
+        print(json.dumps(stats))
+    else:
+        print(f"{stats['weights']} ({arch}, {size} px, batch {args.batch_size}, BN splits {splits}): "
+              f"cos(query, positive key) {stats['positive_cos']:.4f}, cos(query, other images' keys) "
+              f"{stats['negative_cos']:.4f}, outputs' pairwise cos {stats['output_pairwise_cos']:.4f}, "
+              f"key spread {stats['key_spread']:.3f}" + (" -> COLLAPSED" if stats["collapsed"] else "")
+              + (f"; kNN top-1 {stats['knn_top1']:.2f}%" if args.knn else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
