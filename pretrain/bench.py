@@ -56,7 +56,8 @@ def _line(r: dict) -> str:
     ratio = f"  ours/lightly {r['ratio']:.2f}" if "ratio" in r else ""
     mem = "peak GPU mem" if r["device"].startswith("cuda") else "peak RSS"
     return (f"{r['impl']:8s} {r['mode']:4s} {r['arch']} {r['image_size']}px b{r['batch_size']} K{r['moco_k']} "
-            f"{r['device']} {r['precision']}{' CL' if r['channels_last'] else ''}{' compiled' if r['compile'] else ''} threads {r['threads']}"
+            f"{r['device']} {r['precision']}{' CL' if r['channels_last'] else ''}"
+            f"{' compiled' if r['compile'] else ''} threads {r['threads']}"
             f"{' workers ' + str(r['workers']) if r['mode'] == 'loop' else ''}: {r['pairs_per_s']:7.1f} pairs/s "
             f"({r['steps_timed']} steps)  {mem} {r['peak_memory_mib']:.0f} MiB{ratio}")
 
@@ -98,7 +99,8 @@ def main(argv=None) -> int:
             for precision in args.precision:
                 cfg = BenchConfig(arch=args.arch, image_size=args.image_size, batch_size=args.batch_size,
                                   moco_k=args.moco_k, moco_m=args.moco_m, moco_t=args.moco_t, device=args.device,
-                                  precision=precision, channels_last=args.channels_last, compile=args.compile, mode=mode,
+                                  precision=precision, channels_last=args.channels_last, compile=args.compile,
+                                  mode=mode,
                                   workers=args.workers, data=data)
                 for r in benchmark(cfg, impls, steps=args.steps, warmup=args.warmup, rounds=args.rounds):
                     print(json.dumps(r) if args.json else _line(r), flush=True)

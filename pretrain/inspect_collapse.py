@@ -32,7 +32,8 @@ from mocoeval.moco.knn import knn_top1
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="inspect_collapse.py", description=__doc__.split("\n\n")[0],
-                                epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+                                epilog=__doc__.split("\n\n", 1)[1],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("data", metavar="DATA_DIR", help="ImageFolder root holding train/<class>/<image>")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--weights", metavar="CKPT", help="MoCo pretraining checkpoint (ours or official)")

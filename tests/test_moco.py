@@ -65,7 +65,8 @@ def test_key_spread_is_one_for_uniform_keys_and_zero_for_collapsed_ones():
     one_point = F.normalize(torch.randn(128, 1), dim=0).expand(128, 4096)
     assert key_spread(one_point).item() == pytest.approx(0.0, abs=1e-6)
     # a narrow cone: every key within ~0.1 rad of one direction -> spread ~0.1
-    cone = F.normalize(F.normalize(torch.randn(128, 1), dim=0) + 0.1 * F.normalize(torch.randn(128, 4096), dim=0), dim=0)
+    centre = F.normalize(torch.randn(128, 1), dim=0)
+    cone = F.normalize(centre + 0.1 * F.normalize(torch.randn(128, 4096), dim=0), dim=0)
     assert 0.05 < key_spread(cone).item() < 0.15
 
 

@@ -317,6 +317,9 @@ def _train(args, resume_ckpt, device, rank, world, local_world, out: Path, bar_a
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
     if args.compile:
+        if device.type == "cpu" and not any(shutil.which(c) for c in ("g++", "c++", "clang++")):
+            raise UserError("--compile on CPU needs a C++ compiler (g++ or clang++) on PATH: "
+                            "install one or drop --compile")
         compile_encoders(model)
     optimizer = build_optimizer(model, args, device)
     start_epoch, history = 0, []
@@ -346,7 +349,8 @@ def _train(args, resume_ckpt, device, rank, world, local_world, out: Path, bar_a
         log.info("MoCo %s: %s, %d images, %d steps/epoch of %d (%d per process x %d), K %d, m %g, T %g, "
                  "BN splits %d, %s%s, seed %d, device %s, %d workers -> %s", variant["name"], args.arch, n_images,
                  steps_per_epoch, args.batch_size, batch, world, args.moco_k, args.moco_m, args.moco_t, bn_splits,
-                 args.precision, (" channels_last" if args.channels_last else "") + (" compiled" if args.compile else ""), seed, device, workers, out)
+                 args.precision, (" channels_last" if args.channels_last else "") + (" compiled" if args.compile else ""),
+                 seed, device, workers, out)
         atomic_write_json(out / "config.json", config)
 
     last_ckpt = find_latest_checkpoint(out) if is_main else None
