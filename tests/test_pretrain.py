@@ -313,26 +313,30 @@ def test_fast_paths_match_fp32(tiny_data):
 
 @pytest.mark.slow
 def test_compiled_encoders_match_eager_and_keep_checkpoint_keys(tiny_data):
-    """train_moco.py --compile: three steps (the compiled graphs, then their reuse) give the eager losses and
-    keys, and the state dict keeps the plain names (checkpoints and the converter are unaffected)."""
+    """train_moco.py --compile: the first step gives the eager loss and update, the next ones (reusing the
+    compiled graphs) the eager losses and keys, and the state dict keeps the plain names (checkpoints and the
+    converter are unaffected). 64 px and 8 images per BN split: at 32 px with 4 per split, res5's BN sees 4
+    values and float differences grow chaotically from step to step (eager NCHW vs channels_last too)."""
     torch.manual_seed(0)
-    args, _ = parse_config([str(tiny_data), "--arch", "resnet18", "--moco-k", "64", "-b", "8", *V2])
+    args, _ = parse_config([str(tiny_data), "--arch", "resnet18", "--moco-k", "64", "-b", "16", *V2])
     eager = build_model(args, bn_splits=2)
     compiled = compile_encoders(copy.deepcopy(eager))
     assert list(compiled.state_dict()) == list(eager.state_dict())
     g = torch.Generator().manual_seed(2)
-    batches = [(torch.randn(8, 3, 32, 32, generator=g), torch.randn(8, 3, 32, 32, generator=g)) for _ in range(3)]
-    losses = {}
-    for name, m in (("eager", eager), ("compiled", compiled)):
-        opt = torch.optim.SGD(m.parameters(), 0.03, momentum=0.9, weight_decay=1e-4)
-        torch.manual_seed(1)  # the same shuffle-BN permutations
-        losses[name] = [train_step(m, opt, xq, xk)[0].item() for xq, xk in batches]
-    # step 1 agrees to ~1e-5; later steps drift by float reassociation amplified through SGD on 4-image BN
-    # splits (measured: 0.2% of the loss at step 3), hence a relative tolerance
-    assert losses["compiled"][0] == pytest.approx(losses["eager"][0], abs=1e-3)
-    assert losses["compiled"] == pytest.approx(losses["eager"], rel=1e-2)
-    assert torch.allclose(compiled.queue, eager.queue, atol=2e-2)
-    assert torch.allclose(compiled.encoder_q.conv1.weight, eager.encoder_q.conv1.weight, atol=1e-4)
+    batches = [(torch.randn(16, 3, 64, 64, generator=g), torch.randn(16, 3, 64, 64, generator=g)) for _ in range(3)]
+    opts = {m: torch.optim.SGD(m.parameters(), 0.03, momentum=0.9, weight_decay=1e-4) for m in (eager, compiled)}
+    for i, (xq, xk) in enumerate(batches):
+        losses = []
+        for m in (eager, compiled):
+            torch.manual_seed(10 + i)  # the same shuffle-BN permutation
+            losses.append(train_step(m, opts[m], xq, xk)[0].item())
+        # measured: 1e-6 at step 1, then ~3e-5 relative
+        assert losses[1] == pytest.approx(losses[0], rel=1e-3), f"step {i + 1}"
+        if i == 0:  # one update from equal weights: only rounding apart (measured 5e-5)
+            diff = max((a - b).abs().max().item()
+                       for a, b in zip(eager.encoder_q.parameters(), compiled.encoder_q.parameters()))
+            assert diff < 1e-3
+    assert torch.allclose(compiled.queue, eager.queue, atol=1e-3)  # measured 1e-5
 
 
 def _inspect(*args):

@@ -133,7 +133,8 @@ class StepMonitor:
         loss_sum, acc_sum, nonfinite, spread = torch.cat([self.window, key_spread(queue).reshape(1)]).tolist()
         now = time.time()
         out = {"loss": loss_sum / self.steps, "acc1": 100 * acc_sum / self.steps, "nonfinite": nonfinite,
-               "key_spread": spread, "images_per_s": self.steps * self.images_per_step / max(now - self.start, 1e-9)}
+               "key_spread": spread,
+               "images_per_s": self.steps * self.images_per_step / max(now - self.start, 1e-9)}
         self.epoch_totals = [self.epoch_totals[0] + loss_sum, self.epoch_totals[1] + acc_sum,
                              self.epoch_totals[2] + self.steps]
         self.window.zero_()
@@ -349,8 +350,8 @@ def _train(args, resume_ckpt, device, rank, world, local_world, out: Path, bar_a
         log.info("MoCo %s: %s, %d images, %d steps/epoch of %d (%d per process x %d), K %d, m %g, T %g, "
                  "BN splits %d, %s%s, seed %d, device %s, %d workers -> %s", variant["name"], args.arch, n_images,
                  steps_per_epoch, args.batch_size, batch, world, args.moco_k, args.moco_m, args.moco_t, bn_splits,
-                 args.precision, (" channels_last" if args.channels_last else "") + (" compiled" if args.compile else ""),
-                 seed, device, workers, out)
+                 args.precision, (" channels_last" if args.channels_last else "")
+                 + (" compiled" if args.compile else ""), seed, device, workers, out)
         atomic_write_json(out / "config.json", config)
 
     last_ckpt = find_latest_checkpoint(out) if is_main else None
@@ -370,7 +371,7 @@ def _train(args, resume_ckpt, device, rank, world, local_world, out: Path, bar_a
             model_ddp.train()
             bar.set_description(f"epoch {epoch + 1}/{args.epochs}")
             monitor = StepMonitor(device, args.batch_size)
-            spreads = []
+            key_spread_now = math.nan  # the last log line's, recorded with the epoch
             try:
                 for step, ((im_q, im_k), unreadable) in enumerate(loader):
                     _count_unreadable(unreadable, bad_files, dataset, n_images // world)
@@ -396,7 +397,7 @@ def _train(args, resume_ckpt, device, rank, world, local_world, out: Path, bar_a
                                  "lr %.5g  %.1f img/s  eta %s", epoch + 1, args.epochs, step + 1, steps_per_epoch,
                                  w["loss"], ln_k1, w["acc1"], w["key_spread"], lr, w["images_per_s"], _hms(eta),
                                  extra={"step_line": True})
-                        spreads.append(w["key_spread"])
+                        key_spread_now = w["key_spread"]
                         if writer:
                             gstep = epoch * steps_per_epoch + step + 1
                             for tag in ("loss", "acc1", "key_spread", "images_per_s"):
@@ -411,7 +412,7 @@ def _train(args, resume_ckpt, device, rank, world, local_world, out: Path, bar_a
             # ---- end of epoch: metrics over all processes, kNN, checkpoint, metrics.json
             loss_mean, acc1_mean = monitor.epoch_means(world)
             entry = {"epoch": epoch + 1, "loss": loss_mean, "acc1": acc1_mean, "lr": lr, "ln_k_plus_1": ln_k1,
-                     "key_spread": spreads[-1],
+                     "key_spread": key_spread_now,
                      "images_per_s": steps_per_epoch * args.batch_size / (time.time() - epoch_start),
                      "unreadable_images": len(bad_files)}
             if knn is not None and ((epoch + 1) % args.knn_every == 0 or epoch + 1 == args.epochs):
