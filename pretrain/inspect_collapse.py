@@ -21,11 +21,11 @@ from types import SimpleNamespace
 import torch
 import torch.nn.functional as F
 
+from mocoeval.data.layout import check_imagefolder
 from mocoeval.errors import UserError, cli_main
 from mocoeval.moco.builder import key_spread, shuffle_batch, unshuffle_batch
 from mocoeval.moco.checkpoint import load_moco_checkpoint, strip_prefix
 from mocoeval.moco.config import ARCHS
-from mocoeval.data.layout import check_imagefolder
 from mocoeval.moco.engine import COLLAPSED_SPREAD, build_loader, build_model, knn_loaders, resolve_bn_splits
 from mocoeval.moco.knn import knn_top1
 
@@ -45,18 +45,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bn-splits", type=int, default=0, help="BN splits, 0 = auto as in pretraining (default 0)")
     p.add_argument("--seed", type=int, default=0, help="which images and views (default 0)")
     p.add_argument("--knn", action="store_true",
-                   help="also the kNN top-1 of the query backbone on DATA/val (eval mode; as train_moco.py --knn-data)")
+                   help="also the kNN top-1 of the query backbone on DATA/val (eval mode; as train_moco.py "
+                        "--knn-data)")
     p.add_argument("--json", action="store_true", help="one JSON object instead of text")
     return p
 
 
 @torch.no_grad()
 def view_similarities(model, im_q: torch.Tensor, im_k: torch.Tensor) -> dict:
-    """The cosine statistics of one batch, training-mode encoders, keys through the shuffle."""
+    """The cosine statistics of one batch, training-mode encoders, keys through the shuffle. The model is left
+    as it was: the BN running statistics this training-mode pass moves are put back (a later kNN sees the
+    checkpoint's, or the initial, statistics)."""
+    buffers = {name: b.clone() for name, b in model.named_buffers()}
+    was_training = model.training
     model.train()
-    q = F.normalize(model.encoder_q(im_q), dim=1)
-    shuffled, unshuffle = shuffle_batch(im_k)
-    k = F.normalize(unshuffle_batch(model.encoder_k(shuffled), unshuffle), dim=1)
+    try:
+        q = F.normalize(model.encoder_q(im_q), dim=1)
+        shuffled, unshuffle = shuffle_batch(im_k)
+        k = F.normalize(unshuffle_batch(model.encoder_k(shuffled), unshuffle), dim=1)
+    finally:
+        for name, b in model.named_buffers():
+            b.copy_(buffers[name])
+        model.train(was_training)
     n = q.shape[0]
     off = ~torch.eye(n, dtype=torch.bool)
     qk = q @ k.t()
@@ -80,9 +90,11 @@ def main(argv=None) -> int:
     size = args.image_size or config.get("image_size") or 64
     if args.batch_size < 2:
         raise UserError(f"--batch-size must be at least 2, got {args.batch_size}")
+    check_imagefolder(args.data, splits=("train", "val") if args.knn else ("train",))  # before any work
     splits = resolve_bn_splits(args.bn_splits, args.batch_size, 1)
     torch.manual_seed(args.random_init if args.random_init is not None else 0)
-    model = build_model(SimpleNamespace(arch=arch, moco_dim=dim, mlp=mlp, moco_k=K, moco_m=0.999, moco_t=0.2), splits)
+    model = build_model(SimpleNamespace(arch=arch, moco_dim=dim, mlp=mlp, moco_k=K, moco_m=0.999, moco_t=0.2),
+                        splits)
     if args.weights:
         try:
             model.load_state_dict(sd)
@@ -99,9 +111,9 @@ def main(argv=None) -> int:
              "batch_size": args.batch_size, "bn_splits": splits, **view_similarities(model, im_q, im_k)}
     stats["collapsed"] = stats["key_spread"] < COLLAPSED_SPREAD
     if args.knn:
-        check_imagefolder(args.data, splits=("train", "val"))
         knn = knn_loaders(args.data, size, args.batch_size, 0)
-        stats["knn_top1"] = knn_top1(model.encoder_q, knn["train"], knn["val"], knn["num_classes"], torch.device("cpu"))
+        stats["knn_top1"] = knn_top1(model.encoder_q, knn["train"], knn["val"], knn["num_classes"],
+                                     torch.device("cpu"))
     if args.json:
         print(json.dumps(stats))
     else:

@@ -366,7 +366,9 @@ def test_inspect_collapse_reports_a_checkpoint_and_a_random_init(uninterrupted, 
     mod = util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     x = torch.randn(8, 3, 32, 32)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
     stats = mod.view_similarities(model, x, x.clone())
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # BN statistics put back
     assert stats["key_spread"] < 1e-3 and stats["output_pairwise_cos"] == pytest.approx(1.0)
 
 
