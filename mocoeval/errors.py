@@ -9,6 +9,13 @@ class UserError(Exception):
     """Bad input or state the user can fix; printed as one line, never as a traceback."""
 
 
+def one_line(e: BaseException | str) -> str:
+    """An exception (or text) as one line of at most 500 characters, for logs and error messages."""
+    text = str(e).strip() or type(e).__name__
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    return " ".join(lines)[:500]
+
+
 def cli_main(main):
     """Decorate a script's `main(argv=None)`: a UserError becomes `error: ...` on stderr and exit 2."""
 

@@ -5,11 +5,17 @@
     python pretrain/inspect_collapse.py DATA --random-init 0 --arch resnet50 --image-size 64
 
 Prints, for one batch of DATA/train (two aug+ views per image; encoders in training mode with split BN and the
-key shuffle, as in pretraining): the mean cosine between each query and its positive key, between a query and
-the other images' keys (the margin between the two is what the contrastive task can use), the outputs' mean
-pairwise cosine (the cone they fill: 1 = a single point) and the key spread (per-dimension std of the unit
-keys x sqrt(dim): ~1 spread over the sphere, 0 collapsed; train_moco.py logs the same figure for its queue);
-with --knn also the kNN top-1 of the backbone on DATA/val (the random-init baseline of train_moco.py's monitor).
+key shuffle, as in pretraining) the mean cosine between each query and
+  - its positive key, and the other images' keys: the margin between the two is what the contrastive task can use;
+  - the keys of another batch computed by the same weights: lower than the same-batch figure when the batch
+    statistics of BN mark a batch;
+  - with --weights, the checkpoint's queued keys: the negatives the loss actually uses, computed by older key
+    encoders. When they are less similar to the queries than fresh keys are, "computed by the latest encoder"
+    tells the positive apart -- a shortcut that needs no instance features;
+and the outputs' mean pairwise cosine (the cone they fill: 1 = a single point) and the key spread (per-dimension
+std of the unit keys x sqrt(dim): ~1 spread over the sphere, 0 collapsed; train_moco.py logs the same figure for
+its queue); with --knn also the kNN top-1 of the backbone on DATA/val (the random-init baseline of train_moco.py's
+monitor).
 """
 from __future__ import annotations
 
@@ -52,8 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 @torch.no_grad()
-def view_similarities(model, im_q: torch.Tensor, im_k: torch.Tensor) -> dict:
-    """The cosine statistics of one batch, training-mode encoders, keys through the shuffle. The model is left
+def view_similarities(model, im_q: torch.Tensor, im_k: torch.Tensor, queue: torch.Tensor | None = None,
+                      im_k_other: torch.Tensor | None = None) -> dict:
+    """The cosine statistics of one batch, training-mode encoders, keys through the shuffle; optionally against
+    the queued keys and the keys of another batch `im_k_other` (same weights). The model is left
     as it was: the BN running statistics this training-mode pass moves are put back (a later kNN sees the
     checkpoint's, or the initial, statistics)."""
     buffers = {name: b.clone() for name, b in model.named_buffers()}
@@ -61,8 +69,12 @@ def view_similarities(model, im_q: torch.Tensor, im_k: torch.Tensor) -> dict:
     model.train()
     try:
         q = F.normalize(model.encoder_q(im_q), dim=1)
-        shuffled, unshuffle = shuffle_batch(im_k)
-        k = F.normalize(unshuffle_batch(model.encoder_k(shuffled), unshuffle), dim=1)
+        def keys(images):
+            shuffled, unshuffle = shuffle_batch(images)
+            return F.normalize(unshuffle_batch(model.encoder_k(shuffled), unshuffle), dim=1)
+
+        k = keys(im_k)
+        k_other = keys(im_k_other) if im_k_other is not None else None
     finally:
         for name, b in model.named_buffers():
             b.copy_(buffers[name])
@@ -70,8 +82,12 @@ def view_similarities(model, im_q: torch.Tensor, im_k: torch.Tensor) -> dict:
     n = q.shape[0]
     off = ~torch.eye(n, dtype=torch.bool)
     qk = q @ k.t()
-    return {"positive_cos": qk.diag().mean().item(), "negative_cos": qk[off].mean().item(),
-            "output_pairwise_cos": (q @ q.t())[off].mean().item(), "key_spread": key_spread(k.t()).item()}
+    stats = {"positive_cos": qk.diag().mean().item(), "negative_cos": qk[off].mean().item()}
+    if k_other is not None:
+        stats["other_batch_cos"] = (q @ k_other.t()).mean().item()
+    if queue is not None:
+        stats["queue_cos"] = (q @ F.normalize(queue.float(), dim=0)).mean().item()
+    return {**stats, "output_pairwise_cos": (q @ q.t())[off].mean().item(), "key_spread": key_spread(k.t()).item()}
 
 
 @cli_main
@@ -102,13 +118,16 @@ def main(argv=None) -> int:
             raise UserError(f"{args.weights} does not fit a {arch} MoCo model: {str(e).splitlines()[0]}") from None
     loader = build_loader(args.data, size, True, args.seed, args.batch_size, 0, torch.device("cpu"))
     loader.sampler.set_epoch(0)
+    batches = iter(loader)
     try:
-        (im_q, im_k), _ = next(iter(loader))
+        (im_q, im_k), _ = next(batches)
     except StopIteration:
         raise UserError(f"{args.data}/train holds fewer than --batch-size {args.batch_size} images") from None
+    (_, im_k_other), _ = next(batches, ((None, None), None))  # a second batch when the data holds one
     torch.manual_seed(args.seed)  # the key shuffle
     stats = {"weights": args.weights or f"random-init:{args.random_init}", "arch": arch, "image_size": size,
-             "batch_size": args.batch_size, "bn_splits": splits, **view_similarities(model, im_q, im_k)}
+             "batch_size": args.batch_size, "bn_splits": splits,
+             **view_similarities(model, im_q, im_k, model.queue if args.weights else None, im_k_other)}
     stats["collapsed"] = stats["key_spread"] < COLLAPSED_SPREAD
     if args.knn:
         knn = knn_loaders(args.data, size, args.batch_size, 0)
@@ -119,7 +138,11 @@ def main(argv=None) -> int:
     else:
         print(f"{stats['weights']} ({arch}, {size} px, batch {args.batch_size}, BN splits {splits}): "
               f"cos(query, positive key) {stats['positive_cos']:.4f}, cos(query, other images' keys) "
-              f"{stats['negative_cos']:.4f}, outputs' pairwise cos {stats['output_pairwise_cos']:.4f}, "
+              f"{stats['negative_cos']:.4f}, "
+              + (f"cos(query, another batch's keys) {stats['other_batch_cos']:.4f}, "
+                 if "other_batch_cos" in stats else "")
+              + (f"cos(query, queued keys) {stats['queue_cos']:.4f}, " if "queue_cos" in stats else "")
+              + f"outputs' pairwise cos {stats['output_pairwise_cos']:.4f}, "
               f"key spread {stats['key_spread']:.3f}" + (" -> COLLAPSED" if stats["collapsed"] else "")
               + (f"; kNN top-1 {stats['knn_top1']:.2f}%" if args.knn else ""))
     return 0

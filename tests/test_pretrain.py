@@ -350,9 +350,11 @@ def test_inspect_collapse_reports_a_checkpoint_and_a_random_init(uninterrupted, 
         assert proc.returncode == 0, proc.stderr[-2000:]
         stats = json.loads(proc.stdout)
         assert stats["arch"] == "resnet18" and stats["bn_splits"] == 2 and stats["image_size"] == 32
-        assert all(-1 <= stats[k] <= 1 for k in ("positive_cos", "negative_cos", "output_pairwise_cos"))
+        assert all(-1 <= stats[k] <= 1 for k in ("positive_cos", "negative_cos", "other_batch_cos",
+                                                 "output_pairwise_cos"))  # 24 images, batches of 8: a second one
         assert 0 <= stats["key_spread"] <= 1.5 and stats["collapsed"] == (stats["key_spread"] < 0.1)
         assert ("knn_top1" in stats) == ("--knn" in source) and 0 <= stats.get("knn_top1", 0) <= 100
+        assert ("queue_cos" in stats) == ("--weights" in source) and -1 <= stats.get("queue_cos", 0) <= 1
     # a collapsed model: every output the same direction -> spread 0, flagged
     torch.manual_seed(0)
     args, _ = parse_config([str(tiny_data), "--arch", "resnet18", "-b", "8", *V2])
@@ -370,6 +372,11 @@ def test_inspect_collapse_reports_a_checkpoint_and_a_random_init(uninterrupted, 
     stats = mod.view_similarities(model, x, x.clone())
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # BN statistics put back
     assert stats["key_spread"] < 1e-3 and stats["output_pairwise_cos"] == pytest.approx(1.0)
+    # queued keys (unnormalised columns) along / against that one output direction
+    direction = torch.ones(128, 5) * 3.0
+    stats = mod.view_similarities(model, x, x.clone(), direction, torch.randn(8, 3, 32, 32))
+    assert stats["queue_cos"] == pytest.approx(1.0) and stats["other_batch_cos"] == pytest.approx(1.0)
+    assert mod.view_similarities(model, x, x.clone(), -direction)["queue_cos"] == pytest.approx(-1.0)
 
 
 def test_inspect_collapse_bad_input_is_one_line(tmp_path, tiny_data):

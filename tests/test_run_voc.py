@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from mocoeval import voc_transfer as vt
+from mocoeval.voc_transfer import config as voc_config, run as voc_run, trial as voc_trial
 from mocoeval.d2_modeling import DEFAULT_VOC_CONFIG
 from mocoeval.errors import UserError
 
@@ -76,30 +76,30 @@ def _subprocess_env(store_dir: Path) -> dict:
 
 
 def test_seeds_default_fixed_and_validated():
-    assert vt.resolve_seeds(None, None) == [0, 1, 2, 3, 4]  # protocol: 5 trials
-    assert vt.resolve_seeds(3, None) == [0, 1, 2]
-    assert vt.resolve_seeds(5, None)[:3] == vt.resolve_seeds(3, None)  # --trials 5 after --trials 3 extends
-    assert vt.resolve_seeds(None, [7, 11]) == [7, 11]
-    assert vt.resolve_seeds(2, [7, 11]) == [7, 11]
+    assert voc_run.resolve_seeds(None, None) == [0, 1, 2, 3, 4]  # protocol: 5 trials
+    assert voc_run.resolve_seeds(3, None) == [0, 1, 2]
+    assert voc_run.resolve_seeds(5, None)[:3] == voc_run.resolve_seeds(3, None)  # --trials 5 after --trials 3 extends
+    assert voc_run.resolve_seeds(None, [7, 11]) == [7, 11]
+    assert voc_run.resolve_seeds(2, [7, 11]) == [7, 11]
     for trials, seeds in [(3, [7, 11]), (None, [4, 4]), (0, None), (None, [-1])]:
         with pytest.raises(UserError):
-            vt.resolve_seeds(trials, seeds)
+            voc_run.resolve_seeds(trials, seeds)
 
 
 def test_build_config_scales_lr_with_batch_and_leaves_schedule():
-    cfg, notes = vt.build_config(DEFAULT_VOC_CONFIG, ["SOLVER.IMS_PER_BATCH", "8"], weights="")
+    cfg, notes = voc_config.build_config(DEFAULT_VOC_CONFIG, ["SOLVER.IMS_PER_BATCH", "8"], weights="")
     assert cfg.SOLVER.BASE_LR == pytest.approx(0.01) and notes.lr_scaled == (0.02, pytest.approx(0.01))
     assert cfg.SOLVER.MAX_ITER == 24000 and tuple(cfg.SOLVER.STEPS) == (18000, 22000)  # never changed silently
     text = " ".join(notes.messages)
     assert "0.02 -> 0.01" in text and "SOLVER.MAX_ITER 48000" in text and "(36000, 44000)" in text
 
-    cfg, notes = vt.build_config(DEFAULT_VOC_CONFIG, ["SOLVER.IMS_PER_BATCH", "8", "SOLVER.BASE_LR", "0.005"])
+    cfg, notes = voc_config.build_config(DEFAULT_VOC_CONFIG, ["SOLVER.IMS_PER_BATCH", "8", "SOLVER.BASE_LR", "0.005"])
     assert cfg.SOLVER.BASE_LR == 0.005 and notes.lr_scaled is None  # an explicit lr wins
 
-    cfg, notes = vt.build_config(DEFAULT_VOC_CONFIG, [])
+    cfg, notes = voc_config.build_config(DEFAULT_VOC_CONFIG, [])
     assert cfg.SOLVER.BASE_LR == 0.02 and cfg.SOLVER.IMS_PER_BATCH == 16 and not notes.messages
 
-    cfg, _ = vt.build_config(DEFAULT_VOC_CONFIG, [], norm="SyncBN", device="cpu")
+    cfg, _ = voc_config.build_config(DEFAULT_VOC_CONFIG, [], norm="SyncBN", device="cpu")
     assert cfg.MODEL.RESNETS.NORM == "SyncBN" and cfg.MODEL.DEVICE == "cpu"
 
 
@@ -113,37 +113,38 @@ def test_build_config_scales_lr_with_batch_and_leaves_schedule():
 ])
 def test_build_config_bad_opts_are_user_errors(opts, message):
     with pytest.raises(UserError, match=message):
-        vt.build_config(DEFAULT_VOC_CONFIG, opts)
+        voc_config.build_config(DEFAULT_VOC_CONFIG, opts)
 
 
 def test_config_hash_ignores_result_neutral_keys_only():
-    base, _ = vt.build_config(DEFAULT_VOC_CONFIG, [], device="cpu", weights="")
-    neutral, _ = vt.build_config(DEFAULT_VOC_CONFIG, ["DATALOADER.NUM_WORKERS", "0", "SOLVER.CHECKPOINT_PERIOD", "7"],
-                                 device="cuda")
-    other, _ = vt.build_config(DEFAULT_VOC_CONFIG, ["SOLVER.WARMUP_ITERS", "200"])
-    assert vt.config_hash(base) == vt.config_hash(neutral)
-    assert vt.config_hash(base) != vt.config_hash(other)
-    diff = vt.config_differences(vt.config_identity(base), vt.config_identity(other))
+    base, _ = voc_config.build_config(DEFAULT_VOC_CONFIG, [], device="cpu", weights="")
+    neutral, _ = voc_config.build_config(DEFAULT_VOC_CONFIG,
+                                         ["DATALOADER.NUM_WORKERS", "0", "SOLVER.CHECKPOINT_PERIOD", "7"],
+                                         device="cuda")
+    other, _ = voc_config.build_config(DEFAULT_VOC_CONFIG, ["SOLVER.WARMUP_ITERS", "200"])
+    assert voc_config.config_hash(base) == voc_config.config_hash(neutral)
+    assert voc_config.config_hash(base) != voc_config.config_hash(other)
+    diff = voc_config.config_differences(voc_config.config_identity(base), voc_config.config_identity(other))
     assert diff == "SOLVER.WARMUP_ITERS (100 -> 200)"
 
 
 def test_voc_splits_of_the_protocol_and_non_voc_refused():
-    cfg, _ = vt.build_config(DEFAULT_VOC_CONFIG, [])
-    assert vt.voc_splits(cfg) == [("2007", "trainval"), ("2012", "trainval"), ("2007", "test")]
-    cfg, _ = vt.build_config(DEFAULT_VOC_CONFIG, ["DATASETS.TEST", "('coco_2017_val',)"])
+    cfg, _ = voc_config.build_config(DEFAULT_VOC_CONFIG, [])
+    assert voc_config.voc_splits(cfg) == [("2007", "trainval"), ("2012", "trainval"), ("2007", "test")]
+    cfg, _ = voc_config.build_config(DEFAULT_VOC_CONFIG, ["DATASETS.TEST", "('coco_2017_val',)"])
     with pytest.raises(UserError, match="coco_2017_val"):
-        vt.voc_splits(cfg)
+        voc_config.voc_splits(cfg)
 
 
 def test_loaded_key_check_allows_only_new_detection_layers():
     missing_ok = ["proposal_generator.rpn_head.conv.weight", "roi_heads.box_predictor.cls_score.weight",
                   "roi_heads.res5.norm.weight", "roi_heads.res5.norm.running_mean",
                   "backbone.res2.0.conv1.norm.num_batches_tracked"]
-    assert vt.check_loaded_keys(missing_ok, ["fc.0.weight"], "w.pkl") == ["fc.0.weight"]
+    assert voc_trial.check_loaded_keys(missing_ok, ["fc.0.weight"], "w.pkl") == ["fc.0.weight"]
     with pytest.raises(UserError, match=r"backbone\.res4\.5\.conv3\.weight"):
-        vt.check_loaded_keys(missing_ok + ["backbone.res4.5.conv3.weight"], [], "w.pkl")
+        voc_trial.check_loaded_keys(missing_ok + ["backbone.res4.5.conv3.weight"], [], "w.pkl")
     with pytest.raises(UserError, match=r"roi_heads\.res5\.0\.conv1\.weight"):
-        vt.check_loaded_keys(["roi_heads.res5.0.conv1.weight"], [], "w.pkl")
+        voc_trial.check_loaded_keys(["roi_heads.res5.0.conv1.weight"], [], "w.pkl")
 
 
 def test_preflight_reports_unused_projection_head(random_r50_pkl, tmp_path):
@@ -156,10 +157,10 @@ def test_preflight_reports_unused_projection_head(random_r50_pkl, tmp_path):
     with_head = tmp_path / "with_head.pkl"
     with open(with_head, "wb") as f:
         pickle.dump(data, f)
-    cfg, _ = vt.build_config(DEFAULT_VOC_CONFIG, [], device="cpu", weights=with_head)
-    weights = vt.check_weights(with_head)
+    cfg, _ = voc_config.build_config(DEFAULT_VOC_CONFIG, [], device="cpu", weights=with_head)
+    weights = voc_trial.check_weights(with_head)
     assert weights.variant["name"] == "random-init" and weights.source_sha256 == "0" * 64
-    unused, report = vt.preflight_weights(cfg, weights)
+    unused, report = voc_trial.preflight_weights(cfg, weights)
     assert unused == ["fc.0.weight"]
     assert "RPN (6), box predictor (4), res5 norm (4)" in report and "unused in the file: 1" in report
 
@@ -172,7 +173,7 @@ def test_preflight_reports_unused_projection_head(random_r50_pkl, tmp_path):
 ])
 def test_bad_flag_combinations_are_user_errors(options, message, tmp_path):
     with pytest.raises(UserError, match=message):
-        vt.run(vt.RunOptions(weights=str(tmp_path / "w.pkl"), output_dir=str(tmp_path / "o"), **options))
+        voc_run.run(voc_run.RunOptions(weights=str(tmp_path / "w.pkl"), output_dir=str(tmp_path / "o"), **options))
     assert not (tmp_path / "o").exists()
 
 
@@ -180,11 +181,11 @@ def test_trial_spec_pickles_for_spawn_and_submitit():
     """launch() (spawn) and submitit pickle the trial; the frozen config must survive it unchanged."""
     import pickle
 
-    cfg, _ = vt.build_config(DEFAULT_VOC_CONFIG, ["SOLVER.IMS_PER_BATCH", "8"], device="cpu")
+    cfg, _ = voc_config.build_config(DEFAULT_VOC_CONFIG, ["SOLVER.IMS_PER_BATCH", "8"], device="cpu")
     cfg.OUTPUT_DIR, cfg.SEED = "/tmp/run/trial_2", 1
     cfg.freeze()
-    spec = vt.TrialSpec(index=2, n_trials=5, seed=1, cfg=cfg, identity={"seed": 1}, dataset_root="/data")
-    job = pickle.loads(pickle.dumps(vt.SlurmTrialJob(spec)))
+    spec = voc_trial.TrialSpec(index=2, n_trials=5, seed=1, cfg=cfg, identity={"seed": 1}, dataset_root="/data")
+    job = pickle.loads(pickle.dumps(voc_trial.SlurmTrialJob(spec)))
     assert job.spec.cfg == cfg and job.spec.cfg.is_frozen() and job.spec.dir == Path("/tmp/run/trial_2")
     assert job.spec.cfg.SOLVER.BASE_LR == pytest.approx(0.01)
 
@@ -208,7 +209,7 @@ def test_plan_skips_finished_resumes_checkpointed_and_starts_new(tmp_path):
     (t2 / "trial.json").write_text(json.dumps(_identity(seed=1)))
     (t2 / "last_checkpoint").write_text("model_0000009.pth")
     base = {"config_hash": "h1", "weights": "/w.pkl", "weights_sha256": "w1"}
-    plans = vt.plan_trials(tmp_path, [0, 1, 2], base, {})
+    plans = voc_run.plan_trials(tmp_path, [0, 1, 2], base, {})
     assert [(p.index, p.seed, p.status) for p in plans] == [(1, 0, "finished"), (2, 1, "resume"), (3, 2, "new")]
     assert plans[0].metrics["AP50"] == 50.0
 
@@ -223,7 +224,7 @@ def test_plan_refuses_to_mix_setups(tmp_path, change, message):
     base = {"config_hash": "h1", "weights": "/w.pkl", "weights_sha256": "w1"}
     seed = change.pop("seed", 0)
     with pytest.raises(UserError, match=message) as e:
-        vt.plan_trials(tmp_path, [seed], {**base, **change}, {})
+        voc_run.plan_trials(tmp_path, [seed], {**base, **change}, {})
     assert "--output-dir" in str(e.value) and "\n" not in str(e.value)
 
 
@@ -232,10 +233,10 @@ def test_plan_refuses_foreign_checkpoints_and_corrupt_metrics(tmp_path):
     (tmp_path / "trial_1" / "last_checkpoint").write_text("model_final.pth")
     base = {"config_hash": "h1", "weights": "/w.pkl", "weights_sha256": "w1"}
     with pytest.raises(UserError, match="unknown run"):
-        vt.plan_trials(tmp_path, [0], base, {})
+        voc_run.plan_trials(tmp_path, [0], base, {})
     (tmp_path / "trial_1" / "metrics.json").write_text("{truncated")
     with pytest.raises(UserError, match="unreadable"):
-        vt.plan_trials(tmp_path, [0], base, {})
+        voc_run.plan_trials(tmp_path, [0], base, {})
 
 
 # ---------------------------------------------------------------------------------------------- summary
@@ -244,7 +245,7 @@ def test_plan_refuses_foreign_checkpoints_and_corrupt_metrics(tmp_path):
 def test_summary_population_std_csv_and_table(tmp_path):
     trials = [{"trial": i + 1, "seed": i, "AP50": a, "AP": b, "AP75": c, "wall_time_s": 1.0}
               for i, (a, b, c) in enumerate([(81.5, 55.9, 62.6), (82.0, 56.4, 62.6), (82.2, 56.8, 63.2)])]
-    summary, table = vt.summarize(tmp_path, trials, requested=3, failed=[])
+    summary, table = voc_run.summarize(tmp_path, trials, requested=3, failed=[])
     ap50 = np.array([81.5, 82.0, 82.2])
     s = summary["metrics"]["AP50"]
     assert s["mean"] == pytest.approx(ap50.mean()) and s["n"] == 3
@@ -290,8 +291,8 @@ def _evaluate(predict) -> dict:
     from detectron2.data import DatasetCatalog
     from detectron2.structures import Boxes, Instances
 
-    cfg, _ = vt.build_config(DEFAULT_VOC_CONFIG, [])
-    evaluator = vt.VOCTrainer.build_evaluator(cfg, "voc_2007_test")
+    cfg, _ = voc_config.build_config(DEFAULT_VOC_CONFIG, [])
+    evaluator = voc_trial.VOCTrainer.build_evaluator(cfg, "voc_2007_test")
     evaluator.reset()
     for d in DatasetCatalog.get("voc_2007_test"):
         boxes = [a["bbox"] for a in d["annotations"] if predict(a)]
@@ -300,7 +301,7 @@ def _evaluate(predict) -> dict:
         inst.scores = torch.ones(len(boxes))
         inst.pred_classes = torch.tensor([a["category_id"] for a in d["annotations"] if predict(a)], dtype=torch.long)
         evaluator.process([{"image_id": d["image_id"]}], [{"instances": inst}])
-    return vt.extract_voc_metrics(evaluator.evaluate())
+    return voc_trial.extract_voc_metrics(evaluator.evaluate())
 
 
 def test_evaluator_ground_truth_as_predictions_scores_100(tmp_path):

@@ -100,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
 @cli_main
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    from mocoeval.voc_transfer import RunOptions, run
+    from mocoeval.voc_transfer.run import RunOptions, run
 
     return run(RunOptions(**vars(args)))
 

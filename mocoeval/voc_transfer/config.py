@@ -1,0 +1,164 @@
+"""The Detectron2 config of a VOC trial: built from YAML + --opts, its identity (hash), the VOC splits check."""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import re
+from pathlib import Path
+from typing import Sequence
+
+import yaml
+from detectron2.config import CfgNode
+
+from .. import d2_modeling
+from ..errors import UserError, one_line
+from ..fileio import sha256_json
+
+logger = logging.getLogger("mocoeval.voc")
+
+# Config keys that do not change what a trial computes; left out of the config hash so that e.g. a
+# resumed run may use another checkpoint period or device. SEED and weights are checked separately.
+RESULT_NEUTRAL_KEYS = ("OUTPUT_DIR", "SEED", "MODEL.WEIGHTS", "MODEL.DEVICE", "DATALOADER.NUM_WORKERS",
+                       "SOLVER.CHECKPOINT_PERIOD", "VIS_PERIOD")
+# Keys owned by command-line flags; setting them through --opts would bypass the bookkeeping.
+FLAG_OWNED_KEYS = {"MODEL.WEIGHTS": "--weights", "SEED": "--seeds", "OUTPUT_DIR": "--output-dir",
+                   "MODEL.DEVICE": "--device"}
+VOC_DATASET_RE = re.compile(r"^voc_(\d{4})_(\w+)$")
+
+
+@dataclasses.dataclass
+class ConfigNotes:
+    """What build_config changed on its own, to print (and test)."""
+    lr_scaled: tuple[float, float] | None = None  # (from, to)
+    messages: list[str] = dataclasses.field(default_factory=list)
+
+
+def _opts_pairs(opts: Sequence[str]) -> list[tuple[str, str]]:
+    if len(opts) % 2:
+        raise UserError(f"--opts takes KEY VALUE pairs, got an odd number of items: {' '.join(opts)}")
+    return [(opts[i], opts[i + 1]) for i in range(0, len(opts), 2)]
+
+
+def build_config(config_file: str | os.PathLike, opts: Sequence[str] = (), *, norm: str | None = None,
+                 device: str = "cpu", weights: str | os.PathLike = "") -> tuple[CfgNode, ConfigNotes]:
+    """The config every trial of a run shares (OUTPUT_DIR and SEED are set per trial).
+
+    Linear scaling rule: if `--opts` changes SOLVER.IMS_PER_BATCH away from the config file's
+    batch (16 in the protocol) and does not set SOLVER.BASE_LR itself, BASE_LR is scaled by the
+    same factor. The schedule (MAX_ITER, STEPS) is never changed silently; the protocol's advice for a
+    smaller batch (halve batch and lr, double steps and iterations) is printed instead.
+    """
+    config_file = Path(config_file)
+    if not config_file.is_file():
+        raise UserError(f"config file not found: {config_file}")
+    pairs = _opts_pairs(list(opts))
+    keys = [k for k, _ in pairs]
+    for key in keys:
+        if key in FLAG_OWNED_KEYS:
+            raise UserError(f"set {key} with {FLAG_OWNED_KEYS[key]}, not --opts")
+    try:
+        file_cfg = d2_modeling.load_config(config_file)
+    except (OSError, yaml.YAMLError, KeyError, ValueError, AssertionError) as e:
+        raise UserError(f"cannot read config {config_file}: {one_line(e)}") from None
+    cfg = file_cfg.clone()
+    try:
+        cfg.merge_from_list(list(opts))
+    except (KeyError, ValueError, AssertionError, SyntaxError) as e:
+        raise UserError(f"bad --opts: {one_line(e)}") from None
+    notes = ConfigNotes()
+    if norm:
+        cfg.MODEL.RESNETS.NORM = norm
+    ref_batch, ref_lr = file_cfg.SOLVER.IMS_PER_BATCH, file_cfg.SOLVER.BASE_LR
+    batch = cfg.SOLVER.IMS_PER_BATCH
+    if batch <= 0:
+        raise UserError(f"SOLVER.IMS_PER_BATCH must be positive, got {batch}")
+    if batch != ref_batch:
+        if "SOLVER.BASE_LR" in keys:
+            notes.messages.append(
+                f"SOLVER.IMS_PER_BATCH {batch} (config: {ref_batch}) with SOLVER.BASE_LR {cfg.SOLVER.BASE_LR} "
+                f"as given (no linear scaling, since --opts sets it)")
+        else:
+            new_lr = ref_lr * batch / ref_batch
+            notes.lr_scaled = (ref_lr, new_lr)
+            cfg.SOLVER.BASE_LR = new_lr
+            notes.messages.append(
+                f"SOLVER.IMS_PER_BATCH {batch} instead of {ref_batch}: BASE_LR scaled linearly "
+                f"{ref_lr:g} -> {new_lr:g}")
+        if not {"SOLVER.MAX_ITER", "SOLVER.STEPS"} & set(keys):
+            factor = ref_batch / batch
+            steps = tuple(int(round(s * factor)) for s in cfg.SOLVER.STEPS)
+            notes.messages.append(
+                f"schedule left as configured (MAX_ITER {cfg.SOLVER.MAX_ITER}, STEPS {tuple(cfg.SOLVER.STEPS)}); "
+                f"the protocol scales it with the batch: --opts SOLVER.MAX_ITER "
+                f"{int(round(cfg.SOLVER.MAX_ITER * factor))} SOLVER.STEPS \"{steps}\"")
+    if cfg.SOLVER.MAX_ITER <= 0:
+        raise UserError(f"SOLVER.MAX_ITER must be positive, got {cfg.SOLVER.MAX_ITER}")
+    cfg.MODEL.WEIGHTS = str(Path(weights).resolve()) if weights else ""
+    cfg.MODEL.DEVICE = device
+    return cfg, notes
+
+
+def config_identity(cfg: CfgNode) -> dict:
+    """The config as a plain dict without the result-neutral keys: what the config hash covers."""
+    data = yaml.safe_load(cfg.dump())
+    for dotted in RESULT_NEUTRAL_KEYS:
+        node = data
+        *parents, leaf = dotted.split(".")
+        for p in parents:
+            node = node.get(p, {})
+        node.pop(leaf, None)
+    return data
+
+
+def config_hash(cfg: CfgNode) -> str:
+    return sha256_json(config_identity(cfg))
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def config_differences(old: dict, new: dict, limit: int = 3) -> str:
+    """'KEY (old -> new), ...' for the first few differing keys of two config dicts."""
+    a, b = _flatten(old), _flatten(new)
+    diffs = [f"{k} ({a.get(k, '<unset>')} -> {b.get(k, '<unset>')})" for k in sorted(set(a) | set(b))
+             if a.get(k, "<unset>") != b.get(k, "<unset>")]
+    more = f" and {len(diffs) - limit} more" if len(diffs) > limit else ""
+    return ", ".join(diffs[:limit]) + more
+
+
+def voc_splits(cfg: CfgNode) -> list[tuple[str, str]]:
+    """(year, split) of every dataset the config uses; only Pascal VOC splits are supported."""
+    splits = []
+    for field in ("TRAIN", "TEST"):
+        names = list(cfg.DATASETS[field])
+        if not names:
+            raise UserError(f"DATASETS.{field} is empty")
+        for name in names:
+            m = VOC_DATASET_RE.match(name)
+            if not m:
+                raise UserError(f"DATASETS.{field} names {name!r}: run_voc.py trains and evaluates on Pascal VOC "
+                                f"splits only (voc_YYYY_split, e.g. voc_2007_test)")
+            if (m[1], m[2]) not in splits:
+                splits.append((m[1], m[2]))
+    return splits
+
+
+def check_dataset(cfg: CfgNode, dataset_root: str | os.PathLike) -> None:
+    """Register Detectron2's VOC datasets under `dataset_root` and check every split the config uses."""
+    from .data.layout import check_voc_root
+    from .data.voc import register_voc_datasets
+
+    root = Path(dataset_root)
+    if not root.is_dir():
+        raise UserError(f"dataset root not found: {root} (set --dataset-root or DETECTRON2_DATASETS)")
+    check_voc_root(root, splits=tuple(voc_splits(cfg)))
+    register_voc_datasets(root)

@@ -1,0 +1,373 @@
+"""One VOC trial: the weights checks, the Detectron2 trainer with progress, train + evaluate + metrics.json."""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime as _dt
+import gc
+import json
+import logging
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import CfgNode
+from detectron2.engine import DefaultTrainer, HookBase, launch
+from detectron2.evaluation import PascalVOCDetectionEvaluator
+from detectron2.utils import comm
+from detectron2.utils.env import seed_all_rng
+from detectron2.utils.events import CommonMetricPrinter, JSONWriter, TensorboardXWriter
+from detectron2.utils.logger import setup_logger
+
+from ..d2_convert import NEW_IN_DETECTOR, quiet_loggers
+from ..errors import UserError, one_line
+from ..fileio import atomic_write_json, atomic_write_text, sha256_file
+
+logger = logging.getLogger("mocoeval.voc")
+
+METRICS = ("AP50", "AP", "AP75")
+# Only these may be new (randomly initialised) when a converted backbone is loaded into R50-C4:
+# the RPN, the box predictor and the extra res5 norm (the converter's list).
+ALLOWED_MISSING_PREFIXES = NEW_IN_DETECTOR
+LOGGER_NAMES = ("detectron2", "fvcore", "mocoeval")
+
+
+def trial_dir(output_dir: str | os.PathLike, index: int) -> Path:
+    return Path(output_dir) / f"trial_{index}"
+
+
+def format_seconds(seconds: float | None) -> str:
+    if seconds is None or not math.isfinite(seconds):
+        return "?"
+    return str(_dt.timedelta(seconds=int(round(max(0.0, seconds)))))
+
+
+# --------------------------------------------------------------------------------------------------
+# Weights
+
+
+@dataclasses.dataclass(frozen=True)
+class WeightsInfo:
+    path: str
+    sha256: str
+    source: dict  # the converter's mocoeval_source ({} for a .pkl made elsewhere)
+    source_sha256: str  # the source checkpoint's sha256, or the .pkl's own when unknown
+    variant: dict
+
+
+def check_weights(path: str | os.PathLike, variant_name: str | None = None) -> WeightsInfo:
+    """Check that `path` is a converted R50 Detectron2 pickle; identify it for the results store."""
+    from .d2_convert import check_d2_pickle
+    from .results_store import SPECIAL_VARIANTS, special_variant
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"weights file not found: {path}")
+    data = check_d2_pickle(path)
+    source = dict(data.get("mocoeval_source") or {})
+    del data
+    sha = sha256_file(path)
+    variant = source.get("variant")
+    if variant_name:
+        if variant and variant_name not in SPECIAL_VARIANTS:
+            variant = {**variant, "name": variant_name}
+        else:
+            variant = special_variant(variant_name)
+    elif not variant:
+        variant = special_variant(path.stem)
+        logger.warning(f"{path} does not say which pretraining it comes from (not made by convert/to_d2.py); "
+                       f"recording it as variant {path.stem!r} (set --variant to name it)")
+    return WeightsInfo(path=str(path.resolve()), sha256=sha, source=source,
+                       source_sha256=source.get("sha256") or sha, variant=dict(variant))
+
+
+def classify_loaded_keys(missing: Iterable[str], unexpected: Iterable[str]) -> tuple[list[str], list[str]]:
+    """(bad missing keys, unused checkpoint keys) after loading converted weights into the detector.
+
+    Only the RPN, the box predictor and the extra res5 norm are new layers; BN's num_batches_tracked
+    counters are bookkeeping, not weights.
+    """
+    bad = sorted(k for k in missing
+                 if not k.startswith(ALLOWED_MISSING_PREFIXES) and not k.endswith("num_batches_tracked"))
+    return bad, sorted(unexpected)
+
+
+def check_loaded_keys(missing, unexpected, weights: str) -> list[str]:
+    """Raise UserError if backbone/res5 tensors were not loaded; return the unused checkpoint keys."""
+    bad, unused = classify_loaded_keys(missing, unexpected)
+    if bad:
+        raise UserError(f"{weights}: {len(bad)} detector tensors are not in the weights (only the RPN, box predictor "
+                        f"and roi_heads.res5.norm may be new), e.g. {', '.join(bad[:3])}")
+    if unused:
+        logger.warning(f"{len(unused)} tensors of {weights} are not used by the detector "
+                       f"(e.g. a projection head): {', '.join(unused[:6])}{' ...' if len(unused) > 6 else ''}")
+    return unused
+
+
+class TrialCheckpointer(DetectionCheckpointer):
+    """Detectron2's checkpointer that keeps the incompatible keys of its last load (for the check
+    that only the new detection layers were missing) and tags `last_checkpoint` atomically, so that a
+    crash while tagging never leaves a trial that cannot resume."""
+
+    last_incompatible = None
+
+    def _load_model(self, checkpoint):
+        incompatible = super()._load_model(checkpoint)
+        self.last_incompatible = incompatible
+        return incompatible
+
+    def tag_last_checkpoint(self, last_filename_basename: str) -> None:
+        atomic_write_text(Path(self.save_dir) / "last_checkpoint", last_filename_basename)
+
+
+def preflight_weights(cfg: CfgNode, weights: WeightsInfo) -> tuple[list[str], str]:
+    """Build the detector on CPU and load the weights once, before any training: a .pkl whose backbone
+    does not fit is refused up front (also before Slurm jobs are submitted).
+    Returns (unused checkpoint keys, a one-line report of what was loaded and what is new)."""
+    from detectron2.modeling import build_model
+
+    cpu_cfg = cfg.clone()
+    cpu_cfg.defrost()
+    cpu_cfg.MODEL.DEVICE = "cpu"
+    # the trial's own load logs Detectron2's key report
+    with quiet_loggers(*(n for n in LOGGER_NAMES if n != "mocoeval")):
+        model = build_model(cpu_cfg)
+        n_model = len(model.state_dict())
+        checkpointer = TrialCheckpointer(model)
+        checkpointer.load(weights.path, checkpointables=[])
+    incompatible = checkpointer.last_incompatible
+    del model, checkpointer
+    gc.collect()
+    unused = check_loaded_keys(incompatible.missing_keys, incompatible.unexpected_keys, weights.path)
+    new = [k for k in incompatible.missing_keys if k.startswith(ALLOWED_MISSING_PREFIXES)]
+    groups = {"RPN": "proposal_generator.", "box predictor": "roi_heads.box_predictor.",
+              "res5 norm": "roi_heads.res5.norm."}
+    report = (f"weights fit the detector: {n_model - len(incompatible.missing_keys)} of {n_model} tensors loaded; "
+              f"new, trained from scratch: " + ", ".join(f"{name} ({sum(k.startswith(p) for k in new)})"
+                                                        for name, p in groups.items())
+              + f"; unused in the file: {len(unused)}")
+    return unused, report
+
+
+# --------------------------------------------------------------------------------------------------
+# Detectron2 trainer
+
+
+class TrialProgress(HookBase):
+    """Logs "trial i/N" with the trial's ETA and the whole command's ETA every `period` iterations.
+
+    Seconds per iteration are measured from the end of the first iteration (which carries start-up
+    costs); the remaining trials are estimated from the finished ones of this invocation when there are
+    any (evaluation included), else as MAX_ITER iterations at the current speed.
+    """
+
+    def __init__(self, trial: int, n_trials: int, later_trials: int, later_trial_s: float | None,
+                 period: int = 100):
+        self.trial, self.n_trials = trial, n_trials
+        self.later_trials, self.later_trial_s = later_trials, later_trial_s
+        self.period = period
+        self._t0 = self._iter0 = None
+
+    def after_step(self):
+        done = self.trainer.iter + 1
+        now = time.perf_counter()
+        if self._t0 is None:
+            self._t0, self._iter0 = now, done
+            return
+        if done % self.period and done != self.trainer.max_iter:
+            return
+        s_per_iter = (now - self._t0) / max(1, done - self._iter0)
+        trial_eta = s_per_iter * (self.trainer.max_iter - done)
+        per_later = self.later_trial_s if self.later_trial_s else s_per_iter * self.trainer.max_iter
+        overall = trial_eta + per_later * self.later_trials
+        logger.info(f"trial {self.trial}/{self.n_trials}: iter {done}/{self.trainer.max_iter} "
+                    f"({s_per_iter:.2f} s/iter), trial ETA {format_seconds(trial_eta)}, overall ETA "
+                    f"{format_seconds(overall)} ({self.later_trials} more trial(s) after this one; "
+                    f"evaluation not included)")
+
+
+class VOCTrainer(DefaultTrainer):
+    """Detectron2's DefaultTrainer evaluating with PascalVOCDetectionEvaluator (VOC07 11-point AP at
+    IoU 0.50:0.05:0.95 -> AP, AP50, AP75), with our checkpointer, progress hook and event-log name."""
+
+    def __init__(self, cfg, progress: TrialProgress | None = None):
+        self._progress = progress  # read by build_hooks, which DefaultTrainer.__init__ calls
+        super().__init__(cfg)
+
+    @classmethod
+    def build_evaluator(cls, cfg, dataset_name):
+        return PascalVOCDetectionEvaluator(dataset_name)
+
+    def build_hooks(self):
+        # DefaultTrainer.__init__ created a plain DetectionCheckpointer just before calling this; swap in
+        # ours (same model, directory and trainer state) so that the checkpoint hook uses it too.
+        self.checkpointer = TrialCheckpointer(self.checkpointer.model, self.cfg.OUTPUT_DIR,
+                                              **self.checkpointer.checkpointables)
+        hooks = super().build_hooks()
+        if self._progress is not None and comm.is_main_process():
+            hooks.insert(-1, self._progress)  # before the writers, which run last
+        return hooks
+
+    def build_writers(self):
+        out = self.cfg.OUTPUT_DIR
+        return [CommonMetricPrinter(self.max_iter), JSONWriter(os.path.join(out, "events.json")),
+                TensorboardXWriter(out)]
+
+
+def extract_voc_metrics(results: Any) -> dict[str, float]:
+    """AP50/AP/AP75 from the evaluator's {"bbox": {...}} (as DefaultTrainer.test returns it)."""
+    if not isinstance(results, dict) or not isinstance(results.get("bbox"), dict):
+        raise RuntimeError(f"no VOC bbox results from the evaluation: {results!r}")
+    box = results["bbox"]
+    out = {}
+    for m in METRICS:
+        if m not in box:
+            raise RuntimeError(f"evaluation results lack {m}: {box!r}")
+        out[m] = float(box[m])
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# One trial
+
+
+@dataclasses.dataclass
+class TrialSpec:
+    """Everything a worker process needs to run one trial (picklable: it crosses spawn/submitit)."""
+    index: int
+    n_trials: int
+    seed: int
+    cfg: CfgNode  # frozen; OUTPUT_DIR = the trial directory, SEED = seed
+    identity: dict  # seed, config_hash, weights, weights_sha256 (copied into metrics.json)
+    dataset_root: str
+    num_gpus: int = 1
+    num_machines: int = 1
+    machine_rank: int = 0
+    dist_url: str = "auto"
+    later_trials: int = 0
+    later_trial_s: float | None = None
+
+    @property
+    def dir(self) -> Path:
+        return Path(self.cfg.OUTPUT_DIR)
+
+
+def setup_logging(rank: int = 0) -> None:
+    """Detectron2-style console logging for our loggers and Detectron2's (idempotent)."""
+    for name in LOGGER_NAMES:
+        setup_logger(output=None, distributed_rank=rank, name=name,
+                     abbrev_name={"detectron2": "d2", "mocoeval": "mocoeval"}.get(name))
+
+
+@contextlib.contextmanager
+def log_file(path: Path):
+    """Also log (our loggers and Detectron2's) to `path` while inside the block."""
+    handler = logging.FileHandler(path)
+    handler.setLevel(logging.DEBUG)
+    handler.setFormatter(logging.Formatter("[%(asctime)s] %(name)s %(levelname)s: %(message)s",
+                                           datefmt="%m/%d %H:%M:%S"))
+    loggers = [logging.getLogger(n) for n in LOGGER_NAMES]
+    for lg in loggers:
+        lg.addHandler(handler)
+    try:
+        yield
+    finally:
+        for lg in loggers:
+            lg.removeHandler(handler)
+        handler.close()
+
+
+def read_metrics(trial_path: Path) -> dict | None:
+    """A finished trial's metrics.json, or None if the trial has not finished."""
+    path = Path(trial_path) / "metrics.json"
+    if not path.exists():
+        return None
+    try:
+        data = json.loads(path.read_text())
+        if not all(isinstance(data.get(m), (int, float)) for m in METRICS):
+            raise ValueError(f"lacks one of {METRICS}")
+    except (OSError, ValueError) as e:
+        raise UserError(f"{path} is unreadable ({one_line(e)}); move it away to re-run that trial") from None
+    return data
+
+
+def _write_metrics_once(path: Path, metrics: dict) -> None:
+    if path.exists():  # e.g. a duplicate job finished first: never replace a finished trial's result
+        raise RuntimeError(f"{path} already exists; not overwriting a finished trial's metrics")
+    atomic_write_json(path, metrics)
+
+
+def run_trial(spec: TrialSpec) -> None:
+    """Train and evaluate one trial in this process (one rank of it under launch()).
+
+    Resumes from the trial's last checkpoint when there is one, else loads the converted weights
+    (MODEL.WEIGHTS) and checks that only the new detection layers were missing.
+    """
+    rank = comm.get_rank()
+    setup_logging(rank)
+    from .data.voc import register_voc_datasets
+
+    register_voc_datasets(spec.dataset_root)
+    spec.dir.mkdir(parents=True, exist_ok=True)
+    log_name = "log.txt" if rank == 0 else f"log.txt.rank{rank}"
+    with log_file(spec.dir / log_name):
+        start = time.time()
+        seed_all_rng(spec.seed + rank)
+        progress = TrialProgress(spec.index, spec.n_trials, spec.later_trials, spec.later_trial_s,
+                                 period=max(1, min(100, spec.cfg.SOLVER.MAX_ITER // 10)))
+        trainer = VOCTrainer(spec.cfg, progress=progress)
+        resumed = trainer.checkpointer.has_checkpoint()
+        trainer.resume_or_load(resume=True)
+        if resumed:
+            logger.info(f"trial {spec.index}/{spec.n_trials}: resuming from iteration {trainer.start_iter}")
+        else:
+            inc = trainer.checkpointer.last_incompatible
+            check_loaded_keys(inc.missing_keys, inc.unexpected_keys, spec.cfg.MODEL.WEIGHTS)
+        trainer.train()
+        results = getattr(trainer, "_last_eval_results", None)  # set by DefaultTrainer's final EvalHook
+        if comm.is_main_process():
+            metrics = extract_voc_metrics(results)
+            record = {
+                "trial": spec.index, **metrics, **spec.identity,
+                "iterations": spec.cfg.SOLVER.MAX_ITER,
+                "resumed_from_iter": trainer.start_iter if resumed else None,
+                "wall_time_s": round(time.time() - start, 3),  # of the session that finished the trial
+                "world_size": comm.get_world_size(), "device": spec.cfg.MODEL.DEVICE,
+                "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            }
+            _write_metrics_once(spec.dir / "metrics.json", record)
+            # The intermediate checkpoints were resume points only; model_final.pth stays.
+            for ckpt in spec.dir.glob("model_[0-9]*.pth"):
+                ckpt.unlink()
+        del trainer
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+def launch_trial(spec: TrialSpec) -> None:
+    """run_trial over spec.num_gpus processes per machine with Detectron2's launch (one process: direct
+    call, no process group)."""
+    launch(run_trial, spec.num_gpus, num_machines=spec.num_machines, machine_rank=spec.machine_rank,
+           dist_url=spec.dist_url, args=(spec,))
+
+
+class SlurmTrialJob:
+    """The callable submitted with submitit for one trial. On a time limit or preemption submitit calls
+    `checkpoint`, which requeues the same job: it then resumes from the trial's last checkpoint."""
+
+    def __init__(self, spec: TrialSpec):
+        self.spec = spec
+
+    def __call__(self):
+        launch_trial(self.spec)
+        return read_metrics(self.spec.dir)
+
+    def checkpoint(self, *args, **kwargs):
+        import submitit
+
+        return submitit.helpers.DelayedSubmission(SlurmTrialJob(self.spec))
