@@ -154,8 +154,8 @@ def voc_splits(cfg: CfgNode) -> list[tuple[str, str]]:
 
 def check_dataset(cfg: CfgNode, dataset_root: str | os.PathLike) -> None:
     """Register Detectron2's VOC datasets under `dataset_root` and check every split the config uses."""
-    from .data.layout import check_voc_root
-    from .data.voc import register_voc_datasets
+    from ..data.layout import check_voc_root
+    from ..data.voc import register_voc_datasets
 
     root = Path(dataset_root)
     if not root.is_dir():

@@ -184,7 +184,7 @@ def record_run(output_dir: Path, summary: dict, weights: WeightsInfo, cfg_hash: 
                seeds: list[int], wall_time_s: float, invocation_s: float | None = None) -> Path | None:
     """One results-store record per distinct result of this run directory (re-runs that change nothing
     write none); a record for more trials names the one it supersedes in extra.supersedes."""
-    from . import results_store
+    from .. import results_store
 
     marker = output_dir / "run_record.json"
     content_hash = sha256_json({"metrics": summary["metrics"], "trials": summary["trials"], "weights": weights.sha256,
@@ -217,7 +217,7 @@ def record_run(output_dir: Path, summary: dict, weights: WeightsInfo, cfg_hash: 
 
 def regenerate_tables() -> None:
     try:
-        from . import tables
+        from .. import tables
     except ImportError as e:
         logger.warning(f"results tables not regenerated (mocoeval.tables unavailable: {e})")
         return

@@ -61,8 +61,8 @@ class WeightsInfo:
 
 def check_weights(path: str | os.PathLike, variant_name: str | None = None) -> WeightsInfo:
     """Check that `path` is a converted R50 Detectron2 pickle; identify it for the results store."""
-    from .d2_convert import check_d2_pickle
-    from .results_store import SPECIAL_VARIANTS, special_variant
+    from ..d2_convert import check_d2_pickle
+    from ..results_store import SPECIAL_VARIANTS, special_variant
 
     path = Path(path)
     if not path.is_file():
@@ -309,7 +309,7 @@ def run_trial(spec: TrialSpec) -> None:
     """
     rank = comm.get_rank()
     setup_logging(rank)
-    from .data.voc import register_voc_datasets
+    from ..data.voc import register_voc_datasets
 
     register_voc_datasets(spec.dataset_root)
     spec.dir.mkdir(parents=True, exist_ok=True)
