@@ -69,6 +69,7 @@ def view_similarities(model, im_q: torch.Tensor, im_k: torch.Tensor, queue: torc
     model.train()
     try:
         q = F.normalize(model.encoder_q(im_q), dim=1)
+
         def keys(images):
             shuffled, unshuffle = shuffle_batch(images)
             return F.normalize(unshuffle_batch(model.encoder_k(shuffled), unshuffle), dim=1)
@@ -136,14 +137,13 @@ def main(argv=None) -> int:
     if args.json:
         print(json.dumps(stats))
     else:
+        labels = (("positive_cos", "cos(query, positive key)"), ("negative_cos", "cos(query, other images' keys)"),
+                  ("other_batch_cos", "cos(query, another batch's keys)"), ("queue_cos", "cos(query, queued keys)"),
+                  ("output_pairwise_cos", "outputs' pairwise cos"))
+        figures = [f"{label} {stats[key]:.4f}" for key, label in labels if key in stats]
         print(f"{stats['weights']} ({arch}, {size} px, batch {args.batch_size}, BN splits {splits}): "
-              f"cos(query, positive key) {stats['positive_cos']:.4f}, cos(query, other images' keys) "
-              f"{stats['negative_cos']:.4f}, "
-              + (f"cos(query, another batch's keys) {stats['other_batch_cos']:.4f}, "
-                 if "other_batch_cos" in stats else "")
-              + (f"cos(query, queued keys) {stats['queue_cos']:.4f}, " if "queue_cos" in stats else "")
-              + f"outputs' pairwise cos {stats['output_pairwise_cos']:.4f}, "
-              f"key spread {stats['key_spread']:.3f}" + (" -> COLLAPSED" if stats["collapsed"] else "")
+              + ", ".join(figures) + f", key spread {stats['key_spread']:.3f}"
+              + (" -> COLLAPSED" if stats["collapsed"] else "")
               + (f"; kNN top-1 {stats['knn_top1']:.2f}%" if args.knn else ""))
     return 0
 
