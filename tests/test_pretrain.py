@@ -355,6 +355,10 @@ def test_inspect_collapse_reports_a_checkpoint_and_a_random_init(uninterrupted, 
         assert 0 <= stats["key_spread"] <= 1.5 and stats["collapsed"] == (stats["key_spread"] < 0.1)
         assert ("knn_top1" in stats) == ("--knn" in source) and 0 <= stats.get("knn_top1", 0) <= 100
         assert ("queue_cos" in stats) == ("--weights" in source) and -1 <= stats.get("queue_cos", 0) <= 1
+    # one batch only (24 images, batches of 16, the last one dropped): no second batch to compare with
+    proc = _inspect(tiny_data, "--random-init", "0", "-a", "resnet18", "-b", "16", "--image-size", "32", "--json")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "other_batch_cos" not in json.loads(proc.stdout)
     # a collapsed model: every output the same direction -> spread 0, flagged
     torch.manual_seed(0)
     args, _ = parse_config([str(tiny_data), "--arch", "resnet18", "-b", "8", *V2])
