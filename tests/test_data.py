@@ -174,6 +174,45 @@ def test_rerun_is_a_noop_and_changed_flags_regenerate_only_their_part(tmp_path):
     check_imagefolder(tmp_path / "imagenet-mini")
 
 
+def test_imagenet_style_is_recorded_and_regenerates_only_imagenet(tmp_path):
+    manifest = mmd.generate(tmp_path, seed=1, workers=1, **TINY)
+    assert manifest["parts"]["imagenet"]["request"]["imagenet_style"] == "object"
+    voc_jpg = tmp_path / "VOC2007" / "JPEGImages" / "000001.jpg"
+    in_jpg = tmp_path / "imagenet-mini" / "train" / "cat" / "cat_00001.jpg"
+    stat_voc, object_bytes = voc_jpg.stat(), in_jpg.read_bytes()
+    manifest = mmd.generate(tmp_path, seed=1, workers=1, **dict(TINY, imagenet_style="photo"))
+    assert manifest["parts"]["imagenet"]["request"]["imagenet_style"] == "photo"
+    assert in_jpg.read_bytes() != object_bytes
+    assert voc_jpg.stat().st_ino == stat_voc.st_ino  # VOC part untouched
+    check_imagefolder(tmp_path / "imagenet-mini")
+    with pytest.raises(UserError, match=r"--imagenet-style: unknown style 'cartoon'"):
+        mmd.generate(tmp_path, seed=1, workers=1, **dict(TINY, imagenet_style="cartoon"))
+
+
+def test_object_style_backdrop_is_plain_and_the_object_is_kept_whole():
+    rng = np.random.default_rng(0)
+    backdrop = mmd._backdrop(rng, 64)
+    assert backdrop.shape == (64, 64, 3)
+    assert np.array_equal(backdrop[..., 0], backdrop[..., 2])  # grey: nothing but brightness and grain
+    assert abs(float(backdrop.std()) - mmd._IN_BACKDROP_GRAIN) < 1.5
+
+    sprite = mmd.load_assets(mmd._normalise_sizes({"imagenet_size": 64}))["imagenet"]["sprites"]["cat"][0]
+    before = np.asarray(sprite, dtype=np.float64)
+    shapes = set()
+    for seed in range(4):
+        warped = np.asarray(mmd._warp_sprite(np.random.default_rng(seed), sprite), dtype=np.float64)
+        # The warp stretches and squeezes locally (area changes by some percent) but loses no part of the
+        # drawing at the padded border, and the result is cropped tight to the drawing.
+        assert abs(warped[..., 3].sum() / before[..., 3].sum() - 1) < 0.25
+        assert warped[0, :, 3].max() > 0 and warped[-1, :, 3].max() > 0
+        assert warped[:, 0, 3].max() > 0 and warped[:, -1, 3].max() > 0
+        # Colours are resampled, not changed: the solid pixels' mean colour stays the drawing's.
+        solid, solid_before = warped[..., 3] > 250, before[..., 3] > 250
+        assert np.allclose(warped[solid, :3].mean(0), before[solid_before, :3].mean(0), rtol=0.1, atol=3)
+        shapes.add(warped.shape)
+    assert len(shapes) == 4  # each draw its own pose
+
+
 def test_refuses_to_replace_folders_it_did_not_make(tmp_path):
     (tmp_path / "VOC2007").mkdir()
     with pytest.raises(UserError, match=r"VOC2007 exists and was not made by make_mini_data"):
@@ -195,6 +234,7 @@ def test_cli_help_and_one_line_errors(capsys, tmp_path):
         mmd.main(["--root", str(tmp_path), "--glyph-styles", "comic", "-q"])
     assert e.value.code == 2
     assert "unknown style 'comic'" in capsys.readouterr().err
+    assert "--imagenet-style" in mmd.build_parser().format_help()
 
 
 # ----------------------------------------------------------------------------------- layout checker

