@@ -70,6 +70,24 @@ def test_key_spread_is_one_for_uniform_keys_and_zero_for_collapsed_ones():
     assert 0.05 < key_spread(cone).item() < 0.15
 
 
+def test_stage_grad_ratios_are_gradient_over_weight_norm_per_resnet_stage():
+    from mocoeval.moco.engine import GRAD_STAGES, stage_grad_ratios
+    encoder = resnet_encoder("resnet18", 8, mlp=True)
+    for p in encoder.parameters():
+        p.grad = None
+    with torch.no_grad():
+        encoder.conv1.weight.fill_(1.0)   # stem: conv1 (1 x 9408) + bn1 (weight 1 x 64, bias 0 x 64)
+        encoder.bn1.weight.fill_(1.0)
+        encoder.bn1.bias.zero_()
+    encoder.conv1.weight.grad = torch.full_like(encoder.conv1.weight, 0.5)
+    encoder.bn1.weight.grad = torch.zeros_like(encoder.bn1.weight)
+    encoder.fc[2].weight.grad = 3 * encoder.fc[2].weight.detach()  # tensors without a gradient do not count
+    ratios = dict(zip(GRAD_STAGES, stage_grad_ratios(encoder).tolist()))
+    assert ratios["stem"] == pytest.approx(0.5 * (9408 / (9408 + 64)) ** 0.5, rel=1e-5)
+    assert ratios["fc"] == pytest.approx(3.0, rel=1e-5)
+    assert all(np.isnan(ratios[s]) for s in ("layer1", "layer2", "layer3", "layer4"))  # no gradient there
+
+
 def test_queue_pointer_wraps_and_holds_the_newest_keys():
     model = linear_moco(dim=3, K=8)
     k1, k2, k3 = (torch.randn(4, 3) for _ in range(3))

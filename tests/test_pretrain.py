@@ -129,6 +129,8 @@ def test_two_epochs_resnet50_official_layout_record_and_monitoring(mini_data_roo
     assert [h["epoch"] for h in metrics["history"]] == [1, 2]
     assert all(np.isfinite(h["loss"]) and 0 <= h["knn_top1"] <= 100 for h in metrics["history"])
     assert all(0 <= h["key_spread"] <= 1.5 for h in metrics["history"])
+    assert all(set(h["grad_ratio"]) == {"stem", "layer1", "layer2", "layer3", "layer4", "fc"}
+               and all(np.isfinite(r) and r > 0 for r in h["grad_ratio"].values()) for h in metrics["history"])
     assert metrics["history"][1]["lr"] == pytest.approx(0.03 * 0.5 * (1 + np.cos(np.pi / 2)))
     assert list((out / "tb").glob("events.out.tfevents.*"))
     log = (out / "log.txt").read_text()

@@ -113,11 +113,35 @@ def train_step(model, optimizer, im_q, im_k, autocast_dtype=None):
 
 
 COLLAPSED_SPREAD = 0.1  # key spread below this: warn that the keys have collapsed (1 = uniform on the sphere)
+GRAD_STAGES = ("stem", "layer1", "layer2", "layer3", "layer4", "fc")  # torchvision ResNet; fc = projection head
+
+
+def stage_grad_ratios(encoder: torch.nn.Module) -> torch.Tensor:
+    """Gradient norm / weight norm of each stage in GRAD_STAGES over its tensors that have a gradient (the
+    relative size of an SGD step before the lr; NaN for a stage without any), one device tensor (no sync). In a collapse the backbone's ratios fall by orders of magnitude within
+    steps while the head's stay: the collapsed head passes almost no gradient back (README, 'Collapse')."""
+    grads = {stage: ([], []) for stage in GRAD_STAGES}
+    for name, p in encoder.named_parameters():
+        stage = name.split(".")[0]
+        stage = "stem" if stage in ("conv1", "bn1") else stage
+        if p.grad is not None and stage in grads:
+            grads[stage][0].append(p.grad)
+            grads[stage][1].append(p.detach())
+    ratios = []
+    for g, w in grads.values():
+        if not g:
+            ratios.append(torch.tensor(math.nan, device=next(encoder.parameters()).device))
+            continue
+        g_norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(g)))
+        w_norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(w)))
+        ratios.append(g_norm.float() / w_norm.float().clamp_min(1e-12))
+    return torch.stack(ratios)
 
 
 class StepMonitor:
-    """Loss / top-1 / non-finite count summed on the device; `read(queue)` (the one host sync) returns the
-    window's means, images/s and the queue's key spread, and folds them into the epoch totals."""
+    """Loss / top-1 / non-finite count summed on the device; `read(queue, grad_ratios)` (the one host sync)
+    returns the window's means, images/s, the queue's key spread and the last step's per-stage gradient ratios,
+    and folds them into the epoch totals."""
 
     def __init__(self, device: torch.device, images_per_step: int):
         self.device, self.images_per_step = device, images_per_step
@@ -129,11 +153,12 @@ class StepMonitor:
         self.window += torch.stack([loss, acc1, (~torch.isfinite(loss)).float()])
         self.steps += 1
 
-    def read(self, queue: torch.Tensor) -> dict:
-        loss_sum, acc_sum, nonfinite, spread = torch.cat([self.window, key_spread(queue).reshape(1)]).tolist()
+    def read(self, queue: torch.Tensor, grad_ratios: torch.Tensor) -> dict:
+        loss_sum, acc_sum, nonfinite, spread, *ratios = torch.cat(
+            [self.window, key_spread(queue).reshape(1), grad_ratios.to(self.window)]).tolist()
         now = time.time()
         out = {"loss": loss_sum / self.steps, "acc1": 100 * acc_sum / self.steps, "nonfinite": nonfinite,
-               "key_spread": spread,
+               "key_spread": spread, "grad_ratio": dict(zip(GRAD_STAGES, ratios)),
                "images_per_s": self.steps * self.images_per_step / max(now - self.start, 1e-9)}
         self.epoch_totals = [self.epoch_totals[0] + loss_sum, self.epoch_totals[1] + acc_sum,
                              self.epoch_totals[2] + self.steps]
@@ -371,7 +396,7 @@ def _train(args, resume_ckpt, device, rank, world, local_world, out: Path, bar_a
             model_ddp.train()
             bar.set_description(f"epoch {epoch + 1}/{args.epochs}")
             monitor = StepMonitor(device, args.batch_size)
-            key_spread_now = math.nan  # the last log line's, recorded with the epoch
+            key_spread_now, grad_ratio_now = math.nan, {}  # the last log line's, recorded with the epoch
             try:
                 for step, ((im_q, im_k), unreadable) in enumerate(loader):
                     _count_unreadable(unreadable, bad_files, dataset, n_images // world)
@@ -384,7 +409,7 @@ def _train(args, resume_ckpt, device, rank, world, local_world, out: Path, bar_a
                     steps_done += 1
                     bar.update(1)
                     if monitor.steps == args.print_freq or step + 1 == steps_per_epoch:
-                        w = monitor.read(model.queue)  # the only host sync
+                        w = monitor.read(model.queue, stage_grad_ratios(model.encoder_q))  # the only host sync
                         if w["nonfinite"]:
                             raise TrainingDiverged(
                                 f"loss became NaN/Inf in epoch {epoch + 1} (step {step + 1}); stopped. "
@@ -397,11 +422,13 @@ def _train(args, resume_ckpt, device, rank, world, local_world, out: Path, bar_a
                                  "lr %.5g  %.1f img/s  eta %s", epoch + 1, args.epochs, step + 1, steps_per_epoch,
                                  w["loss"], ln_k1, w["acc1"], w["key_spread"], lr, w["images_per_s"], _hms(eta),
                                  extra={"step_line": True})
-                        key_spread_now = w["key_spread"]
+                        key_spread_now, grad_ratio_now = w["key_spread"], w["grad_ratio"]
                         if writer:
                             gstep = epoch * steps_per_epoch + step + 1
                             for tag in ("loss", "acc1", "key_spread", "images_per_s"):
                                 writer.add_scalar(f"train/{tag}", w[tag], gstep)
+                            for stage, ratio in w["grad_ratio"].items():
+                                writer.add_scalar(f"grad_ratio/{stage}", ratio, gstep)
                             writer.add_scalar("train/lr", lr, gstep)
                             writer.add_scalar("train/ln_K_plus_1", ln_k1, gstep)
             except UserError as e:
@@ -412,7 +439,7 @@ def _train(args, resume_ckpt, device, rank, world, local_world, out: Path, bar_a
             # ---- end of epoch: metrics over all processes, kNN, checkpoint, metrics.json
             loss_mean, acc1_mean = monitor.epoch_means(world)
             entry = {"epoch": epoch + 1, "loss": loss_mean, "acc1": acc1_mean, "lr": lr, "ln_k_plus_1": ln_k1,
-                     "key_spread": key_spread_now,
+                     "key_spread": key_spread_now, "grad_ratio": grad_ratio_now,
                      "images_per_s": steps_per_epoch * args.batch_size / (time.time() - epoch_start),
                      "unreadable_images": len(bad_files)}
             if knn is not None and ((epoch + 1) % args.knn_every == 0 or epoch + 1 == args.epochs):
