@@ -118,8 +118,9 @@ GRAD_STAGES = ("stem", "layer1", "layer2", "layer3", "layer4", "fc")  # torchvis
 
 def stage_grad_ratios(encoder: torch.nn.Module) -> torch.Tensor:
     """Gradient norm / weight norm of each stage in GRAD_STAGES over its tensors that have a gradient (the
-    relative size of an SGD step before the lr; NaN for a stage without any), one device tensor (no sync). In a collapse the backbone's ratios fall by orders of magnitude within
-    steps while the head's stay: the collapsed head passes almost no gradient back (README, 'Collapse')."""
+    relative size of an SGD step before lr and weight decay; NaN for a stage without any), one device tensor,
+    no sync. Shows which part of the network moves: e.g. at 64 px a fresh ResNet-50's stem gets a first-step
+    gradient ten times its weights (README, 'Where it starts')."""
     grads = {stage: ([], []) for stage in GRAD_STAGES}
     for name, p in encoder.named_parameters():
         stage = name.split(".")[0]
