@@ -53,11 +53,14 @@ def pretrain_variant(cfg: Mapping[str, Any], name: str | None = None) -> dict:
             name = case_of(mlp, aug, cos, epochs)
         except AssertionError:
             name = "custom"
-    return {
+    variant = {
         "name": name, "mlp": mlp, "aug_plus": aug, "cos": cos, "epochs": epochs,
         "batch_size": cfg.get("batch_size"), "moco_k": cfg.get("moco_k"), "moco_t": cfg.get("moco_t"),
         "moco_m": cfg.get("moco_m"), "arch": cfg.get("arch", "resnet50"), "image_size": cfg.get("image_size"),
     }
+    if cfg.get("warmup_epochs"):  # an extension of the recipe: recorded only where used
+        variant["warmup_epochs"] = cfg["warmup_epochs"]
+    return variant
 
 
 def special_variant(name: str) -> dict:

@@ -58,7 +58,9 @@ PAPER_NUMBERS_CSV = results_store.REPO_ROOT / "results" / "paper_numbers.csv"
 PAPER_COLUMNS = ["source", "label", "case", "mlp", "aug_plus", "cos", "epochs", "moco_t", "moco_m", "batch_size",
                  "linear_top1", "AP50", "AP", "AP75", "note"]
 # Hyperparameters outside the row key; sources pooled into one row should agree on them.
-POOLED_HYPERPARAMS = ("batch_size", "moco_k", "moco_t", "moco_m", "arch", "image_size")
+POOLED_HYPERPARAMS = ("batch_size", "moco_k", "moco_t", "moco_m", "arch", "image_size", "warmup_epochs")
+# Recorded only where they depart from the recipe: an absent value means this.
+RECIPE_VALUES = {"warmup_epochs": 0}
 
 # Output file names (inside the output folder).
 OUT_MARKDOWN = "ablation.md"
@@ -144,7 +146,7 @@ class Row:
     def differing_hyperparams(self) -> dict[str, list]:
         out = {}
         for name in POOLED_HYPERPARAMS:
-            values = {repr(s.variant.get(name)): s.variant.get(name) for s in self.sources}
+            values = {repr(v): v for v in (s.variant.get(name, RECIPE_VALUES.get(name)) for s in self.sources)}
             if len(values) > 1:
                 out[name] = sorted(values.values(), key=repr)
         return out

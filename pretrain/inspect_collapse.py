@@ -15,7 +15,8 @@ key shuffle, as in pretraining) the mean cosine between each query and
 and the outputs' mean pairwise cosine (the cone they fill: 1 = a single point) and the key spread (per-dimension
 std of the unit keys x sqrt(dim): ~1 spread over the sphere, 0 collapsed; train_moco.py logs the same figure for
 its queue); with --knn also the kNN top-1 of the backbone on DATA/val (the random-init baseline of train_moco.py's
-monitor).
+monitor), with --knn-stage of an earlier stage's pooled features, with --knn-bn data after re-estimating the BN
+statistics on DATA/train.
 """
 from __future__ import annotations
 
@@ -33,7 +34,7 @@ from mocoeval.moco.builder import key_spread, shuffle_batch, unshuffle_batch
 from mocoeval.moco.checkpoint import load_moco_checkpoint, strip_prefix
 from mocoeval.moco.config import ARCHS
 from mocoeval.moco.engine import COLLAPSED_SPREAD, build_loader, build_model, knn_loaders, resolve_bn_splits
-from mocoeval.moco.knn import knn_top1
+from mocoeval.moco.knn import STAGES, knn_top1, reestimate_bn_statistics
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,6 +54,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--knn", action="store_true",
                    help="also the kNN top-1 of the query backbone on DATA/val (eval mode; as train_moco.py "
                         "--knn-data)")
+    p.add_argument("--knn-stage", choices=STAGES, default="layer4",
+                   help="with --knn: pool the features after this stage (default layer4, the whole backbone)")
+    p.add_argument("--knn-bn", choices=("stored", "data"), default="stored",
+                   help="with --knn: BN running statistics as stored (default; a random init's are mean 0, var 1, "
+                        "so its BN layers pass activations through unnormalised) or re-estimated on DATA/train "
+                        "first (center crops, as Detectron2's precise BN)")
     p.add_argument("--json", action="store_true", help="one JSON object instead of text")
     return p
 
@@ -132,8 +139,11 @@ def main(argv=None) -> int:
     stats["collapsed"] = stats["key_spread"] < COLLAPSED_SPREAD
     if args.knn:
         knn = knn_loaders(args.data, size, args.batch_size, 0)
+        stats["knn_stage"], stats["knn_bn"] = args.knn_stage, args.knn_bn
+        if args.knn_bn == "data":
+            reestimate_bn_statistics(model.encoder_q, knn["train"], torch.device("cpu"))
         stats["knn_top1"] = knn_top1(model.encoder_q, knn["train"], knn["val"], knn["num_classes"],
-                                     torch.device("cpu"))
+                                     torch.device("cpu"), stage=args.knn_stage)
     if args.json:
         print(json.dumps(stats))
     else:
@@ -144,7 +154,8 @@ def main(argv=None) -> int:
         print(f"{stats['weights']} ({arch}, {size} px, batch {args.batch_size}, BN splits {splits}): "
               + ", ".join(figures) + f", key spread {stats['key_spread']:.3f}"
               + (" -> COLLAPSED" if stats["collapsed"] else "")
-              + (f"; kNN top-1 {stats['knn_top1']:.2f}%" if args.knn else ""))
+              + (f"; kNN top-1 {stats['knn_top1']:.2f}% ({args.knn_stage}, BN statistics {args.knn_bn})"
+                 if args.knn else ""))
     return 0
 
 

@@ -19,8 +19,8 @@ from mocoeval.moco.augment import GaussianBlur, TwoCropsTransform, eval_transfor
 from mocoeval.moco.builder import (MoCo, SplitBatchNorm, contrastive_loss, contrastive_top1, key_spread,
                                    resnet_encoder, shuffle_batch, unshuffle_batch)
 from mocoeval.moco.config import build_parser, parse_config
-from mocoeval.moco.engine import lr_at_epoch, resolve_bn_splits
-from mocoeval.moco.knn import backbone_of, knn_predict
+from mocoeval.moco.engine import lr_at_epoch, lr_at_step, resolve_bn_splits
+from mocoeval.moco.knn import backbone_of, knn_predict, reestimate_bn_statistics
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -211,6 +211,13 @@ def test_resnet_encoder_heads_and_official_keys():
     x = torch.randn(2, 3, 32, 32)
     enc.eval()
     assert backbone_of(enc)(x).shape == (2, 2048)
+    # an earlier stage: the same modules up to it, pooled (layer3 of a ResNet-50 has 1024 channels)
+    h = enc.maxpool(enc.relu(enc.bn1(enc.conv1(x))))
+    h3 = enc.layer3(enc.layer2(enc.layer1(h)))
+    assert torch.equal(backbone_of(enc, "layer3")(x), h3.mean((2, 3))) and h3.shape[1] == 1024
+    assert torch.equal(backbone_of(enc)(x), torch.flatten(enc.avgpool(enc.layer4(h3)), 1))
+    with pytest.raises(ValueError, match="stage must be one of"):
+        backbone_of(enc, "fc")
 
 
 def test_bn_splits_default_emulates_eight_gpus_of_32():
@@ -283,6 +290,21 @@ def test_two_crops_gives_two_different_views_of_the_right_size():
 
 # ------------------------------------------------------------------ kNN monitor
 
+def test_reestimated_bn_statistics_are_the_average_over_the_batches():
+    torch.manual_seed(0)
+    conv = nn.Conv2d(3, 4, 3)
+    model = nn.Sequential(conv, nn.BatchNorm2d(4, momentum=0.3), nn.ReLU(), SplitBatchNorm(4, num_splits=2)).eval()
+    batches = [(torch.randn(4, 3, 8, 8) * (i + 1) + i, torch.zeros(4)) for i in range(3)]
+    reestimate_bn_statistics(model, batches, torch.device("cpu"))
+    with torch.no_grad():
+        acts = [conv(x) for x, _ in batches]
+    # the first BN sees the conv outputs: per-batch mean and unbiased variance over (N, H, W), averaged
+    assert torch.allclose(model[1].running_mean, torch.stack([a.mean((0, 2, 3)) for a in acts]).mean(0), atol=1e-5)
+    assert torch.allclose(model[1].running_var, torch.stack([a.var((0, 2, 3)) for a in acts]).mean(0), atol=1e-4)
+    assert model[1].momentum == 0.3 and model[3].momentum == 0.1 and not model.training  # put back
+    assert int(model[3].num_batches_tracked) == 3 and model[3].running_var.ne(1).all()
+
+
 def test_knn_weights_votes_by_similarity():
     def unit(deg):
         return torch.tensor([math.cos(math.radians(deg)), math.sin(math.radians(deg))])
@@ -308,6 +330,22 @@ def test_lr_schedules():
     assert lr_at_epoch(args, 0) == pytest.approx(0.03)
     assert lr_at_epoch(args, 100) == pytest.approx(0.015)
     assert lr_at_epoch(args, 150) == pytest.approx(0.03 * 0.5 * (1 + math.cos(math.pi * 0.75)))
+
+
+def test_warmup_ramps_linearly_per_step_then_follows_the_schedule(tmp_path):
+    args = build_parser().parse_args(["d", "--cos", "--epochs", "10"])
+    assert args.warmup_epochs == 0  # the recipe has none: every step takes the epoch's lr
+    assert [lr_at_step(args, e, s, 4) for e in (0, 3) for s in range(4)] == [lr_at_epoch(args, e) for e in (0, 3)
+                                                                            for _ in range(4)]
+    args.warmup_epochs = 2
+    ramp = [lr_at_step(args, e, s, 4) for e in range(3) for s in range(4)]
+    # 8 warm-up steps: step i (1-based) gets i/8 of its epoch's scheduled lr, the first one already > 0
+    assert ramp[:8] == pytest.approx([lr_at_epoch(args, i // 4) * (i + 1) / 8 for i in range(8)])
+    assert ramp[8:] == pytest.approx([lr_at_epoch(args, 2)] * 4)
+    args.warmup_epochs = 0.5  # fractional: two steps of the first epoch
+    assert [lr_at_step(args, 0, s, 4) for s in range(4)] == pytest.approx([0.015, 0.03, 0.03, 0.03])
+    with pytest.raises(UserError, match="--warmup-epochs must be between 0 and --epochs 10, got 11"):
+        parse_config([str(tmp_path), "--epochs", "10", "--warmup-epochs", "11"])
 
 
 def test_flag_defaults_are_the_official_ones():

@@ -210,6 +210,26 @@ def test_resume_auto_equals_the_uninterrupted_run(uninterrupted, tiny_data, tmp_
     assert hb[1]["loss"] == pytest.approx(ha[1]["loss"], abs=1e-6)
 
 
+def test_warmup_sets_every_steps_lr_is_recorded_and_resumes(tiny_data, tmp_path, results_dir):
+    """--warmup-epochs 1.5 over 2 epochs of 3 steps: the optimizer trains at 1/4.5 ... of the scheduled lr;
+    the variant records the extension; a run resumed inside the warm-up ends like the uninterrupted one."""
+    flags = [tiny_data, *TINY, *V2, "--arch", "resnet18", "--epochs", "2", "--bn-splits", "2", "-p", "1",
+             "--warmup-epochs", "1.5", "--workers", "0"]
+    run_cli([*flags, "--output-dir", tmp_path / "a"])
+    history = json.loads((tmp_path / "a" / "metrics.json").read_text())["history"]
+    # epoch 1 ends at 3/4.5 of the warm-up (lr 0.03 * 2/3); epoch 2 ends past it: the cosine's 0.015
+    assert [h["lr"] for h in history] == pytest.approx([0.02, 0.015])
+    first = torch.load(tmp_path / "a" / "checkpoint_0000.pth.tar", map_location="cpu", weights_only=True)
+    assert first["optimizer"]["param_groups"][0]["lr"] == pytest.approx(0.02)  # what the last step used
+    assert first["variant"]["warmup_epochs"] == 1.5 and first["config"]["warmup_epochs"] == 1.5
+    assert {r["variant"].get("warmup_epochs") for r in load_records(results_dir)} == {1.5}
+
+    (tmp_path / "b").mkdir()
+    shutil.copy(tmp_path / "a" / "checkpoint_0000.pth.tar", tmp_path / "b")
+    run_cli([tiny_data, "--resume", "auto", "--output-dir", tmp_path / "b", "--workers", "0"])
+    assert_same_state(tmp_path / "a" / "final.pth.tar", tmp_path / "b" / "final.pth.tar")
+
+
 def test_official_checkpoint_resumes(uninterrupted, tiny_data, tmp_path):
     """An official-layout checkpoint (no config/seed/history) resumes from the flags, structure read off its
     tensors; with the same flags and seed it finishes like the uninterrupted run."""
@@ -356,7 +376,13 @@ def test_inspect_collapse_reports_a_checkpoint_and_a_random_init(uninterrupted, 
                                                  "output_pairwise_cos"))  # 24 images, batches of 8: a second one
         assert 0 <= stats["key_spread"] <= 1.5 and stats["collapsed"] == (stats["key_spread"] < 0.1)
         assert ("knn_top1" in stats) == ("--knn" in source) and 0 <= stats.get("knn_top1", 0) <= 100
+        assert stats.get("knn_stage", "layer4") == "layer4"
         assert ("queue_cos" in stats) == ("--weights" in source) and -1 <= stats.get("queue_cos", 0) <= 1
+    proc = _inspect(tiny_data, "--random-init", "0", "-a", "resnet18", "-b", "8", "--image-size", "32", "--json",
+                    "--knn", "--knn-stage", "layer2", "--knn-bn", "data")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    stats = json.loads(proc.stdout)
+    assert stats["knn_stage"] == "layer2" and stats["knn_bn"] == "data" and 0 <= stats["knn_top1"] <= 100
     # one batch only (24 images, batches of 16, the last one dropped): no second batch to compare with
     proc = _inspect(tiny_data, "--random-init", "0", "-a", "resnet18", "-b", "16", "--image-size", "32", "--json")
     assert proc.returncode == 0, proc.stderr[-2000:]

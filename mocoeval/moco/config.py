@@ -60,6 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     A("--lr", "--learning-rate", type=float, default=0.03, dest="lr", metavar="LR", help="initial learning rate")
     A("--schedule", type=int, nargs="*", default=[120, 160], metavar="EPOCH",
       help="epochs at which lr is multiplied by 0.1 (ignored with --cos)")
+    A("--warmup-epochs", type=float, default=0.0, metavar="E",
+      help="ramp the lr linearly, step by step, from ~0 to the schedule's value over the first E epochs "
+           "(0 = none, as the v1/v2 recipe; an extension, as MoCo v3 warms up its ResNet-50 for 10)")
     A("--momentum", type=float, default=0.9, help="SGD momentum")
     A("--wd", "--weight-decay", type=float, default=1e-4, dest="weight_decay", metavar="W",
       help="weight decay (all parameters, as in the official recipe)")
@@ -198,6 +201,8 @@ def validate(args) -> None:
     need(args.epochs > 0, f"--epochs must be positive, got {args.epochs}")
     need(args.batch_size > 0, f"--batch-size must be positive, got {args.batch_size}")
     need(args.lr > 0, f"--lr must be positive, got {args.lr}")
+    need(0 <= args.warmup_epochs <= args.epochs,
+         f"--warmup-epochs must be between 0 and --epochs {args.epochs}, got {args.warmup_epochs:g}")
     need(args.moco_k > 0, f"--moco-k must be positive, got {args.moco_k}")
     need(args.moco_dim > 0, f"--moco-dim must be positive, got {args.moco_dim}")
     need(0.0 <= args.moco_m < 1.0, f"--moco-m must be in [0, 1), got {args.moco_m}")

@@ -84,6 +84,16 @@ def lr_at_epoch(args, epoch: int) -> float:
     return args.lr * 0.1 ** sum(epoch >= milestone for milestone in args.schedule)
 
 
+def lr_at_step(args, epoch: int, step: int, steps_per_epoch: int) -> float:
+    """The epoch's scheduled lr, times a linear ramp over the first --warmup-epochs epochs (counted in steps,
+    so the first step already trains: lr * 1 / (warm-up steps))."""
+    lr = lr_at_epoch(args, epoch)
+    progress = epoch + (step + 1) / steps_per_epoch
+    if progress < args.warmup_epochs:
+        lr *= progress / args.warmup_epochs
+    return lr
+
+
 def resolve_bn_splits(requested: int, per_process_batch: int, world_size: int) -> int:
     """0 = auto: one BN group per 32 images (the official 8 GPUs x 32), and at least 2 in a single
     process, since one BN group over the whole batch lets the model cheat through batch statistics."""
@@ -406,6 +416,10 @@ def _train(args, resume_ckpt, device, rank, world, local_world, out: Path, bar_a
                     if args.channels_last:
                         im_q = im_q.contiguous(memory_format=torch.channels_last)
                         im_k = im_k.contiguous(memory_format=torch.channels_last)
+                    if epoch < args.warmup_epochs:
+                        lr = lr_at_step(args, epoch, step, steps_per_epoch)
+                        for group in optimizer.param_groups:
+                            group["lr"] = lr
                     monitor.add(*train_step(model_ddp, optimizer, im_q, im_k, autocast_dtype))
                     steps_done += 1
                     bar.update(1)

@@ -10,9 +10,22 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
-def backbone_of(resnet: nn.Module) -> nn.Module:
-    """The torchvision ResNet without its `fc` (the projection head): pooled features, flattened."""
-    return nn.Sequential(*[m for name, m in resnet.named_children() if name != "fc"], nn.Flatten(1))
+STAGES = ("layer1", "layer2", "layer3", "layer4")
+
+
+def backbone_of(resnet: nn.Module, stage: str = "layer4") -> nn.Module:
+    """The torchvision ResNet up to `stage` (default: all of it but the projection head `fc`), global-average
+    pooled and flattened. Earlier stages show where along the depth pretraining helped or hurt."""
+    if stage not in STAGES:
+        raise ValueError(f"stage must be one of {', '.join(STAGES)}, got {stage!r}")
+    children = []
+    for name, module in resnet.named_children():
+        if name in ("avgpool", "fc"):
+            break
+        children.append(module)
+        if name == stage:
+            break
+    return nn.Sequential(*children, nn.AdaptiveAvgPool2d(1), nn.Flatten(1))
 
 
 @torch.no_grad()
@@ -32,6 +45,27 @@ def extract_features(backbone: nn.Module, loader, device, autocast_dtype=None, c
 
 
 @torch.no_grad()
+def reestimate_bn_statistics(model: nn.Module, loader, device) -> None:
+    """Replace every BatchNorm's running statistics by their equal-weight average over `loader`'s batches
+    (training-mode passes, momentum None), as Detectron2's precise BN does before evaluating. The model's
+    mode and BN momenta are put back."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [bn.momentum for bn in bns]
+    was_training = model.training
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None
+    model.train()
+    try:
+        for images, _ in loader:
+            model(images.to(device, non_blocking=True))
+    finally:
+        for bn, momentum in zip(bns, momenta):
+            bn.momentum = momentum
+        model.train(was_training)
+
+
+@torch.no_grad()
 def knn_predict(test_feats, train_feats, train_labels, num_classes: int, k: int = 200, t: float = 0.1,
                 chunk: int = 256) -> torch.Tensor:
     """Predicted class per test feature (features already L2-normalised)."""
@@ -47,12 +81,12 @@ def knn_predict(test_feats, train_feats, train_labels, num_classes: int, k: int 
 
 
 def knn_top1(encoder_q: nn.Module, train_loader, val_loader, num_classes: int, device, k: int = 200,
-             t: float = 0.1, autocast_dtype=None, channels_last=False) -> float:
-    """kNN top-1 (%) of `encoder_q`'s backbone, evaluated in eval mode (BN running statistics)."""
+             t: float = 0.1, autocast_dtype=None, channels_last=False, stage: str = "layer4") -> float:
+    """kNN top-1 (%) of `encoder_q`'s backbone up to `stage`, in eval mode (BN running statistics)."""
     was_training = encoder_q.training
     encoder_q.eval()
     try:
-        backbone = backbone_of(encoder_q)
+        backbone = backbone_of(encoder_q, stage)
         train_f, train_y = extract_features(backbone, train_loader, device, autocast_dtype, channels_last)
         val_f, val_y = extract_features(backbone, val_loader, device, autocast_dtype, channels_last)
         pred = knn_predict(val_f, train_f, train_y, num_classes, k, t)
