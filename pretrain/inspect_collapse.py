@@ -112,6 +112,8 @@ def main(argv=None) -> int:
     else:
         arch, mlp, dim, K = args.arch or "resnet50", not args.no_mlp, 128, 4096
     size = args.image_size or config.get("image_size") or 64
+    if not args.knn and (args.knn_stage != "layer4" or args.knn_bn != "stored"):
+        raise UserError("--knn-stage and --knn-bn choose how the kNN top-1 is measured: add --knn")
     if args.batch_size < 2:
         raise UserError(f"--batch-size must be at least 2, got {args.batch_size}")
     check_imagefolder(args.data, splits=("train", "val") if args.knn else ("train",))  # before any work

@@ -414,9 +414,11 @@ def test_inspect_collapse_reports_a_checkpoint_and_a_random_init(uninterrupted, 
 def test_inspect_collapse_bad_input_is_one_line(tmp_path, tiny_data):
     (tmp_path / "not_a_checkpoint.pth").write_bytes(b"junk")
     for args in ([tmp_path / "missing", "--random-init", "0"],
-                 [tiny_data, "--weights", tmp_path / "not_a_checkpoint.pth"]):
+                 [tiny_data, "--weights", tmp_path / "not_a_checkpoint.pth"],
+                 [tiny_data, "--random-init", "0", "--knn-bn", "data"]):
         proc = _inspect(*args)
         assert proc.returncode == 2 and proc.stderr.startswith("error: ") and proc.stderr.count("\n") == 1, proc.stderr
+    assert "add --knn" in proc.stderr
 
 
 def test_views_and_order_depend_only_on_seed_epoch_index(tiny_data):
