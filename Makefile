@@ -50,7 +50,7 @@ demo: setup
 	@$(DEMO_ENV) bash scripts/demo.sh
 
 # The paper's central claim in miniature (MoCo v2 beats random init on linear top-1 and VOC AP50): longer
-# pretraining at 64 px on 4,000 images and longer VOC schedules. A GPU job: about a day and a half on 2 cores (README).
+# pretraining at 64 px on 4,000 images and longer VOC schedules. A GPU job: about 32 h on 2 cores (README).
 demo-science: setup
 	$(MAKE) demo DEMO_OUT=output/demo-science DEMO_DATA=datasets-science \
 	  DEMO_DATA_FLAGS="--imagenet-train-per-class 200 --imagenet-val-per-class 50" \
