@@ -58,8 +58,10 @@ def pretrain_variant(cfg: Mapping[str, Any], name: str | None = None) -> dict:
         "batch_size": cfg.get("batch_size"), "moco_k": cfg.get("moco_k"), "moco_t": cfg.get("moco_t"),
         "moco_m": cfg.get("moco_m"), "arch": cfg.get("arch", "resnet50"), "image_size": cfg.get("image_size"),
     }
-    if cfg.get("warmup_epochs"):  # an extension of the recipe: recorded only where used
+    if cfg.get("warmup_epochs"):  # extensions of the recipe: recorded only where used
         variant["warmup_epochs"] = cfg["warmup_epochs"]
+    if cfg.get("zero_init_residual"):
+        variant["zero_init_residual"] = True
     return variant
 
 

@@ -47,6 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--random-init", type=int, metavar="SEED", help="a freshly initialised MoCo model instead")
     p.add_argument("-a", "--arch", choices=ARCHS, default=None, help="with --random-init (default resnet50)")
     p.add_argument("--no-mlp", action="store_true", help="with --random-init: the v1 linear projection")
+    p.add_argument("--zero-init-residual", action="store_true",
+                   help="with --random-init: residual blocks start as the identity (train_moco.py's flag)")
     p.add_argument("--image-size", type=int, default=None, help="view size (default: the checkpoint's, else 64)")
     p.add_argument("-b", "--batch-size", type=int, default=64, help="images in the batch (default 64)")
     p.add_argument("--bn-splits", type=int, default=0, help="BN splits, 0 = auto as in pretraining (default 0)")
@@ -101,6 +103,9 @@ def view_similarities(model, im_q: torch.Tensor, im_k: torch.Tensor, queue: torc
 @cli_main
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    if args.weights and (args.arch or args.no_mlp or args.zero_init_residual):
+        raise UserError("--arch, --no-mlp and --zero-init-residual describe a --random-init model; "
+                        "--weights brings its own")
     config = {}
     if args.weights:
         ckpt = load_moco_checkpoint(args.weights)
@@ -119,8 +124,8 @@ def main(argv=None) -> int:
     check_imagefolder(args.data, splits=("train", "val") if args.knn else ("train",))  # before any work
     splits = resolve_bn_splits(args.bn_splits, args.batch_size, 1)
     torch.manual_seed(args.random_init if args.random_init is not None else 0)
-    model = build_model(SimpleNamespace(arch=arch, moco_dim=dim, mlp=mlp, moco_k=K, moco_m=0.999, moco_t=0.2),
-                        splits)
+    model = build_model(SimpleNamespace(arch=arch, moco_dim=dim, mlp=mlp, moco_k=K, moco_m=0.999, moco_t=0.2,
+                                        zero_init_residual=args.zero_init_residual), splits)
     if args.weights:
         try:
             model.load_state_dict(sd)

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -39,6 +41,12 @@ def test_makefile_demo_passes_every_setting_to_the_pipeline():
     science = subprocess.run(["make", "-n", "demo-science"], cwd=REPO_ROOT, capture_output=True, text=True,
                              check=True).stdout
     assert "DEMO_OUT=output/demo-science" in science
+    # its pretraining flags are ones train_moco.py accepts (a typo would surface only hours into the run)
+    from mocoeval.moco.config import parse_config
+    flags = shlex.split(re.search(r'DEMO_PRETRAIN_FLAGS="([^"]*)"', science).group(1))
+    args, _ = parse_config(["datasets-science/imagenet-mini", "--config", str(REPO_ROOT / "configs" / "pretrain" /
+                                                                           "d.yaml"), *flags])
+    assert args.image_size == 64 and args.moco_k <= 4000 // 10  # K <= 10% of the 4,000 training images
 
 
 @pytest.mark.slow

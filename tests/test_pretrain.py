@@ -210,11 +210,12 @@ def test_resume_auto_equals_the_uninterrupted_run(uninterrupted, tiny_data, tmp_
     assert hb[1]["loss"] == pytest.approx(ha[1]["loss"], abs=1e-6)
 
 
-def test_warmup_sets_every_steps_lr_is_recorded_and_resumes(tiny_data, tmp_path, results_dir):
+def test_extensions_warmup_and_zero_init_set_the_lr_are_recorded_and_resume(tiny_data, tmp_path, results_dir):
     """--warmup-epochs 1.5 over 2 epochs of 3 steps: the optimizer trains at 1/4.5 ... of the scheduled lr;
-    the variant records the extension; a run resumed inside the warm-up ends like the uninterrupted one."""
+    the variant records both extensions (also for the resumed run, which inherits them from the checkpoint);
+    a run resumed inside the warm-up ends like the uninterrupted one."""
     flags = [tiny_data, *TINY, *V2, "--arch", "resnet18", "--epochs", "2", "--bn-splits", "2", "-p", "1",
-             "--warmup-epochs", "1.5", "--workers", "0"]
+             "--warmup-epochs", "1.5", "--zero-init-residual", "--workers", "0"]
     run_cli([*flags, "--output-dir", tmp_path / "a"])
     history = json.loads((tmp_path / "a" / "metrics.json").read_text())["history"]
     # epoch 1 ends at 3/4.5 of the warm-up (lr 0.03 * 2/3); epoch 2 ends past it: the cosine's 0.015
@@ -223,11 +224,14 @@ def test_warmup_sets_every_steps_lr_is_recorded_and_resumes(tiny_data, tmp_path,
     assert first["optimizer"]["param_groups"][0]["lr"] == pytest.approx(0.02)  # what the last step used
     assert first["variant"]["warmup_epochs"] == 1.5 and first["config"]["warmup_epochs"] == 1.5
     assert {r["variant"].get("warmup_epochs") for r in load_records(results_dir)} == {1.5}
+    assert first["variant"]["zero_init_residual"] is True and first["config"]["zero_init_residual"] is True
 
     (tmp_path / "b").mkdir()
     shutil.copy(tmp_path / "a" / "checkpoint_0000.pth.tar", tmp_path / "b")
     run_cli([tiny_data, "--resume", "auto", "--output-dir", tmp_path / "b", "--workers", "0"])
     assert_same_state(tmp_path / "a" / "final.pth.tar", tmp_path / "b" / "final.pth.tar")
+    records = load_records(results_dir)
+    assert len(records) == 2 and all(r["variant"]["zero_init_residual"] is True for r in records)
 
 
 def test_official_checkpoint_resumes(uninterrupted, tiny_data, tmp_path):
@@ -415,9 +419,12 @@ def test_inspect_collapse_bad_input_is_one_line(tmp_path, tiny_data):
     (tmp_path / "not_a_checkpoint.pth").write_bytes(b"junk")
     for args in ([tmp_path / "missing", "--random-init", "0"],
                  [tiny_data, "--weights", tmp_path / "not_a_checkpoint.pth"],
+                 [tiny_data, "--weights", tmp_path / "not_a_checkpoint.pth", "--zero-init-residual"],
                  [tiny_data, "--random-init", "0", "--knn-bn", "data"]):
         proc = _inspect(*args)
         assert proc.returncode == 2 and proc.stderr.startswith("error: ") and proc.stderr.count("\n") == 1, proc.stderr
+        if "--zero-init-residual" in args:
+            assert "describe a --random-init model" in proc.stderr
     assert "add --knn" in proc.stderr
 
 

@@ -69,11 +69,14 @@ class SplitBatchNorm(nn.BatchNorm2d):
         return torch.cat(outs)
 
 
-def resnet_encoder(arch: str, dim: int, mlp: bool, bn_splits: int = 1) -> nn.Module:
+def resnet_encoder(arch: str, dim: int, mlp: bool, bn_splits: int = 1, zero_init_residual: bool = False) -> nn.Module:
     """A torchvision ResNet whose `fc` is the MoCo projection: Linear(d, dim), or with `mlp` (MoCo v2)
-    Sequential(Linear(d, d), ReLU, Linear(d, dim)) -> keys fc.0.*, fc.2.* as in the official checkpoints."""
+    Sequential(Linear(d, d), ReLU, Linear(d, dim)) -> keys fc.0.*, fc.2.* as in the official checkpoints.
+    `zero_init_residual` (not the MoCo recipe, which keeps torchvision's default) starts the last BN scale of
+    every residual branch at 0, so each block starts as the identity (Goyal et al. 2017)."""
     norm_layer = functools.partial(SplitBatchNorm, num_splits=bn_splits)
-    encoder = torchvision.models.__dict__[arch](weights=None, num_classes=dim, norm_layer=norm_layer)
+    encoder = torchvision.models.__dict__[arch](weights=None, num_classes=dim, norm_layer=norm_layer,
+                                                zero_init_residual=zero_init_residual)
     if mlp:
         d = encoder.fc.in_features
         encoder.fc = nn.Sequential(nn.Linear(d, d), nn.ReLU(inplace=True), encoder.fc)

@@ -63,6 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     A("--warmup-epochs", type=float, default=0.0, metavar="E",
       help="ramp the lr linearly, step by step, from ~0 to the schedule's value over the first E epochs "
            "(0 = none, as the v1/v2 recipe; an extension, as MoCo v3 warms up its ResNet-50 for 10)")
+    A("--zero-init-residual", action=argparse.BooleanOptionalAction, default=False,
+      help="start every residual block as the identity (last BN scale 0; an extension: the recipe keeps "
+           "torchvision's default init). Tames a ResNet-50's early gradients on small images and short runs")
     A("--momentum", type=float, default=0.9, help="SGD momentum")
     A("--wd", "--weight-decay", type=float, default=1e-4, dest="weight_decay", metavar="W",
       help="weight decay (all parameters, as in the official recipe)")
