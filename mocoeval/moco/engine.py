@@ -46,8 +46,7 @@ class TrainingDiverged(UserError):
 
 def build_model(args, bn_splits: int = 1) -> MoCo:
     """MoCo with the flags' architecture; BN layers split into `bn_splits` sub-batches in training."""
-    zero_init = getattr(args, "zero_init_residual", False)  # callers outside train_moco.py may not set it
-    return MoCo(lambda: resnet_encoder(args.arch, args.moco_dim, args.mlp, bn_splits, zero_init),
+    return MoCo(lambda: resnet_encoder(args.arch, args.moco_dim, args.mlp, bn_splits, args.zero_init_residual),
                 dim=args.moco_dim, K=args.moco_k, m=args.moco_m, T=args.moco_t)
 
 
