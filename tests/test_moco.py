@@ -383,6 +383,7 @@ def test_flag_defaults_are_the_official_ones():
     assert (a.moco_dim, a.moco_k, a.moco_m, a.moco_t, a.mlp, a.aug_plus, a.cos) == (
         128, 65536, 0.999, 0.07, False, False, False)
     assert a.image_size == 224 and a.precision == "fp32" and a.print_freq == 10
+    assert a.warmup_epochs == 0 and a.zero_init_residual is False  # extensions are off: torchvision's init
 
 
 @pytest.mark.parametrize("name,mlp,aug,cos,t,epochs", [
