@@ -44,6 +44,10 @@ def case_of(mlp: bool, aug_plus: bool, cos: bool, epochs: int | None) -> str:
     raise AssertionError("unreachable: every switch combination but cos-without-mlp/aug maps")  # pragma: no cover
 
 
+# Pretraining extensions beyond the v1/v2 recipe (train_moco.py flags) and the recipe's value of each.
+RECIPE_EXTENSIONS = {"warmup_epochs": 0, "zero_init_residual": False}
+
+
 def pretrain_variant(cfg: Mapping[str, Any], name: str | None = None) -> dict:
     """The variant description of a pretraining run from its resolved flags (argparse dest names)."""
     mlp, aug, cos = bool(cfg.get("mlp")), bool(cfg.get("aug_plus")), bool(cfg.get("cos"))
@@ -58,10 +62,9 @@ def pretrain_variant(cfg: Mapping[str, Any], name: str | None = None) -> dict:
         "batch_size": cfg.get("batch_size"), "moco_k": cfg.get("moco_k"), "moco_t": cfg.get("moco_t"),
         "moco_m": cfg.get("moco_m"), "arch": cfg.get("arch", "resnet50"), "image_size": cfg.get("image_size"),
     }
-    if cfg.get("warmup_epochs"):  # extensions of the recipe: recorded only where used
-        variant["warmup_epochs"] = cfg["warmup_epochs"]
-    if cfg.get("zero_init_residual"):
-        variant["zero_init_residual"] = True
+    for key, recipe_value in RECIPE_EXTENSIONS.items():  # recorded only where a run departs from the recipe
+        if cfg.get(key, recipe_value) != recipe_value:
+            variant[key] = cfg[key]
     return variant
 
 

@@ -58,10 +58,10 @@ PAPER_NUMBERS_CSV = results_store.REPO_ROOT / "results" / "paper_numbers.csv"
 PAPER_COLUMNS = ["source", "label", "case", "mlp", "aug_plus", "cos", "epochs", "moco_t", "moco_m", "batch_size",
                  "linear_top1", "AP50", "AP", "AP75", "note"]
 # Hyperparameters outside the row key; sources pooled into one row should agree on them.
-POOLED_HYPERPARAMS = ("batch_size", "moco_k", "moco_t", "moco_m", "arch", "image_size", "warmup_epochs",
-                      "zero_init_residual")
+POOLED_HYPERPARAMS = ("batch_size", "moco_k", "moco_t", "moco_m", "arch", "image_size",
+                      *results_store.RECIPE_EXTENSIONS)
 # Recorded only where they depart from the recipe: an absent value means this.
-RECIPE_VALUES = {"warmup_epochs": 0, "zero_init_residual": False}
+RECIPE_VALUES = results_store.RECIPE_EXTENSIONS
 
 # Output file names (inside the output folder).
 OUT_MARKDOWN = "ablation.md"
