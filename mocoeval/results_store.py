@@ -45,7 +45,7 @@ def case_of(mlp: bool, aug_plus: bool, cos: bool, epochs: int | None) -> str:
 
 
 # Pretraining extensions beyond the v1/v2 recipe (train_moco.py flags) and the recipe's value of each.
-RECIPE_EXTENSIONS = {"warmup_epochs": 0, "zero_init_residual": False}
+RECIPE_EXTENSIONS = {"warmup_epochs": 0, "residual_bn_init": 1.0}
 
 
 def pretrain_variant(cfg: Mapping[str, Any], name: str | None = None) -> dict:

@@ -14,7 +14,8 @@ key shuffle, as in pretraining) the mean cosine between each query and
     tells the positive apart -- a shortcut that needs no instance features;
 and the outputs' mean pairwise cosine (the cone they fill: 1 = a single point) and the key spread (per-dimension
 std of the unit keys x sqrt(dim): ~1 spread over the sphere, 0 collapsed; train_moco.py logs the same figure for
-its queue); with --knn also the kNN top-1 of the backbone on DATA/val (the random-init baseline of train_moco.py's
+its queue); the mean |scale| of the last BN of each stage's residual branches (1 at torchvision's init, 0 with
+zero init: a stage whose branches stay near 0 is its projection shortcut alone); with --knn also the kNN top-1 of the backbone on DATA/val (the random-init baseline of train_moco.py's
 monitor), with --knn-stage of an earlier stage's pooled features, with --knn-bn data after re-estimating the BN
 statistics on DATA/train.
 """
@@ -30,7 +31,7 @@ import torch.nn.functional as F
 
 from mocoeval.data.layout import check_imagefolder
 from mocoeval.errors import UserError, cli_main
-from mocoeval.moco.builder import key_spread, shuffle_batch, unshuffle_batch
+from mocoeval.moco.builder import key_spread, residual_branch_scales, shuffle_batch, unshuffle_batch
 from mocoeval.moco.checkpoint import load_moco_checkpoint, strip_prefix
 from mocoeval.moco.config import ARCHS
 from mocoeval.moco.engine import COLLAPSED_SPREAD, build_loader, build_model, knn_loaders, resolve_bn_splits
@@ -47,8 +48,11 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--random-init", type=int, metavar="SEED", help="a freshly initialised MoCo model instead")
     p.add_argument("-a", "--arch", choices=ARCHS, default=None, help="with --random-init (default resnet50)")
     p.add_argument("--no-mlp", action="store_true", help="with --random-init: the v1 linear projection")
-    p.add_argument("--zero-init-residual", action="store_true",
-                   help="with --random-init: residual blocks start as the identity (train_moco.py's flag)")
+    p.add_argument("--residual-bn-init", type=float, default=None, metavar="G",
+                   help="with --random-init: the residual branches' last BN scale starts at G (train_moco.py's "
+                        "flag; default 1, torchvision's init)")
+    p.add_argument("--zero-init-residual", action="store_const", const=0.0, dest="residual_bn_init",
+                   help="with --random-init: the same as --residual-bn-init 0")
     p.add_argument("--image-size", type=int, default=None, help="view size (default: the checkpoint's, else 64)")
     p.add_argument("-b", "--batch-size", type=int, default=64, help="images in the batch (default 64)")
     p.add_argument("--bn-splits", type=int, default=0, help="BN splits, 0 = auto as in pretraining (default 0)")
@@ -103,9 +107,11 @@ def view_similarities(model, im_q: torch.Tensor, im_k: torch.Tensor, queue: torc
 @cli_main
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    if args.weights and (args.arch or args.no_mlp or args.zero_init_residual):
-        raise UserError("--arch, --no-mlp and --zero-init-residual describe a --random-init model; "
+    if args.weights and (args.arch or args.no_mlp or args.residual_bn_init is not None):
+        raise UserError("--arch, --no-mlp and --residual-bn-init describe a --random-init model; "
                         "--weights brings its own")
+    if args.residual_bn_init is not None and not 0 <= args.residual_bn_init <= 1:
+        raise UserError(f"--residual-bn-init must be between 0 and 1, got {args.residual_bn_init:g}")
     config = {}
     if args.weights:
         ckpt = load_moco_checkpoint(args.weights)
@@ -125,7 +131,8 @@ def main(argv=None) -> int:
     splits = resolve_bn_splits(args.bn_splits, args.batch_size, 1)
     torch.manual_seed(args.random_init if args.random_init is not None else 0)
     model = build_model(SimpleNamespace(arch=arch, moco_dim=dim, mlp=mlp, moco_k=K, moco_m=0.999, moco_t=0.2,
-                                        zero_init_residual=args.zero_init_residual), splits)
+                                        residual_bn_init=1.0 if args.residual_bn_init is None
+                                        else args.residual_bn_init), splits)
     if args.weights:
         try:
             model.load_state_dict(sd)
@@ -144,6 +151,7 @@ def main(argv=None) -> int:
              "batch_size": args.batch_size, "bn_splits": splits,
              **view_similarities(model, im_q, im_k, model.queue if args.weights else None, im_k_other)}
     stats["collapsed"] = stats["key_spread"] < COLLAPSED_SPREAD
+    stats["residual_branch_scale"] = residual_branch_scales(model.encoder_q)
     if args.knn:
         knn = knn_loaders(args.data, size, args.batch_size, 0)
         stats["knn_stage"], stats["knn_bn"] = args.knn_stage, args.knn_bn
@@ -161,6 +169,8 @@ def main(argv=None) -> int:
         print(f"{stats['weights']} ({arch}, {size} px, batch {args.batch_size}, BN splits {splits}): "
               + ", ".join(figures) + f", key spread {stats['key_spread']:.3f}"
               + (" -> COLLAPSED" if stats["collapsed"] else "")
+              + "; residual branch scale " + " / ".join(f"{v:.3f}" for v in stats["residual_branch_scale"].values())
+              + " (layer1-4)"
               + (f"; kNN top-1 {stats['knn_top1']:.2f}% ({args.knn_stage}, BN statistics {args.knn_bn})"
                  if args.knn else ""))
     return 0

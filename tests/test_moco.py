@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import torchvision
 import torchvision.transforms as T
 import yaml
 from PIL import Image, ImageFilter
@@ -18,7 +19,7 @@ from PIL import Image, ImageFilter
 from mocoeval.errors import UserError
 from mocoeval.moco.augment import GaussianBlur, TwoCropsTransform, eval_transform, moco_transform
 from mocoeval.moco.builder import (MoCo, SplitBatchNorm, contrastive_loss, contrastive_top1, key_spread,
-                                   resnet_encoder, shuffle_batch, unshuffle_batch)
+                                   residual_branch_scales, resnet_encoder, shuffle_batch, unshuffle_batch)
 from mocoeval.moco.config import build_parser, parse_config
 from mocoeval.moco.engine import build_model, lr_at_epoch, lr_at_step, resolve_bn_splits
 from mocoeval.moco.knn import backbone_of, knn_predict, reestimate_bn_statistics
@@ -226,12 +227,22 @@ def test_zero_init_residual_starts_every_block_as_the_identity_and_tames_early_g
     so each block passes its input on; the stem's first gradient shrinks by an order of magnitude (the
     README's first-step table: 9.7 -> 0.39 at 64 px; here a smaller ResNet-50 problem of the same kind)."""
     from mocoeval.moco.engine import GRAD_STAGES, stage_grad_ratios
-    zero = resnet_encoder("resnet50", 16, mlp=True, zero_init_residual=True)
+    torch.manual_seed(0)
+    zero = resnet_encoder("resnet50", 16, mlp=True, residual_bn_init=0.0)
+    torch.manual_seed(0)
+    torchvisions = torchvision.models.resnet50(num_classes=16, zero_init_residual=True).state_dict()
+    assert all(torch.equal(v, torchvisions[k]) for k, v in zero.state_dict().items() if not k.startswith("fc."))
     blocks = [b for layer in (zero.layer1, zero.layer2, zero.layer3, zero.layer4) for b in layer]
     assert len(blocks) == 16 and all(torch.equal(b.bn3.weight, torch.zeros_like(b.bn3.weight)) for b in blocks)
     assert torch.equal(zero.bn1.weight, torch.ones(64))  # the stem and the other BN layers are as usual
+    torch.manual_seed(0)
     plain = resnet_encoder("resnet50", 16, mlp=True)
     assert all(torch.equal(b.bn3.weight, torch.ones_like(b.bn3.weight)) for b in plain.layer1)
+    torch.manual_seed(0)
+    tenth = resnet_encoder("resnet50", 16, mlp=True, residual_bn_init=0.1)  # only those scales differ
+    differ = {k for k, v in tenth.state_dict().items() if not torch.equal(v, plain.state_dict()[k])}
+    assert differ == {f"layer{i}.{j}.bn3.weight" for i, n in enumerate((3, 4, 6, 3), 1) for j in range(n)}
+    assert all(torch.allclose(b.bn3.weight, torch.full_like(b.bn3.weight, 0.1)) for b in tenth.layer4)
 
     def first_stem_ratio(encoder):
         torch.manual_seed(0)
@@ -243,9 +254,16 @@ def test_zero_init_residual_starts_every_block_as_the_identity_and_tames_early_g
 
     assert first_stem_ratio(zero) < first_stem_ratio(plain) / 5
     moco = build_model(SimpleNamespace(arch="resnet18", moco_dim=8, mlp=False, moco_k=16, moco_m=0.99, moco_t=0.2,
-                                       zero_init_residual=True))
+                                       residual_bn_init=0.0))
     assert torch.equal(moco.encoder_k.layer1[0].bn2.weight, torch.zeros(64))  # BasicBlock: bn2 is the last
     assert torch.equal(moco.encoder_q.layer4[1].bn2.weight, torch.zeros(512))
+    # the readout of inspect_collapse.py: per stage, the mean |scale| of the branches' last BN
+    assert residual_branch_scales(zero) == dict.fromkeys(("layer1", "layer2", "layer3", "layer4"), 0.0)
+    assert residual_branch_scales(plain) == dict.fromkeys(("layer1", "layer2", "layer3", "layer4"), 1.0)
+    with torch.no_grad():
+        moco.encoder_q.layer3[0].bn2.weight.fill_(-0.5)  # a sign flip is as loud: |scale|
+        moco.encoder_q.layer3[1].bn2.weight[:128].fill_(1.0)
+    assert residual_branch_scales(moco.encoder_q)["layer3"] == pytest.approx((0.5 + 0.5) / 2)
 
 
 def test_bn_splits_default_emulates_eight_gpus_of_32():
@@ -374,6 +392,8 @@ def test_warmup_ramps_linearly_per_step_then_follows_the_schedule(tmp_path):
     assert [lr_at_step(args, 0, s, 4) for s in range(4)] == pytest.approx([0.015, 0.03, 0.03, 0.03])
     with pytest.raises(UserError, match="--warmup-epochs must be between 0 and --epochs 10, got 11"):
         parse_config([str(tmp_path), "--epochs", "10", "--warmup-epochs", "11"])
+    with pytest.raises(UserError, match="--residual-bn-init must be between 0 and 1, got 1.5"):
+        parse_config([str(tmp_path), "--residual-bn-init", "1.5"])
 
 
 def test_flag_defaults_are_the_official_ones():
@@ -383,7 +403,8 @@ def test_flag_defaults_are_the_official_ones():
     assert (a.moco_dim, a.moco_k, a.moco_m, a.moco_t, a.mlp, a.aug_plus, a.cos) == (
         128, 65536, 0.999, 0.07, False, False, False)
     assert a.image_size == 224 and a.precision == "fp32" and a.print_freq == 10
-    assert a.warmup_epochs == 0 and a.zero_init_residual is False  # extensions are off: torchvision's init
+    assert a.warmup_epochs == 0 and a.residual_bn_init == 1.0  # extensions are off: torchvision's init
+    assert build_parser().parse_args(["DATA", "--zero-init-residual"]).residual_bn_init == 0.0
 
 
 @pytest.mark.parametrize("name,mlp,aug,cos,t,epochs", [

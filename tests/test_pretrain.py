@@ -18,6 +18,7 @@ import pytest
 import torch
 from PIL import Image
 
+from mocoeval.errors import UserError
 from mocoeval.fileio import sha256_file
 from mocoeval.moco.augment import TwoCropsTransform, moco_transform
 from mocoeval.moco.checkpoint import strip_prefix
@@ -224,14 +225,25 @@ def test_extensions_warmup_and_zero_init_set_the_lr_are_recorded_and_resume(tiny
     assert first["optimizer"]["param_groups"][0]["lr"] == pytest.approx(0.02)  # what the last step used
     assert first["variant"]["warmup_epochs"] == 1.5 and first["config"]["warmup_epochs"] == 1.5
     assert {r["variant"].get("warmup_epochs") for r in load_records(results_dir)} == {1.5}
-    assert first["variant"]["zero_init_residual"] is True and first["config"]["zero_init_residual"] is True
+    assert first["variant"]["residual_bn_init"] == 0.0 and first["config"]["residual_bn_init"] == 0.0
 
     (tmp_path / "b").mkdir()
     shutil.copy(tmp_path / "a" / "checkpoint_0000.pth.tar", tmp_path / "b")
     run_cli([tiny_data, "--resume", "auto", "--output-dir", tmp_path / "b", "--workers", "0"])
     assert_same_state(tmp_path / "a" / "final.pth.tar", tmp_path / "b" / "final.pth.tar")
     records = load_records(results_dir)
-    assert len(records) == 2 and all(r["variant"]["zero_init_residual"] is True for r in records)
+    assert len(records) == 2 and all(r["variant"]["residual_bn_init"] == 0.0 for r in records)
+    # the init is the run's history: a resume may not restate it differently
+    with pytest.raises(UserError, match="whose run started with residual_bn_init=0$"):
+        parse_config([str(tiny_data), "--resume", str(tmp_path / "b" / "checkpoint_0000.pth.tar"),
+                      "--residual-bn-init", "0.5"])
+    # a checkpoint written before --residual-bn-init stored zero_init_residual: read as 0
+    legacy = torch.load(tmp_path / "a" / "checkpoint_0000.pth.tar", map_location="cpu", weights_only=True)
+    del legacy["config"]["residual_bn_init"]
+    legacy["config"]["zero_init_residual"] = True
+    torch.save(legacy, tmp_path / "legacy.pth.tar")
+    args, _ = parse_config([str(tiny_data), "--resume", str(tmp_path / "legacy.pth.tar")])
+    assert args.residual_bn_init == 0.0
 
 
 def test_official_checkpoint_resumes(uninterrupted, tiny_data, tmp_path):
@@ -381,6 +393,9 @@ def test_inspect_collapse_reports_a_checkpoint_and_a_random_init(uninterrupted, 
         assert 0 <= stats["key_spread"] <= 1.5 and stats["collapsed"] == (stats["key_spread"] < 0.1)
         assert ("knn_top1" in stats) == ("--knn" in source) and 0 <= stats.get("knn_top1", 0) <= 100
         assert stats.get("knn_stage", "layer4") == "layer4"
+        scales = stats["residual_branch_scale"]  # a fresh torchvision init: every branch's last BN scale is 1
+        assert list(scales) == ["layer1", "layer2", "layer3", "layer4"]
+        assert all(0 < v for v in scales.values()) and (scales["layer1"] == 1.0) == ("--random-init" in source)
         assert ("queue_cos" in stats) == ("--weights" in source) and -1 <= stats.get("queue_cos", 0) <= 1
     proc = _inspect(tiny_data, "--random-init", "0", "-a", "resnet18", "-b", "8", "--image-size", "32", "--json",
                     "--knn", "--knn-stage", "layer2", "--knn-bn", "data")
@@ -420,11 +435,14 @@ def test_inspect_collapse_bad_input_is_one_line(tmp_path, tiny_data):
     for args in ([tmp_path / "missing", "--random-init", "0"],
                  [tiny_data, "--weights", tmp_path / "not_a_checkpoint.pth"],
                  [tiny_data, "--weights", tmp_path / "not_a_checkpoint.pth", "--zero-init-residual"],
+                 [tiny_data, "--random-init", "0", "--residual-bn-init", "2"],
                  [tiny_data, "--random-init", "0", "--knn-bn", "data"]):
         proc = _inspect(*args)
         assert proc.returncode == 2 and proc.stderr.startswith("error: ") and proc.stderr.count("\n") == 1, proc.stderr
         if "--zero-init-residual" in args:
             assert "describe a --random-init model" in proc.stderr
+        if "--residual-bn-init" in args:
+            assert "--residual-bn-init must be between 0 and 1, got 2" in proc.stderr
     assert "add --knn" in proc.stderr
 
 

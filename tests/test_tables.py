@@ -173,10 +173,10 @@ def test_pretrain_variant_wins_for_a_source(store):
     assert len(rows[0].trials) == 1
 
 
-# --warmup-epochs / --zero-init-residual are extensions recorded only where used: absent means the recipe's
+# --warmup-epochs / --residual-bn-init are extensions recorded only where used: absent means the recipe's
 @pytest.mark.parametrize("changed,differ", [({"moco_t": 0.07}, "moco_t 0.07, 0.2"),
                                             ({"warmup_epochs": 10.0}, "warmup_epochs 0, 10.0"),
-                                            ({"zero_init_residual": True}, "zero_init_residual False, True")])
+                                            ({"residual_bn_init": 0.1}, "residual_bn_init 0.1, 1.0")])
 def test_pooling_different_hyperparameters_warns_and_notes(store, tmp_path, changed, differ):
     store.add("linear", D, "p" * 64, {"top1": 67.0})
     store.add("linear", {**D, **changed}, "q" * 64, {"top1": 65.0})

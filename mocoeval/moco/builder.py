@@ -69,18 +69,34 @@ class SplitBatchNorm(nn.BatchNorm2d):
         return torch.cat(outs)
 
 
-def resnet_encoder(arch: str, dim: int, mlp: bool, bn_splits: int = 1, zero_init_residual: bool = False) -> nn.Module:
+def resnet_encoder(arch: str, dim: int, mlp: bool, bn_splits: int = 1, residual_bn_init: float = 1.0) -> nn.Module:
     """A torchvision ResNet whose `fc` is the MoCo projection: Linear(d, dim), or with `mlp` (MoCo v2)
     Sequential(Linear(d, d), ReLU, Linear(d, dim)) -> keys fc.0.*, fc.2.* as in the official checkpoints.
-    `zero_init_residual` (not the MoCo recipe, which keeps torchvision's default) starts the last BN scale of
-    every residual branch at 0, so each block starts as the identity (Goyal et al. 2017)."""
+    `residual_bn_init` is where the last BN scale of every residual branch starts: 1 is torchvision's init (the
+    MoCo recipe), 0 torchvision's zero_init_residual (each block starts as the identity; Goyal et al. 2017)."""
     norm_layer = functools.partial(SplitBatchNorm, num_splits=bn_splits)
-    encoder = torchvision.models.__dict__[arch](weights=None, num_classes=dim, norm_layer=norm_layer,
-                                                zero_init_residual=zero_init_residual)
+    encoder = torchvision.models.__dict__[arch](weights=None, num_classes=dim, norm_layer=norm_layer)
+    if residual_bn_init != 1.0:
+        with torch.no_grad():  # a constant: draws no random numbers, so every other weight is as without it
+            for stage in (encoder.layer1, encoder.layer2, encoder.layer3, encoder.layer4):
+                for block in stage:
+                    (block.bn3 if hasattr(block, "bn3") else block.bn2).weight.fill_(residual_bn_init)
     if mlp:
         d = encoder.fc.in_features
         encoder.fc = nn.Sequential(nn.Linear(d, d), nn.ReLU(inplace=True), encoder.fc)
     return encoder
+
+
+def residual_branch_scales(encoder: nn.Module) -> dict:
+    """Per stage, the mean |scale| of the last BN of its residual branches (a Bottleneck's bn3, a BasicBlock's
+    bn2): how loud the blocks are against their shortcuts. 1 at torchvision's init, 0 with zero init;
+    a branch whose scale stays near 0 through training leaves the stage to its projection shortcut alone."""
+    scales = {}
+    for stage in ("layer1", "layer2", "layer3", "layer4"):
+        blocks = list(getattr(encoder, stage))
+        last_bn = [b.bn3 if hasattr(b, "bn3") else b.bn2 for b in blocks]
+        scales[stage] = sum(bn.weight.detach().abs().mean().item() for bn in last_bn) / len(last_bn)
+    return scales
 
 
 class MoCo(nn.Module):

@@ -22,6 +22,8 @@ ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext5
 RUNTIME_KEYS = {"data", "config", "resume", "device", "workers", "print_freq", "compile"}
 # What the checkpoint's tensors fix: a flag that contradicts them cannot resume that checkpoint.
 STRUCTURE_KEYS = ("arch", "mlp", "moco_dim", "moco_k")
+# How the checkpoint's run began: a resumed run keeps it, so a flag that contradicts it is an error too.
+INIT_KEYS = ("residual_bn_init",)
 
 
 class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
@@ -63,9 +65,12 @@ def build_parser() -> argparse.ArgumentParser:
     A("--warmup-epochs", type=float, default=0.0, metavar="E",
       help="ramp the lr linearly, step by step, from ~0 to the schedule's value over the first E epochs "
            "(0 = none, as the v1/v2 recipe; an extension, as MoCo v3 warms up its ResNet-50 for 10)")
-    A("--zero-init-residual", action=argparse.BooleanOptionalAction, default=False,
-      help="start every residual block as the identity (last BN scale 0; an extension: the recipe keeps "
-           "torchvision's default init). Tames a ResNet-50's early gradients on small images and short runs")
+    A("--residual-bn-init", type=float, default=1.0, metavar="G",
+      help="start the last BN scale of every residual branch at G (an extension: 1 is torchvision's init, the "
+           "recipe's; 0 starts every block as the identity). Below 1 it tames a ResNet-50's early gradients on "
+           "small images and short runs")
+    A("--zero-init-residual", action="store_const", const=0.0, dest="residual_bn_init",
+      help="the same as --residual-bn-init 0 (torchvision's zero_init_residual)")
     A("--momentum", type=float, default=0.9, help="SGD momentum")
     A("--wd", "--weight-decay", type=float, default=1e-4, dest="weight_decay", metavar="W",
       help="weight decay (all parameters, as in the official recipe)")
@@ -178,6 +183,8 @@ def parse_config(argv=None):
         for k, v in stored.items():
             if k in actions and k not in RUNTIME_KEYS:
                 inherited[k] = _coerce(actions[k], v, f"checkpoint {resume_path} config {k}")
+        if "zero_init_residual" in stored and "residual_bn_init" not in stored:  # written before --residual-bn-init
+            inherited["residual_bn_init"] = 0.0 if stored["zero_init_residual"] else 1.0
         inherited.update(structure_of(ckpt))
         if "seed" in ckpt and ckpt["seed"] is not None:
             inherited.setdefault("seed", int(ckpt["seed"]))
@@ -189,6 +196,10 @@ def parse_config(argv=None):
             if getattr(args, key) != value:
                 raise UserError(f"--{key.replace('_', '-')} {getattr(args, key)} contradicts checkpoint "
                                 f"{resume_path}, which was trained with {key}={value}")
+        for key in INIT_KEYS:
+            if key in inherited and getattr(args, key) != inherited[key]:
+                raise UserError(f"--{key.replace('_', '-')} {getattr(args, key):g} contradicts checkpoint "
+                                f"{resume_path}, whose run started with {key}={inherited[key]:g}")
     if args.output_dir is None:
         args.output_dir = default_output_dir(args)
     validate(args)
@@ -206,6 +217,7 @@ def validate(args) -> None:
     need(args.lr > 0, f"--lr must be positive, got {args.lr}")
     need(0 <= args.warmup_epochs <= args.epochs,
          f"--warmup-epochs must be between 0 and --epochs {args.epochs}, got {args.warmup_epochs:g}")
+    need(0 <= args.residual_bn_init <= 1, f"--residual-bn-init must be between 0 and 1, got {args.residual_bn_init:g}")
     need(args.moco_k > 0, f"--moco-k must be positive, got {args.moco_k}")
     need(args.moco_dim > 0, f"--moco-dim must be positive, got {args.moco_dim}")
     need(0.0 <= args.moco_m < 1.0, f"--moco-m must be in [0, 1), got {args.moco_m}")

@@ -46,7 +46,7 @@ class TrainingDiverged(UserError):
 
 def build_model(args, bn_splits: int = 1) -> MoCo:
     """MoCo with the flags' architecture; BN layers split into `bn_splits` sub-batches in training."""
-    return MoCo(lambda: resnet_encoder(args.arch, args.moco_dim, args.mlp, bn_splits, args.zero_init_residual),
+    return MoCo(lambda: resnet_encoder(args.arch, args.moco_dim, args.mlp, bn_splits, args.residual_bn_init),
                 dim=args.moco_dim, K=args.moco_k, m=args.moco_m, T=args.moco_t)
 
 

@@ -80,7 +80,7 @@ class OursRunner:
 
     def __init__(self, cfg: BenchConfig, device: torch.device):
         args = SimpleNamespace(arch=cfg.arch, moco_dim=cfg.moco_dim, mlp=True, moco_k=cfg.moco_k, moco_m=cfg.moco_m,
-                               moco_t=cfg.moco_t, lr=cfg.lr, momentum=0.9, weight_decay=1e-4, zero_init_residual=False)
+                               moco_t=cfg.moco_t, lr=cfg.lr, momentum=0.9, weight_decay=1e-4, residual_bn_init=1.0)
         self.bn_splits = resolve_bn_splits(0, cfg.batch_size, 1)
         torch.manual_seed(0)
         self.model = build_model(args, self.bn_splits).to(device)
