@@ -78,25 +78,27 @@ def resnet_encoder(arch: str, dim: int, mlp: bool, bn_splits: int = 1, residual_
     encoder = torchvision.models.__dict__[arch](weights=None, num_classes=dim, norm_layer=norm_layer)
     if residual_bn_init != 1.0:
         with torch.no_grad():  # a constant: draws no random numbers, so every other weight is as without it
-            for stage in (encoder.layer1, encoder.layer2, encoder.layer3, encoder.layer4):
-                for block in stage:
-                    (block.bn3 if hasattr(block, "bn3") else block.bn2).weight.fill_(residual_bn_init)
+            for bns in residual_branch_last_bns(encoder).values():
+                for bn in bns:
+                    bn.weight.fill_(residual_bn_init)
     if mlp:
         d = encoder.fc.in_features
         encoder.fc = nn.Sequential(nn.Linear(d, d), nn.ReLU(inplace=True), encoder.fc)
     return encoder
 
 
+def residual_branch_last_bns(encoder: nn.Module) -> dict:
+    """Per stage, the last BN of each residual branch: a Bottleneck's bn3, a BasicBlock's bn2."""
+    return {stage: [b.bn3 if hasattr(b, "bn3") else b.bn2 for b in getattr(encoder, stage)]
+            for stage in ("layer1", "layer2", "layer3", "layer4")}
+
+
 def residual_branch_scales(encoder: nn.Module) -> dict:
-    """Per stage, the mean |scale| of the last BN of its residual branches (a Bottleneck's bn3, a BasicBlock's
-    bn2): how loud the blocks are against their shortcuts. 1 at torchvision's init, 0 with zero init;
-    a branch whose scale stays near 0 through training leaves the stage to its projection shortcut alone."""
-    scales = {}
-    for stage in ("layer1", "layer2", "layer3", "layer4"):
-        blocks = list(getattr(encoder, stage))
-        last_bn = [b.bn3 if hasattr(b, "bn3") else b.bn2 for b in blocks]
-        scales[stage] = sum(bn.weight.detach().abs().mean().item() for bn in last_bn) / len(last_bn)
-    return scales
+    """Per stage, the mean |scale| of its residual branches' last BN: how loud the blocks are against their
+    shortcuts. 1 at torchvision's init, 0 with zero init; a branch whose scale stays near 0 through training
+    leaves the stage to its projection shortcut alone."""
+    return {stage: sum(bn.weight.detach().abs().mean().item() for bn in bns) / len(bns)
+            for stage, bns in residual_branch_last_bns(encoder).items()}
 
 
 class MoCo(nn.Module):
