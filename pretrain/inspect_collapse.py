@@ -15,9 +15,9 @@ key shuffle, as in pretraining) the mean cosine between each query and
 and the outputs' mean pairwise cosine (the cone they fill: 1 = a single point) and the key spread (per-dimension
 std of the unit keys x sqrt(dim): ~1 spread over the sphere, 0 collapsed; train_moco.py logs the same figure for
 its queue); the mean |scale| of the last BN of each stage's residual branches (1 at torchvision's init, 0 with
-zero init: a stage whose branches stay near 0 is its projection shortcut alone); with --knn also the kNN top-1 of the backbone on DATA/val (the random-init baseline of train_moco.py's
-monitor), with --knn-stage of an earlier stage's pooled features, with --knn-bn data after re-estimating the BN
-statistics on DATA/train.
+zero init: a stage whose branches stay near 0 is its projection shortcut alone); with --knn also the kNN top-1 of
+the backbone on DATA/val (the random-init baseline of train_moco.py's monitor), with --knn-stage of an earlier
+stage's pooled features, with --knn-bn data after re-estimating the BN statistics on DATA/train.
 """
 from __future__ import annotations
 
