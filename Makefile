@@ -58,10 +58,10 @@ demo: setup
 demo-science: setup
 	$(MAKE) demo DEMO_OUT=output/demo-science DEMO_DATA=datasets-science \
 	  DEMO_DATA_FLAGS="--imagenet-train-per-class 200 --imagenet-val-per-class 50" \
-	  DEMO_PRETRAIN_FLAGS="--image-size 64 --epochs 60 --batch-size 64 --lr 0.015 --residual-bn-init 0.1 --moco-k 256 --moco-m 0.99 --seed 0 --channels-last --knn-data datasets-science/imagenet-mini --knn-every 5 --keep-checkpoints 2" \
+	  DEMO_PRETRAIN_FLAGS="--image-size 64 --epochs 24 --batch-size 64 --lr 0.015 --residual-bn-init 0.1 --moco-k 256 --moco-m 0.99 --seed 0 --channels-last --knn-data datasets-science/imagenet-mini --knn-every 4 --keep-checkpoints 2" \
 	  DEMO_LINEAR_FLAGS="--image-size 64 --epochs 30 --schedule 20 25 --batch-size 128 --lr 0.01 --feature-norm --workers 2" \
 	  DEMO_VOC_TRIALS=2 \
-	  DEMO_VOC_OPTS="SOLVER.IMS_PER_BATCH 4 SOLVER.MAX_ITER 1500 SOLVER.STEPS (1100,1350) SOLVER.WARMUP_ITERS 100 INPUT.MIN_SIZE_TRAIN (128,144,160) INPUT.MAX_SIZE_TRAIN 256 INPUT.MIN_SIZE_TEST 160 INPUT.MAX_SIZE_TEST 256 TEST.PRECISE_BN.NUM_ITER 50 MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE 64 MODEL.RPN.POST_NMS_TOPK_TRAIN 300 MODEL.RPN.POST_NMS_TOPK_TEST 50 MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION 7"
+	  DEMO_VOC_OPTS="SOLVER.IMS_PER_BATCH 4 SOLVER.MAX_ITER 1500 SOLVER.STEPS (1100,1350) SOLVER.WARMUP_ITERS 100 INPUT.MIN_SIZE_TRAIN (128,144,160) INPUT.MAX_SIZE_TRAIN 256 INPUT.MIN_SIZE_TEST 160 INPUT.MAX_SIZE_TEST 256 TEST.PRECISE_BN.NUM_ITER 50 MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE 32 MODEL.RPN.POST_NMS_TOPK_TRAIN 150 MODEL.RPN.POST_NMS_TOPK_TEST 50 MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION 7 DATALOADER.NUM_WORKERS 1"
 
 clean-demo:
 	rm -rf output/demo output/demo-science
