@@ -15,9 +15,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from mocoeval.checkpoint_formats import FORMATS, load_resnet50, parse_random_init, random_init_resnet50
+from mocoeval.checkpoint_formats import (FORMATS, check_residual_bn_init, load_resnet50, parse_random_init,
+                                        random_init_resnet50)
 from mocoeval.d2_convert import save_d2_pickle, torchvision_to_d2
 from mocoeval.errors import UserError, cli_main
+from mocoeval.results_store import RECIPE_EXTENSIONS
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,7 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
                  "without DataParallel's 'module.' prefix. Exit status: 0 converted (and verified), 1 --verify\n"
                  "failed (nothing written), 2 bad input.\n\n"
                  "examples:\n  python convert/to_d2.py moco_v2_200ep_pretrain.pth.tar moco_v2_200ep.pkl --verify\n"
-                 "  python convert/to_d2.py random-init:0 random_init_seed0.pkl          # the random-init baseline")
+                 "  python convert/to_d2.py random-init:0 random_init_seed0.pkl          # the random-init baseline\n"
+                 "  python convert/to_d2.py random-init:0 random_g0.1.pkl --residual-bn-init 0.1   # its G = 0.1 twin")
     p.add_argument("checkpoint", help="input checkpoint (.pth / .pth.tar), or random-init:SEED for a randomly "
                                       "initialised ResNet-50 (the tables' random-init row; the same backbone as "
                                       "run_linear.py --random-init --seed SEED)")
@@ -46,6 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--variant", metavar="NAME",
                    help="variant name for the results tables, overriding the detected one (e.g. random-init for "
                         "a randomly initialised torchvision ResNet-50, which otherwise counts as 'supervised')")
+    p.add_argument("--residual-bn-init", type=float, default=None, metavar="G",
+                   help="with random-init:SEED: the last BN scale of every residual branch is G (train_moco.py's "
+                        "flag: the network such a pretraining starts from; default 1, torchvision's init)")
     p.add_argument("--config", metavar="YAML", default=None,
                    help="Detectron2 config the --verify model is built from "
                         "(default: configs/pascal_voc_R_50_C4_24k_moco.yaml)")
@@ -66,8 +72,9 @@ def _check_output_path(out: Path, checkpoint: Path) -> None:
 
 def _describe_variant(v: dict) -> str:
     flags = [f for f in ("mlp", "aug_plus", "cos") if v.get(f)]
+    extensions = [f"{k} {v[k]:g}" for k in RECIPE_EXTENSIONS if k in v]
     detail = ", ".join(filter(None, [" ".join(flags) if v.get("mlp") is not None else None,
-                                     f"{v['epochs']} epochs" if v.get("epochs") else None]))
+                                     f"{v['epochs']} epochs" if v.get("epochs") else None, *extensions]))
     return v.get("name", "?") + (f" ({detail})" if detail else "")
 
 
@@ -81,8 +88,15 @@ def main(argv=None) -> int:
         raise UserError(f"--config file not found: {args.config}")
 
     random_seed = parse_random_init(args.checkpoint)
+    if args.residual_bn_init is not None:
+        if random_seed is None:
+            raise UserError("--residual-bn-init describes a random-init:SEED network; a checkpoint has its own scales")
+        check_residual_bn_init(args.residual_bn_init)
     if random_seed is not None:
-        state_dict, info = random_init_resnet50(random_seed)
+        state_dict, info = random_init_resnet50(random_seed, 1.0 if args.residual_bn_init is None
+                                                else args.residual_bn_init)
+        if args.variant:
+            info["variant"]["name"] = args.variant
     else:
         state_dict, info = load_resnet50(checkpoint, fmt=args.format, trust_pickle=args.trust_pickle,
                                          variant=args.variant)

@@ -366,25 +366,46 @@ def load_resnet50(path, fmt: str | None = None, trust_pickle: bool = False, *,
 RANDOM_INIT_PREFIX = "random-init:"  # the converter's pseudo-checkpoint "random-init:SEED"
 
 
-def random_init_source_sha256(seed: int) -> str:
-    """Identity of a random-init backbone in the results store: linear and VOC runs of one seed join."""
-    return sha256_json({"random-init": int(seed), "arch": "resnet50"})
+def random_init_source_sha256(seed: int, residual_bn_init: float = 1.0) -> str:
+    """Identity of a random-init backbone in the results store: linear and VOC runs of one network join."""
+    identity = {"random-init": int(seed), "arch": "resnet50"}
+    if residual_bn_init != 1.0:  # torchvision's init keeps the identity it had before the extension
+        identity["residual_bn_init"] = float(residual_bn_init)
+    return sha256_json(identity)
 
 
-def random_init_resnet50(seed: int) -> tuple["OrderedDict[str, Any]", dict]:
+def check_residual_bn_init(value: float) -> float:
+    """The residual-branch BN scale a user asked for (train_moco.py --residual-bn-init): within [0, 1]."""
+    if not 0 <= value <= 1:
+        raise UserError(f"--residual-bn-init must be between 0 and 1, got {value:g}")
+    return value
+
+
+def random_init_resnet50(seed: int, residual_bn_init: float = 1.0) -> tuple["OrderedDict[str, Any]", dict]:
     """The tables' "random init" row: torchvision's ResNet-50 initialised under `seed` (fc dropped), as
-    `load_resnet50` returns a checkpoint's backbone. The caller's RNG state is left untouched."""
+    `load_resnet50` returns a checkpoint's backbone. `residual_bn_init` starts the last BN scale of every residual
+    branch there, as `train_moco.py --residual-bn-init` does (1: torchvision's init; the network at the start of
+    such a pretraining). The caller's RNG state is left untouched."""
     import torch
     from torchvision.models import resnet50
 
+    from .moco.builder import set_residual_branch_scales
+
+    check_residual_bn_init(residual_bn_init)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = resnet50(weights=None)
+    set_residual_branch_scales(model, residual_bn_init)
     state = model.state_dict()
     state_dict = OrderedDict((k, state[k].detach().clone()) for k in RESNET50_SHAPES)
+    variant = special_variant("random-init")
+    description = f"randomly initialised torchvision ResNet-50 (seed {seed})"
+    if residual_bn_init != 1.0:  # recorded as pretrain_variant records the extension
+        variant["residual_bn_init"] = float(residual_bn_init)
+        description = description[:-1] + f", residual branches' last BN scale {residual_bn_init:g})"
     info = {
-        "format": "random-init", "format_description": f"randomly initialised torchvision ResNet-50 (seed {seed})",
-        "path": None, "source_sha256": random_init_source_sha256(seed), "variant": special_variant("random-init"),
+        "format": "random-init", "format_description": description,
+        "path": None, "source_sha256": random_init_source_sha256(seed, residual_bn_init), "variant": variant,
         "seed": int(seed), "container": "-", "prefix": "", "num_tensors": len(state_dict), "num_conv": NUM_CONV,
         "num_bn": NUM_BN, "dropped": {"head": 0, "num_batches_tracked": 0, "outside_backbone": 0}, "head_keys": [],
         "cast_to_float32_from": [], "epoch": None, "arch": "resnet50",

@@ -39,6 +39,7 @@ from torchvision import datasets
 from torchvision import transforms as T
 from torchvision.models.resnet import Bottleneck, ResNet
 
+from .checkpoint_formats import check_residual_bn_init
 from .errors import UserError
 from .fileio import atomic_torch_save, atomic_write_json, sha256_json
 
@@ -195,15 +196,15 @@ class FrozenBackboneResNet50(ResNet):
         return self.fc(self.features(x))
 
 
-def load_backbone_source(weights: str | None, random_init: bool, seed: int, weights_format: str | None = None,
-                         trust_pickle: bool = False) -> tuple[dict[str, torch.Tensor], dict]:
-    """(torchvision-keyed backbone state dict, info with format/source_sha256/variant) for the run."""
+def load_backbone_source(args: argparse.Namespace) -> tuple[dict[str, torch.Tensor], dict]:
+    """(torchvision-keyed backbone state dict, info with format/source_sha256/variant) for the run's --weights,
+    or its --random-init network (seeded by --seed, residual branches' last BN at --residual-bn-init)."""
     from .checkpoint_formats import load_resnet50, random_init_resnet50
 
-    if random_init:
-        return random_init_resnet50(seed)
+    if args.random_init:
+        return random_init_resnet50(args.seed, 1.0 if args.residual_bn_init is None else args.residual_bn_init)
 
-    state, info = load_resnet50(weights, fmt=weights_format, trust_pickle=trust_pickle)
+    state, info = load_resnet50(args.weights, fmt=args.weights_format, trust_pickle=args.trust_pickle)
     return {k: v for k, v in state.items() if not k.startswith("fc.")}, dict(info)
 
 
@@ -423,6 +424,8 @@ _RESUME_IDENTITY = ("seed", "image_size", "batch_size", "lr", "momentum", "weigh
 
 def default_output_dir(args) -> Path:
     name = "random-init" if args.random_init else Path(args.weights).name.split(".")[0]
+    if args.random_init and args.residual_bn_init not in (None, 1.0):  # another network: its own folder
+        name += f"_residual-bn-{args.residual_bn_init:g}"
     return Path("output") / "linear" / f"{name}_seed{args.seed}"
 
 
@@ -453,6 +456,10 @@ def run(args: argparse.Namespace) -> dict:
     wall_start = time.time()
     if args.random_init == bool(args.weights):
         raise UserError("give exactly one of --weights CKPT or --random-init")
+    if args.residual_bn_init is not None:
+        if not args.random_init:
+            raise UserError("--residual-bn-init describes a --random-init network; a checkpoint has its own scales")
+        check_residual_bn_init(args.residual_bn_init)
     for flag, value in (("--epochs", args.epochs), ("--batch-size", args.batch_size),
                         ("--image-size", args.image_size), ("--print-freq", args.print_freq)):
         if value < 1:
@@ -482,9 +489,8 @@ def run(args: argparse.Namespace) -> dict:
     logger.info("data %s: %d train / %d val images, %d classes", args.data, len(train_set), len(val_set),
                 len(classes))
 
-    source = "random init (seed %d)" % args.seed if args.random_init else str(args.weights)
-    backbone_state, info = load_backbone_source(args.weights, args.random_init, args.seed,
-                                                args.weights_format, args.trust_pickle)
+    backbone_state, info = load_backbone_source(args)
+    source = info["format_description"] if args.random_init else str(args.weights)
     variant = dict(info.get("variant") or {})
     if args.variant:
         variant["name"] = args.variant
@@ -554,8 +560,7 @@ def run(args: argparse.Namespace) -> dict:
     sanity_checked_first_epoch = False
 
     def sanity_check(when: str) -> None:
-        reference, _ = load_backbone_source(args.weights, args.random_init, args.seed, args.weights_format,
-                                            args.trust_pickle)
+        reference, _ = load_backbone_source(args)
         check_backbone_unchanged(model.state_dict(), reference, source)
         logger.info("sanity check %s passed: every backbone tensor equals %s", when, source)
 

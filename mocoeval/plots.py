@@ -67,7 +67,8 @@ def plot_voc_trials(trials: pd.DataFrame, labels: Sequence[str], paper: pd.DataF
                 if v.size:
                     ax.scatter(x + _jitter(v.size), v, color=colors(si % 10), **OURS_STYLE,
                                label="ours (one trial)" if (x, si) == (0, 0) else None)
-            pv = _paper_value(published.get(sub["case"].iloc[0]), sub["epochs"].iloc[0], metric)
+            recipe = not sub["extensions"].iloc[0]  # the paper ran the recipe, not an extension
+            pv = _paper_value(published.get(sub["case"].iloc[0]), sub["epochs"].iloc[0], metric) if recipe else None
             if pv is not None:
                 paper_points.append((x, pv))
         _draw_paper_points(ax, trials[metric].dropna().to_numpy(dtype=float), paper_points)
@@ -136,7 +137,8 @@ def plot_linear_vs_voc(frame: pd.DataFrame, paper: pd.DataFrame | None, path) ->
             ax.errorbar(ours["linear_top1"], ours["AP50_mean"], yerr=ours["AP50_std"].fillna(0.0), fmt="o",
                         color="tab:blue", ecolor="tab:blue", capsize=3, label="ours (mean ± std)", zorder=3)
             for line in ours.to_dict("records"):
-                ax.annotate(_short(line["case"], line["epochs"]), (line["linear_top1"], line["AP50_mean"]),
+                ax.annotate(_short(line["case"], line["epochs"], line["extensions"]),
+                            (line["linear_top1"], line["AP50_mean"]),
                             textcoords="offset points", xytext=(5, 4), fontsize=8, color="tab:blue")
             drawn += len(ours)
     if paper is not None:
@@ -161,8 +163,8 @@ def plot_linear_vs_voc(frame: pd.DataFrame, paper: pd.DataFrame | None, path) ->
     return _save(fig, path)
 
 
-def _short(case: str, epochs) -> str:
+def _short(case: str, epochs, extensions: str = "") -> str:
     label = {"random-init": "random", "supervised": "sup.", "moco_v1": "v1"}.get(case, case)
     if epochs is not None and not pd.isna(epochs):
         label += f" {int(epochs)}ep"
-    return label
+    return label + (f" [{extensions}]" if extensions else "")

@@ -14,7 +14,9 @@ How records become table rows (the rules the tests pin down):
    voc: the per-trial results of all the source's voc records are merged by seed, and the newest record
    wins for a seed (a `run_voc.py` re-run that adds seeds adds trials; one that repeats a seed replaces
    it). Trials without a seed are all kept.
-4. **Rows.** Sources are grouped into rows by the variant key (case name, mlp, aug_plus, cos, epochs).
+4. **Rows.** Sources are grouped into rows by the variant key (case name, mlp, aug_plus, cos, epochs, and the
+   extensions beyond the recipe a run used, `results_store.RECIPE_EXTENSIONS`, e.g. a residual-BN init of 0.1:
+   such a row's label says so, and it is not compared with the paper's row of its case).
    Several sources in one row (e.g. two pretraining runs of (d) with different seeds) are pooled:
    the VOC cells pool the trials of all sources, the ImageNet cell is the mean over the sources' linear
    results (with n). Other hyperparameters (batch, K, T, m, arch, image size) are not part of the key: when
@@ -47,7 +49,7 @@ from .fileio import atomic_write_text
 logger = logging.getLogger(__name__)
 
 METRICS = ("AP50", "AP", "AP75")
-CSV_COLUMNS = ["case", "mlp", "aug_plus", "cos", "epochs", "linear_top1", "AP50_mean", "AP50_std", "AP_mean",
+CSV_COLUMNS = ["case", "mlp", "aug_plus", "cos", "epochs", "extensions", "linear_top1", "AP50_mean", "AP50_std", "AP_mean",
                "AP_std", "AP75_mean", "AP75_std", "n_trials"]
 CASE_ORDER = ("random-init", "supervised", "moco_v1", "a", "b", "c", "d", "e")
 CASE_LABELS = {"random-init": "random init", "supervised": "supervised", "moco_v1": "MoCo v1",
@@ -58,10 +60,7 @@ PAPER_NUMBERS_CSV = results_store.REPO_ROOT / "results" / "paper_numbers.csv"
 PAPER_COLUMNS = ["source", "label", "case", "mlp", "aug_plus", "cos", "epochs", "moco_t", "moco_m", "batch_size",
                  "linear_top1", "AP50", "AP", "AP75", "note"]
 # Hyperparameters outside the row key; sources pooled into one row should agree on them.
-POOLED_HYPERPARAMS = ("batch_size", "moco_k", "moco_t", "moco_m", "arch", "image_size",
-                      *results_store.RECIPE_EXTENSIONS)
-# Recorded only where they depart from the recipe: an absent value means this.
-RECIPE_VALUES = results_store.RECIPE_EXTENSIONS
+POOLED_HYPERPARAMS = ("batch_size", "moco_k", "moco_t", "moco_m", "arch", "image_size")
 
 # Output file names (inside the output folder).
 OUT_MARKDOWN = "ablation.md"
@@ -75,13 +74,15 @@ OUT_LINEAR_VS_VOC_PNG = "ablation_linear_vs_voc.png"
 # ----------------------------------------------------------------------------------------------- rows
 @dataclass(frozen=True)
 class VariantKey:
-    """What makes a table row: the case name, the three MoCo v2 switches, the pretraining epochs."""
+    """What makes a table row: the case name, the three MoCo v2 switches, the pretraining epochs, and the
+    extensions beyond the recipe ((name, value) pairs in RECIPE_EXTENSIONS order; empty for the recipe)."""
 
     case: str
     mlp: bool | None
     aug_plus: bool | None
     cos: bool | None
     epochs: int | None
+    extensions: tuple = ()
 
     @classmethod
     def from_variant(cls, variant: Mapping[str, Any]) -> "VariantKey":
@@ -99,17 +100,29 @@ class VariantKey:
             if isinstance(epochs, bool) or not isinstance(epochs, (int, float)) or epochs != int(epochs):
                 raise ValueError(f"variant epochs must be an integer, got {epochs!r}")
             epochs = int(epochs)
-        return cls(name, *switches, epochs)
+        extensions = []
+        for ext, recipe_value in results_store.RECIPE_EXTENSIONS.items():  # recorded only where they depart
+            value = variant.get(ext, recipe_value)
+            if not _is_number(value):
+                raise ValueError(f"variant {ext} must be a number, got {value!r}")
+            if value != recipe_value:
+                extensions.append((ext, value))
+        return cls(name, *switches, epochs, tuple(extensions))
 
     def sort_key(self) -> tuple:
         rank = CASE_ORDER.index(self.case) if self.case in CASE_ORDER else len(CASE_ORDER)
         unknown_first = lambda v: (v is not None, v if v is not None else 0)  # noqa: E731
         return (rank, self.case, unknown_first(self.epochs), unknown_first(self.mlp), unknown_first(self.aug_plus),
-                unknown_first(self.cos))
+                unknown_first(self.cos), self.extensions)
 
     def describe(self) -> str:
-        flags = ", ".join(f"{k}={getattr(self, k)}" for k in ("mlp", "aug_plus", "cos", "epochs"))
+        flags = ", ".join([f"{k}={getattr(self, k)}" for k in ("mlp", "aug_plus", "cos", "epochs")]
+                          + [f"{k}={v}" for k, v in self.extensions])
         return f"{self.case} ({flags})"
+
+    def extensions_text(self) -> str:
+        """The extensions as the CSV's `extensions` cell and the row label show them, e.g. 'residual_bn_init 0.1'."""
+        return ", ".join(f"{k} {v:g}" for k, v in self.extensions)
 
 
 @dataclass
@@ -147,7 +160,7 @@ class Row:
     def differing_hyperparams(self) -> dict[str, list]:
         out = {}
         for name in POOLED_HYPERPARAMS:
-            values = {repr(v): v for v in (s.variant.get(name, RECIPE_VALUES.get(name)) for s in self.sources)}
+            values = {repr(v): v for v in (s.variant.get(name) for s in self.sources)}
             if len(values) > 1:
                 out[name] = sorted(values.values(), key=repr)
         return out
@@ -269,7 +282,8 @@ def ablation_frame(rows: Sequence[Row]) -> pd.DataFrame:
     lines = []
     for row in rows:
         k = row.key
-        line = {"case": k.case, "mlp": k.mlp, "aug_plus": k.aug_plus, "cos": k.cos, "epochs": k.epochs}
+        line = {"case": k.case, "mlp": k.mlp, "aug_plus": k.aug_plus, "cos": k.cos, "epochs": k.epochs,
+                "extensions": k.extensions_text()}
         line["linear_top1"], line["linear_std"], line["linear_n"] = _stats(row.linear_values)
         line["linear_feature_norm"] = row.linear_feature_norm
         trials = row.trials
@@ -289,14 +303,15 @@ def ablation_frame(rows: Sequence[Row]) -> pd.DataFrame:
 
 
 def trials_frame(rows: Sequence[Row]) -> pd.DataFrame:
-    """Long format, one line per VOC trial: row index/label/case/epochs, source, seed and the three APs."""
+    """Long format, one line per VOC trial: row index/label/case/epochs/extensions, source, seed, the three APs."""
     lines = []
     for i, row in enumerate(rows):
         for src in row.sources:
             for t in src.trials.values():
                 lines.append({"row": i, "label": row_label(row.key), "case": row.key.case, "epochs": row.key.epochs,
-                              "source": src.sha256 or "", "seed": t["seed"], **{m: t[m] for m in METRICS}})
-    return pd.DataFrame(lines, columns=["row", "label", "case", "epochs", "source", "seed", *METRICS])
+                              "extensions": row.key.extensions_text(), "source": src.sha256 or "",
+                              "seed": t["seed"], **{m: t[m] for m in METRICS}})
+    return pd.DataFrame(lines, columns=["row", "label", "case", "epochs", "extensions", "source", "seed", *METRICS])
 
 
 # -------------------------------------------------------------------------------------- paper numbers
@@ -342,7 +357,12 @@ def paper_by_case(paper: pd.DataFrame | None) -> dict[str, dict]:
 
 # ----------------------------------------------------------------------------------------- formatting
 def row_label(key: VariantKey) -> str:
-    return CASE_LABELS.get(key.case, key.case)
+    return case_label(key.case, key.extensions_text())
+
+
+def case_label(case: str, extensions: str = "") -> str:
+    """A row's name in tables and plots: the case's label, then any extensions in brackets."""
+    return CASE_LABELS.get(case, case) + (f" [{extensions}]" if extensions else "")
 
 
 def _missing(x) -> bool:
@@ -420,13 +440,12 @@ def _table_cells(frame: pd.DataFrame, style: _Style) -> list[list[str]]:
     supervised = next((ln for ln in lines if ln["case"] == "supervised"), None)
     out = []
     for ln in lines:
-        key = VariantKey(ln["case"], ln["mlp"], ln["aug_plus"], ln["cos"], None)
         epochs = "" if _missing(ln["epochs"]) else str(int(ln["epochs"]))
         linear = _stat_cell(ln["linear_top1"], ln["linear_std"], ln["linear_n"], style, show_n_when_single=False)
         if ln["linear_feature_norm"] and ln["linear_n"]:
             linear += style.dagger
-        out.append([style.escape(row_label(key)), _flag(ln["mlp"], style), _flag(ln["aug_plus"], style),
-                    _flag(ln["cos"], style), epochs, linear,
+        out.append([style.escape(case_label(ln["case"], ln["extensions"])), _flag(ln["mlp"], style),
+                    _flag(ln["aug_plus"], style), _flag(ln["cos"], style), epochs, linear,
                     *(_voc_cell(ln, m, supervised, style) for m in METRICS)])
     return out
 
@@ -455,7 +474,8 @@ def _comparison_lines(frame: pd.DataFrame, paper: pd.DataFrame | None) -> list[d
     cases = sorted(published, key=lambda c: VariantKey(c, None, None, None, None).sort_key())
     out = []
     for case in cases:
-        matching = [ln for ln in ours if ln["case"] == case] or [None]
+        # the paper ran the recipe: rows with extensions are not its rows
+        matching = [ln for ln in ours if ln["case"] == case and not ln["extensions"]] or [None]
         out += [{"case": case, "paper": published[case], "ours": ln} for ln in matching]
     return out
 

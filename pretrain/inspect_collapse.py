@@ -29,6 +29,7 @@ from types import SimpleNamespace
 import torch
 import torch.nn.functional as F
 
+from mocoeval.checkpoint_formats import check_residual_bn_init
 from mocoeval.data.layout import check_imagefolder
 from mocoeval.errors import UserError, cli_main
 from mocoeval.moco.builder import key_spread, residual_branch_scales, shuffle_batch, unshuffle_batch
@@ -110,8 +111,8 @@ def main(argv=None) -> int:
     if args.weights and (args.arch or args.no_mlp or args.residual_bn_init is not None):
         raise UserError("--arch, --no-mlp and --residual-bn-init describe a --random-init model; "
                         "--weights brings its own")
-    if args.residual_bn_init is not None and not 0 <= args.residual_bn_init <= 1:
-        raise UserError(f"--residual-bn-init must be between 0 and 1, got {args.residual_bn_init:g}")
+    if args.residual_bn_init is not None:
+        check_residual_bn_init(args.residual_bn_init)
     config = {}
     if args.weights:
         ckpt = load_moco_checkpoint(args.weights)

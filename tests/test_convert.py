@@ -23,7 +23,7 @@ from mocoeval import checkpoint_formats as cf
 from mocoeval import d2_convert as dc
 from mocoeval.errors import UserError
 from mocoeval.fileio import sha256_file
-from mocoeval.results_store import pretrain_variant
+from mocoeval.results_store import pretrain_variant, special_variant
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = REPO_ROOT / "convert" / "to_d2.py"
@@ -471,3 +471,24 @@ def test_random_init_pseudo_checkpoint_matches_the_linear_baseline(tmp_path, cap
     reference = torchvision.models.resnet50().state_dict()
     assert torch.equal(state["layer4.2.conv3.weight"], reference["layer4.2.conv3.weight"])
     assert "random-init:SEED" in _expect_error(capsys, ["random-init:x", str(tmp_path / "bad.pkl")])
+
+
+def test_random_init_with_residual_bn_init_is_its_own_network(tmp_path, capsys):
+    """--residual-bn-init G: the same seeded network with every residual branch's last BN scale at G (the start of
+    a train_moco.py --residual-bn-init G run), under its own identity and variant, so its rows do not pool
+    with torchvision's init."""
+    out = tmp_path / "random_g.pkl"
+    assert to_d2.main(["random-init:3", str(out), "--residual-bn-init", "0.1"]) == 0
+    assert "variant: random-init (residual_bn_init 0.1)" in capsys.readouterr().out
+    src = dc.check_d2_pickle(out)["mocoeval_source"]
+    assert src["sha256"] == cf.random_init_source_sha256(3, 0.1) != cf.random_init_source_sha256(3)
+    assert src["variant"] == {**special_variant("random-init"), "residual_bn_init": 0.1}
+    plain, _ = cf.random_init_resnet50(3)
+    tenth, _ = cf.random_init_resnet50(3, 0.1)
+    branch_scales = {f"layer{i}.{b}.bn3.weight" for i, n in zip(range(1, 5), (3, 4, 6, 3)) for b in range(n)}
+    assert {k for k in plain if not torch.equal(plain[k], tenth[k])} == branch_scales
+    assert all(torch.all(tenth[k] == 0.1) for k in branch_scales)
+    assert "has its own scales" in _expect_error(capsys, [str(tmp_path / "x.pth"), str(tmp_path / "y.pkl"),
+                                                          "--residual-bn-init", "0.1"])
+    assert "between 0 and 1, got 2" in _expect_error(capsys, ["random-init:3", str(tmp_path / "y.pkl"),
+                                                              "--residual-bn-init", "2"])

@@ -341,6 +341,23 @@ def test_random_init_run_records_its_seed(imagenet_mini, tmp_path, results_dir):
     assert rec["source_sha256"] == random_init_source_sha256(5) and rec["weights"] is None
 
 
+def test_random_init_with_residual_bn_init(imagenet_mini, tmp_path, results_dir, capsys):
+    """--residual-bn-init G probes the network a train_moco.py --residual-bn-init G run starts from, recorded
+    under the identity convert/to_d2.py gives it (so the linear and VOC rows join)."""
+    args = run_linear.build_parser().parse_args(["--random-init", "--residual-bn-init", "0.1", "data"])
+    assert le.default_output_dir(args).name == "random-init_residual-bn-0.1_seed0"
+    metrics = _run(["--random-init", "--residual-bn-init", 0.1, imagenet_mini, *FAST, "--epochs", 1,
+                    "--workers", 0, "--output-dir", tmp_path / "rand"])
+    assert metrics["sanity_check"] == "passed"
+    (rec,) = load_records(results_dir)
+    assert rec["variant"]["residual_bn_init"] == 0.1 and rec["source_sha256"] == random_init_source_sha256(0, 0.1)
+    weights = tmp_path / "w.pth"
+    weights.write_bytes(b"")
+    capsys.readouterr()
+    assert "has its own scales" in _error_line(capsys, ["--weights", weights, "--residual-bn-init", 0.1,
+                                                        imagenet_mini])
+
+
 # --------------------------------------------------------------------------------- bad input
 def _error_line(capsys, argv) -> str:
     with pytest.raises(SystemExit) as exc:

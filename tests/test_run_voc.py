@@ -34,8 +34,8 @@ TINY_OPTS = [
 ]
 
 
-def _load_cli():
-    spec = importlib.util.spec_from_file_location("run_voc_cli", SCRIPT)
+def _load_script(path: Path = SCRIPT):
+    spec = importlib.util.spec_from_file_location(path.stem + "_cli", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
@@ -356,7 +356,7 @@ def test_cli_bad_weights_one_line_error(tmp_path, mini_data_root, capsys):
     garbage.write_bytes(b"not a pickle at all")
     capsys.readouterr()
     with pytest.raises(SystemExit) as e:
-        _load_cli().main(["--weights", str(garbage), "--dataset-root", str(mini_data_root),
+        _load_script().main(["--weights", str(garbage), "--dataset-root", str(mini_data_root),
                           "--output-dir", str(tmp_path / "o")])
     err = capsys.readouterr().err.strip()
     assert e.value.code == 2 and "\n" not in err and err.startswith("error: ") and str(garbage) in err
@@ -374,7 +374,7 @@ def test_cli_bad_dataset_root_one_line_error(tmp_path, random_r50_pkl):
 
 def test_dry_run_checks_and_prints_plan(tmp_path, random_r50_pkl, mini_data_root, store):
     out = tmp_path / "run"
-    rc = _load_cli().main(["--weights", str(random_r50_pkl), "--trials", "2", "--output-dir", str(out),
+    rc = _load_script().main(["--weights", str(random_r50_pkl), "--trials", "2", "--output-dir", str(out),
                            "--dataset-root", str(mini_data_root), "--dry-run", "--device", "cpu",
                            "--opts", "SOLVER.IMS_PER_BATCH", "4"])
     assert rc == 0
@@ -392,8 +392,31 @@ def _metrics(out: Path, i: int) -> dict:
 
 
 @pytest.mark.slow
+def _branch_scales():
+    return _load_script(REPO / "transfer" / "branch_scales.py")
+
+
+def test_branch_scales_reads_every_kind_of_weights_file(tmp_path, random_r50_pkl, capsys):
+    import torchvision
+
+    torch.manual_seed(0)
+    model = torchvision.models.resnet50()  # the network random_r50_pkl holds
+    with torch.no_grad():
+        model.layer3[0].bn3.weight.fill_(0.5)  # one of layer3's six branches at 0.5
+    torch.save(model.state_dict(), tmp_path / "tv.pth")
+    cli = _branch_scales()
+    assert cli.branch_scales_of(random_r50_pkl) == pytest.approx({s: 1.0 for s in ("res2", "res3", "res4", "res5")})
+    assert cli.branch_scales_of(tmp_path / "tv.pth") == pytest.approx(
+        {"res2": 1.0, "res3": 1.0, "res4": (5 + 0.5) / 6, "res5": 1.0})
+    assert cli.main([str(random_r50_pkl), str(tmp_path / "tv.pth")]) == 0
+    assert capsys.readouterr().out.splitlines()[-1].endswith("1.000   1.000   0.917   1.000")
+    with pytest.raises(SystemExit) as e:
+        cli.main([str(tmp_path / "missing.pth")])
+    assert e.value.code == 2 and capsys.readouterr().err == f"error: {tmp_path / 'missing.pth'}: no such file\n"
+
+
 def test_trials_summary_rerun_kill_resume_and_failure(tmp_path, random_r50_pkl, mini_data_root, store):
-    cli = _load_cli()
+    cli = _load_script()
     out = tmp_path / "run"
     common = ["--weights", str(random_r50_pkl), "--output-dir", str(out), "--dataset-root", str(mini_data_root),
               "--device", "cpu"]
@@ -407,6 +430,10 @@ def test_trials_summary_rerun_kill_resume_and_failure(tmp_path, random_r50_pkl, 
         assert (out / f"trial_{i}" / "model_final.pth").exists()
         assert (out / f"trial_{i}" / "events.json").exists()  # Detectron2's event log, renamed
         assert json.loads((out / f"trial_{i}" / "trial.json").read_text())["seed"] == seed
+        # the fine-tuned detector's residual branch scales, as transfer/branch_scales.py reads them from the file
+        assert m["residual_branch_scale"] == pytest.approx(
+            _branch_scales().branch_scales_of(out / f"trial_{i}" / "model_final.pth"))
+        assert list(m["residual_branch_scale"]) == ["res2", "res3", "res4", "res5"]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["n_trials"] == 2 and summary["metrics"]["AP50"]["n"] == 2 and summary["std_ddof"] == 0
     assert [t["seed"] for t in summary["trials"]] == [0, 1]

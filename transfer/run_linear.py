@@ -43,6 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
                           "torchvision ResNet-50 state_dict (e.g. the supervised weights)")
     src.add_argument("--random-init", action="store_true",
                      help="a randomly initialised ResNet-50 backbone (torchvision init, seeded by --seed)")
+    p.add_argument("--residual-bn-init", type=float, default=None, metavar="G",
+                   help="with --random-init: the last BN scale of every residual branch is G (train_moco.py's flag: "
+                        "the network such a pretraining starts from; default 1, torchvision's init)")
     p.add_argument("--format", dest="weights_format", metavar="FMT", default=None,
                    help="force the --weights format (moco, moco_v3, torchvision) instead of detecting it")
     p.add_argument("--trust-pickle", action="store_true",

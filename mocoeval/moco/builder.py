@@ -76,11 +76,7 @@ def resnet_encoder(arch: str, dim: int, mlp: bool, bn_splits: int = 1, residual_
     MoCo recipe), 0 torchvision's zero_init_residual (each block starts as the identity; Goyal et al. 2017)."""
     norm_layer = functools.partial(SplitBatchNorm, num_splits=bn_splits)
     encoder = torchvision.models.__dict__[arch](weights=None, num_classes=dim, norm_layer=norm_layer)
-    if residual_bn_init != 1.0:
-        with torch.no_grad():  # a constant: draws no random numbers, so every other weight is as without it
-            for bns in residual_branch_last_bns(encoder).values():
-                for bn in bns:
-                    bn.weight.fill_(residual_bn_init)
+    set_residual_branch_scales(encoder, residual_bn_init)
     if mlp:
         d = encoder.fc.in_features
         encoder.fc = nn.Sequential(nn.Linear(d, d), nn.ReLU(inplace=True), encoder.fc)
@@ -91,6 +87,16 @@ def residual_branch_last_bns(encoder: nn.Module) -> dict:
     """Per stage, the last BN of each residual branch: a Bottleneck's bn3, a BasicBlock's bn2."""
     return {stage: [b.bn3 if hasattr(b, "bn3") else b.bn2 for b in getattr(encoder, stage)]
             for stage in ("layer1", "layer2", "layer3", "layer4")}
+
+
+def set_residual_branch_scales(encoder: nn.Module, scale: float) -> None:
+    """Sets the last BN scale of every residual branch to `scale` (no-op at torchvision's 1). A constant: it draws
+    no random numbers, so every other weight is as without it."""
+    if scale != 1.0:
+        with torch.no_grad():
+            for bns in residual_branch_last_bns(encoder).values():
+                for bn in bns:
+                    bn.weight.fill_(scale)
 
 
 def residual_branch_scales(encoder: nn.Module) -> dict:

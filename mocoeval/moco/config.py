@@ -12,6 +12,7 @@ from pathlib import Path
 
 import yaml
 
+from ..checkpoint_formats import check_residual_bn_init
 from ..errors import UserError
 from ..results_store import pretrain_variant
 from .checkpoint import find_latest_checkpoint, load_moco_checkpoint, structure_of
@@ -217,7 +218,7 @@ def validate(args) -> None:
     need(args.lr > 0, f"--lr must be positive, got {args.lr}")
     need(0 <= args.warmup_epochs <= args.epochs,
          f"--warmup-epochs must be between 0 and --epochs {args.epochs}, got {args.warmup_epochs:g}")
-    need(0 <= args.residual_bn_init <= 1, f"--residual-bn-init must be between 0 and 1, got {args.residual_bn_init:g}")
+    check_residual_bn_init(args.residual_bn_init)
     need(args.moco_k > 0, f"--moco-k must be positive, got {args.moco_k}")
     need(args.moco_dim > 0, f"--moco-dim must be positive, got {args.moco_dim}")
     need(0.0 <= args.moco_m < 1.0, f"--moco-m must be in [0, 1), got {args.moco_m}")

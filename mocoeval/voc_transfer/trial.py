@@ -23,7 +23,7 @@ from detectron2.utils.env import seed_all_rng
 from detectron2.utils.events import CommonMetricPrinter, JSONWriter, TensorboardXWriter
 from detectron2.utils.logger import setup_logger
 
-from ..d2_convert import NEW_IN_DETECTOR, quiet_loggers
+from ..d2_convert import NEW_IN_DETECTOR, d2_residual_branch_scales, quiet_loggers
 from ..errors import UserError, one_line
 from ..fileio import atomic_write_json, atomic_write_text, sha256_file
 
@@ -327,12 +327,17 @@ def run_trial(spec: TrialSpec) -> None:
         else:
             inc = trainer.checkpointer.last_incompatible
             check_loaded_keys(inc.missing_keys, inc.unexpected_keys, spec.cfg.MODEL.WEIGHTS)
+            logger.info("residual branch scale (res2..res5) of the loaded weights: %s",
+                        _format_scales(d2_residual_branch_scales(trainer.model.state_dict())))
         trainer.train()
         results = getattr(trainer, "_last_eval_results", None)  # set by DefaultTrainer's final EvalHook
         if comm.is_main_process():
             metrics = extract_voc_metrics(results)
+            # whether fine-tuning kept the pretraining's residual branch scales (transfer/branch_scales.py)
+            scales = d2_residual_branch_scales(trainer.model.state_dict())
+            logger.info("residual branch scale (res2..res5) after fine-tuning: %s", _format_scales(scales))
             record = {
-                "trial": spec.index, **metrics, **spec.identity,
+                "trial": spec.index, **metrics, **spec.identity, "residual_branch_scale": scales,
                 "iterations": spec.cfg.SOLVER.MAX_ITER,
                 "resumed_from_iter": trainer.start_iter if resumed else None,
                 "wall_time_s": round(time.time() - start, 3),  # of the session that finished the trial
@@ -347,6 +352,10 @@ def run_trial(spec: TrialSpec) -> None:
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+
+
+def _format_scales(scales: dict) -> str:
+    return " / ".join(f"{v:.3f}" for v in scales.values())
 
 
 def launch_trial(spec: TrialSpec) -> None:
