@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 : "${DEMO_OUT:?}" "${DEMO_DATA:?}" "${DEMO_DATA_FLAGS?}" "${DEMO_VARIANTS:?}" "${DEMO_PRETRAIN_FLAGS?}"
-: "${DEMO_LINEAR_FLAGS?}" "${DEMO_RANDOM_SEEDS:?}" "${DEMO_VOC_TRIALS:?}" "${DEMO_VOC_OPTS?}"
+: "${DEMO_LINEAR_FLAGS?}" "${DEMO_RANDOM_SEEDS:?}" "${DEMO_RANDOM_INITS:?}" "${DEMO_VOC_TRIALS:?}" "${DEMO_VOC_OPTS?}"
 PY=${PY:-.venv/bin/python}
 export MOCOEVAL_RESULTS_DIR=${MOCOEVAL_RESULTS_DIR:-$DEMO_OUT/results/runs}
 export DETECTRON2_DATASETS=$DEMO_DATA
@@ -16,8 +16,8 @@ IMAGENET=$DEMO_DATA/imagenet-mini
 T0=$(date +%s)
 declare -a TIMES=()
 echo "demo settings (Makefile DEMO_*; output in $DEMO_OUT, data in $DEMO_DATA):"
-for v in DEMO_DATA_FLAGS DEMO_VARIANTS DEMO_PRETRAIN_FLAGS DEMO_LINEAR_FLAGS DEMO_RANDOM_SEEDS DEMO_VOC_TRIALS \
-         DEMO_VOC_OPTS; do
+for v in DEMO_DATA_FLAGS DEMO_VARIANTS DEMO_PRETRAIN_FLAGS DEMO_LINEAR_FLAGS DEMO_RANDOM_SEEDS DEMO_RANDOM_INITS \
+         DEMO_VOC_TRIALS DEMO_VOC_OPTS; do
   printf '  %-20s %s\n' "$v" "${!v}"
 done
 
@@ -25,7 +25,10 @@ stage() {  # stage NAME: print a banner; stage_done records how long the previou
   STAGE_NAME=$1; STAGE_T0=$(date +%s)
   echo; echo "=== [demo $(date +%H:%M:%S)] $1"
 }
-stage_done() { TIMES+=("$(printf '%-34s %5d s' "$STAGE_NAME" $(( $(date +%s) - STAGE_T0 )))"); }
+stage_done() { TIMES+=("$(printf '%-44s %5d s' "$STAGE_NAME" $(( $(date +%s) - STAGE_T0 )))"); }
+# A random-init row per residual-BN init G in DEMO_RANDOM_INITS (1: torchvision's init; G: the network a
+# --residual-bn-init G pretraining starts from); its runs' names carry G unless it is 1.
+random_name() { if [ "$1" = 1 ]; then echo "random-init_seed$2"; else echo "random-init_residual-bn-$1_seed$2"; fi; }
 run() { echo "+ $*"; "$@"; }
 
 stage "1/6 mini datasets"
@@ -51,12 +54,14 @@ for w in "${weights[@]}"; do
       --output-dir "$DEMO_OUT/linear/$v" --resume auto
   stage_done
 done
-for s in $DEMO_RANDOM_SEEDS; do
-  stage "3/6 linear eval random init, seed $s"
-  # shellcheck disable=SC2086
-  run "$PY" transfer/run_linear.py "$IMAGENET" --random-init --seed "$s" $DEMO_LINEAR_FLAGS \
-      --output-dir "$DEMO_OUT/linear/random-init_seed$s" --resume auto
-  stage_done
+for g in $DEMO_RANDOM_INITS; do
+  for s in $DEMO_RANDOM_SEEDS; do
+    stage "3/6 linear eval random init, seed $s, residual BN $g"
+    # shellcheck disable=SC2086
+    run "$PY" transfer/run_linear.py "$IMAGENET" --random-init --seed "$s" --residual-bn-init "$g" \
+        $DEMO_LINEAR_FLAGS --output-dir "$DEMO_OUT/linear/$(random_name "$g" "$s")" --resume auto
+    stage_done
+  done
 done
 
 stage "4/6 convert to Detectron2"
@@ -67,10 +72,13 @@ for w in "${weights[@]}"; do
   run "$PY" convert/to_d2.py "$ckpt" "$DEMO_OUT/d2/$v.pkl"
   pkls+=("$DEMO_OUT/d2/$v.pkl")
 done
-# The VOC random-init row: one seed (the first), the same backbone as its linear row.
+# The VOC random-init rows: one seed (the first), the same backbones as their linear rows.
 first_seed=${DEMO_RANDOM_SEEDS%% *}
-run "$PY" convert/to_d2.py "random-init:$first_seed" "$DEMO_OUT/d2/random-init_seed$first_seed.pkl"
-pkls+=("$DEMO_OUT/d2/random-init_seed$first_seed.pkl")
+for g in $DEMO_RANDOM_INITS; do
+  pkl=$DEMO_OUT/d2/$(random_name "$g" "$first_seed").pkl
+  run "$PY" convert/to_d2.py "random-init:$first_seed" "$pkl" --residual-bn-init "$g"
+  pkls+=("$pkl")
+done
 stage_done
 
 for pkl in "${pkls[@]}"; do

@@ -21,6 +21,7 @@ TINY = {
                            "--workers 0 --print-freq 1",
     "DEMO_LINEAR_FLAGS": "--image-size 32 --epochs 1 --batch-size 16 --lr 0.01 --feature-norm --workers 0",
     "DEMO_RANDOM_SEEDS": "0",
+    "DEMO_RANDOM_INITS": "1 0.1",
     "DEMO_VOC_TRIALS": "1",
     "DEMO_VOC_OPTS": "SOLVER.IMS_PER_BATCH 2 SOLVER.MAX_ITER 2 SOLVER.STEPS (1,) SOLVER.WARMUP_ITERS 1 "
                      "INPUT.MIN_SIZE_TRAIN (96,) INPUT.MAX_SIZE_TRAIN 128 INPUT.MIN_SIZE_TEST 96 "
@@ -66,16 +67,20 @@ def test_demo_pipeline_end_to_end(tmp_path):
         assert (out / "d2" / f"{v}.pkl").is_file()
         summary = json.loads((out / "voc" / v / "summary.json").read_text())
         assert summary["metrics"]["AP50"]["n"] == 1
-    assert (out / "linear" / "random-init_seed0" / "metrics.json").is_file()
-    assert (out / "voc" / "random-init_seed0" / "summary.json").is_file()
+    for name in ("random-init_seed0", "random-init_residual-bn-0.1_seed0"):
+        assert (out / "linear" / name / "metrics.json").is_file()
+        assert (out / "voc" / name / "summary.json").is_file()
 
     records = [json.loads(p.read_text()) for p in (out / "results" / "runs").glob("*.json")]
     stages = sorted(r["stage"] for r in records)
-    assert stages == ["linear"] * 3 + ["pretrain"] * 2 + ["voc"] * 3
+    assert stages == ["linear"] * 4 + ["pretrain"] * 2 + ["voc"] * 4
     table = (out / "results" / "ablation.md").read_text()
-    assert "random" in table and "MoCo v1" in table
+    assert "| random init |" in table and "| random init [residual_bn_init 0.1] |" in table and "MoCo v1" in table
     for name in ("ablation.csv", "ablation.tex", "ablation_vs_paper.csv"):
         assert (out / "results" / name).is_file()
-    # The random-init rows of both stages are the same backbone: their records join.
-    rand = [r for r in records if r["variant"]["name"] == "random-init"]
-    assert len(rand) == 2 and len({r["source_sha256"] for r in rand}) == 1
+    # Each random-init row's records of both stages are the same backbone: they join; the two rows do not.
+    for scale in (None, 0.1):
+        rand = [r for r in records if r["variant"]["name"] == "random-init"
+                and r["variant"].get("residual_bn_init") == scale]
+        assert len(rand) == 2 and len({r["source_sha256"] for r in rand}) == 1
+    assert len({r["source_sha256"] for r in records if r["variant"]["name"] == "random-init"}) == 2
