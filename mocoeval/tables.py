@@ -580,7 +580,7 @@ def render_markdown(rows: Sequence[Row], frame: pd.DataFrame, paper: pd.DataFram
             f"≥ +{HIGHLIGHT_GAP}, as in the paper.",
             "ImageNet acc.: linear-classification top-1 of the frozen features; mean ± std (n checkpoints) when "
             "several checkpoints share a row.",
-            f"{MISSING}: no result yet. Rows: one per variant (case, switches, epochs); "
+            f"{MISSING}: no result yet. Rows: one per variant (case, switches, epochs, extensions in brackets); "
             f"{n_records} run record(s).",
         ]
         if any(row.linear_feature_norm for row in rows):

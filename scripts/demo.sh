@@ -25,7 +25,7 @@ stage() {  # stage NAME: print a banner; stage_done records how long the previou
   STAGE_NAME=$1; STAGE_T0=$(date +%s)
   echo; echo "=== [demo $(date +%H:%M:%S)] $1"
 }
-stage_done() { TIMES+=("$(printf '%-44s %5d s' "$STAGE_NAME" $(( $(date +%s) - STAGE_T0 )))"); }
+stage_done() { TIMES+=("$(printf '%-54s %5d s' "$STAGE_NAME" $(( $(date +%s) - STAGE_T0 )))"); }
 # A random-init row per residual-BN init G in DEMO_RANDOM_INITS (1: torchvision's init; G: the network a
 # --residual-bn-init G pretraining starts from); its runs' names carry G unless it is 1.
 random_name() { if [ "$1" = 1 ]; then echo "random-init_seed$2"; else echo "random-init_residual-bn-$1_seed$2"; fi; }
