@@ -49,8 +49,8 @@ from .fileio import atomic_write_text
 logger = logging.getLogger(__name__)
 
 METRICS = ("AP50", "AP", "AP75")
-CSV_COLUMNS = ["case", "mlp", "aug_plus", "cos", "epochs", "extensions", "linear_top1", "AP50_mean", "AP50_std", "AP_mean",
-               "AP_std", "AP75_mean", "AP75_std", "n_trials"]
+CSV_COLUMNS = ["case", "mlp", "aug_plus", "cos", "epochs", "extensions", "linear_top1", "AP50_mean", "AP50_std",
+               "AP_mean", "AP_std", "AP75_mean", "AP75_std", "n_trials"]
 CASE_ORDER = ("random-init", "supervised", "moco_v1", "a", "b", "c", "d", "e")
 CASE_LABELS = {"random-init": "random init", "supervised": "supervised", "moco_v1": "MoCo v1",
                **{c: f"({c})" for c in "abcde"}}
