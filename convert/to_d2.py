@@ -19,7 +19,7 @@ from mocoeval.checkpoint_formats import (FORMATS, check_residual_bn_init, load_r
                                         random_init_resnet50)
 from mocoeval.d2_convert import save_d2_pickle, torchvision_to_d2
 from mocoeval.errors import UserError, cli_main
-from mocoeval.results_store import RECIPE_EXTENSIONS
+from mocoeval.results_store import describe_departures, recipe_departures
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -72,9 +72,9 @@ def _check_output_path(out: Path, checkpoint: Path) -> None:
 
 def _describe_variant(v: dict) -> str:
     flags = [f for f in ("mlp", "aug_plus", "cos") if v.get(f)]
-    extensions = [f"{k} {v[k]:g}" for k in RECIPE_EXTENSIONS if k in v]
     detail = ", ".join(filter(None, [" ".join(flags) if v.get("mlp") is not None else None,
-                                     f"{v['epochs']} epochs" if v.get("epochs") else None, *extensions]))
+                                     f"{v['epochs']} epochs" if v.get("epochs") else None,
+                                     describe_departures(recipe_departures(v))]))
     return v.get("name", "?") + (f" ({detail})" if detail else "")
 
 

@@ -27,7 +27,7 @@ import numpy as np
 
 from .errors import UserError
 from .fileio import sha256_file, sha256_json
-from .results_store import pretrain_variant, special_variant
+from .results_store import pretrain_variant, recipe_departures, special_variant
 
 FORMATS = {
     "moco": "MoCo v1/v2 checkpoint (encoder_q kept; encoder_k, queue and projection head dropped)",
@@ -399,9 +399,9 @@ def random_init_resnet50(seed: int, residual_bn_init: float = 1.0) -> tuple["Ord
     state = model.state_dict()
     state_dict = OrderedDict((k, state[k].detach().clone()) for k in RESNET50_SHAPES)
     variant = special_variant("random-init")
+    variant.update(recipe_departures({"residual_bn_init": float(residual_bn_init)}))  # as pretrain_variant records it
     description = f"randomly initialised torchvision ResNet-50 (seed {seed})"
-    if residual_bn_init != 1.0:  # recorded as pretrain_variant records the extension
-        variant["residual_bn_init"] = float(residual_bn_init)
+    if residual_bn_init != 1.0:
         description = description[:-1] + f", residual branches' last BN scale {residual_bn_init:g})"
     info = {
         "format": "random-init", "format_description": description,

@@ -62,10 +62,18 @@ def pretrain_variant(cfg: Mapping[str, Any], name: str | None = None) -> dict:
         "batch_size": cfg.get("batch_size"), "moco_k": cfg.get("moco_k"), "moco_t": cfg.get("moco_t"),
         "moco_m": cfg.get("moco_m"), "arch": cfg.get("arch", "resnet50"), "image_size": cfg.get("image_size"),
     }
-    for key, recipe_value in RECIPE_EXTENSIONS.items():  # recorded only where a run departs from the recipe
-        if cfg.get(key, recipe_value) != recipe_value:
-            variant[key] = cfg[key]
+    variant.update(recipe_departures(cfg))  # recorded only where a run departs from the recipe
     return variant
+
+
+def recipe_departures(values: Mapping[str, Any]) -> tuple[tuple[str, Any], ...]:
+    """(name, value) of each extension in which `values` departs from the recipe, in RECIPE_EXTENSIONS order."""
+    return tuple((k, values[k]) for k, recipe in RECIPE_EXTENSIONS.items() if values.get(k, recipe) != recipe)
+
+
+def describe_departures(departures) -> str:
+    """How tables, plots and the converter show a variant's departures, e.g. 'residual_bn_init 0.1'."""
+    return ", ".join(f"{k} {v:g}" for k, v in departures)
 
 
 def special_variant(name: str) -> dict:

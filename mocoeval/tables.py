@@ -100,14 +100,10 @@ class VariantKey:
             if isinstance(epochs, bool) or not isinstance(epochs, (int, float)) or epochs != int(epochs):
                 raise ValueError(f"variant epochs must be an integer, got {epochs!r}")
             epochs = int(epochs)
-        extensions = []
-        for ext, recipe_value in results_store.RECIPE_EXTENSIONS.items():  # recorded only where they depart
-            value = variant.get(ext, recipe_value)
-            if not _is_number(value):
-                raise ValueError(f"variant {ext} must be a number, got {value!r}")
-            if value != recipe_value:
-                extensions.append((ext, value))
-        return cls(name, *switches, epochs, tuple(extensions))
+        for ext, recipe_value in results_store.RECIPE_EXTENSIONS.items():
+            if not _is_number(variant.get(ext, recipe_value)):
+                raise ValueError(f"variant {ext} must be a number, got {variant[ext]!r}")
+        return cls(name, *switches, epochs, results_store.recipe_departures(variant))
 
     def sort_key(self) -> tuple:
         rank = CASE_ORDER.index(self.case) if self.case in CASE_ORDER else len(CASE_ORDER)
@@ -122,7 +118,7 @@ class VariantKey:
 
     def extensions_text(self) -> str:
         """The extensions as the CSV's `extensions` cell and the row label show them, e.g. 'residual_bn_init 0.1'."""
-        return ", ".join(f"{k} {v:g}" for k, v in self.extensions)
+        return results_store.describe_departures(self.extensions)
 
 
 @dataclass

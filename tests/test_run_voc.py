@@ -410,9 +410,14 @@ def test_branch_scales_reads_every_kind_of_weights_file(tmp_path, random_r50_pkl
         {"res2": 1.0, "res3": 1.0, "res4": (5 + 0.5) / 6, "res5": 1.0})
     assert cli.main([str(random_r50_pkl), str(tmp_path / "tv.pth")]) == 0
     assert capsys.readouterr().out.splitlines()[-1].endswith("1.000   1.000   0.917   1.000")
-    with pytest.raises(SystemExit) as e:
-        cli.main([str(tmp_path / "missing.pth")])
-    assert e.value.code == 2 and capsys.readouterr().err == f"error: {tmp_path / 'missing.pth'}: no such file\n"
+    (tmp_path / "cut.pth").write_bytes((tmp_path / "tv.pth").read_bytes()[:1000])
+    (tmp_path / "cut.pkl").write_bytes(random_r50_pkl.read_bytes()[:1000])
+    for bad, message in [("missing.pth", "no such file"), ("cut.pth", "truncated or corrupted PyTorch checkpoint"),
+                         ("cut.pkl", "truncated or corrupted pickle"), ("", "is a directory")]:
+        with pytest.raises(SystemExit) as e:
+            cli.main([str(tmp_path / bad)])
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and err.startswith("error: ") and err.count("\n") == 1 and message in err, err
 
 
 def test_trials_summary_rerun_kill_resume_and_failure(tmp_path, random_r50_pkl, mini_data_root, store):

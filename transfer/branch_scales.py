@@ -31,6 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def branch_scales_of(path: Path) -> dict[str, float]:
     """The per-stage scales of one file, whichever of the three kinds it is (UserError if none)."""
+    if path.is_dir():
+        raise UserError(f"{path} is a directory, expected a weights file")
     if not path.is_file():
         raise UserError(f"{path}: no such file")
     if path.suffix == ".pkl":
