@@ -45,7 +45,7 @@ def case_of(mlp: bool, aug_plus: bool, cos: bool, epochs: int | None) -> str:
 
 
 # Pretraining extensions beyond the v1/v2 recipe (train_moco.py flags) and the recipe's value of each.
-RECIPE_EXTENSIONS = {"warmup_epochs": 0, "residual_bn_init": 1.0}
+RECIPE_EXTENSIONS = {"warmup_epochs": 0, "residual_bn_init": 1.0, "residual_bn_ramp": None}
 
 
 def pretrain_variant(cfg: Mapping[str, Any], name: str | None = None) -> dict:
@@ -68,12 +68,23 @@ def pretrain_variant(cfg: Mapping[str, Any], name: str | None = None) -> dict:
 
 def recipe_departures(values: Mapping[str, Any]) -> tuple[tuple[str, Any], ...]:
     """(name, value) of each extension in which `values` departs from the recipe, in RECIPE_EXTENSIONS order."""
-    return tuple((k, values[k]) for k, recipe in RECIPE_EXTENSIONS.items() if values.get(k, recipe) != recipe)
+    return tuple((k, tuple(v) if isinstance(v, list) else v)  # hashable: part of the tables' row key
+                 for k, recipe in RECIPE_EXTENSIONS.items()
+                 if (v := values.get(k, recipe)) != recipe and not (recipe is None and not v))
+
+
+def describe_value(value) -> str:
+    """A flag value as the user typed it: 0.1, or 4-16 for a START END pair."""
+    if value is None:
+        return "none"
+    if isinstance(value, (list, tuple)):
+        return "-".join(f"{v:g}" for v in value)
+    return f"{value:g}"
 
 
 def describe_departures(departures) -> str:
     """How tables, plots and the converter show a variant's departures, e.g. 'residual_bn_init 0.1'."""
-    return ", ".join(f"{k} {v:g}" for k, v in departures)
+    return ", ".join(f"{k} {describe_value(v)}" for k, v in departures)
 
 
 def special_variant(name: str) -> dict:

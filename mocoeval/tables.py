@@ -101,7 +101,9 @@ class VariantKey:
                 raise ValueError(f"variant epochs must be an integer, got {epochs!r}")
             epochs = int(epochs)
         for ext, recipe_value in results_store.RECIPE_EXTENSIONS.items():
-            if not _is_number(variant.get(ext, recipe_value)):
+            value = variant.get(ext, recipe_value)
+            if not (_is_number(value) or (recipe_value is None and value is None)  # a number, or absent/pair
+                    or (isinstance(value, (list, tuple)) and len(value) == 2 and all(map(_is_number, value)))):
                 raise ValueError(f"variant {ext} must be a number, got {variant[ext]!r}")
         return cls(name, *switches, epochs, results_store.recipe_departures(variant))
 

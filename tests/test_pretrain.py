@@ -246,6 +246,52 @@ def test_extensions_warmup_and_zero_init_set_the_lr_are_recorded_and_resume(tiny
     assert args.residual_bn_init == 0.0
 
 
+def test_residual_bn_ramp_raises_quiet_branches_to_full_scale_and_resumes(tiny_data, tmp_path, results_dir):
+    """--residual-bn-init 0.1 --residual-bn-ramp 0.5 1.5 over 2 epochs of 3 steps: the branches are multiplied
+    geometrically, step by step, by 10 in all — √10 by the end of epoch 1 (halfway), 10 from 1.5 on — in both
+    encoders; the ramp is recorded as an extension, and a run resumed halfway up ends like the uninterrupted one."""
+    flags = [tiny_data, *TINY, *V2, "--arch", "resnet18", "--epochs", "2", "--bn-splits", "2", "--workers", "0",
+             "--residual-bn-init", "0.1", "--residual-bn-ramp", "0.5", "1.5"]
+    run_cli([*flags, "--output-dir", tmp_path / "a"])
+    history = json.loads((tmp_path / "a" / "metrics.json").read_text())["history"]
+    stages = ("layer1", "layer2", "layer3", "layer4")
+    for entry, gain in zip(history, (10 ** 0.5, 10.0)):  # the learnt drift of 3-6 steps is a few percent at most
+        assert [entry["residual_branch_scale"][s] for s in stages] == pytest.approx([0.1 * gain] * 4, rel=0.05)
+    final = torch.load(tmp_path / "a" / "final.pth.tar", map_location="cpu", weights_only=True)
+    sd = strip_prefix(final["state_dict"])
+    for s in stages:  # the key encoder is raised with the query encoder, so its momentum average stays close
+        for block in range(2):
+            q, k = (sd[f"encoder_{e}.{s}.{block}.bn2.{p}"] for e in ("q", "k") for p in ("weight",))
+            assert k.abs().mean() == pytest.approx(q.abs().mean().item(), rel=0.05)
+    assert list(final["variant"]["residual_bn_ramp"]) == [0.5, 1.5] and final["config"]["residual_bn_ramp"] == [0.5, 1.5]
+    assert {tuple(r["variant"]["residual_bn_ramp"]) for r in load_records(results_dir)} == {(0.5, 1.5)}
+
+    (tmp_path / "b").mkdir()
+    shutil.copy(tmp_path / "a" / "checkpoint_0000.pth.tar", tmp_path / "b")
+    run_cli([tiny_data, "--resume", "auto", "--output-dir", tmp_path / "b", "--workers", "0"])
+    assert_same_state(tmp_path / "a" / "final.pth.tar", tmp_path / "b" / "final.pth.tar")
+    with pytest.raises(UserError, match="whose run started with residual_bn_ramp=0.5-1.5$"):
+        parse_config([str(tiny_data), "--resume", str(tmp_path / "b" / "checkpoint_0000.pth.tar"),
+                      "--residual-bn-ramp", "1", "2"])
+    # nor may it add a ramp the run did not have (the weights hold no ramp's progress)
+    unramped = torch.load(tmp_path / "a" / "checkpoint_0000.pth.tar", map_location="cpu", weights_only=True)
+    del unramped["config"]["residual_bn_ramp"]  # as written before the flag
+    torch.save(unramped, tmp_path / "unramped.pth.tar")
+    with pytest.raises(UserError, match="--residual-bn-ramp 0-1 contradicts .* residual_bn_ramp=none$"):
+        parse_config([str(tiny_data), "--resume", str(tmp_path / "unramped.pth.tar"), "--residual-bn-ramp", "0", "1"])
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--residual-bn-ramp", "1", "3"], "needs 0 <= START < END <= --epochs 2, got 1 3"),
+    (["--residual-bn-ramp", "1", "1"], "needs 0 <= START < END <= --epochs 2, got 1 1"),
+    (["--residual-bn-ramp", "0", "1"], "needs --residual-bn-init strictly between 0 and 1, got 1"),
+    (["--residual-bn-ramp", "0", "1", "--zero-init-residual"], "strictly between 0 and 1, got 0"),
+])
+def test_residual_bn_ramp_bad_input_is_one_line(tiny_data, flags, message):
+    with pytest.raises(UserError, match=message):
+        parse_config([str(tiny_data), "--epochs", "2", *flags])
+
+
 def test_official_checkpoint_resumes(uninterrupted, tiny_data, tmp_path):
     """An official-layout checkpoint (no config/seed/history) resumes from the flags, structure read off its
     tensors; with the same flags and seed it finishes like the uninterrupted run."""

@@ -182,7 +182,7 @@ def test_pooling_different_hyperparameters_warns_and_notes(store, tmp_path):
     assert "Row (d) (200 ep) pools sources that differ in moco_t 0.07, 0.2." in md
 
 
-# --warmup-epochs / --residual-bn-init are extensions recorded only where used (absent: the recipe's value); a run
+# --warmup-epochs / --residual-bn-init / --residual-bn-ramp are extensions recorded only where used (absent: the recipe's value); a run
 # with one gets its own row, labelled with it, which is never set against the paper's row of its case.
 def test_extensions_get_their_own_rows_not_compared_with_the_paper(store, tmp_path):
     store.add("linear", D, "p" * 64, {"top1": 67.0})
@@ -193,19 +193,22 @@ def test_extensions_get_their_own_rows_not_compared_with_the_paper(store, tmp_pa
     store.voc({**RAND, "residual_bn_init": 0.1}, None, (20.0, 9.0, 7.0))
     store.voc(RAND, None, (22.0, 10.0, 8.0))
     store.add("linear", {**D, "warmup_epochs": 5}, "w" * 64, {"top1": 68.0})
+    store.add("linear", {**D, "residual_bn_init": 0.1, "residual_bn_ramp": [6, 16]}, "g" * 64, {"top1": 63.0})
+    store.add("linear", {**D, "residual_bn_ramp": None}, "n" * 64, {"top1": 68.0})  # no ramp, written out
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # nothing is pooled across extensions, so nothing to warn about
         tables.build_outputs(store.root, tmp_path / "out")
     with open(tmp_path / "out" / "ablation.csv", newline="") as f:
         lines = [(r["case"], r["extensions"], r["linear_top1"], r["AP50_mean"]) for r in csv.DictReader(f)]
     assert lines == [("random-init", "", "", "22"), ("random-init", "residual_bn_init 0.1", "", "20"),
-                     ("d", "", "66.5", "82"), ("d", "residual_bn_init 0.1", "61", "8"),
+                     ("d", "", "67", "82"), ("d", "residual_bn_init 0.1", "61", "8"),
+                     ("d", "residual_bn_init 0.1, residual_bn_ramp 6-16", "63", ""),
                      ("d", "warmup_epochs 5", "68", "")]
     md = (tmp_path / "out" / "ablation.md").read_text()
     assert "| random init [residual_bn_init 0.1] |" in md
     assert "| (d) [warmup_epochs 5] | ✓ | ✓ | ✓ | 200 | 68.0 |" in md
     with open(tmp_path / "out" / "ablation_vs_paper.csv", newline="") as f:  # the recipe rows only
-        assert [r["linear_top1_ours"] for r in csv.DictReader(f) if r["case"] == "d"] == ["66.5"]
+        assert [r["linear_top1_ours"] for r in csv.DictReader(f) if r["case"] == "d"] == ["67"]
 
 
 def test_feature_norm_linear_cells_are_marked_and_explained(store, tmp_path):

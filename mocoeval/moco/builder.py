@@ -99,6 +99,16 @@ def set_residual_branch_scales(encoder: nn.Module, scale: float) -> None:
                     bn.weight.fill_(scale)
 
 
+def multiply_residual_branches(encoder: nn.Module, factor: float) -> None:
+    """Multiplies every residual branch's output by `factor`: the scale and shift of its last BN (in eval mode the
+    branch's output is exactly `factor` times what it was; in training, its normalised part)."""
+    with torch.no_grad():
+        for bns in residual_branch_last_bns(encoder).values():
+            for bn in bns:
+                bn.weight.mul_(factor)
+                bn.bias.mul_(factor)
+
+
 def residual_branch_scales(encoder: nn.Module) -> dict:
     """Per stage, the mean |scale| of its residual branches' last BN: how loud the blocks are against their
     shortcuts. 1 at torchvision's init, 0 with zero init; a branch whose scale stays near 0 through training

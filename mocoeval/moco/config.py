@@ -14,7 +14,7 @@ import yaml
 
 from ..checkpoint_formats import check_residual_bn_init
 from ..errors import UserError
-from ..results_store import pretrain_variant
+from ..results_store import describe_value, pretrain_variant
 from .checkpoint import find_latest_checkpoint, load_moco_checkpoint, structure_of
 
 ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d",
@@ -24,7 +24,7 @@ RUNTIME_KEYS = {"data", "config", "resume", "device", "workers", "print_freq", "
 # What the checkpoint's tensors fix: a flag that contradicts them cannot resume that checkpoint.
 STRUCTURE_KEYS = ("arch", "mlp", "moco_dim", "moco_k")
 # How the checkpoint's run began: a resumed run keeps it, so a flag that contradicts it is an error too.
-INIT_KEYS = ("residual_bn_init",)
+INIT_KEYS = ("residual_bn_init", "residual_bn_ramp")  # the ramp's progress lives in the weights
 
 
 class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
@@ -72,6 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
            "small images and short runs")
     A("--zero-init-residual", action="store_const", const=0.0, dest="residual_bn_init",
       help="the same as --residual-bn-init 0 (torchvision's zero_init_residual)")
+    A("--residual-bn-ramp", type=float, nargs=2, default=None, metavar=("START", "END"),
+      help="from epoch START to END make every residual branch louder, step by step and geometrically, by "
+           "1 / --residual-bn-init in all, so branches started quiet end at about torchvision's scale (an extension; "
+           "the branch scales are logged per epoch)")
     A("--momentum", type=float, default=0.9, help="SGD momentum")
     A("--wd", "--weight-decay", type=float, default=1e-4, dest="weight_decay", metavar="W",
       help="weight decay (all parameters, as in the official recipe)")
@@ -145,7 +149,7 @@ def _coerce(action: argparse.Action, value, what: str):
             if not isinstance(value, bool):
                 raise ValueError("expected true or false")
             return value
-        if action.nargs == "*":
+        if action.nargs == "*" or (isinstance(action.nargs, int) and action.nargs > 0):
             return [action.type(v) for v in (value if isinstance(value, (list, tuple)) else [value])]
         value = action.type(value) if action.type else value
         if action.choices and value not in action.choices:
@@ -186,6 +190,8 @@ def parse_config(argv=None):
                 inherited[k] = _coerce(actions[k], v, f"checkpoint {resume_path} config {k}")
         if "zero_init_residual" in stored and "residual_bn_init" not in stored:  # written before --residual-bn-init
             inherited["residual_bn_init"] = 0.0 if stored["zero_init_residual"] else 1.0
+        if stored:
+            inherited.setdefault("residual_bn_ramp", None)  # written before --residual-bn-ramp: no ramp
         inherited.update(structure_of(ckpt))
         if "seed" in ckpt and ckpt["seed"] is not None:
             inherited.setdefault("seed", int(ckpt["seed"]))
@@ -199,8 +205,9 @@ def parse_config(argv=None):
                                 f"{resume_path}, which was trained with {key}={value}")
         for key in INIT_KEYS:
             if key in inherited and getattr(args, key) != inherited[key]:
-                raise UserError(f"--{key.replace('_', '-')} {getattr(args, key):g} contradicts checkpoint "
-                                f"{resume_path}, whose run started with {key}={inherited[key]:g}")
+                raise UserError(f"--{key.replace('_', '-')} {describe_value(getattr(args, key))} contradicts "
+                                f"checkpoint {resume_path}, whose run started with {key}="
+                                f"{describe_value(inherited[key])}")
     if args.output_dir is None:
         args.output_dir = default_output_dir(args)
     validate(args)
@@ -219,6 +226,12 @@ def validate(args) -> None:
     need(0 <= args.warmup_epochs <= args.epochs,
          f"--warmup-epochs must be between 0 and --epochs {args.epochs}, got {args.warmup_epochs:g}")
     check_residual_bn_init(args.residual_bn_init)
+    if args.residual_bn_ramp:
+        start, end = args.residual_bn_ramp
+        need(0 <= start < end <= args.epochs,
+             f"--residual-bn-ramp START END needs 0 <= START < END <= --epochs {args.epochs}, got {start:g} {end:g}")
+        need(0 < args.residual_bn_init < 1, "--residual-bn-ramp raises branches started below torchvision's scale: "
+             f"it needs --residual-bn-init strictly between 0 and 1, got {args.residual_bn_init:g}")
     need(args.moco_k > 0, f"--moco-k must be positive, got {args.moco_k}")
     need(args.moco_dim > 0, f"--moco-dim must be positive, got {args.moco_dim}")
     need(0.0 <= args.moco_m < 1.0, f"--moco-m must be in [0, 1), got {args.moco_m}")

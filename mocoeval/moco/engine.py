@@ -26,7 +26,8 @@ from ..errors import UserError
 from ..fileio import atomic_write_json, sha256_file
 from ..results_store import pretrain_variant, write_run_record
 from .augment import TwoCropsTransform, eval_transform, moco_transform
-from .builder import MoCo, contrastive_loss, contrastive_top1, key_spread, resnet_encoder
+from .builder import (MoCo, contrastive_loss, contrastive_top1, key_spread, multiply_residual_branches,
+                      residual_branch_scales, resnet_encoder)
 from .checkpoint import (CHECKPOINT_RE, FINAL_NAME, checkpoint_name, find_latest_checkpoint, save_checkpoint,
                          strip_prefix)
 from .data import (MAX_UNREADABLE_FRACTION, EpochSampler, LabelledImageFolder, TwoViewImageFolder,
@@ -92,6 +93,17 @@ def lr_at_step(args, epoch: int, step: int, steps_per_epoch: int) -> float:
     if progress < args.warmup_epochs:
         lr *= progress / args.warmup_epochs
     return lr
+
+
+def residual_branch_gain(args, progress: float) -> float:
+    """How much louder than at the start the residual branches are at `progress` (epochs done, fractional) under
+    --residual-bn-ramp START END: 1 until START, then geometric, step by step, to 1 / --residual-bn-init at END, so
+    branches that started at G end at about torchvision's scale 1 (their learnt changes kept)."""
+    if not args.residual_bn_ramp:
+        return 1.0
+    start, end = args.residual_bn_ramp
+    fraction = min(max((progress - start) / (end - start), 0.0), 1.0)
+    return args.residual_bn_init ** -fraction
 
 
 def resolve_bn_splits(requested: int, per_process_batch: int, world_size: int) -> int:
@@ -396,6 +408,7 @@ def _train(args, resume_ckpt, device, rank, world, local_world, out: Path, bar_a
     bad_files: set[int] = set()
     run_start = time.time()
     steps_done = 0
+    branch_gain = residual_branch_gain(args, start_epoch)  # what the (resumed) weights already hold
     try:
         for epoch in range(start_epoch, args.epochs):
             epoch_start = time.time()
@@ -420,6 +433,11 @@ def _train(args, resume_ckpt, device, rank, world, local_world, out: Path, bar_a
                         lr = lr_at_step(args, epoch, step, steps_per_epoch)
                         for group in optimizer.param_groups:
                             group["lr"] = lr
+                    gain = residual_branch_gain(args, epoch + (step + 1) / steps_per_epoch)
+                    if gain != branch_gain:  # both encoders, so the keys stay the query's momentum average
+                        for encoder in (model.encoder_q, model.encoder_k):
+                            multiply_residual_branches(encoder, gain / branch_gain)
+                        branch_gain = gain
                     monitor.add(*train_step(model_ddp, optimizer, im_q, im_k, autocast_dtype))
                     steps_done += 1
                     bar.update(1)
@@ -456,7 +474,8 @@ def _train(args, resume_ckpt, device, rank, world, local_world, out: Path, bar_a
             entry = {"epoch": epoch + 1, "loss": loss_mean, "acc1": acc1_mean, "lr": lr, "ln_k_plus_1": ln_k1,
                      "key_spread": key_spread_now, "grad_ratio": grad_ratio_now,
                      "images_per_s": steps_per_epoch * args.batch_size / (time.time() - epoch_start),
-                     "unreadable_images": len(bad_files)}
+                     "unreadable_images": len(bad_files),
+                     "residual_branch_scale": residual_branch_scales(model.encoder_q)}
             if knn is not None and ((epoch + 1) % args.knn_every == 0 or epoch + 1 == args.epochs):
                 entry["knn_top1"] = knn_top1(model.encoder_q, knn["train"], knn["val"], knn["num_classes"],
                                              device, args.knn_k, args.knn_t, autocast_dtype, args.channels_last)
@@ -467,6 +486,9 @@ def _train(args, resume_ckpt, device, rank, world, local_world, out: Path, bar_a
                          epoch + 1, args.epochs, _hms(entry["time_s"]), entry["loss"], ln_k1, entry["acc1"],
                          f", kNN top-1 {entry['knn_top1']:.2f}%" if "knn_top1" in entry else "",
                          entry["images_per_s"])
+                if args.residual_bn_ramp:
+                    log.info("residual branch scale (mean |last BN scale|) %s",
+                             "  ".join(f"{k} {v:.3f}" for k, v in entry["residual_branch_scale"].items()))
                 if entry["key_spread"] < COLLAPSED_SPREAD:
                     log.warning("epoch %d: the keys have collapsed (key spread %.3f; 1 = uniform, 0 = one point): "
                                 "the projection maps nearly every image to the same direction, so the loss stays "
