@@ -102,9 +102,9 @@ class VariantKey:
             epochs = int(epochs)
         for ext, recipe_value in results_store.RECIPE_EXTENSIONS.items():
             value = variant.get(ext, recipe_value)
-            if not (_is_number(value) or (recipe_value is None and value is None)  # a number, or absent/pair
+            if not (_is_number(value) or (recipe_value is None and value is None)  # e.g. no ramp
                     or (isinstance(value, (list, tuple)) and len(value) == 2 and all(map(_is_number, value)))):
-                raise ValueError(f"variant {ext} must be a number, got {variant[ext]!r}")
+                raise ValueError(f"variant {ext} must be a number or a pair of numbers, got {variant[ext]!r}")
         return cls(name, *switches, epochs, results_store.recipe_departures(variant))
 
     def sort_key(self) -> tuple:

@@ -229,11 +229,13 @@ def test_corrupt_records_skipped_with_warning_naming_them(store, tmp_path):
     broken.write_text('{"stage": "voc", "variant": ')  # truncated JSON
     no_trials = store.add("voc", D, "n" * 64, {"AP50": {"mean": 82.0}})  # voc record without per-trial results
     bad_value = store.voc(A, "b" * 64, ("82.0", 57.0, 63.0))  # AP50 as a string
+    bad_ramp = store.add("linear", {**D, "residual_bn_ramp": "6-16"}, "r" * 64, {"top1": 60.0})  # not a pair
     with pytest.warns(UserWarning) as caught:
         paths = tables.regenerate()  # default store from $MOCOEVAL_RESULTS_DIR, tables into its parent
     messages = "\n".join(str(w.message) for w in caught)
-    for path in (broken, no_trials, bad_value):
+    for path in (broken, no_trials, bad_value, bad_ramp):
         assert str(path) in messages
+    assert "residual_bn_ramp must be a number or a pair of numbers, got '6-16'" in messages
     assert {p.name for p in paths} >= {"ablation.md", "ablation.tex", "ablation.csv"}
     assert all(p.parent == tmp_path for p in paths)  # never the repository's results/
     csv_lines = (tmp_path / "ablation.csv").read_text().splitlines()
