@@ -19,6 +19,7 @@ from mocoeval.checkpoint_formats import (FORMATS, check_residual_bn_init, load_r
                                         random_init_resnet50)
 from mocoeval.d2_convert import save_d2_pickle, torchvision_to_d2
 from mocoeval.errors import UserError, cli_main
+from mocoeval.fileio import plain_write_mode
 from mocoeval.results_store import describe_departures, recipe_departures
 
 
@@ -122,6 +123,7 @@ def main(argv=None) -> int:
 
     # Verify a temporary file next to the output (Detectron2 needs a .pkl name), publish it only if it passes.
     fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".unverified.pkl", dir=out.parent)
+    os.fchmod(fd, plain_write_mode(out))  # the published file gets the mode a plain write gives, not 0600
     os.close(fd)
     tmp = Path(tmp_name)
     try:

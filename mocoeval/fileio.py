@@ -9,11 +9,38 @@ from pathlib import Path
 from typing import Any, Callable
 
 
+def _umask() -> int:
+    """The process umask, read without changing it where Linux allows (os.umask is set-and-return)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def plain_write_mode(path: Path) -> int:
+    """The permissions open(path, "w") would give: an existing file keeps its own, a new one 0666 & ~umask."""
+    try:
+        return path.stat().st_mode & 0o7777
+    except FileNotFoundError:
+        return 0o666 & ~_umask()
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], mode: str = "wb") -> Path:
-    """Call `write(fileobj)` on a temp file next to `path`, fsync, then rename over `path`."""
+    """Call `write(fileobj)` on a temp file next to `path`, fsync, then rename over `path`.
+
+    The result has the permissions a plain write would give it (mkstemp's temp files are 0600, which would
+    leave checkpoints and tables unreadable to the rest of a group on a shared cluster).
+    """
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, plain_write_mode(path))
         with os.fdopen(fd, mode) as f:
             write(f)
             f.flush()

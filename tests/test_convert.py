@@ -186,6 +186,9 @@ def test_each_format_converts_and_verifies(layout, fmt, variant, r50_state, ckpt
     stdout = capsys.readouterr().out
     assert f"format: {fmt}:" in stdout
     assert "verify: OK" in stdout
+    plain = src.parent / "plain.txt"
+    plain.write_text("")
+    assert out.stat().st_mode & 0o777 == plain.stat().st_mode & 0o777  # not the temp file's 0600
 
     data = dc.check_d2_pickle(out)
     assert data["__author__"] == "mocoeval" and data["matching_heuristics"] is True
