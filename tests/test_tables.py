@@ -358,3 +358,22 @@ def test_cli(store, tmp_path, capsys):
         make_tables.main(["--runs", str(tmp_path / "nope")])
     assert exit_info.value.code == 2
     assert capsys.readouterr().err.strip() == f"error: runs folder not found: {tmp_path / 'nope'}"
+
+
+EVIDENCE_DIR = REPO_ROOT / "results" / "claim-in-miniature"
+
+
+def test_committed_evidence_is_what_its_records_generate(tmp_path):
+    """results/claim-in-miniature holds the records of the README's "claim in miniature" runs and the tables
+    make_tables.py wrote from them; regenerating must give the committed text files byte for byte (no hand edits,
+    and a change to the table code shows up here)."""
+    records = sorted((EVIDENCE_DIR / "runs").glob("*.json"))
+    assert {json.loads(p.read_text())["stage"] for p in records} == {"pretrain", "linear", "voc"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # every record must be well-formed: none skipped
+        written = tables.build_outputs(EVIDENCE_DIR / "runs", tmp_path)
+    texts = [p.name for p in written if p.suffix in (".md", ".tex", ".csv")]
+    assert sorted(texts) == sorted([tables.OUT_MARKDOWN, tables.OUT_LATEX, tables.OUT_CSV, tables.OUT_PAPER_CSV])
+    for name in texts:
+        assert (tmp_path / name).read_text() == (EVIDENCE_DIR / name).read_text(), name
+    assert (EVIDENCE_DIR / tables.OUT_TRIALS_PNG).read_bytes().startswith(PNG_MAGIC)
