@@ -170,6 +170,7 @@ def test_preflight_reports_unused_projection_head(random_r50_pkl, tmp_path):
     (dict(num_machines=2, machine_rank=1), "--dist-url"),
     (dict(num_machines=2, machine_rank=2, dist_url="tcp://h:1"), "--machine-rank"),
     (dict(trials=3, seeds=[1, 2]), "one seed per trial"),
+    (dict(checkpoint_minutes=-1.0), "--checkpoint-minutes"),
 ])
 def test_bad_flag_combinations_are_user_errors(options, message, tmp_path):
     with pytest.raises(UserError, match=message):
@@ -188,6 +189,33 @@ def test_trial_spec_pickles_for_spawn_and_submitit():
     job = pickle.loads(pickle.dumps(voc_trial.SlurmTrialJob(spec)))
     assert job.spec.cfg == cfg and job.spec.cfg.is_frozen() and job.spec.dir == Path("/tmp/run/trial_2")
     assert job.spec.cfg.SOLVER.BASE_LR == pytest.approx(0.01)
+
+
+def test_timed_resume_points_keep_only_the_newest_and_never_a_periodic_one(tmp_path):
+    """TimedResumePoint on Detectron2's own trainer and checkpointers: with a tiny interval it saves after
+    every iteration except those the periodic checkpointer saves and the last; only its newest file stays."""
+    from detectron2.checkpoint import DetectionCheckpointer
+    from detectron2.engine import SimpleTrainer, hooks
+
+    class Quadratic(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.ones(3))
+
+        def forward(self, x):
+            return {"loss": ((self.w * x).sum() - 1.0) ** 2}
+
+    model = Quadratic()
+    trainer = SimpleTrainer(model, iter(lambda: torch.ones(3), None), torch.optim.SGD(model.parameters(), lr=0.01))
+    trainer.checkpointer = DetectionCheckpointer(model, str(tmp_path), trainer=trainer)
+    trainer.register_hooks([voc_trial.TimedResumePoint(1e-9, period=3),
+                            hooks.PeriodicCheckpointer(trainer.checkpointer, 3, max_iter=7)])
+    trainer.train(0, 7)
+    # timed: iterations 0, 1, 3, 4 (2 and 5 are periodic, 6 is the last) -> only model_0000004 stays
+    assert sorted(p.name for p in tmp_path.glob("model_*.pth")) == [
+        "model_0000002.pth", "model_0000004.pth", "model_0000005.pth", "model_final.pth"]
+    state = torch.load(tmp_path / "model_0000004.pth", weights_only=False)
+    assert state["iteration"] == 4 and state["trainer"]["iteration"] == 4
 
 
 # --------------------------------------------------------------------------------------------- planning
@@ -467,8 +495,9 @@ def test_trials_summary_rerun_kill_resume_and_failure(tmp_path, random_r50_pkl, 
 
     # 4. --trials 3, killed after trial 3's first checkpoint (a subprocess, SIGKILL: no clean-up at all).
     t3 = out / "trial_3"
-    proc = subprocess.Popen([sys.executable, str(SCRIPT), *common, "--trials", "3", "--opts", *TINY_OPTS,
-                             "SOLVER.CHECKPOINT_PERIOD", "1"],
+    # The resume point is a timed one (--checkpoint-minutes; the periodic one is at 5,000 iterations).
+    proc = subprocess.Popen([sys.executable, str(SCRIPT), *common, "--trials", "3", "--checkpoint-minutes", "1e-9",
+                             "--opts", *TINY_OPTS],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_subprocess_env(store), cwd=REPO)
     try:
         deadline = time.time() + 600

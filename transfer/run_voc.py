@@ -23,8 +23,9 @@ Examples:
 
 Trials and seeds: trial i (1-based) runs in OUTPUT_DIR/trial_i with seed SEEDS[i-1]; the default seeds are
 0, 1, ..., N-1, so `--trials 5` after `--trials 3` adds trials 4 and 5 (seeds 3 and 4) and skips 1-3.
-Re-running a command skips finished trials and resumes an interrupted one from its last checkpoint;
-finished metrics are never rewritten. A trial run with another config, seed or weights is refused
+Re-running a command skips finished trials and resumes an interrupted one from its last checkpoint
+(saved every SOLVER.CHECKPOINT_PERIOD iterations and every --checkpoint-minutes of training; only
+model_final.pth is kept once a trial finishes); finished metrics are never rewritten. A trial run with another config, seed or weights is refused
 (use another --output-dir). Results: OUTPUT_DIR/trial_i/metrics.json, OUTPUT_DIR/summary.{json,csv}
 (mean, population std with ddof=0, min, max, n), one record in the results store, tables regenerated.
 
@@ -90,6 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="time limit per job in minutes (default 1440); on expiry the job is requeued "
                             "and resumes")
     slurm.add_argument("--cpus-per-task", type=int, default=10, metavar="C", help="CPUs per job (default 10)")
+    p.add_argument("--checkpoint-minutes", type=float, default=30.0, metavar="MIN",
+                   help="also save a resume checkpoint every MIN minutes of training, so that an interrupted "
+                        "trial loses at most MIN minutes (default 30; 0: only SOLVER.CHECKPOINT_PERIOD)")
     p.add_argument("--dry-run", action="store_true",
                    help="check weights, data and config, print what would run, train nothing")
     p.add_argument("--opts", nargs=argparse.REMAINDER, default=[], metavar="KEY VALUE",

@@ -10,8 +10,9 @@ and summarises them (mean, population std, min, max). Layout of a run directory 
         log.txt             its log; events.json is Detectron2's per-iteration JSON event log
                             (Detectron2 calls it metrics.json; renamed, that name is ours)
         events.out.tfevents.*   tensorboard
-        model_XXXXXXX.pth, last_checkpoint   Detectron2's periodic checkpoints: resume points, deleted
-                            once the trial has finished (model_final.pth, the trained detector, stays)
+        model_XXXXXXX.pth, last_checkpoint   resume points: Detectron2's periodic checkpoints and the
+                            newest timed one (--checkpoint-minutes), deleted once the trial has
+                            finished (model_final.pth, the trained detector, stays)
         metrics.json        written once, atomically, after the VOC07 test evaluation: AP50/AP/AP75
     summary.json, summary.csv   over the requested trials (std with ddof=0, as the official README's ±)
     log.txt                 the orchestration log of every invocation

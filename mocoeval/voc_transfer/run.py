@@ -60,6 +60,7 @@ class RunOptions:
     time_min: int = 24 * 60
     cpus_per_task: int = 10
     dry_run: bool = False
+    checkpoint_minutes: float = 30.0
     # submitit cluster behind --launcher slurm; "local" runs the same jobs as local processes (tests)
     slurm_cluster: str = "slurm"
 
@@ -256,6 +257,8 @@ def run(opts: RunOptions) -> int:
             import submitit  # noqa: F401
         except ImportError:
             raise UserError("--launcher slurm needs submitit: pip install submitit") from None
+    if not (opts.checkpoint_minutes >= 0 and math.isfinite(opts.checkpoint_minutes)):
+        raise UserError(f"--checkpoint-minutes must be >= 0 (0: off), got {opts.checkpoint_minutes}")
     gpus_per_trial = (opts.gpus_per_job or opts.num_gpus) if opts.launcher == "slurm" else opts.num_gpus
     device = _resolve_device(opts.device, gpus_per_trial, opts.launcher)
 
@@ -314,7 +317,8 @@ def run(opts: RunOptions) -> int:
                           "unused_weight_keys": unused},
                 dataset_root=str(Path(dataset_root).resolve()), num_gpus=gpus_per_trial,
                 num_machines=opts.num_machines, machine_rank=opts.machine_rank, dist_url=opts.dist_url,
-                later_trials=(len(pending) - k - 1) if opts.launcher == "local" else 0))
+                later_trials=(len(pending) - k - 1) if opts.launcher == "local" else 0,
+                checkpoint_minutes=opts.checkpoint_minutes))
             if is_main:
                 _prepare_trial_dir(specs[-1])
 

@@ -190,12 +190,45 @@ class TrialProgress(HookBase):
                     f"evaluation not included)")
 
 
+class TimedResumePoint(HookBase):
+    """Saves a resume checkpoint every `minutes` of training, besides SOLVER.CHECKPOINT_PERIOD.
+
+    Detectron2's default period (5,000 iterations) leaves a short schedule with no resume point at all
+    and can cost hours of a long one; with this hook an interrupted trial (killed, out of memory, a lost
+    node) loses at most `minutes`. Only its newest file is kept; it never deletes a periodic checkpoint.
+    """
+
+    def __init__(self, minutes: float, period: int):
+        self.interval_s = minutes * 60.0
+        self.period = period  # SOLVER.CHECKPOINT_PERIOD: its files share our names at the same iteration
+        self._last_save = None
+        self._own_file: Path | None = None
+
+    def before_train(self):
+        self._last_save = time.monotonic()
+
+    def after_step(self):
+        it = self.trainer.iter
+        if it + 1 >= self.trainer.max_iter or time.monotonic() - self._last_save < self.interval_s:
+            return  # the last iteration writes model_final.pth anyway
+        self._last_save = time.monotonic()
+        if (it + 1) % self.period == 0:
+            return  # the periodic checkpointer saves this iteration
+        name = f"model_{it:07d}"
+        self.trainer.checkpointer.save(name, iteration=it)  # main process only (save_to_disk)
+        if comm.is_main_process():
+            previous, self._own_file = self._own_file, Path(self.trainer.checkpointer.save_dir) / f"{name}.pth"
+            if previous is not None and previous != self._own_file:
+                previous.unlink(missing_ok=True)
+
+
 class VOCTrainer(DefaultTrainer):
     """Detectron2's DefaultTrainer evaluating with PascalVOCDetectionEvaluator (VOC07 11-point AP at
     IoU 0.50:0.05:0.95 -> AP, AP50, AP75), with our checkpointer, progress hook and event-log name."""
 
-    def __init__(self, cfg, progress: TrialProgress | None = None):
-        self._progress = progress  # read by build_hooks, which DefaultTrainer.__init__ calls
+    def __init__(self, cfg, progress: TrialProgress | None = None, checkpoint_minutes: float = 0.0):
+        # read by build_hooks, which DefaultTrainer.__init__ calls
+        self._progress, self._checkpoint_minutes = progress, checkpoint_minutes
         super().__init__(cfg)
 
     @classmethod
@@ -208,6 +241,8 @@ class VOCTrainer(DefaultTrainer):
         self.checkpointer = TrialCheckpointer(self.checkpointer.model, self.cfg.OUTPUT_DIR,
                                               **self.checkpointer.checkpointables)
         hooks = super().build_hooks()
+        if self._checkpoint_minutes > 0:
+            hooks.insert(-1, TimedResumePoint(self._checkpoint_minutes, self.cfg.SOLVER.CHECKPOINT_PERIOD))
         if self._progress is not None and comm.is_main_process():
             hooks.insert(-1, self._progress)  # before the writers, which run last
         return hooks
@@ -250,6 +285,7 @@ class TrialSpec:
     dist_url: str = "auto"
     later_trials: int = 0
     later_trial_s: float | None = None
+    checkpoint_minutes: float = 30.0  # TimedResumePoint's interval (0: off)
 
     @property
     def dir(self) -> Path:
@@ -319,7 +355,7 @@ def run_trial(spec: TrialSpec) -> None:
         seed_all_rng(spec.seed + rank)
         progress = TrialProgress(spec.index, spec.n_trials, spec.later_trials, spec.later_trial_s,
                                  period=max(1, min(100, spec.cfg.SOLVER.MAX_ITER // 10)))
-        trainer = VOCTrainer(spec.cfg, progress=progress)
+        trainer = VOCTrainer(spec.cfg, progress=progress, checkpoint_minutes=spec.checkpoint_minutes)
         resumed = trainer.checkpointer.has_checkpoint()
         trainer.resume_or_load(resume=True)
         if resumed:
