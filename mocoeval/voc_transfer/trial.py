@@ -217,9 +217,9 @@ class TimedResumePoint(HookBase):
         name = f"model_{it:07d}"
         self.trainer.checkpointer.save(name, iteration=it)  # main process only (save_to_disk)
         if comm.is_main_process():
-            previous, self._own_file = self._own_file, Path(self.trainer.checkpointer.save_dir) / f"{name}.pth"
-            if previous is not None and previous != self._own_file:
-                previous.unlink(missing_ok=True)
+            if self._own_file is not None:  # an earlier iteration's: never a periodic file (skipped above)
+                self._own_file.unlink(missing_ok=True)
+            self._own_file = Path(self.trainer.checkpointer.save_dir) / f"{name}.pth"
 
 
 class VOCTrainer(DefaultTrainer):
