@@ -17,7 +17,8 @@ def one_line(e: BaseException | str) -> str:
 
 
 def cli_main(main):
-    """Decorate a script's `main(argv=None)`: a UserError becomes `error: ...` on stderr and exit 2."""
+    """Decorate a script's `main(argv=None)`: a UserError becomes `error: ...` on stderr and exit 2,
+    Ctrl-C `interrupted` and exit 130."""
 
     @functools.wraps(main)
     def wrapper(*args, **kwargs):
@@ -26,8 +27,8 @@ def cli_main(main):
         except UserError as e:
             print(f"error: {e}", file=sys.stderr)
             raise SystemExit(2) from None
-        except KeyboardInterrupt:
-            print("interrupted", file=sys.stderr)
-            raise SystemExit(130) from None
+        except KeyboardInterrupt as e:  # a subclass may carry what was saved and its own exit code
+            print(f"interrupted: {e}" if str(e) else "interrupted", file=sys.stderr)
+            raise SystemExit(getattr(e, "exit_code", 130)) from None
 
     return wrapper

@@ -191,31 +191,102 @@ def test_trial_spec_pickles_for_spawn_and_submitit():
     assert job.spec.cfg.SOLVER.BASE_LR == pytest.approx(0.01)
 
 
-def test_timed_resume_points_keep_only_the_newest_and_never_a_periodic_one(tmp_path):
-    """TimedResumePoint on Detectron2's own trainer and checkpointers: with a tiny interval it saves after
-    every iteration except those the periodic checkpointer saves and the last; only its newest file stays."""
+class _Quadratic(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.ones(3))
+
+    def forward(self, x):
+        return {"loss": ((self.w * x).sum() - 1.0) ** 2}
+
+
+def _trainer_with_resume_points(tmp_path, data, minutes: float, period: int, max_iter: int, stop_on_signal=False):
+    """Detectron2's own SimpleTrainer, DetectionCheckpointer and PeriodicCheckpointer, plus ResumePoints."""
     from detectron2.checkpoint import DetectionCheckpointer
     from detectron2.engine import SimpleTrainer, hooks
 
-    class Quadratic(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.w = torch.nn.Parameter(torch.ones(3))
-
-        def forward(self, x):
-            return {"loss": ((self.w * x).sum() - 1.0) ** 2}
-
-    model = Quadratic()
-    trainer = SimpleTrainer(model, iter(lambda: torch.ones(3), None), torch.optim.SGD(model.parameters(), lr=0.01))
+    model = _Quadratic()
+    trainer = SimpleTrainer(model, data, torch.optim.SGD(model.parameters(), lr=0.01))
     trainer.checkpointer = DetectionCheckpointer(model, str(tmp_path), trainer=trainer)
-    trainer.register_hooks([voc_trial.TimedResumePoint(1e-9, period=3),
-                            hooks.PeriodicCheckpointer(trainer.checkpointer, 3, max_iter=7)])
+    trainer.register_hooks([hooks.PeriodicCheckpointer(trainer.checkpointer, period, max_iter=max_iter),
+                            voc_trial.ResumePoints(minutes, period=period, stop_on_signal=stop_on_signal)])
+    return trainer
+
+
+def _saved_iteration(path: Path) -> int:
+    state = torch.load(path, weights_only=False)
+    assert state["iteration"] == state["trainer"]["iteration"]
+    return state["iteration"]
+
+
+def test_timed_resume_points_keep_only_the_newest_and_never_a_periodic_one(tmp_path):
+    """With a tiny interval ResumePoints saves after every iteration except those the periodic checkpointer
+    saves and the last; only its newest file stays."""
+    trainer = _trainer_with_resume_points(tmp_path, iter(lambda: torch.ones(3), None), 1e-9, period=3, max_iter=7)
     trainer.train(0, 7)
     # timed: iterations 0, 1, 3, 4 (2 and 5 are periodic, 6 is the last) -> only model_0000004 stays
     assert sorted(p.name for p in tmp_path.glob("model_*.pth")) == [
         "model_0000002.pth", "model_0000004.pth", "model_0000005.pth", "model_final.pth"]
-    state = torch.load(tmp_path / "model_0000004.pth", weights_only=False)
-    assert state["iteration"] == 4 and state["trainer"]["iteration"] == 4
+    assert _saved_iteration(tmp_path / "model_0000004.pth") == 4
+
+
+def _data_signalling(sig, at_item: int, times: int = 1, then_fail: bool = False):
+    """Batches for the trainer; fetching item `at_item` (1-based) sends `sig` to this process `times` times
+    (as Ctrl-C or `kill` would, mid-iteration), then optionally fails like a loader whose workers died."""
+    item = 0
+    while True:
+        item += 1
+        if item == at_item:
+            for _ in range(times):
+                os.kill(os.getpid(), sig)
+            if then_fail:
+                raise RuntimeError("DataLoader worker (pid 1) exited unexpectedly")
+        yield torch.ones(3)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_stops_the_trial_after_the_iteration_with_a_resume_point(tmp_path, sig):
+    before = signal.getsignal(sig)
+    trainer = _trainer_with_resume_points(tmp_path, _data_signalling(sig, at_item=4), 0, period=100, max_iter=10,
+                                          stop_on_signal=True)
+    with pytest.raises(voc_trial.TrialInterrupted) as e:
+        trainer.train(0, 10)
+    # the signal came while iteration 3 fetched its batch: iteration 3 completes, is saved, and training stops
+    assert e.value.exit_code == 128 + sig and str(e.value).startswith(f"{signal.Signals(sig).name}: trial stopped "
+                                                                      "after iteration 4 of 10, resume point ")
+    assert sorted(p.name for p in tmp_path.glob("model_*.pth")) == ["model_0000003.pth"]
+    assert (tmp_path / "last_checkpoint").read_text().strip() == "model_0000003.pth"
+    assert _saved_iteration(tmp_path / "model_0000003.pth") == 3
+    assert signal.getsignal(sig) is before  # the handlers are put back
+
+
+def test_a_stop_request_survives_a_loader_that_died_of_the_same_ctrl_c(tmp_path):
+    """Ctrl-C reaches the loader's worker processes too; when the next fetch fails before the iteration ends,
+    the last completed iteration is saved and the trial still stops as interrupted."""
+    trainer = _trainer_with_resume_points(tmp_path, _data_signalling(signal.SIGINT, at_item=4, then_fail=True), 0,
+                                          period=100, max_iter=10, stop_on_signal=True)
+    with pytest.raises(voc_trial.TrialInterrupted, match="after iteration 3 of 10") as e:
+        trainer.train(0, 10)
+    assert isinstance(e.value.__context__, RuntimeError)
+    assert _saved_iteration(tmp_path / "model_0000002.pth") == 2
+
+
+def test_a_second_signal_stops_at_once_and_the_last_iteration_is_not_interrupted(tmp_path):
+    before = signal.getsignal(signal.SIGINT)
+    trainer = _trainer_with_resume_points(tmp_path, _data_signalling(signal.SIGINT, at_item=4, times=2), 0,
+                                          period=100, max_iter=10, stop_on_signal=True)
+    with pytest.raises(KeyboardInterrupt) as e:
+        trainer.train(0, 10)
+    assert type(e.value) is KeyboardInterrupt and not list(tmp_path.glob("model_*.pth"))
+    assert signal.getsignal(signal.SIGINT) is before
+    # a request during the last iteration lets the trial finish (model_final.pth; evaluation would follow)
+    final = tmp_path / "last"
+    final.mkdir()
+    trainer = _trainer_with_resume_points(final, _data_signalling(signal.SIGINT, at_item=10), 0,
+                                          period=100, max_iter=10, stop_on_signal=True)
+    trainer.train(0, 10)
+    assert sorted(p.name for p in final.glob("model_*.pth")) == ["model_final.pth"]
+    assert signal.getsignal(signal.SIGINT) is before
 
 
 # --------------------------------------------------------------------------------------------- planning
@@ -419,7 +490,6 @@ def _metrics(out: Path, i: int) -> dict:
     return json.loads((out / f"trial_{i}" / "metrics.json").read_text())
 
 
-@pytest.mark.slow
 def _branch_scales():
     return _load_script(REPO / "transfer" / "branch_scales.py")
 
@@ -448,6 +518,7 @@ def test_branch_scales_reads_every_kind_of_weights_file(tmp_path, random_r50_pkl
         assert e.value.code == 2 and err.startswith("error: ") and err.count("\n") == 1 and message in err, err
 
 
+@pytest.mark.slow
 def test_trials_summary_rerun_kill_resume_and_failure(tmp_path, random_r50_pkl, mini_data_root, store):
     cli = _load_script()
     out = tmp_path / "run"
@@ -538,3 +609,41 @@ def test_trials_summary_rerun_kill_resume_and_failure(tmp_path, random_r50_pkl, 
     assert len(records) == 2
     newest = max((json.loads(p.read_text()) for p in records), key=lambda r: len(r["trials"]))
     assert newest["seeds"] == [0, 1, 2, 3] and newest["extra"]["supersedes"]
+
+
+@pytest.mark.slow
+def test_ctrl_c_saves_the_iteration_and_the_same_command_resumes_from_it(tmp_path, random_r50_pkl, mini_data_root,
+                                                                        store, capsys):
+    """SIGINT to run_voc.py (as Ctrl-C; no timed resume points): exit 130 with a one-line message naming the
+    resume point, and running the same command again resumes right after that iteration and finishes."""
+    cli = _load_script()
+    out = tmp_path / "run"
+    opts = [*TINY_OPTS, "SOLVER.MAX_ITER", "12"]
+    command = ["--weights", str(random_r50_pkl), "--output-dir", str(out), "--dataset-root", str(mini_data_root),
+               "--device", "cpu", "--trials", "1", "--checkpoint-minutes", "0", "--opts", *opts]
+    proc = subprocess.Popen([sys.executable, str(SCRIPT), *command], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, env=_subprocess_env(store), cwd=REPO)
+    trial_log = out / "trial_1" / "log.txt"
+    try:
+        deadline = time.time() + 600
+        while not (trial_log.exists() and "Starting training from iteration 0" in trial_log.read_text()):
+            assert proc.poll() is None, "run_voc.py ended before training started"
+            assert time.time() < deadline, "training did not start within 10 minutes"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=600)
+    finally:
+        proc.kill()
+    last = err.strip().splitlines()[-1]
+    assert proc.returncode == 130 and last.startswith("interrupted: SIGINT: trial stopped after iteration "), err
+    stopped_after = int(last.split("after iteration ")[1].split()[0])
+    assert 1 <= stopped_after < 12 and not (out / "trial_1" / "metrics.json").exists()
+    checkpoint = out / "trial_1" / (out / "trial_1" / "last_checkpoint").read_text().strip()
+    assert checkpoint.name == f"model_{stopped_after - 1:07d}.pth" and str(checkpoint) in last
+    assert "trial 1/1: SIGINT: trial stopped" in (out / "log.txt").read_text()
+
+    assert cli.main(command) == 0
+    m = _metrics(out, 1)
+    assert m["resumed_from_iter"] == stopped_after and m["iterations"] == 12
+    assert not list((out / "trial_1").glob("model_0*.pth"))  # the resume point is pruned with the others
+

@@ -25,7 +25,9 @@ Trials and seeds: trial i (1-based) runs in OUTPUT_DIR/trial_i with seed SEEDS[i
 0, 1, ..., N-1, so `--trials 5` after `--trials 3` adds trials 4 and 5 (seeds 3 and 4) and skips 1-3.
 Re-running a command skips finished trials and resumes an interrupted one from its last checkpoint
 (saved every SOLVER.CHECKPOINT_PERIOD iterations and every --checkpoint-minutes of training; only
-model_final.pth is kept once a trial finishes); finished metrics are never rewritten. A trial run with another config, seed or weights is refused
+model_final.pth is kept once a trial finishes); finished metrics are never rewritten. Ctrl-C or SIGTERM
+(one process per trial, not under --launcher slurm) finishes the current iteration, saves it and exits
+(130 / 143), so nothing is lost; a second one stops at once. A trial run with another config, seed or weights is refused
 (use another --output-dir). Results: OUTPUT_DIR/trial_i/metrics.json, OUTPUT_DIR/summary.{json,csv}
 (mean, population std with ddof=0, min, max, n), one record in the results store, tables regenerated.
 

@@ -11,8 +11,8 @@ and summarises them (mean, population std, min, max). Layout of a run directory 
                             (Detectron2 calls it metrics.json; renamed, that name is ours)
         events.out.tfevents.*   tensorboard
         model_XXXXXXX.pth, last_checkpoint   resume points: Detectron2's periodic checkpoints and the
-                            newest timed one (--checkpoint-minutes), deleted once the trial has
-                            finished (model_final.pth, the trained detector, stays)
+                            newest timed one (--checkpoint-minutes) or the one saved on Ctrl-C / SIGTERM,
+                            deleted once the trial has finished (model_final.pth, the trained detector, stays)
         metrics.json        written once, atomically, after the VOC07 test evaluation: AP50/AP/AP75
     summary.json, summary.csv   over the requested trials (std with ddof=0, as the official README's ±)
     log.txt                 the orchestration log of every invocation

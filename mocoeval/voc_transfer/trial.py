@@ -9,6 +9,8 @@ import json
 import logging
 import math
 import os
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any, Iterable
@@ -190,45 +192,115 @@ class TrialProgress(HookBase):
                     f"evaluation not included)")
 
 
-class TimedResumePoint(HookBase):
-    """Saves a resume checkpoint every `minutes` of training, besides SOLVER.CHECKPOINT_PERIOD.
+class TrialInterrupted(KeyboardInterrupt):
+    """A trial stopped on SIGINT/SIGTERM after saving a resume point (a KeyboardInterrupt, so that
+    Detectron2's trainer does not log it as a crash; `cli_main` prints the message)."""
 
-    Detectron2's default period (5,000 iterations) leaves a short schedule with no resume point at all
-    and can cost hours of a long one; with this hook an interrupted trial (killed, out of memory, a lost
-    node) loses at most `minutes`. Only its newest file is kept; it never deletes a periodic checkpoint.
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.exit_code = 128 + signum
+
+
+class ResumePoints(HookBase):
+    """Resume checkpoints besides SOLVER.CHECKPOINT_PERIOD, so that an interrupted trial loses little.
+
+    - Every `minutes` of training (0: never): Detectron2's default period (5,000 iterations) leaves a short
+      schedule with no resume point at all and can cost hours of a long one; a killed process (out of
+      memory, a lost node) now loses at most `minutes`.
+    - With `stop_on_signal`, in a one-process trial: SIGINT (Ctrl-C) or SIGTERM (`kill`, a scheduler) asks
+      the trial to stop; it finishes the current iteration, saves it and raises TrialInterrupted, so
+      nothing is lost. A second signal, or one once the last iteration has run (evaluation), stops at once.
+      Off under submitit, which handles signals itself, and with several processes, which would have to
+      agree on the iteration to stop at.
+
+    Only the newest of its own files is kept; it never touches a periodic checkpoint.
     """
 
-    def __init__(self, minutes: float, period: int):
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self, minutes: float, period: int, stop_on_signal: bool = False):
         self.interval_s = minutes * 60.0
         self.period = period  # SOLVER.CHECKPOINT_PERIOD: its files share our names at the same iteration
+        self.stop_on_signal = stop_on_signal
         self._last_save = None
         self._own_file: Path | None = None
+        self._previous_handlers: dict = {}
+        self._stop_signal: int | None = None
+        self._training_done = self._stopped = False
 
     def before_train(self):
         self._last_save = time.monotonic()
+        if (self.stop_on_signal and comm.get_world_size() == 1
+                and threading.current_thread() is threading.main_thread()):
+            self._previous_handlers = {s: signal.signal(s, self._on_signal) for s in self.SIGNALS}
+
+    def _on_signal(self, signum, frame):
+        if self._stop_signal is not None or self._training_done:
+            self._restore_handlers()
+            self._stopped = True  # at once: nothing more is saved
+            raise KeyboardInterrupt
+        self._stop_signal = signum
+        logger.warning(f"{signal.Signals(signum).name} received: stopping after this iteration with a resume "
+                       "point (send it again to stop at once)")
 
     def after_step(self):
         it = self.trainer.iter
-        if it + 1 >= self.trainer.max_iter or time.monotonic() - self._last_save < self.interval_s:
-            return  # the last iteration writes model_final.pth anyway
-        self._last_save = time.monotonic()
-        if (it + 1) % self.period == 0:
-            return  # the periodic checkpointer saves this iteration
+        if it + 1 >= self.trainer.max_iter:
+            self._training_done = True  # the last iteration writes model_final.pth anyway
+            if self._stop_signal is not None:
+                logger.warning("that was the last iteration: the trial goes on to its evaluation "
+                               "(send the signal again to stop at once)")
+            return
+        if self._stop_signal is not None:
+            self._stop(it)
+        if self.interval_s > 0 and time.monotonic() - self._last_save >= self.interval_s:
+            self._last_save = time.monotonic()
+            self._save(it)
+
+    def after_train(self):
+        # A stop was requested but training ended by an error first (typically the loader's worker processes,
+        # which get the terminal's Ctrl-C too, have exited): save the last completed iteration and stop.
+        try:
+            if self._stop_signal is not None and not self._stopped and not self._training_done \
+                    and self.trainer.iter > self.trainer.start_iter:
+                self.trainer.iter -= 1  # the last completed one, also in the trainer state that is saved
+                self._stop(self.trainer.iter)
+        finally:
+            self._restore_handlers()
+
+    def _stop(self, it: int):
+        self._stopped = True
+        path = self._save(it)
+        name = signal.Signals(self._stop_signal).name
+        raise TrialInterrupted(f"{name}: trial stopped after iteration {it + 1} of {self.trainer.max_iter}, resume "
+                               f"point {path}; run the same command again to continue", self._stop_signal)
+
+    def _save(self, it: int) -> Path:
         name = f"model_{it:07d}"
+        path = Path(self.trainer.checkpointer.save_dir) / f"{name}.pth"
+        if (it + 1) % self.period == 0:
+            return path  # the periodic checkpointer (an earlier hook) saved this iteration
         self.trainer.checkpointer.save(name, iteration=it)  # main process only (save_to_disk)
         if comm.is_main_process():
-            if self._own_file is not None:  # an earlier iteration's: never a periodic file (skipped above)
+            if self._own_file is not None and self._own_file != path:  # never a periodic file (see above)
                 self._own_file.unlink(missing_ok=True)
-            self._own_file = Path(self.trainer.checkpointer.save_dir) / f"{name}.pth"
+            self._own_file = path
+        return path
+
+    def _restore_handlers(self):
+        for s, handler in self._previous_handlers.items():
+            signal.signal(s, handler)
+        self._previous_handlers = {}
 
 
 class VOCTrainer(DefaultTrainer):
     """Detectron2's DefaultTrainer evaluating with PascalVOCDetectionEvaluator (VOC07 11-point AP at
     IoU 0.50:0.05:0.95 -> AP, AP50, AP75), with our checkpointer, progress hook and event-log name."""
 
-    def __init__(self, cfg, progress: TrialProgress | None = None, checkpoint_minutes: float = 0.0):
+    def __init__(self, cfg, progress: TrialProgress | None = None, checkpoint_minutes: float = 0.0,
+                 stop_on_signal: bool = False):
         # read by build_hooks, which DefaultTrainer.__init__ calls
-        self._progress, self._checkpoint_minutes = progress, checkpoint_minutes
+        self._progress, self._checkpoint_minutes, self._stop_on_signal = progress, checkpoint_minutes, stop_on_signal
         super().__init__(cfg)
 
     @classmethod
@@ -241,10 +313,12 @@ class VOCTrainer(DefaultTrainer):
         self.checkpointer = TrialCheckpointer(self.checkpointer.model, self.cfg.OUTPUT_DIR,
                                               **self.checkpointer.checkpointables)
         hooks = super().build_hooks()
-        if self._checkpoint_minutes > 0:
-            hooks.insert(-1, TimedResumePoint(self._checkpoint_minutes, self.cfg.SOLVER.CHECKPOINT_PERIOD))
         if self._progress is not None and comm.is_main_process():
-            hooks.insert(-1, self._progress)  # before the writers, which run last
+            hooks.insert(-1, self._progress)  # before the writers
+        if self._checkpoint_minutes > 0 or self._stop_on_signal:
+            # last: when it stops the trial, every other hook (the writers too) has seen the iteration
+            hooks.append(ResumePoints(self._checkpoint_minutes, self.cfg.SOLVER.CHECKPOINT_PERIOD,
+                                      self._stop_on_signal))
         return hooks
 
     def build_writers(self):
@@ -285,7 +359,8 @@ class TrialSpec:
     dist_url: str = "auto"
     later_trials: int = 0
     later_trial_s: float | None = None
-    checkpoint_minutes: float = 30.0  # TimedResumePoint's interval (0: off)
+    checkpoint_minutes: float = 30.0  # ResumePoints' interval (0: off)
+    stop_on_signal: bool = True  # ResumePoints: SIGINT/SIGTERM save and stop (off under submitit)
 
     @property
     def dir(self) -> Path:
@@ -355,7 +430,8 @@ def run_trial(spec: TrialSpec) -> None:
         seed_all_rng(spec.seed + rank)
         progress = TrialProgress(spec.index, spec.n_trials, spec.later_trials, spec.later_trial_s,
                                  period=max(1, min(100, spec.cfg.SOLVER.MAX_ITER // 10)))
-        trainer = VOCTrainer(spec.cfg, progress=progress, checkpoint_minutes=spec.checkpoint_minutes)
+        trainer = VOCTrainer(spec.cfg, progress=progress, checkpoint_minutes=spec.checkpoint_minutes,
+                             stop_on_signal=spec.stop_on_signal)
         resumed = trainer.checkpointer.has_checkpoint()
         trainer.resume_or_load(resume=True)
         if resumed:
@@ -409,7 +485,7 @@ class SlurmTrialJob:
         self.spec = spec
 
     def __call__(self):
-        launch_trial(self.spec)
+        launch_trial(dataclasses.replace(self.spec, stop_on_signal=False))  # submitit owns the signals
         return read_metrics(self.spec.dir)
 
     def checkpoint(self, *args, **kwargs):
