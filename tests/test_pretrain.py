@@ -211,6 +211,86 @@ def test_resume_auto_equals_the_uninterrupted_run(uninterrupted, tiny_data, tmp_
     assert hb[1]["loss"] == pytest.approx(ha[1]["loss"], abs=1e-6)
 
 
+def _train_step_that(patch, at_call: int, action):
+    """Wrap the engine's train_step (our code) so that its `at_call`-th call does `action` first, as a Ctrl-C,
+    `kill` or crash arriving during that step would. `patch`: a `monkeypatch.context()`, so that leaving it
+    undoes this alone (not the results directory the autouse fixture set)."""
+    from mocoeval.moco import engine
+
+    calls = {"n": 0}
+
+    def wrapped(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == at_call:
+            action()
+        return train_step(*args, **kwargs)
+
+    patch.setattr(engine, "train_step", wrapped)
+
+
+UNINTERRUPTED_FLAGS = [*TINY, *V2, "--arch", "resnet18", "--epochs", "2", "--bn-splits", "2"]  # 3 steps per epoch
+
+
+@pytest.mark.parametrize("sig, at_call, extra, left, said", [
+    # during epoch 2's first step (its log window not yet read): a resume point after it
+    (signal.SIGINT, 4, [], "resume_epoch0002_step000001.pth.tar", "stopped after step 1/3 of epoch 2, resume point"),
+    # during epoch 1's last step: the epoch's checkpoint, written although --save-every 5 would skip it
+    (signal.SIGTERM, 3, ["--save-every", "5"], "checkpoint_0000.pth.tar", "stopped after epoch 1 of 2, checkpoint"),
+])
+def test_a_signal_saves_and_stops_and_resume_auto_ends_like_the_uninterrupted_run(
+        uninterrupted, tiny_data, tmp_path, monkeypatch, capsys, sig, at_call, extra, left, said):
+    out = tmp_path / "stopped"
+    before = signal.getsignal(sig)
+    with monkeypatch.context() as patch, pytest.raises(SystemExit) as e:
+        _train_step_that(patch, at_call, lambda: os.kill(os.getpid(), sig))
+        run_cli([tiny_data, *UNINTERRUPTED_FLAGS, *extra, "--output-dir", out])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert e.value.code == 128 + sig and err.startswith(f"interrupted: {signal.Signals(sig).name}: {said}"), err
+    assert sorted(p.name for p in out.glob("*.pth.tar"))[-1] == left and str(out / left) in err
+    assert signal.getsignal(sig) is before and not (out / "final.pth.tar").exists()
+
+    run_cli([tiny_data, "--resume", "auto", "--output-dir", out, "--workers", "0"])
+    assert_same_state(uninterrupted / "final.pth.tar", out / "final.pth.tar")
+    ha = json.loads((uninterrupted / "metrics.json").read_text())["history"]
+    hb = json.loads((out / "metrics.json").read_text())["history"]
+    assert [h["loss"] for h in hb] == pytest.approx([h["loss"] for h in ha], abs=1e-6)  # the epoch means too
+    assert not list(out.glob("resume_*"))  # resume points go once the run is done
+
+
+def test_timed_resume_points_survive_a_crash_and_keep_only_the_newest(uninterrupted, tiny_data, tmp_path,
+                                                                     monkeypatch):
+    """--checkpoint-minutes tiny: a resume point after every step but an epoch's last; the epoch's checkpoint
+    removes them and each new one its predecessor. A crash in epoch 2's last step leaves step 2's, from which
+    --resume auto ends exactly like the run that never stopped."""
+    out = tmp_path / "crashed"
+
+    def crash():
+        raise RuntimeError("simulated crash")
+
+    with monkeypatch.context() as patch, pytest.raises(RuntimeError, match="simulated crash"):
+        _train_step_that(patch, 6, crash)
+        run_cli([tiny_data, *UNINTERRUPTED_FLAGS, "--checkpoint-minutes", "1e-9", "--output-dir", out])
+    assert sorted(p.name for p in out.glob("*.pth.tar")) == ["checkpoint_0000.pth.tar",
+                                                              "resume_epoch0002_step000002.pth.tar"]
+    point = torch.load(out / "resume_epoch0002_step000002.pth.tar", map_location="cpu", weights_only=True)
+    assert point["epoch"] == 1 and point["step_in_epoch"] == 2 and point["epoch_progress"]["steps_per_epoch"] == 3
+    run_cli([tiny_data, "--resume", "auto", "--output-dir", out, "--workers", "0"])
+    assert_same_state(uninterrupted / "final.pth.tar", out / "final.pth.tar")
+    assert "step 2/3 of epoch 2" in (out / "log.txt").read_text()
+
+
+def test_resume_auto_takes_the_furthest_checkpoint_or_resume_point(tmp_path):
+    from mocoeval.moco.checkpoint import find_resume_checkpoint
+
+    for name in ("checkpoint_0000.pth.tar", "checkpoint_0001.pth.tar", "resume_epoch0003_step000007.pth.tar",
+                 "resume_epoch0002_step000009.pth.tar", "final.pth.tar"):
+        (tmp_path / name).touch()
+    assert find_resume_checkpoint(tmp_path).name == "resume_epoch0003_step000007.pth.tar"
+    (tmp_path / "checkpoint_0002.pth.tar").touch()  # the end of epoch 3 lies beyond any step in it
+    assert find_resume_checkpoint(tmp_path).name == "checkpoint_0002.pth.tar"
+    assert find_resume_checkpoint(tmp_path / "missing") is None
+
+
 def test_extensions_warmup_and_zero_init_set_the_lr_are_recorded_and_resume(tiny_data, tmp_path, results_dir):
     """--warmup-epochs 1.5 over 2 epochs of 3 steps: the optimizer trains at 1/4.5 ... of the scheduled lr;
     the variant records both extensions (also for the resumed run, which inherits them from the checkpoint);
@@ -505,7 +585,10 @@ def test_views_and_order_depend_only_on_seed_epoch_index(tiny_data):
     assert order == list(EpochSampler(24, seed=3)) and sorted(i for _, i in order) == list(range(24))
     s = EpochSampler(24, seed=3)
     s.set_epoch(1)
-    assert [i for _, i in s] != [i for _, i in order]
+    epoch_1 = [i for _, i in s]
+    assert epoch_1 != [i for _, i in order]
+    s.set_epoch(1, skip=5)  # resumed after 5 samples of epoch 1: the rest of the same order
+    assert [i for _, i in s] == epoch_1[5:] and len(s) == 24
     ranks = [[i for _, i in EpochSampler(25, seed=3, rank=r, world_size=2)] for r in (0, 1)]
     assert len(ranks[0]) == len(ranks[1]) == 12 and not set(ranks[0]) & set(ranks[1])
 
@@ -565,3 +648,33 @@ def test_torchrun_two_processes_train_and_checkpoint(tiny_data, tmp_path, result
     sd = strip_prefix(ckpt["state_dict"])
     assert sd["queue_ptr"].item() == (3 * 8) % 16  # 3 steps of the global batch 8 (4 per process)
     assert len(load_records(results_dir)) == 1  # rank 0 alone writes
+
+
+@pytest.mark.slow
+def test_torchrun_a_signal_to_one_process_stops_both_at_the_same_step(tiny_data, tmp_path, results_dir):
+    """SIGINT reaches rank 1 alone during its 2nd step: both processes agree at the next log step, rank 0 saves
+    the resume point, both stop; a single process then finishes the run from it."""
+    out = tmp_path / "ddp"
+    wrapper = tmp_path / "signal_rank1.py"
+    wrapper.write_text(textwrap.dedent(f"""
+        import os, runpy, signal, sys
+        from mocoeval.moco import engine
+        real, calls = engine.train_step, [0]
+        def train_step(*args, **kwargs):
+            calls[0] += 1
+            if calls[0] == 2 and os.environ["RANK"] == "1":
+                os.kill(os.getpid(), signal.SIGINT)
+            return real(*args, **kwargs)
+        engine.train_step = train_step
+        sys.argv = [{str(SCRIPT)!r}, *sys.argv[1:]]
+        runpy.run_path({str(SCRIPT)!r}, run_name="__main__")
+    """))
+    res = torchrun_2([str(wrapper), str(tiny_data), *TINY, *V2, "--arch", "resnet18", "--epochs", "2", "-p", "1",
+                      "--device", "cpu", "--output-dir", str(out)])
+    assert res.returncode != 0 and "interrupted: SIGINT: stopped after step 2/3 of epoch 1" in res.stderr, \
+        res.stderr[-3000:]
+    assert [p.name for p in out.glob("*.pth.tar")] == ["resume_epoch0001_step000002.pth.tar"]
+    run_cli([tiny_data, "--resume", "auto", "--output-dir", out, "--workers", "0", "--device", "cpu"])
+    history = json.loads((out / "metrics.json").read_text())["history"]
+    assert [h["epoch"] for h in history] == [1, 2] and (out / "final.pth.tar").exists()
+

@@ -19,6 +19,7 @@ import torch
 from mocoeval.voc_transfer import config as voc_config, run as voc_run, trial as voc_trial
 from mocoeval.d2_modeling import DEFAULT_VOC_CONFIG
 from mocoeval.errors import UserError
+from mocoeval.stop_request import Interrupted
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "transfer" / "run_voc.py"
@@ -249,7 +250,7 @@ def test_a_signal_stops_the_trial_after_the_iteration_with_a_resume_point(tmp_pa
     before = signal.getsignal(sig)
     trainer = _trainer_with_resume_points(tmp_path, _data_signalling(sig, at_item=4), 0, period=100, max_iter=10,
                                           stop_on_signal=True)
-    with pytest.raises(voc_trial.TrialInterrupted) as e:
+    with pytest.raises(Interrupted) as e:
         trainer.train(0, 10)
     # the signal came while iteration 3 fetched its batch: iteration 3 completes, is saved, and training stops
     assert e.value.exit_code == 128 + sig and str(e.value).startswith(f"{signal.Signals(sig).name}: trial stopped "
@@ -265,7 +266,7 @@ def test_a_stop_request_survives_a_loader_that_died_of_the_same_ctrl_c(tmp_path)
     the last completed iteration is saved and the trial still stops as interrupted."""
     trainer = _trainer_with_resume_points(tmp_path, _data_signalling(signal.SIGINT, at_item=4, then_fail=True), 0,
                                           period=100, max_iter=10, stop_on_signal=True)
-    with pytest.raises(voc_trial.TrialInterrupted, match="after iteration 3 of 10") as e:
+    with pytest.raises(Interrupted, match="after iteration 3 of 10") as e:
         trainer.train(0, 10)
     assert isinstance(e.value.__context__, RuntimeError)
     assert _saved_iteration(tmp_path / "model_0000002.pth") == 2

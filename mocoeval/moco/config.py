@@ -8,6 +8,7 @@ Precedence, highest first: flags on the command line > `--config X.yaml` > the c
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
 import yaml
@@ -15,12 +16,12 @@ import yaml
 from ..checkpoint_formats import check_residual_bn_init
 from ..errors import UserError
 from ..results_store import describe_value, pretrain_variant
-from .checkpoint import find_latest_checkpoint, load_moco_checkpoint, structure_of
+from .checkpoint import find_resume_checkpoint, load_moco_checkpoint, structure_of
 
 ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d",
          "resnext101_32x8d", "wide_resnet50_2", "wide_resnet101_2")
 # Flags that describe how to run this process, not the run itself: never taken from a resumed checkpoint.
-RUNTIME_KEYS = {"data", "config", "resume", "device", "workers", "print_freq", "compile"}
+RUNTIME_KEYS = {"data", "config", "resume", "device", "workers", "print_freq", "compile", "checkpoint_minutes"}
 # What the checkpoint's tensors fix: a flag that contradicts them cannot resume that checkpoint.
 STRUCTURE_KEYS = ("arch", "mlp", "moco_dim", "moco_k")
 # How the checkpoint's run began: a resumed run keeps it, so a flag that contradicts it is an error too.
@@ -37,10 +38,11 @@ presets (the MoCo v2 paper's Table 1): configs/pretrain/{moco_v1,a,b,c,d,e}.yaml
   python pretrain/train_moco.py /data/imagenet --config configs/pretrain/d.yaml      # MoCo v2, 200 ep
 several GPUs / machines (--batch-size is the global batch over all processes):
   torchrun --nproc_per_node 8 pretrain/train_moco.py /data/imagenet --config configs/pretrain/d.yaml
-continue an interrupted run (every other flag comes from the checkpoint):
+continue an interrupted run (every other flag comes from the checkpoint; mid-epoch if it left a resume point):
   python pretrain/train_moco.py /data/imagenet --resume auto --output-dir output/pretrain/d
 output (--output-dir): checkpoint_XXXX.pth.tar (official layout: after epoch XXXX+1, 0-based like the
-official code), final.pth.tar (the last one), metrics.json, log.txt, config.json, tb/ (tensorboard);
+official code), final.pth.tar (the last one), resume_epochEEEE_stepSSSSSS.pth.tar (a mid-epoch resume point,
+while one is newer than the last checkpoint), metrics.json, log.txt, config.json, tb/ (tensorboard);
 one run record in results/runs/ (or $MOCOEVAL_RESULTS_DIR).
 """
 
@@ -81,7 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
       help="weight decay (all parameters, as in the official recipe)")
     A("-p", "--print-freq", type=int, default=10, metavar="N", help="log every N steps (the only host syncs)")
     A("--resume", metavar="PATH", default=None,
-      help="checkpoint to continue (ours or an official MoCo one); 'auto' = latest in --output-dir, if any")
+      help="checkpoint or resume point to continue (ours or an official MoCo checkpoint); 'auto' = the furthest "
+           "in --output-dir, if any")
     A("--seed", type=int, default=None, help="seed of model init, data order and augmentations (default: drawn and recorded)")
     g = p.add_argument_group("MoCo")
     g.add_argument("--moco-dim", type=int, default=128, help="feature dimension")
@@ -107,6 +110,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--output-dir", default=None, metavar="DIR",
                    help="checkpoints, log.txt, metrics.json, tensorboard events (default: output/pretrain/<variant>)")
     r.add_argument("--save-every", type=int, default=1, metavar="N", help="checkpoint every N epochs (and the last)")
+    r.add_argument("--checkpoint-minutes", type=float, default=30.0, metavar="MIN",
+                   help="also save a mid-epoch resume point every MIN minutes (0: off), so that a killed run loses at "
+                        "most MIN minutes; Ctrl-C / SIGTERM always saves one after the current step, then stops. "
+                        "Only the newest is kept, and none once the next checkpoint_XXXX is written")
     r.add_argument("--keep-checkpoints", type=int, default=0, metavar="N",
                    help="keep only the N newest checkpoint_XXXX files (0 = keep all, as the official code)")
     r.add_argument("--knn-data", default=None, metavar="DIR",
@@ -178,7 +185,7 @@ def parse_config(argv=None):
         parser.set_defaults(**file_values)
         first = parser.parse_args(argv)
         out = first.output_dir or default_output_dir(first)
-        resume_path = find_latest_checkpoint(out)
+        resume_path = find_resume_checkpoint(out)
     ckpt = load_moco_checkpoint(resume_path) if resume_path else None
 
     inherited = {}
@@ -242,6 +249,8 @@ def validate(args) -> None:
     need(args.image_size >= 8, f"--image-size must be at least 8, got {args.image_size}")
     need(args.bn_splits >= 0, f"--bn-splits must be >= 0 (0 = auto), got {args.bn_splits}")
     need(args.save_every > 0, f"--save-every must be positive, got {args.save_every}")
+    need(args.checkpoint_minutes >= 0 and math.isfinite(args.checkpoint_minutes),
+         f"--checkpoint-minutes must be >= 0 (0: off), got {args.checkpoint_minutes}")
     need(args.knn_every > 0, f"--knn-every must be positive, got {args.knn_every}")
     need(args.knn_k > 0 and args.knn_t > 0, "--knn-k and --knn-t must be positive")
     need(args.print_freq > 0, f"--print-freq must be positive, got {args.print_freq}")

@@ -90,14 +90,16 @@ class TwoViewImageFolder(torch.utils.data.Dataset):
 
 class EpochSampler(torch.utils.data.Sampler):
     """A permutation fixed by (seed, epoch), cut so that every process gets the same number of samples;
-    this process takes every world-th one. Yields (epoch, index) so the dataset can seed each sample."""
+    this process takes every world-th one. Yields (epoch, index) so the dataset can seed each sample.
+    `set_epoch(epoch, skip)` leaves out this process's first `skip` samples of the epoch (a run resumed
+    mid-epoch); the length stays the whole epoch's."""
 
     def __init__(self, num_samples: int, seed: int, rank: int = 0, world_size: int = 1):
         self.num_samples, self.seed, self.rank, self.world_size = num_samples, int(seed), rank, world_size
-        self.epoch = 0
+        self.epoch = self.skip = 0
 
-    def set_epoch(self, epoch: int):
-        self.epoch = int(epoch)
+    def set_epoch(self, epoch: int, skip: int = 0):
+        self.epoch, self.skip = int(epoch), int(skip)
 
     def __len__(self) -> int:
         return self.num_samples // self.world_size
@@ -105,7 +107,7 @@ class EpochSampler(torch.utils.data.Sampler):
     def __iter__(self):
         g = torch.Generator().manual_seed(derive_seed(self.seed, self.epoch, 2**31 - 1))
         perm = torch.randperm(self.num_samples, generator=g)[: len(self) * self.world_size]
-        for i in perm[self.rank :: self.world_size].tolist():
+        for i in perm[self.rank :: self.world_size][self.skip :].tolist():
             yield self.epoch, i
 
 

@@ -28,8 +28,9 @@ from ..results_store import pretrain_variant, write_run_record
 from .augment import TwoCropsTransform, eval_transform, moco_transform
 from .builder import (MoCo, contrastive_loss, contrastive_top1, key_spread, multiply_residual_branches,
                       residual_branch_scales, resnet_encoder)
-from .checkpoint import (CHECKPOINT_RE, FINAL_NAME, checkpoint_name, find_latest_checkpoint, save_checkpoint,
-                         strip_prefix)
+from ..stop_request import StopRequest
+from .checkpoint import (CHECKPOINT_RE, FINAL_NAME, checkpoint_name, find_latest_checkpoint, find_resume_checkpoint,
+                         remove_resume_points, resume_point_name, save_checkpoint, strip_prefix)
 from .data import (MAX_UNREADABLE_FRACTION, EpochSampler, LabelledImageFolder, TwoViewImageFolder,
                    check_train_folder, derive_seed)
 from .knn import knn_top1
@@ -323,7 +324,7 @@ def train(args, resume_ckpt: dict | None = None) -> dict:
 
 def _train(args, resume_ckpt, device, rank, world, local_world, out: Path, bar_active: bool) -> dict:
     is_main = rank == 0
-    if resume_ckpt is None and is_main and find_latest_checkpoint(out) is not None:
+    if resume_ckpt is None and is_main and find_resume_checkpoint(out) is not None:
         raise UserError(f"{out} already holds checkpoints of a run: continue it with --resume auto, "
                         "or choose another --output-dir")
     if args.batch_size % world:
@@ -371,7 +372,7 @@ def _train(args, resume_ckpt, device, rank, world, local_world, out: Path, bar_a
                             "install one or drop --compile")
         compile_encoders(model)
     optimizer = build_optimizer(model, args, device)
-    start_epoch, history = 0, []
+    start_epoch, start_step, epoch_progress, history = 0, 0, None, []
     if resume_ckpt is not None:
         try:
             model.load_state_dict(strip_prefix(resume_ckpt["state_dict"]))
@@ -382,7 +383,15 @@ def _train(args, resume_ckpt, device, rank, world, local_world, out: Path, bar_a
             group["fused"], group["foreach"] = (True if device.type == "cuda" else None), None
         start_epoch = int(resume_ckpt["epoch"])
         history = list(resume_ckpt.get("history") or [])
-        log.info("resumed %s at epoch %d/%d", args.resume, start_epoch, args.epochs)
+        start_step = int(resume_ckpt.get("step_in_epoch") or 0)  # a resume point: steps into the next epoch
+        if start_step:
+            epoch_progress = resume_ckpt["epoch_progress"]
+            if epoch_progress["steps_per_epoch"] != steps_per_epoch:
+                raise UserError(f"{args.resume} stopped at step {start_step} of {epoch_progress['steps_per_epoch']} "
+                                f"steps per epoch but this run has {steps_per_epoch} (other data or batch size): "
+                                f"resume from a checkpoint_XXXX.pth.tar instead")
+        log.info("resumed %s at epoch %d/%d%s", args.resume, start_epoch, args.epochs,
+                 f", step {start_step}/{steps_per_epoch} of epoch {start_epoch + 1}" if start_step else "")
         if "config" not in resume_ckpt:
             log.warning("WARNING: %s has no stored config (an official checkpoint): arch, MLP, dim and K were "
                         "read off its tensors; aug+, cos, T, lr and epochs come from the flags", args.resume)
@@ -394,7 +403,7 @@ def _train(args, resume_ckpt, device, rank, world, local_world, out: Path, bar_a
     writer = None
     if is_main:
         from torch.utils.tensorboard import SummaryWriter
-        writer = SummaryWriter(str(out / "tb"), purge_step=start_epoch * steps_per_epoch + 1)
+        writer = SummaryWriter(str(out / "tb"), purge_step=start_epoch * steps_per_epoch + start_step + 1)
         log.info("MoCo %s: %s, %d images, %d steps/epoch of %d (%d per process x %d), K %d, m %g, T %g, "
                  "BN splits %d, %s%s, seed %d, device %s, %d workers -> %s", variant["name"], args.arch, n_images,
                  steps_per_epoch, args.batch_size, batch, world, args.moco_k, args.moco_m, args.moco_t, bn_splits,
@@ -403,26 +412,61 @@ def _train(args, resume_ckpt, device, rank, world, local_world, out: Path, bar_a
         atomic_write_json(out / "config.json", config)
 
     last_ckpt = find_latest_checkpoint(out) if is_main else None
-    bar = tqdm(total=(args.epochs - start_epoch) * steps_per_epoch, unit="step", dynamic_ncols=True,
+    bar = tqdm(total=(args.epochs - start_epoch) * steps_per_epoch - start_step, unit="step", dynamic_ncols=True,
                disable=not bar_active, smoothing=0.05)
     bad_files: set[int] = set()
     run_start = time.time()
     steps_done = 0
-    branch_gain = residual_branch_gain(args, start_epoch)  # what the (resumed) weights already hold
+    # what the (resumed) weights already hold
+    branch_gain = residual_branch_gain(args, start_epoch + start_step / steps_per_epoch)
+    # Ctrl-C / SIGTERM: a resume point after the step (every process agrees on which), then stop
+    stop = StopRequest("saving a resume point after this step, then stopping")
+    stop.install()
+    last_resume_save = time.monotonic()
+
+    def save_resume_point(epoch: int, done: int, monitor: StepMonitor, epoch_start: float, key_spread_now,
+                          grad_ratio_now) -> Path | None:
+        """Everything needed to continue after step `done` of `epoch` exactly as if never stopped (main only)."""
+        if monitor.steps:  # fold the steps since the last log line into the epoch totals (one process only)
+            _check_finite(monitor.read(model.queue, stage_grad_ratios(model.encoder_q)), epoch, done, last_ckpt)
+        if not is_main:
+            return None
+        path = save_checkpoint(
+            out / resume_point_name(epoch, done), model=model, optimizer=optimizer, epochs_done=epoch,
+            arch=args.arch, config=config, variant=variant, seed=seed, history=history,
+            mid_epoch={"step_in_epoch": done, "epoch_progress": {
+                "steps_per_epoch": steps_per_epoch, "totals": list(monitor.epoch_totals),
+                "elapsed_s": time.time() - epoch_start, "key_spread": key_spread_now, "grad_ratio": grad_ratio_now,
+                "bad_files": sorted(bad_files), "rng_cpu": torch.get_rng_state(),
+                "rng_cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}})
+        remove_resume_points(out, keep=path)
+        log.info("resume point %s (epoch %d, step %d/%d)", path, epoch + 1, done, steps_per_epoch)
+        return path
+
     try:
         for epoch in range(start_epoch, args.epochs):
+            first_step = start_step if epoch == start_epoch else 0
             epoch_start = time.time()
             lr = lr_at_epoch(args, epoch)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            sampler.set_epoch(epoch)
+            sampler.set_epoch(epoch, skip=first_step * batch)
             torch.manual_seed(derive_seed(seed, epoch, rank, 1))  # shuffle-BN permutations of this epoch
             model_ddp.train()
             bar.set_description(f"epoch {epoch + 1}/{args.epochs}")
             monitor = StepMonitor(device, args.batch_size)
             key_spread_now, grad_ratio_now = math.nan, {}  # the last log line's, recorded with the epoch
+            if first_step:  # resumed mid-epoch: what the epoch had accumulated, and its random state
+                epoch_start -= epoch_progress["elapsed_s"]
+                monitor.epoch_totals = list(epoch_progress["totals"])
+                key_spread_now, grad_ratio_now = epoch_progress["key_spread"], epoch_progress["grad_ratio"]
+                bad_files |= set(epoch_progress["bad_files"])
+                torch.set_rng_state(epoch_progress["rng_cpu"])
+                if device.type == "cuda" and epoch_progress["rng_cuda"] is not None:
+                    torch.cuda.set_rng_state(epoch_progress["rng_cuda"], device)
+            done = first_step  # steps of this epoch completed
             try:
-                for step, ((im_q, im_k), unreadable) in enumerate(loader):
+                for step, ((im_q, im_k), unreadable) in enumerate(loader, start=first_step):
                     _count_unreadable(unreadable, bad_files, dataset, n_images // world)
                     im_q = im_q.to(device, non_blocking=True)
                     im_k = im_k.to(device, non_blocking=True)
@@ -439,14 +483,13 @@ def _train(args, resume_ckpt, device, rank, world, local_world, out: Path, bar_a
                             multiply_residual_branches(encoder, gain / branch_gain)
                         branch_gain = gain
                     monitor.add(*train_step(model_ddp, optimizer, im_q, im_k, autocast_dtype))
+                    done = step + 1
                     steps_done += 1
                     bar.update(1)
-                    if monitor.steps == args.print_freq or step + 1 == steps_per_epoch:
+                    at_log = monitor.steps == args.print_freq or step + 1 == steps_per_epoch
+                    if at_log:
                         w = monitor.read(model.queue, stage_grad_ratios(model.encoder_q))  # the only host sync
-                        if w["nonfinite"]:
-                            raise TrainingDiverged(
-                                f"loss became NaN/Inf in epoch {epoch + 1} (step {step + 1}); stopped. "
-                                f"Last good checkpoint: {last_ckpt or 'none yet'}. Try a lower --lr or --precision fp32")
+                        _check_finite(w, epoch, step + 1, last_ckpt)
                         remaining = (args.epochs - epoch) * steps_per_epoch - step - 1
                         eta = (time.time() - run_start) / steps_done * remaining
                         bar.set_postfix_str(f"loss {w['loss']:.3f} (ln(K+1) {ln_k1:.2f}) acc1 {w['acc1']:.1f}% "
@@ -464,10 +507,33 @@ def _train(args, resume_ckpt, device, rank, world, local_world, out: Path, bar_a
                                 writer.add_scalar(f"grad_ratio/{stage}", ratio, gstep)
                             writer.add_scalar("train/lr", lr, gstep)
                             writer.add_scalar("train/ln_K_plus_1", ln_k1, gstep)
+                    # Mid-epoch resume points: every process must take the same decision, so with several
+                    # they meet only at log steps (where they sync anyway); the epoch's end has its own.
+                    if step + 1 < steps_per_epoch and (world == 1 or at_log):
+                        timed = is_main and args.checkpoint_minutes > 0 and \
+                            time.monotonic() - last_resume_save >= 60 * args.checkpoint_minutes
+                        stop_now, save_now = _any_process([stop.requested, timed], world, device)
+                        if stop_now or save_now:
+                            path = save_resume_point(epoch, done, monitor, epoch_start, key_spread_now,
+                                                     grad_ratio_now)
+                            last_resume_save = time.monotonic()
+                            if stop_now:
+                                _barrier(world)  # nobody exits while the main process writes
+                                raise stop.interrupted(
+                                    f"stopped after step {done}/{steps_per_epoch} of epoch {epoch + 1}, resume "
+                                    f"point {path}; continue with --resume auto")
             except UserError as e:
                 if isinstance(e, TrainingDiverged):
                     raise
                 raise UserError(_one_line(e)) from None
+            except Exception:
+                # A Ctrl-C also reaches the loader's workers, which exit: the next batch then fails before
+                # the step above could save. Save the steps completed so far and stop as asked.
+                if not (stop.requested and not stop.aborted and world == 1):
+                    raise
+                path = save_resume_point(epoch, done, monitor, epoch_start, key_spread_now, grad_ratio_now)
+                raise stop.interrupted(f"stopped after step {done}/{steps_per_epoch} of epoch {epoch + 1}, "
+                                       f"resume point {path}; continue with --resume auto") from None
 
             # ---- end of epoch: metrics over all processes, kNN, checkpoint, metrics.json
             loss_mean, acc1_mean = monitor.epoch_means(world)
@@ -481,6 +547,7 @@ def _train(args, resume_ckpt, device, rank, world, local_world, out: Path, bar_a
                                              device, args.knn_k, args.knn_t, autocast_dtype, args.channels_last)
             entry["time_s"] = time.time() - epoch_start
             history.append(entry)
+            stop_now = _any_process([stop.requested], world, device)[0] and epoch + 1 < args.epochs
             if is_main:
                 log.info("epoch %d/%d done in %s: loss %.4f (ln(K+1) = %.2f), acc1 %.2f%%%s, %.1f img/s",
                          epoch + 1, args.epochs, _hms(entry["time_s"]), entry["loss"], ln_k1, entry["acc1"],
@@ -498,13 +565,20 @@ def _train(args, resume_ckpt, device, rank, world, local_world, out: Path, bar_a
                     if tag in entry:
                         writer.add_scalar(f"epoch/{tag}", entry[tag], epoch + 1)
                 writer.flush()
-                if (epoch + 1) % args.save_every == 0 or epoch + 1 == args.epochs:
+                if (epoch + 1) % args.save_every == 0 or epoch + 1 == args.epochs or stop_now:
                     last_ckpt = save_checkpoint(out / checkpoint_name(epoch + 1), model=model, optimizer=optimizer,
                                                 epochs_done=epoch + 1, arch=args.arch, config=config,
                                                 variant=variant, seed=seed, history=history)
                     _prune_checkpoints(out, args.keep_checkpoints)
+                    remove_resume_points(out)  # all of them lie behind it
+                    last_resume_save = time.monotonic()
                 _write_metrics(out, config, variant, history, last_ckpt, None)
+            if stop_now:
+                _barrier(world)
+                raise stop.interrupted(f"stopped after epoch {epoch + 1} of {args.epochs}, checkpoint "
+                                       f"{last_ckpt or out / checkpoint_name(epoch + 1)}; continue with --resume auto")
     finally:
+        stop.restore()
         bar.close()
         if writer:
             writer.close()
@@ -518,6 +592,26 @@ def _train(args, resume_ckpt, device, rank, world, local_world, out: Path, bar_a
                     "history": history}
         last_ckpt = Path(args.resume)  # finish what an interrupted run left undone (final link, record)
     return _finish(out, last_ckpt, config, variant, history, seed)
+
+
+def _check_finite(window: dict, epoch: int, step: int, last_ckpt):
+    if window["nonfinite"]:
+        raise TrainingDiverged(f"loss became NaN/Inf in epoch {epoch + 1} (step {step}); stopped. "
+                               f"Last good checkpoint: {last_ckpt or 'none yet'}. Try a lower --lr or --precision fp32")
+
+
+def _any_process(flags: list[bool], world: int, device: torch.device) -> list[bool]:
+    """Each flag, true if it is true in any process (one small all_reduce; nothing with one process)."""
+    if world == 1:
+        return flags
+    t = torch.tensor([float(f) for f in flags], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return [bool(v) for v in t.tolist()]
+
+
+def _barrier(world: int) -> None:
+    if world > 1:
+        dist.barrier()
 
 
 def _count_unreadable(unreadable: torch.Tensor, bad_files: set, dataset, n_local: int):
@@ -588,6 +682,7 @@ def _fmt(value, spec: str) -> str:
 
 def _finish(out: Path, last_ckpt: Path, config, variant, history, seed) -> dict:
     final = _link_final(Path(last_ckpt), out)
+    remove_resume_points(out)
     sha = sha256_file(final)
     last = history[-1] if history else {}
     metrics = {"final_loss": last.get("loss"), "final_acc1": last.get("acc1"), "epochs": config["epochs"],

@@ -21,8 +21,9 @@ from detectron2.utils import comm
 from .. import d2_modeling
 from ..errors import UserError, one_line
 from ..fileio import atomic_write_json, atomic_write_text, sha256_json
+from ..stop_request import Interrupted
 from .config import build_config, check_dataset, config_differences, config_hash, config_identity
-from .trial import (METRICS, SlurmTrialJob, TrialInterrupted, TrialSpec, WeightsInfo, check_weights, format_seconds,
+from .trial import (METRICS, SlurmTrialJob, TrialSpec, WeightsInfo, check_weights, format_seconds,
                     launch_trial, log_file, preflight_weights, read_metrics, setup_logging, trial_dir)
 
 logger = logging.getLogger("mocoeval.voc")
@@ -382,7 +383,7 @@ def _run_locally(specs: list[TrialSpec]) -> dict[int, str]:
             launch_trial(spec)
         except UserError:
             raise  # bad input concerns every trial: stop with its one-line message
-        except TrialInterrupted as e:
+        except Interrupted as e:
             logger.warning(f"trial {spec.index}/{spec.n_trials}: {e}")
             raise
         except Exception as e:

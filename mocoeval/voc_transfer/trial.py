@@ -9,8 +9,6 @@ import json
 import logging
 import math
 import os
-import signal
-import threading
 import time
 from pathlib import Path
 from typing import Any, Iterable
@@ -28,6 +26,7 @@ from detectron2.utils.logger import setup_logger
 from ..d2_convert import NEW_IN_DETECTOR, d2_residual_branch_scales, quiet_loggers
 from ..errors import UserError, one_line
 from ..fileio import atomic_write_json, atomic_write_text, sha256_file
+from ..stop_request import StopRequest
 
 logger = logging.getLogger("mocoeval.voc")
 
@@ -192,15 +191,6 @@ class TrialProgress(HookBase):
                     f"evaluation not included)")
 
 
-class TrialInterrupted(KeyboardInterrupt):
-    """A trial stopped on SIGINT/SIGTERM after saving a resume point (a KeyboardInterrupt, so that
-    Detectron2's trainer does not log it as a crash; `cli_main` prints the message)."""
-
-    def __init__(self, message: str, signum: int):
-        super().__init__(message)
-        self.exit_code = 128 + signum
-
-
 class ResumePoints(HookBase):
     """Resume checkpoints besides SOLVER.CHECKPOINT_PERIOD, so that an interrupted trial loses little.
 
@@ -208,15 +198,13 @@ class ResumePoints(HookBase):
       schedule with no resume point at all and can cost hours of a long one; a killed process (out of
       memory, a lost node) now loses at most `minutes`.
     - With `stop_on_signal`, in a one-process trial: SIGINT (Ctrl-C) or SIGTERM (`kill`, a scheduler) asks
-      the trial to stop; it finishes the current iteration, saves it and raises TrialInterrupted, so
-      nothing is lost. A second signal, or one once the last iteration has run (evaluation), stops at once.
+      the trial to stop; it finishes the current iteration, saves it and raises `stop_request.Interrupted`,
+      so nothing is lost. A second signal, or one once the last iteration has run (evaluation), stops at once.
       Off under submitit, which handles signals itself, and with several processes, which would have to
       agree on the iteration to stop at.
 
     Only the newest of its own files is kept; it never touches a periodic checkpoint.
     """
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self, minutes: float, period: int, stop_on_signal: bool = False):
         self.interval_s = minutes * 60.0
@@ -224,35 +212,24 @@ class ResumePoints(HookBase):
         self.stop_on_signal = stop_on_signal
         self._last_save = None
         self._own_file: Path | None = None
-        self._previous_handlers: dict = {}
-        self._stop_signal: int | None = None
-        self._training_done = self._stopped = False
+        self._stop = StopRequest("stopping after this iteration with a resume point")
+        self._stopped = False
 
     def before_train(self):
         self._last_save = time.monotonic()
-        if (self.stop_on_signal and comm.get_world_size() == 1
-                and threading.current_thread() is threading.main_thread()):
-            self._previous_handlers = {s: signal.signal(s, self._on_signal) for s in self.SIGNALS}
-
-    def _on_signal(self, signum, frame):
-        if self._stop_signal is not None or self._training_done:
-            self._restore_handlers()
-            self._stopped = True  # at once: nothing more is saved
-            raise KeyboardInterrupt
-        self._stop_signal = signum
-        logger.warning(f"{signal.Signals(signum).name} received: stopping after this iteration with a resume "
-                       "point (send it again to stop at once)")
+        if self.stop_on_signal and comm.get_world_size() == 1:
+            self._stop.install()
 
     def after_step(self):
         it = self.trainer.iter
         if it + 1 >= self.trainer.max_iter:
-            self._training_done = True  # the last iteration writes model_final.pth anyway
-            if self._stop_signal is not None:
+            self._stop.finishing()  # the last iteration writes model_final.pth anyway
+            if self._stop.requested:
                 logger.warning("that was the last iteration: the trial goes on to its evaluation "
                                "(send the signal again to stop at once)")
             return
-        if self._stop_signal is not None:
-            self._stop(it)
+        if self._stop.requested:
+            self._save_and_stop(it)
         if self.interval_s > 0 and time.monotonic() - self._last_save >= self.interval_s:
             self._last_save = time.monotonic()
             self._save(it)
@@ -261,19 +238,18 @@ class ResumePoints(HookBase):
         # A stop was requested but training ended by an error first (typically the loader's worker processes,
         # which get the terminal's Ctrl-C too, have exited): save the last completed iteration and stop.
         try:
-            if self._stop_signal is not None and not self._stopped and not self._training_done \
-                    and self.trainer.iter > self.trainer.start_iter:
+            if self._stop.requested and not (self._stopped or self._stop.aborted) \
+                    and self.trainer.iter + 1 < self.trainer.max_iter and self.trainer.iter > self.trainer.start_iter:
                 self.trainer.iter -= 1  # the last completed one, also in the trainer state that is saved
-                self._stop(self.trainer.iter)
+                self._save_and_stop(self.trainer.iter)
         finally:
-            self._restore_handlers()
+            self._stop.restore()
 
-    def _stop(self, it: int):
+    def _save_and_stop(self, it: int):
         self._stopped = True
         path = self._save(it)
-        name = signal.Signals(self._stop_signal).name
-        raise TrialInterrupted(f"{name}: trial stopped after iteration {it + 1} of {self.trainer.max_iter}, resume "
-                               f"point {path}; run the same command again to continue", self._stop_signal)
+        raise self._stop.interrupted(f"trial stopped after iteration {it + 1} of {self.trainer.max_iter}, resume "
+                                     f"point {path}; run the same command again to continue")
 
     def _save(self, it: int) -> Path:
         name = f"model_{it:07d}"
@@ -286,11 +262,6 @@ class ResumePoints(HookBase):
                 self._own_file.unlink(missing_ok=True)
             self._own_file = path
         return path
-
-    def _restore_handlers(self):
-        for s, handler in self._previous_handlers.items():
-            signal.signal(s, handler)
-        self._previous_handlers = {}
 
 
 class VOCTrainer(DefaultTrainer):
