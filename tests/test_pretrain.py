@@ -258,7 +258,7 @@ def test_a_signal_saves_and_stops_and_resume_auto_ends_like_the_uninterrupted_ru
 
 
 def test_timed_resume_points_survive_a_crash_and_keep_only_the_newest(uninterrupted, tiny_data, tmp_path,
-                                                                     monkeypatch):
+                                                                     monkeypatch, capsys):
     """--checkpoint-minutes tiny: a resume point after every step but an epoch's last; the epoch's checkpoint
     removes them and each new one its predecessor. A crash in epoch 2's last step leaves step 2's, from which
     --resume auto ends exactly like the run that never stopped."""
@@ -274,6 +274,11 @@ def test_timed_resume_points_survive_a_crash_and_keep_only_the_newest(uninterrup
                                                               "resume_epoch0002_step000002.pth.tar"]
     point = torch.load(out / "resume_epoch0002_step000002.pth.tar", map_location="cpu", weights_only=True)
     assert point["epoch"] == 1 and point["step_in_epoch"] == 2 and point["epoch_progress"]["steps_per_epoch"] == 3
+    # on other data its step means nothing: refused in one line (an epoch checkpoint could be resumed there)
+    fewer = tmp_path / "fewer"
+    write_image_folder(fewer, {"train": 6})  # 18 images: 2 steps of 8
+    line = error_line(capsys, [fewer, "--resume", "auto", "--output-dir", out, "--workers", "0"])
+    assert "stopped at step 2 of 3 steps per epoch but this run has 2" in line
     run_cli([tiny_data, "--resume", "auto", "--output-dir", out, "--workers", "0"])
     assert_same_state(uninterrupted / "final.pth.tar", out / "final.pth.tar")
     assert "step 2/3 of epoch 2" in (out / "log.txt").read_text()
@@ -431,6 +436,7 @@ def test_bad_data_folders_are_one_line_errors(tmp_path, capsys):
     write_image_folder(few, {"train": 1})
     assert "fewer than the batch size 8" in error_line(capsys, [few, *TINY, "--arch", "resnet18"])
     assert "not divisible" in error_line(capsys, [few, *TINY, "--moco-k", "20"])
+    assert "--checkpoint-minutes must be >= 0" in error_line(capsys, [few, *TINY, "--checkpoint-minutes", "-1"])
 
 
 def test_unreadable_images_are_counted_and_stop_the_run(tmp_path, capsys):
