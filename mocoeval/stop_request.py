@@ -48,12 +48,6 @@ class StopRequest:
             signal.signal(s, handler)
         self._previous = {}
 
-    def __enter__(self) -> "StopRequest":
-        return self.install()
-
-    def __exit__(self, *exc) -> None:
-        self.restore()
-
     @property
     def requested(self) -> bool:
         return self.signum is not None

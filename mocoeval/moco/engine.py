@@ -548,6 +548,8 @@ def _train(args, resume_ckpt, device, rank, world, local_world, out: Path, bar_a
             entry["time_s"] = time.time() - epoch_start
             history.append(entry)
             stop_now = _any_process([stop.requested], world, device)[0] and epoch + 1 < args.epochs
+            if stop.requested and epoch + 1 == args.epochs and is_main:
+                log.warning("that was the last epoch: the run finishes (send the signal again to stop at once)")
             if is_main:
                 log.info("epoch %d/%d done in %s: loss %.4f (ln(K+1) = %.2f), acc1 %.2f%%%s, %.1f img/s",
                          epoch + 1, args.epochs, _hms(entry["time_s"]), entry["loss"], ln_k1, entry["acc1"],
