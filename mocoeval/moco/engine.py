@@ -390,8 +390,8 @@ def _train(args, resume_ckpt, device, rank, world, local_world, out: Path, bar_a
                 raise UserError(f"{args.resume} stopped at step {start_step} of {epoch_progress['steps_per_epoch']} "
                                 f"steps per epoch but this run has {steps_per_epoch} (other data or batch size): "
                                 f"resume from a checkpoint_XXXX.pth.tar instead")
-        log.info("resumed %s at epoch %d/%d%s", args.resume, start_epoch, args.epochs,
-                 f", step {start_step}/{steps_per_epoch} of epoch {start_epoch + 1}" if start_step else "")
+        log.info("resumed %s: %d of %d epochs done%s", args.resume, start_epoch, args.epochs,
+                 f", and step {start_step}/{steps_per_epoch} of epoch {start_epoch + 1}" if start_step else "")
         if "config" not in resume_ckpt:
             log.warning("WARNING: %s has no stored config (an official checkpoint): arch, MLP, dim and K were "
                         "read off its tensors; aug+, cos, T, lr and epochs come from the flags", args.resume)
