@@ -18,7 +18,9 @@ The protocol is the official facebookresearch/moco `main_lincls.py` (constants i
 Reproducibility: the training crops are drawn from an RNG seeded by (seed, epoch, image index) and the
 shuffling from a generator seeded by (seed, epoch), so a run resumed at any epoch boundary, or run with any
 number of data-loader workers, sees exactly the same batches as an uninterrupted one; no global RNG state needs
-saving. The backbone forward runs under `torch.no_grad()` (optionally bf16 autocast and channels-last): only
+saving. Ctrl-C / SIGTERM stop after the current iteration (every process agrees at the next log step) with that
+state in checkpoint.pth.tar (`step_in_epoch`, the epoch's sums so far): `--resume auto` skips the epoch's
+batches already trained and ends exactly like the uninterrupted run. The backbone forward runs under `torch.no_grad()` (optionally bf16 autocast and channels-last): only
 `fc` is in autograd.
 """
 from __future__ import annotations
@@ -26,6 +28,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import logging
+import math
 import os
 import sys
 import time
@@ -42,6 +45,7 @@ from torchvision.models.resnet import Bottleneck, ResNet
 from .checkpoint_formats import check_residual_bn_init
 from .errors import UserError
 from .fileio import atomic_torch_save, atomic_write_json, sha256_json
+from .stop_request import StopRequest, any_process
 
 logger = logging.getLogger("mocoeval.linear")
 
@@ -309,16 +313,23 @@ class Runner:
 
 
 def train_one_epoch(runner: Runner, loader, optimizer, epoch: int, *, print_freq: int = 10, writer=None,
-                    progress: bool = True, desc: str = "") -> dict:
-    """One pass over `loader` updating fc only; returns train loss, top-1 and throughput."""
+                    progress: bool = True, desc: str = "", start_iter: int = 0, carried: list | None = None,
+                    stop: StopRequest | None = None, world: int = 1) -> dict:
+    """One pass over `loader` updating fc only; returns train loss, top-1 and throughput.
+
+    Resumed mid-epoch, `loader` holds the epoch's batches from `start_iter` on and `carried` the sums before it
+    ([loss sum, top-1 correct, images, seconds]). Once `stop` is requested (agreed by all `world` processes at log
+    steps) it returns after the current iteration with "stopped_after" (iterations done) and those sums.
+    """
     from tqdm import tqdm
 
     runner.model.train()  # stays in eval mode (see FrozenBackboneResNet50.train), like the official script
     criterion = nn.CrossEntropyLoss()
-    loss_sum, correct1, seen = 0.0, 0, 0
+    loss_sum, correct1, seen, elapsed_before = carried or (0.0, 0, 0, 0.0)
+    n_iters = start_iter + len(loader)
     start = time.perf_counter()
     bar = tqdm(loader, desc=desc, leave=False, disable=not progress, dynamic_ncols=True)
-    for it, (images, targets) in enumerate(bar):
+    for it, (images, targets) in enumerate(bar, start=start_iter):
         targets = targets.to(runner.device, non_blocking=True)
         logits = runner.logits(images)
         loss = criterion(logits, targets)
@@ -329,11 +340,20 @@ def train_one_epoch(runner: Runner, loader, optimizer, epoch: int, *, print_freq
         loss_sum += loss.item() * n
         correct1 += topk_correct(logits.detach(), targets, ks=(1,))[0]
         seen += n
-        if it % print_freq == 0 or it == len(loader) - 1:
+        at_log = it % print_freq == 0 or it == n_iters - 1
+        if at_log:
             bar.set_postfix(loss=f"{loss_sum / seen:.3f}", top1=f"{100 * correct1 / seen:.1f}")
             if writer is not None:
-                writer.add_scalar("train/loss_iter", loss.item(), epoch * len(loader) + it)
-    elapsed = time.perf_counter() - start
+                writer.add_scalar("train/loss_iter", loss.item(), epoch * n_iters + it)
+        if stop is not None and it + 1 < n_iters and (world == 1 or at_log) \
+                and any_process([stop.requested], world, runner.device)[0]:
+            sums = torch.tensor([loss_sum, correct1, seen], dtype=torch.float64, device=runner.device)
+            if world > 1:
+                dist.all_reduce(sums)  # the checkpoint carries the totals; rank 0 alone resumes with them
+            bar.close()
+            return {"stopped_after": it + 1,
+                    "carried": [*sums.tolist(), elapsed_before + time.perf_counter() - start]}
+    elapsed = elapsed_before + time.perf_counter() - start
     stats = torch.tensor([loss_sum, correct1, seen], dtype=torch.float64, device=runner.device)
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(stats)
@@ -506,7 +526,10 @@ def run(args: argparse.Namespace) -> dict:
 
     history: list[dict] = []
     best = {"top1": -1.0, "top5": 0.0, "epoch": 0}
-    start_epoch = 0
+    start_epoch, start_iter, carried = 0, 0, None
+    per_rank_batch = args.batch_size // world
+    # per process: DistributedSampler pads to ceil(len / world) images; the last batch may be partial
+    iters_per_epoch = math.ceil(math.ceil(len(train_set) / world) / per_rank_batch)
     resume_path = resolve_resume(args.resume, output_dir)
     if args.resume == "auto" and resume_path is None:
         logger.info("--resume auto: no %s in %s, starting from scratch", CHECKPOINT_NAME, output_dir)
@@ -534,12 +557,20 @@ def run(args: argparse.Namespace) -> dict:
         start_epoch = int(ckpt["epoch"])
         history = list(ckpt.get("history", []))
         best = dict(ckpt.get("best", best))
-        logger.info("resumed from %s at epoch %d (best top-1 %.2f at epoch %d)%s", resume_path, start_epoch,
+        start_iter = int(ckpt.get("step_in_epoch") or 0)  # stopped mid-epoch: that many iterations of the next
+        if start_iter:
+            progress = ckpt["epoch_progress"]
+            if progress["iters_per_epoch"] != iters_per_epoch:
+                raise UserError(f"--resume {resume_path}: it stopped at iteration {start_iter} of "
+                                f"{progress['iters_per_epoch']} per epoch, this run has {iters_per_epoch} "
+                                "(other data or number of processes)")
+            carried = progress["carried"] if rank == 0 else [0.0, 0, 0, progress["carried"][3]]
+        logger.info("resumed from %s at epoch %d%s (best top-1 %.2f at epoch %d)%s", resume_path, start_epoch,
+                    f", iteration {start_iter}/{iters_per_epoch} of epoch {start_epoch + 1}" if start_iter else "",
                     best["top1"], best["epoch"],
                     "; training already finished: re-checking and re-recording it" if start_epoch == args.epochs
                     else "")
 
-    per_rank_batch = args.batch_size // world
     if distributed:
         train_sampler = torch.utils.data.DistributedSampler(train_set, num_replicas=world, rank=rank,
                                                             shuffle=True, seed=args.seed)
@@ -564,58 +595,85 @@ def run(args: argparse.Namespace) -> dict:
         check_backbone_unchanged(model.state_dict(), reference, source)
         logger.info("sanity check %s passed: every backbone tensor equals %s", when, source)
 
-    epochs_bar = tqdm(total=args.epochs, initial=start_epoch, desc="epochs", disable=not is_main,
-                      dynamic_ncols=True)
-    for epoch in range(start_epoch, args.epochs):
-        lr = lr_at_epoch(args.lr, epoch, args.schedule)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        train_set.set_epoch(epoch)
-        if train_sampler is not None:
-            train_sampler.set_epoch(epoch)
-            sampler = train_sampler
-        else:
-            gen = torch.Generator().manual_seed(sample_seed(args.seed, epoch, -1))
-            sampler = torch.utils.data.RandomSampler(train_set, generator=gen)
-        train_loader = torch.utils.data.DataLoader(train_set, batch_size=per_rank_batch, sampler=sampler,
-                                                   **loader_kwargs)
-        desc = f"epoch {epoch + 1}/{args.epochs}"
-        train_stats = train_one_epoch(runner, train_loader, optimizer, epoch, print_freq=args.print_freq,
-                                      writer=writer, progress=is_main, desc=desc)
-        val_stats = evaluate(runner, val_loader, progress=is_main, desc=f"{desc} val")
-        entry = {"epoch": epoch + 1, "lr": lr, **train_stats, **val_stats}
-        history.append(entry)
-        if val_stats["top1"] > best["top1"]:
-            best = {"top1": val_stats["top1"], "top5": val_stats["top5"], "epoch": epoch + 1}
-            improved = True
-        else:
-            improved = False
-        logger.info("epoch %d/%d lr %.4g: train loss %.4f top-1 %.2f (%.0f img/s) | val top-1 %.2f top-5 %.2f"
-                    " | best top-1 %.2f (epoch %d)", epoch + 1, args.epochs, lr, train_stats["train_loss"],
-                    train_stats["train_top1"], train_stats["train_images_per_s"], val_stats["top1"],
-                    val_stats["top5"], best["top1"], best["epoch"])
-        if writer is not None:
-            for key in ("train_loss", "train_top1", "train_images_per_s"):
-                writer.add_scalar(f"train/{key[len('train_'):]}", train_stats[key], epoch + 1)
-            writer.add_scalar("train/lr", lr, epoch + 1)
-            for key in ("top1", "top5", "val_loss"):
-                writer.add_scalar(f"val/{key}", val_stats[key], epoch + 1)
-            writer.flush()
+    def save_checkpoint(epochs_done: int, improved: bool = False, mid_epoch: dict | None = None) -> Path:
+        path = output_dir / CHECKPOINT_NAME
         if is_main:
-            ckpt = {"format": CHECKPOINT_FORMAT, "epoch": epoch + 1, "arch": ARCH, "classes": classes,
+            ckpt = {"format": CHECKPOINT_FORMAT, "epoch": epochs_done, "arch": ARCH, "classes": classes,
                     "fc": {k: v.detach().cpu() for k, v in model.fc.state_dict().items()},
                     "optimizer": optimizer.state_dict(), "best": best, "history": history,
-                    "source_sha256": info.get("source_sha256"), "variant": variant, "args": config}
-            atomic_torch_save(ckpt, output_dir / CHECKPOINT_NAME)
+                    "source_sha256": info.get("source_sha256"), "variant": variant, "args": config,
+                    **(mid_epoch or {})}
+            atomic_torch_save(ckpt, path)
             if improved:
                 atomic_torch_save(ckpt, output_dir / BEST_CHECKPOINT_NAME)
-        epochs_bar.update(1)
-        epochs_bar.set_postfix(top1=f"{val_stats['top1']:.2f}", best=f"{best['top1']:.2f}")
-        # the official script checks once after its first epoch; so do we (early failure), and at the end
-        if not sanity_checked_first_epoch and epoch + 1 < args.epochs:
-            sanity_check("after the first epoch")
-            sanity_checked_first_epoch = True
-    epochs_bar.close()
+        if distributed:
+            dist.barrier()  # nobody stops while rank 0 writes
+        return path
+
+    # Ctrl-C / SIGTERM: finish the iteration, save it, stop (every process agrees at the next log step)
+    stop = StopRequest("saving after this iteration, then stopping").install()
+    epochs_bar = tqdm(total=args.epochs, initial=start_epoch, desc="epochs", disable=not is_main,
+                      dynamic_ncols=True)
+    try:
+        for epoch in range(start_epoch, args.epochs):
+            first_iter = start_iter if epoch == start_epoch else 0
+            lr = lr_at_epoch(args.lr, epoch, args.schedule)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            train_set.set_epoch(epoch)
+            if train_sampler is not None:
+                train_sampler.set_epoch(epoch)
+                sampler = train_sampler
+            else:
+                gen = torch.Generator().manual_seed(sample_seed(args.seed, epoch, -1))
+                sampler = torch.utils.data.RandomSampler(train_set, generator=gen)
+            if first_iter:  # resumed mid-epoch: the same order, without the batches already trained
+                sampler = list(sampler)[first_iter * per_rank_batch:]
+            train_loader = torch.utils.data.DataLoader(train_set, batch_size=per_rank_batch, sampler=sampler,
+                                                       **loader_kwargs)
+            desc = f"epoch {epoch + 1}/{args.epochs}"
+            train_stats = train_one_epoch(runner, train_loader, optimizer, epoch, print_freq=args.print_freq,
+                                          writer=writer, progress=is_main, desc=desc, start_iter=first_iter,
+                                          carried=carried if first_iter else None, stop=stop, world=world)
+            if "stopped_after" in train_stats:
+                done = train_stats["stopped_after"]
+                path = save_checkpoint(epoch, mid_epoch={"step_in_epoch": done, "epoch_progress": {
+                    "iters_per_epoch": iters_per_epoch, "carried": train_stats["carried"]}})
+                raise stop.interrupted(f"stopped after iteration {done}/{iters_per_epoch} of epoch {epoch + 1}, "
+                                       f"state in {path}; continue with --resume auto")
+            val_stats = evaluate(runner, val_loader, progress=is_main, desc=f"{desc} val")
+            entry = {"epoch": epoch + 1, "lr": lr, **train_stats, **val_stats}
+            history.append(entry)
+            if val_stats["top1"] > best["top1"]:
+                best = {"top1": val_stats["top1"], "top5": val_stats["top5"], "epoch": epoch + 1}
+                improved = True
+            else:
+                improved = False
+            logger.info("epoch %d/%d lr %.4g: train loss %.4f top-1 %.2f (%.0f img/s) | val top-1 %.2f top-5 %.2f"
+                        " | best top-1 %.2f (epoch %d)", epoch + 1, args.epochs, lr, train_stats["train_loss"],
+                        train_stats["train_top1"], train_stats["train_images_per_s"], val_stats["top1"],
+                        val_stats["top5"], best["top1"], best["epoch"])
+            if writer is not None:
+                for key in ("train_loss", "train_top1", "train_images_per_s"):
+                    writer.add_scalar(f"train/{key[len('train_'):]}", train_stats[key], epoch + 1)
+                writer.add_scalar("train/lr", lr, epoch + 1)
+                for key in ("top1", "top5", "val_loss"):
+                    writer.add_scalar(f"val/{key}", val_stats[key], epoch + 1)
+                writer.flush()
+            path = save_checkpoint(epoch + 1, improved)
+            epochs_bar.update(1)
+            epochs_bar.set_postfix(top1=f"{val_stats['top1']:.2f}", best=f"{best['top1']:.2f}")
+            # a signal during the evaluation: the epoch is saved, stop here (unless it was the last)
+            if any_process([stop.requested], world, device)[0] and epoch + 1 < args.epochs:
+                raise stop.interrupted(f"stopped after epoch {epoch + 1} of {args.epochs}, state in {path}; "
+                                       "continue with --resume auto")
+            # the official script checks once after its first epoch; so do we (early failure), and at the end
+            if not sanity_checked_first_epoch and epoch + 1 < args.epochs:
+                sanity_check("after the first epoch")
+                sanity_checked_first_epoch = True
+    finally:
+        stop.restore()
+        epochs_bar.close()
     if writer is not None:
         writer.close()
 

@@ -10,6 +10,9 @@ import logging
 import signal
 import threading
 
+import torch
+import torch.distributed as dist
+
 logger = logging.getLogger("mocoeval")
 
 
@@ -72,3 +75,14 @@ class StopRequest:
         self.signum = signum
         logger.warning(f"{signal.Signals(signum).name} received: {self.what_happens} "
                        "(send it again to stop at once)")
+
+
+def any_process(flags: list[bool], world: int, device: torch.device) -> list[bool]:
+    """Each flag, true if it is true in any process (one small all_reduce; nothing with one process), so that
+    every process of a distributed run takes the same stop / save decision at the same step."""
+    if world == 1:
+        return flags
+    t = torch.tensor([float(f) for f in flags], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return [bool(v) for v in t.tolist()]
+

@@ -8,7 +8,9 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -330,6 +332,53 @@ def test_resume_continues_and_equals_the_uninterrupted_run(uninterrupted_run, im
     with pytest.raises(SystemExit) as exc:
         _run([*common, "--epochs", 3, "--resume", str(out / "checkpoint.pth.tar"), "--lr", "0.1"])
     assert exc.value.code == 2
+
+
+@pytest.mark.parametrize("sig, phase, at_call, said", [
+    # 80 training images in batches of 32: 3 iterations per epoch; the 5th forward is epoch 2's 2nd iteration
+    (signal.SIGINT, "train", 5, r"stopped after iteration (2)/(3) of epoch 2, state in "),
+    (signal.SIGTERM, "val", 1, r"stopped after epoch 1 of 2, state in "),  # during epoch 1's evaluation
+])
+def test_a_signal_saves_and_stops_and_resume_auto_ends_like_the_uninterrupted_run(
+        uninterrupted_run, imagenet_mini, moco_checkpoint, tmp_path, results_dir, monkeypatch, capsys,
+        sig, phase, at_call, said):
+    """The `at_call`-th training (or evaluation) backbone forward sends `sig` to this process, as Ctrl-C or
+    `kill` would; the run saves and stops in one line, and `--resume auto` (other workers) ends exactly like the
+    full run."""
+    full_out, _, full = uninterrupted_run
+    out = tmp_path / "stopped"
+    common = ["--weights", moco_checkpoint, imagenet_mini, *FAST, "--schedule", 1, "--seed", 3, "--output-dir", out,
+              "--epochs", 2]
+    real, calls, before = le.Runner.features, [0], signal.getsignal(sig)
+
+    def features(self, images):
+        if torch.is_grad_enabled() == (phase == "train"):  # evaluation runs under no_grad
+            calls[0] += 1
+            if calls[0] == at_call:
+                os.kill(os.getpid(), sig)
+        return real(self, images)
+
+    with monkeypatch.context() as patch, pytest.raises(SystemExit) as e:
+        patch.setattr(le.Runner, "features", features)
+        _run([*common, "--workers", 0])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    match = re.search(said, err)
+    assert e.value.code == 128 + sig and err.startswith(f"interrupted: {signal.Signals(sig).name}: ") and match, err
+    state = torch.load(out / "checkpoint.pth.tar", weights_only=True)
+    if phase == "train":
+        done, per_epoch = int(match.group(1)), int(match.group(2))
+        assert 1 <= done < per_epoch and state["epoch"] == 1 and state["step_in_epoch"] == done
+    else:
+        assert state["epoch"] == 1 and "step_in_epoch" not in state
+    assert signal.getsignal(sig) is before and not (out / "metrics.json").exists()
+
+    resumed = _run([*common, "--workers", 2, "--resume", "auto"])
+    a = torch.load(full_out / "checkpoint.pth.tar", weights_only=True)
+    b = torch.load(out / "checkpoint.pth.tar", weights_only=True)
+    assert torch.equal(a["fc"]["weight"], b["fc"]["weight"]) and torch.equal(a["fc"]["bias"], b["fc"]["bias"])
+    assert resumed["top1"] == full["top1"] and "step_in_epoch" not in b
+    assert [h["train_loss"] for h in resumed["history"]] == pytest.approx([h["train_loss"] for h in full["history"]],
+                                                                        rel=1e-12)
 
 
 def test_random_init_run_records_its_seed(imagenet_mini, tmp_path, results_dir):

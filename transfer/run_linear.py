@@ -73,7 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-dir", metavar="DIR", default=None,
                    help="checkpoints, log, tensorboard events, metrics.json (default output/linear/<weights>_seed<N>)")
     p.add_argument("--resume", metavar="CKPT|auto", default=None,
-                   help="continue from a checkpoint.pth.tar; 'auto': OUTPUT_DIR's if there is one")
+                   help="continue from a checkpoint.pth.tar (mid-epoch if Ctrl-C / SIGTERM stopped the run: it "
+                        "saves after the current iteration); 'auto': OUTPUT_DIR's if there is one")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default cuda if available; torchrun: "
                                                   "cuda:LOCAL_RANK)")
     p.add_argument("--precision", choices=PRECISIONS, default="fp32",

@@ -28,7 +28,7 @@ from ..results_store import pretrain_variant, write_run_record
 from .augment import TwoCropsTransform, eval_transform, moco_transform
 from .builder import (MoCo, contrastive_loss, contrastive_top1, key_spread, multiply_residual_branches,
                       residual_branch_scales, resnet_encoder)
-from ..stop_request import StopRequest
+from ..stop_request import StopRequest, any_process
 from .checkpoint import (CHECKPOINT_RE, FINAL_NAME, checkpoint_name, find_latest_checkpoint, find_resume_checkpoint,
                          remove_resume_points, resume_point_name, save_checkpoint, strip_prefix)
 from .data import (MAX_UNREADABLE_FRACTION, EpochSampler, LabelledImageFolder, TwoViewImageFolder,
@@ -512,7 +512,7 @@ def _train(args, resume_ckpt, device, rank, world, local_world, out: Path, bar_a
                     if step + 1 < steps_per_epoch and (world == 1 or at_log):
                         timed = is_main and args.checkpoint_minutes > 0 and \
                             time.monotonic() - last_resume_save >= 60 * args.checkpoint_minutes
-                        stop_now, save_now = _any_process([stop.requested, timed], world, device)
+                        stop_now, save_now = any_process([stop.requested, timed], world, device)
                         if stop_now or save_now:
                             path = save_resume_point(epoch, done, monitor, epoch_start, key_spread_now,
                                                      grad_ratio_now)
@@ -547,7 +547,7 @@ def _train(args, resume_ckpt, device, rank, world, local_world, out: Path, bar_a
                                              device, args.knn_k, args.knn_t, autocast_dtype, args.channels_last)
             entry["time_s"] = time.time() - epoch_start
             history.append(entry)
-            stop_now = _any_process([stop.requested], world, device)[0] and epoch + 1 < args.epochs
+            stop_now = any_process([stop.requested], world, device)[0] and epoch + 1 < args.epochs
             if stop.requested and epoch + 1 == args.epochs and is_main:
                 log.warning("that was the last epoch: the run finishes (send the signal again to stop at once)")
             if is_main:
@@ -600,15 +600,6 @@ def _check_finite(window: dict, epoch: int, step: int, last_ckpt):
     if window["nonfinite"]:
         raise TrainingDiverged(f"loss became NaN/Inf in epoch {epoch + 1} (step {step}); stopped. "
                                f"Last good checkpoint: {last_ckpt or 'none yet'}. Try a lower --lr or --precision fp32")
-
-
-def _any_process(flags: list[bool], world: int, device: torch.device) -> list[bool]:
-    """Each flag, true if it is true in any process (one small all_reduce; nothing with one process)."""
-    if world == 1:
-        return flags
-    t = torch.tensor([float(f) for f in flags], device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return [bool(v) for v in t.tolist()]
 
 
 def _barrier(world: int) -> None:
