@@ -20,8 +20,8 @@ shuffling from a generator seeded by (seed, epoch), so a run resumed at any epoc
 number of data-loader workers, sees exactly the same batches as an uninterrupted one; no global RNG state needs
 saving. Ctrl-C / SIGTERM stop after the current iteration (every process agrees at the next log step) with that
 state in checkpoint.pth.tar (`step_in_epoch`, the epoch's sums so far): `--resume auto` skips the epoch's
-batches already trained and ends exactly like the uninterrupted run. The backbone forward runs under `torch.no_grad()` (optionally bf16 autocast and channels-last): only
-`fc` is in autograd.
+batches already trained and ends exactly like the uninterrupted run. The backbone forward runs under
+`torch.no_grad()` (optionally bf16 autocast and channels-last): only `fc` is in autograd.
 """
 from __future__ import annotations
 

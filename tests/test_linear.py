@@ -368,6 +368,14 @@ def test_a_signal_saves_and_stops_and_resume_auto_ends_like_the_uninterrupted_ru
     if phase == "train":
         done, per_epoch = int(match.group(1)), int(match.group(2))
         assert 1 <= done < per_epoch and state["epoch"] == 1 and state["step_in_epoch"] == done
+        # on data with fewer images per epoch that iteration means nothing: one line, nothing trained
+        fewer = tmp_path / "fewer"
+        shutil.copytree(imagenet_mini, fewer)
+        for folder in (fewer / "train").iterdir():
+            sorted(folder.iterdir())[0].unlink()  # 60 images: 2 iterations per epoch
+        with pytest.raises(SystemExit) as e:
+            _run([*common[:2], fewer, *common[3:], "--workers", 0, "--resume", "auto"])
+        assert e.value.code == 2 and "stopped at iteration 2 of 3 per epoch, this run has 2" in capsys.readouterr().err
     else:
         assert state["epoch"] == 1 and "step_in_epoch" not in state
     assert signal.getsignal(sig) is before and not (out / "metrics.json").exists()
