@@ -614,7 +614,7 @@ def test_trials_summary_rerun_kill_resume_and_failure(tmp_path, random_r50_pkl, 
 
 @pytest.mark.slow
 def test_ctrl_c_saves_the_iteration_and_the_same_command_resumes_from_it(tmp_path, random_r50_pkl, mini_data_root,
-                                                                        store, capsys):
+                                                                        store):
     """SIGINT to run_voc.py (as Ctrl-C; no timed resume points): exit 130 with a one-line message naming the
     resume point, and running the same command again resumes right after that iteration and finishes."""
     cli = _load_script()
