@@ -519,9 +519,7 @@ def _train(args, resume_ckpt, device, rank, world, local_world, out: Path, bar_a
                             last_resume_save = time.monotonic()
                             if stop_now:
                                 _barrier(world)  # nobody exits while the main process writes
-                                raise stop.interrupted(
-                                    f"stopped after step {done}/{steps_per_epoch} of epoch {epoch + 1}, resume "
-                                    f"point {path}; continue with --resume auto")
+                                raise _stopped_mid_epoch(stop, epoch, done, steps_per_epoch, path)
             except UserError as e:
                 if isinstance(e, TrainingDiverged):
                     raise
@@ -532,8 +530,7 @@ def _train(args, resume_ckpt, device, rank, world, local_world, out: Path, bar_a
                 if not (stop.requested and not stop.aborted and world == 1):
                     raise
                 path = save_resume_point(epoch, done, monitor, epoch_start, key_spread_now, grad_ratio_now)
-                raise stop.interrupted(f"stopped after step {done}/{steps_per_epoch} of epoch {epoch + 1}, "
-                                       f"resume point {path}; continue with --resume auto") from None
+                raise _stopped_mid_epoch(stop, epoch, done, steps_per_epoch, path) from None
 
             # ---- end of epoch: metrics over all processes, kNN, checkpoint, metrics.json
             loss_mean, acc1_mean = monitor.epoch_means(world)
@@ -600,6 +597,11 @@ def _check_finite(window: dict, epoch: int, step: int, last_ckpt):
     if window["nonfinite"]:
         raise TrainingDiverged(f"loss became NaN/Inf in epoch {epoch + 1} (step {step}); stopped. "
                                f"Last good checkpoint: {last_ckpt or 'none yet'}. Try a lower --lr or --precision fp32")
+
+
+def _stopped_mid_epoch(stop: StopRequest, epoch: int, done: int, steps_per_epoch: int, path) -> BaseException:
+    return stop.interrupted(f"stopped after step {done}/{steps_per_epoch} of epoch {epoch + 1}, resume point "
+                            f"{path}; continue with --resume auto")
 
 
 def _barrier(world: int) -> None:
