@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One pretraining epoch per setting on a 4,000-image imagenet-mini (the `make demo-science` data), then one
 # table row each: loss vs ln(K+1), contrastive top-1, key spread (1 = keys uniform on the sphere, 0 = one
-# point) and kNN top-1. It reproduces README "Collapse": the figures behind the demo-science diagnosis.
+# point) and kNN top-1. It reproduces "Collapse" in results/claim-in-miniature/lab-notes.md: the figures behind
+# the demo-science diagnosis.
 #   bash scripts/collapse_sweep.sh [OUT]        (~25 min on 2 CPU cores)
 # Every row is plain `pretrain/train_moco.py` with flags; override the data with DATA=... .
 set -euo pipefail

@@ -225,7 +225,7 @@ def test_resnet_encoder_heads_and_official_keys():
 def test_zero_init_residual_starts_every_block_as_the_identity_and_tames_early_gradients():
     """--zero-init-residual: every residual branch's last BN scale is 0 (both encoders: the key encoder is a copy),
     so each block passes its input on; the stem's first gradient shrinks by an order of magnitude (the
-    README's first-step table: 9.7 -> 0.39 at 64 px; here a smaller ResNet-50 problem of the same kind)."""
+    lab notes' first-step table: 9.7 -> 0.39 at 64 px; here a smaller ResNet-50 problem of the same kind)."""
     from mocoeval.moco.engine import GRAD_STAGES, stage_grad_ratios
     torch.manual_seed(0)
     zero = resnet_encoder("resnet50", 16, mlp=True, residual_bn_init=0.0)

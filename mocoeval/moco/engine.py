@@ -143,7 +143,7 @@ def stage_grad_ratios(encoder: torch.nn.Module) -> torch.Tensor:
     """Gradient norm / weight norm of each stage in GRAD_STAGES over its tensors that have a gradient (the
     relative size of an SGD step before lr and weight decay; NaN for a stage without any), one device tensor,
     no sync. Shows which part of the network moves: e.g. at 64 px a fresh ResNet-50's stem gets a first-step
-    gradient ten times its weights (README, 'Where it starts')."""
+    gradient ten times its weights (lab notes, 'Where it starts')."""
     grads = {stage: ([], []) for stage in GRAD_STAGES}
     for name, p in encoder.named_parameters():
         stage = name.split(".")[0]
@@ -559,7 +559,8 @@ def _train(args, resume_ckpt, device, rank, world, local_world, out: Path, bar_a
                     log.warning("epoch %d: the keys have collapsed (key spread %.3f; 1 = uniform, 0 = one point): "
                                 "the projection maps nearly every image to the same direction, so the loss stays "
                                 "near ln(K+1) = %.2f and a high acc1 only means the fresh positive beats older "
-                                "queue keys. See README, 'Collapse'.", epoch + 1, entry["key_spread"], ln_k1)
+                                "queue keys. See results/claim-in-miniature/lab-notes.md, 'Collapse'.",
+                                epoch + 1, entry["key_spread"], ln_k1)
                 for tag in ("loss", "acc1", "key_spread", "images_per_s", "knn_top1"):
                     if tag in entry:
                         writer.add_scalar(f"epoch/{tag}", entry[tag], epoch + 1)
