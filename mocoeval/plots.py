@@ -40,7 +40,9 @@ def plot_voc_trials(trials: pd.DataFrame, labels: Sequence[str], paper: pd.DataF
     (coloured by source checkpoint), and the paper's mean for the row's case (same epochs) as a red diamond."""
     path = Path(path)
     n_boxes = max(1, trials["row"].nunique() if not trials.empty else 1)
-    fig = Figure(figsize=(max(9.0, len(METRICS) * (1.2 + 0.6 * n_boxes)), 4.2))
+    # room for the longest line of the (multi-line) box labels: ~0.065 in a character at fontsize 8
+    box_width = max([0.6] + [0.065 * len(line) for label in labels for line in label.splitlines()])
+    fig = Figure(figsize=(max(9.0, len(METRICS) * (1.2 + box_width * n_boxes)), 4.2))
     axes = fig.subplots(1, len(METRICS), squeeze=False)[0]
     rows_with_trials = sorted(trials["row"].unique()) if not trials.empty else []
     from .tables import paper_by_case  # lazy: tables imports this module lazily too
@@ -67,8 +69,8 @@ def plot_voc_trials(trials: pd.DataFrame, labels: Sequence[str], paper: pd.DataF
                 if v.size:
                     ax.scatter(x + _jitter(v.size), v, color=colors(si % 10), **OURS_STYLE,
                                label="ours (one trial)" if (x, si) == (0, 0) else None)
-            recipe = not sub["extensions"].iloc[0]  # the paper ran the recipe, not an extension
-            pv = _paper_value(published.get(sub["case"].iloc[0]), sub["epochs"].iloc[0], metric) if recipe else None
+            official = sub["official"].iloc[0]  # the paper ran the recipe under the official protocol
+            pv = _paper_value(published.get(sub["case"].iloc[0]), sub["epochs"].iloc[0], metric) if official else None
             if pv is not None:
                 paper_points.append((x, pv))
         _draw_paper_points(ax, trials[metric].dropna().to_numpy(dtype=float), paper_points)
@@ -137,7 +139,8 @@ def plot_linear_vs_voc(frame: pd.DataFrame, paper: pd.DataFrame | None, path) ->
             ax.errorbar(ours["linear_top1"], ours["AP50_mean"], yerr=ours["AP50_std"].fillna(0.0), fmt="o",
                         color="tab:blue", ecolor="tab:blue", capsize=3, label="ours (mean ± std)", zorder=3)
             for line in ours.to_dict("records"):
-                ax.annotate(_short(line["case"], line["epochs"], line["extensions"]),
+                ax.annotate(_short(line["case"], line["epochs"], line["extensions"])
+                            + ("" if line["official"] else " (non-protocol)"),
                             (line["linear_top1"], line["AP50_mean"]),
                             textcoords="offset points", xytext=(5, 4), fontsize=8, color="tab:blue")
             drawn += len(ours)

@@ -10,26 +10,36 @@ How records become table rows (the rules the tests pin down):
    pseudo-source per variant. A source's variant is its newest *pretrain* record's variant (the
    pretraining config is authoritative), else its newest record's; a record that disagrees is reported
    with a warning and counted under the source's variant.
-3. **Per source and stage.** linear: the newest record's `top1` (a re-run replaces the older one).
-   voc: the per-trial results of all the source's voc records are merged by seed, and the newest record
+3. **Per source, stage and protocol identity** (`protocol_identity`: linear = every run_linear.py setting
+   that changes the number, VOC = the config hash). linear: the newest record's final-epoch `top1` per
+   identity (a re-run under the same identity replaces the older one; another identity never does). voc: the
+   per-trial results of the source's voc records of one identity are merged by seed, and the newest record
    wins for a seed (a `run_voc.py` re-run that adds seeds adds trials; one that repeats a seed replaces
-   it). Trials without a seed are all kept.
-4. **Rows.** Sources are grouped into rows by the variant key (case name, mlp, aug_plus, cos, epochs, and the
-   extensions beyond the recipe a run used, `results_store.RECIPE_EXTENSIONS`, e.g. a residual-BN init of 0.1:
-   such a row's label says so, and it is not compared with the paper's row of its case).
+   it). Trials without a seed are all kept. Trials of different identities are never pooled.
+4. **Splitting a source.** A source with at most one identity per stage is one unit (its linear and VOC side
+   by side). In a stage with several identities the official one (else none) stays with the other stage's
+   result; every other identity becomes a unit of its own, with the other stage empty.
+5. **Rows.** A row is the variant key (case name, mlp, aug_plus, cos, epochs, and the extensions beyond the
+   recipe, `results_store.RECIPE_EXTENSIONS`, e.g. a residual-BN init of 0.1) x the linear identity x the VOC
+   identity. A unit missing a stage joins a row that agrees on the variant and its present stage(s) (the
+   official one if there are several; else its own row). Extensions and departures from the protocol are
+   in the row's label in brackets (at most `LABEL_DEPARTURES` per stage, the full list in the CSV and the
+   notes), and such a row is never compared with the paper's numbers.
    Several sources in one row (e.g. two pretraining runs of (d) with different seeds) are pooled:
    the VOC cells pool the trials of all sources, the ImageNet cell is the mean over the sources' linear
    results (with n). Other hyperparameters (batch, K, T, m, arch, image size) are not part of the key: when
    the sources of a row differ in them, a warning is emitted and the Markdown table gets a note —
    give such runs their own variant name to get their own row.
-5. **Numbers.** std is the population std (ddof=0), the convention of the official "±" numbers. The gap
+6. **Numbers.** The ImageNet cell is the final epoch's top-1 (the CSV also has the best epoch's,
+   `linear_best_top1`, which main_lincls tracks as best_acc1: picking the best on the validation set flatters). std is the population std (ddof=0), the convention of the official "±" numbers. The gap
    to the supervised row is the difference of the displayed (1-decimal) means, so the table is
    self-consistent; it is highlighted when >= +0.5, as in the MoCo papers.
-6. **Order.** random-init, supervised, moco_v1, a, b, c, d, e, then other names alphabetically; within a
-   case by epochs, then the switches (unknown first).
+7. **Order.** random-init, supervised, moco_v1, a, b, c, d, e, then other names alphabetically; within a
+   case by epochs, then the switches (unknown first), extensions, then the official protocol before others.
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import io
 import logging
@@ -43,14 +53,17 @@ from typing import Any, Iterable, Mapping, Sequence
 import pandas as pd
 
 from . import results_store
+from .protocol_identity import Identity, linear_identity, voc_identity
 from .errors import UserError
 from .fileio import atomic_write_text
 
 logger = logging.getLogger(__name__)
 
 METRICS = ("AP50", "AP", "AP75")
-CSV_COLUMNS = ["case", "mlp", "aug_plus", "cos", "epochs", "extensions", "linear_top1", "AP50_mean", "AP50_std",
-               "AP_mean", "AP_std", "AP75_mean", "AP75_std", "n_trials"]
+CSV_COLUMNS = ["case", "mlp", "aug_plus", "cos", "epochs", "extensions", "linear_protocol", "voc_protocol",
+               "linear_top1", "linear_best_top1", "AP50_mean", "AP50_std", "AP_mean", "AP_std", "AP75_mean",
+               "AP75_std", "n_trials"]
+LABEL_DEPARTURES = 3  # per stage in a row label; the CSV and the notes have them all
 CASE_ORDER = ("random-init", "supervised", "moco_v1", "a", "b", "c", "d", "e")
 CASE_LABELS = {"random-init": "random init", "supervised": "supervised", "moco_v1": "MoCo v1",
                **{c: f"({c})" for c in "abcde"}}
@@ -132,15 +145,37 @@ class Source:
     key: VariantKey
     variant: dict
     pretrain: dict | None = None  # newest pretrain record
-    linear: dict | None = None  # newest linear record
-    trials: dict = field(default_factory=dict)  # merge key -> {seed, AP50, AP, AP75, record}
+    linear: dict | None = None  # newest linear record of linear_id
+    trials: dict = field(default_factory=dict)  # merge key -> {seed, AP50, AP, AP75, record}, of voc_id
     record_paths: list = field(default_factory=list)
+    linear_id: Identity | None = None
+    voc_id: Identity | None = None
 
 
 @dataclass
 class Row:
     key: VariantKey
     sources: list
+    linear_id: Identity | None = None
+    voc_id: Identity | None = None
+
+    @property
+    def official(self) -> bool:
+        """Run under the official protocol in every stage it has (and the recipe): comparable with the paper."""
+        return not self.key.extensions and all(i is None or i.official for i in (self.linear_id, self.voc_id))
+
+    def tag(self, limit: int | None = LABEL_DEPARTURES) -> str:
+        """What the label's brackets say: extensions, then each stage's departures from the protocol."""
+        return "; ".join(filter(None, [self.key.extensions_text()] + [
+            i.describe(limit) for i in (self.linear_id, self.voc_id) if i is not None]))
+
+    @property
+    def label(self) -> str:
+        return case_label(self.key.case, self.tag())
+
+    def sort_key(self) -> tuple:
+        ident = lambda i: (0, "") if i is None or i.official else (1, i.describe())  # noqa: E731
+        return (self.key.sort_key(), ident(self.linear_id), ident(self.voc_id))
 
     @property
     def trials(self) -> list[dict]:
@@ -151,9 +186,8 @@ class Row:
         return [s.linear["metrics"]["top1"] for s in self.sources if s.linear is not None]
 
     @property
-    def linear_feature_norm(self) -> bool:
-        """Whether any of the row's linear results used `run_linear.py --feature-norm` (not the official probe)."""
-        return any((s.linear.get("extra") or {}).get("feature_norm") for s in self.sources if s.linear is not None)
+    def linear_best_values(self) -> list[float]:
+        return [s.linear["metrics"].get("best_top1") for s in self.sources if s.linear is not None]
 
     def differing_hyperparams(self) -> dict[str, list]:
         out = {}
@@ -231,11 +265,13 @@ def collect_rows(records: Iterable[Mapping]) -> list[Row]:
         sha = rec.get("source_sha256")
         sid = sha if sha else f"no-source:{key!r}"
         by_source.setdefault(sid, []).append((rec, key))
-    sources = []
+    units = []
     for sid, recs in by_source.items():
         pretrain = [rk for rk in recs if rk[0]["stage"] == "pretrain"]
         ref_rec, ref_key = (pretrain or recs)[-1]
         src = Source(sid, ref_rec.get("source_sha256"), ref_key, dict(ref_rec["variant"]))
+        linear: dict = {}  # identity key -> (Identity, newest record)
+        voc: dict = {}  # identity key -> (Identity, {merge key: trial})
         for rec, key in recs:  # oldest -> newest: later records overwrite
             src.record_paths.append(rec.get("_path"))
             if key != ref_key:
@@ -245,26 +281,64 @@ def collect_rows(records: Iterable[Mapping]) -> list[Row]:
             if stage == "pretrain":
                 src.pretrain = rec
             elif stage == "linear":
-                src.linear = rec
+                ident = linear_identity(rec)
+                linear[ident.key] = (ident, rec)
             else:
+                ident = voc_identity(rec)
+                trials = voc.setdefault(ident.key, (ident, {}))[1]
                 for i, t in enumerate(rec["trials"]):
                     seed = t.get("seed")
                     merge_key = ("seed", str(seed)) if seed is not None else ("unseeded", rec.get("_path"), i)
-                    src.trials[merge_key] = {"seed": seed, **{m: t.get(m) for m in METRICS},
-                                             "record": rec.get("_path")}
-        sources.append(src)
+                    trials[merge_key] = {"seed": seed, **{m: t.get(m) for m in METRICS}, "record": rec.get("_path")}
+        units += _split_source(src, linear, voc)
 
-    rows: dict[VariantKey, Row] = {}
-    for src in sources:
-        rows.setdefault(src.key, Row(src.key, [])).sources.append(src)
-    ordered = [rows[k] for k in sorted(rows, key=VariantKey.sort_key)]
+    # Units with every stage first, so that a unit missing a stage finds the rows it may join.
+    rows: list[Row] = []
+    for unit in sorted(units, key=lambda u: (u.linear_id is None) + (u.voc_id is None)):
+        _row_for(rows, unit).sources.append(unit)
+    ordered = sorted(rows, key=Row.sort_key)
     for row in ordered:
         row.sources.sort(key=lambda s: s.source_id)
         differing = row.differing_hyperparams()
         if differing:
-            _warn(f"row {row.key.describe()} pools sources with different hyperparameters {differing}; "
-                  "give such runs their own variant name to get separate rows")
+            _warn(f"row {row.key.describe()} {row.tag(None)} pools sources with different hyperparameters "
+                  f"{differing}; give such runs their own variant name to get separate rows")
     return ordered
+
+
+def _split_source(src: Source, linear: dict, voc: dict) -> list[Source]:
+    """The source's units (rule 4): its main unit, then one per further identity of a stage."""
+    def primary(by_id: dict):
+        if len(by_id) == 1:
+            return next(iter(by_id))
+        return next((k for k, (ident, _) in by_id.items() if ident.official), None)
+
+    def unit(lin_key, voc_key) -> Source:
+        out = dataclasses.replace(src, record_paths=list(src.record_paths), trials={})
+        if lin_key is not None:
+            out.linear_id, out.linear = linear[lin_key]
+        if voc_key is not None:
+            out.voc_id, out.trials = voc[voc_key]
+        return out
+
+    main_lin, main_voc = primary(linear), primary(voc)
+    return ([unit(main_lin, main_voc)] + [unit(k, None) for k in linear if k != main_lin]
+            + [unit(None, k) for k in voc if k != main_voc])
+
+
+def _row_for(rows: list[Row], unit: Source) -> Row:
+    """The row a unit joins (rule 5), made if there is none."""
+    exact = [r for r in rows if r.key == unit.key and r.linear_id == unit.linear_id and r.voc_id == unit.voc_id]
+    if exact:
+        return exact[0]
+    candidates = [r for r in rows if r.key == unit.key
+                  and all(getattr(unit, f"{st}_id") is None or getattr(r, f"{st}_id") == getattr(unit, f"{st}_id")
+                          for st in ("linear", "voc"))]
+    official = [r for r in candidates if r.official]
+    if official or len(candidates) == 1:
+        return (official or candidates)[0]
+    rows.append(Row(unit.key, [], unit.linear_id, unit.voc_id))
+    return rows[-1]
 
 
 def _stats(values: Sequence[float]) -> tuple[float, float, int]:
@@ -281,35 +355,37 @@ def ablation_frame(rows: Sequence[Row]) -> pd.DataFrame:
     for row in rows:
         k = row.key
         line = {"case": k.case, "mlp": k.mlp, "aug_plus": k.aug_plus, "cos": k.cos, "epochs": k.epochs,
-                "extensions": k.extensions_text()}
+                "extensions": k.extensions_text(), "tag": row.tag(), "official": row.official,
+                **{f"{st}_protocol": "" if i is None else i.departures_text() for st, i in
+                   (("linear", row.linear_id), ("voc", row.voc_id))}}
         line["linear_top1"], line["linear_std"], line["linear_n"] = _stats(row.linear_values)
-        line["linear_feature_norm"] = row.linear_feature_norm
+        line["linear_best_top1"] = _stats(row.linear_best_values)[0]
         trials = row.trials
         for m in METRICS:
             line[f"{m}_mean"], line[f"{m}_std"], line[f"{m}_n"] = _stats([t[m] for t in trials])
         line["n_trials"] = len(trials)
         lines.append(line)
-    columns = CSV_COLUMNS + ["linear_std", "linear_n", "linear_feature_norm"] + [f"{m}_n" for m in METRICS]
+    columns = CSV_COLUMNS + ["tag", "official", "linear_std", "linear_n"] + [f"{m}_n" for m in METRICS]
     frame = pd.DataFrame(lines, columns=columns)
     for col in ("mlp", "aug_plus", "cos"):
         frame[col] = frame[col].astype("object")
     frame["epochs"] = frame["epochs"].astype("Int64")
-    frame["linear_feature_norm"] = frame["linear_feature_norm"].astype(bool)
+    frame["official"] = frame["official"].astype(bool)
     for col in ["n_trials", "linear_n"] + [f"{m}_n" for m in METRICS]:
         frame[col] = frame[col].astype("int64")
     return frame
 
 
 def trials_frame(rows: Sequence[Row]) -> pd.DataFrame:
-    """Long format, one line per VOC trial: row index/label/case/epochs/extensions, source, seed, the three APs."""
+    """Long format, one line per VOC trial: row index/label/case/epochs/official, source, seed, the three APs."""
     lines = []
     for i, row in enumerate(rows):
         for src in row.sources:
             for t in src.trials.values():
-                lines.append({"row": i, "label": row_label(row.key), "case": row.key.case, "epochs": row.key.epochs,
-                              "extensions": row.key.extensions_text(), "source": src.sha256 or "",
+                lines.append({"row": i, "label": row.label, "case": row.key.case, "epochs": row.key.epochs,
+                              "official": row.official, "source": src.sha256 or "",
                               "seed": t["seed"], **{m: t[m] for m in METRICS}})
-    return pd.DataFrame(lines, columns=["row", "label", "case", "epochs", "extensions", "source", "seed", *METRICS])
+    return pd.DataFrame(lines, columns=["row", "label", "case", "epochs", "official", "source", "seed", *METRICS])
 
 
 # -------------------------------------------------------------------------------------- paper numbers
@@ -354,13 +430,9 @@ def paper_by_case(paper: pd.DataFrame | None) -> dict[str, dict]:
 
 
 # ----------------------------------------------------------------------------------------- formatting
-def row_label(key: VariantKey) -> str:
-    return case_label(key.case, key.extensions_text())
-
-
-def case_label(case: str, extensions: str = "") -> str:
-    """A row's name in tables and plots: the case's label, then any extensions in brackets."""
-    return CASE_LABELS.get(case, case) + (f" [{extensions}]" if extensions else "")
+def case_label(case: str, tag: str = "") -> str:
+    """A row's name in tables and plots: the case's label, then any extensions and departures in brackets."""
+    return CASE_LABELS.get(case, case) + (f" [{tag}]" if tag else "")
 
 
 def _missing(x) -> bool:
@@ -390,16 +462,15 @@ class _Style:
     highlight: Any  # text -> highlighted text
     minus: str
     escape: Any
-    dagger: str  # marks a linear cell measured with --feature-norm
 
 
 _MARKDOWN = _Style(pm="±", check="✓", missing=MISSING, highlight=lambda s: f"**{s}**", minus="-",
-                   escape=lambda s: s.replace("|", "\\|"), dagger=" †")
+                   escape=lambda s: s.replace("|", "\\|"))
 _LATEX_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
                   "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
 _LATEX = _Style(pm="$\\pm$", check="\\checkmark", missing="--",
                 highlight=lambda s: "\\textcolor{green!50!black}{" + s + "}",
-                minus="$-$", escape=lambda s: "".join(_LATEX_ESCAPES.get(c, c) for c in s), dagger="$^\\dagger$")
+                minus="$-$", escape=lambda s: "".join(_LATEX_ESCAPES.get(c, c) for c in s))
 
 
 def _fmt_signed(x: float, style: _Style) -> str:
@@ -440,9 +511,7 @@ def _table_cells(frame: pd.DataFrame, style: _Style) -> list[list[str]]:
     for ln in lines:
         epochs = "" if _missing(ln["epochs"]) else str(int(ln["epochs"]))
         linear = _stat_cell(ln["linear_top1"], ln["linear_std"], ln["linear_n"], style, show_n_when_single=False)
-        if ln["linear_feature_norm"] and ln["linear_n"]:
-            linear += style.dagger
-        out.append([style.escape(case_label(ln["case"], ln["extensions"])), _flag(ln["mlp"], style),
+        out.append([style.escape(case_label(ln["case"], ln["tag"])), _flag(ln["mlp"], style),
                     _flag(ln["aug_plus"], style), _flag(ln["cos"], style), epochs, linear,
                     *(_voc_cell(ln, m, supervised, style) for m in METRICS)])
     return out
@@ -472,8 +541,8 @@ def _comparison_lines(frame: pd.DataFrame, paper: pd.DataFrame | None) -> list[d
     cases = sorted(published, key=lambda c: VariantKey(c, None, None, None, None).sort_key())
     out = []
     for case in cases:
-        # the paper ran the recipe: rows with extensions are not its rows
-        matching = [ln for ln in ours if ln["case"] == case and not ln["extensions"]] or [None]
+        # the paper ran the recipe under the official protocol: rows departing from either are not its rows
+        matching = [ln for ln in ours if ln["case"] == case and ln["official"]] or [None]
         out += [{"case": case, "paper": published[case], "ours": ln} for ln in matching]
     return out
 
@@ -548,7 +617,7 @@ def _sources_markdown(rows: Sequence[Row]) -> str:
             loss = (src.pretrain or {}).get("metrics", {}).get("final_loss")
             top1 = src.linear["metrics"]["top1"] if src.linear else None
             epochs = "" if row.key.epochs is None else f" {row.key.epochs} ep"
-            cells.append([_MARKDOWN.escape(row_label(row.key) + epochs),
+            cells.append([_MARKDOWN.escape(row.label + epochs),
                           f"`{src.sha256[:12]}`" if src.sha256 else MISSING,
                           val(v.get("batch_size")), val(v.get("moco_k")), val(v.get("moco_t")), val(v.get("moco_m")),
                           val(loss if _is_number(loss) else None, "{:.4f}"), val(top1, "{:.2f}"),
@@ -576,20 +645,25 @@ def render_markdown(rows: Sequence[Row], frame: pd.DataFrame, paper: pd.DataFram
             "numbers; a single trial shows no std.",
             "In brackets: the gap to the supervised row (difference of the displayed means), **bold** when "
             f"≥ +{HIGHLIGHT_GAP}, as in the paper.",
-            "ImageNet acc.: linear-classification top-1 of the frozen features; mean ± std (n checkpoints) when "
-            "several checkpoints share a row.",
-            f"{MISSING}: no result yet. Rows: one per variant (case, switches, epochs, extensions in brackets); "
-            f"{n_records} run record(s).",
+            "ImageNet acc.: linear-classification top-1 of the frozen features after the final epoch (not the "
+            "best epoch's, which main_lincls also tracks as best_acc1: it is in the CSV as linear_best_top1); "
+            "mean ± std (n checkpoints) when several checkpoints share a row.",
+            f"{MISSING}: no result yet. Rows: one per variant (case, switches, epochs) and protocol identity; "
+            "extensions beyond the recipe and departures from the official linear / VOC protocol are in brackets, "
+            f"and such rows are not compared with the paper. {n_records} run record(s).",
         ]
-        if any(row.linear_feature_norm for row in rows):
-            notes.append(f"{_MARKDOWN.dagger.strip()}: linear probe run with `--feature-norm` (BatchNorm1d without "
-                         "affine before fc), not the official lr-30 probe on raw features; compare such cells "
-                         "with each other, not with the paper.")
+        full = {}  # each stage's full list of departures -> the rows run under it
+        for row in rows:
+            for ident in (row.linear_id, row.voc_id):
+                if ident is not None and not ident.official:
+                    full.setdefault(ident.describe(), []).append(case_label(row.key.case, row.key.extensions_text()))
+        for text, labels in full.items():
+            notes.append(f"Departures in full, {text} (rows {', '.join(dict.fromkeys(labels))}).")
         for row in rows:
             differing = row.differing_hyperparams()
             if differing:
                 desc = "; ".join(f"{k} {', '.join(map(str, v))}" for k, v in differing.items())
-                notes.append(f"Row {row_label(row.key)} ({row.key.epochs} ep) pools sources that differ in {desc}.")
+                notes.append(f"Row {row.label} ({row.key.epochs} ep) pools sources that differ in {desc}.")
         parts.append("\n".join(f"- {n}" for n in notes) + "\n")
     parts.append("## Ours vs the published numbers\n")
     parts.append(render_comparison_markdown(comparison_frame(frame, paper)))
@@ -682,9 +756,11 @@ def build_outputs(runs_dir: str | os.PathLike | None = None, out_dir: str | os.P
     if plots:
         from . import plots as plots_mod  # matplotlib is imported only when plotting
 
-        images.append(plots_mod.plot_voc_trials(trials_frame(rows), [row_label(r.key) + _epochs_suffix(r.key)
-                                                                     for r in rows], paper,
-                                                out_dir / OUT_TRIALS_PNG))
+        # plot labels: one departure per stage, one line per part (the table has the longer labels)
+        labels = ["\n".join([case_label(r.key.case, r.key.extensions_text())]
+                             + [i.describe(1) for i in (r.linear_id, r.voc_id) if i is not None and not i.official])
+                  + _epochs_suffix(r.key) for r in rows]
+        images.append(plots_mod.plot_voc_trials(trials_frame(rows), labels, paper, out_dir / OUT_TRIALS_PNG))
         images.append(plots_mod.plot_linear_vs_voc(frame, paper, out_dir / OUT_LINEAR_VS_VOC_PNG))
     written.append(atomic_write_text(out_dir / OUT_MARKDOWN, render_markdown(
         rows, frame, paper, n_records=len(records), runs_dir=runs_dir, images=[i.name for i in images])))

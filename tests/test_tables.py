@@ -11,8 +11,9 @@ import warnings
 from pathlib import Path
 
 import pytest
+import yaml
 
-from mocoeval import tables
+from mocoeval import protocol_identity, tables
 from mocoeval.fileio import atomic_write_json
 from mocoeval.results_store import REPO_ROOT, load_records, pretrain_variant, special_variant, write_run_record
 
@@ -25,6 +26,10 @@ D = pretrain_variant(dict(mlp=True, aug_plus=True, cos=True, epochs=200, batch_s
 K4096 = pretrain_variant(dict(mlp=True, aug_plus=True, cos=True, epochs=200, moco_k=4096), name="k4096")
 TAU = pretrain_variant(dict(mlp=True, aug_plus=False, cos=False, epochs=200, moco_t=0.07), name="tau0.07")
 SUP, RAND = special_variant("supervised"), special_variant("random-init")
+# run_linear.py's argparse values under the official protocol (with the result-neutral keys a record carries).
+LINEAR_CONFIG = dict(epochs=100, lr=30.0, schedule=[60, 80], batch_size=256, image_size=224, feature_norm=False,
+                     weight_decay=0.0, momentum=0.9, precision="fp32", data="/data/imagenet", output_dir="out",
+                     workers=4, print_freq=10, resume=None, device="cuda", seed=0, channels_last=False)
 
 
 class Store:
@@ -34,20 +39,32 @@ class Store:
         self.root = root
         self.n = 0
 
-    def add(self, stage, variant, sha, metrics=None, trials=None, extra=None) -> Path:
+    def add(self, stage, variant, sha, metrics=None, trials=None, extra=None, config=None, config_hash=None) -> Path:
+        """Linear and VOC records run under the official protocol unless `config` / `config_hash` say otherwise."""
+        if stage == "linear" and config is None:
+            config = LINEAR_CONFIG
+        if stage == "voc" and config_hash is None:
+            config_hash = protocol_identity.official_voc_hash(variant["name"])
         path = write_run_record(stage, variant=variant, metrics=metrics or {}, source_sha256=sha, trials=trials,
-                                store_dir=self.root, extra=extra)
+                                store_dir=self.root, extra=extra, config=config, config_hash=config_hash)
         rec = json.loads(path.read_text())
         self.n += 1
         rec["date"] = f"2025-01-01T00:{self.n // 60:02d}:{self.n % 60:02d}+00:00"
         atomic_write_json(path, rec)
         return path
 
-    def voc(self, variant, sha, *aps, seeds=None):
+    def voc(self, variant, sha, *aps, seeds=None, opts=None):
+        """A VOC record; `opts` (Detectron2 KEY VALUE list) builds its config as run_voc.py's --opts would."""
         seeds = seeds if seeds is not None else range(len(aps))
         trials = [{"trial": i, "seed": s, "AP50": ap[0], "AP": ap[1], "AP75": ap[2]}
                   for i, (s, ap) in enumerate(zip(seeds, aps))]
-        return self.add("voc", variant, sha, trials=trials)
+        config = config_hash = None
+        if opts is not None:
+            from mocoeval.voc_transfer import config as voc_config
+
+            cfg, _ = voc_config.build_config(REPO_ROOT / "configs" / "pascal_voc_R_50_C4_24k_moco.yaml", opts)
+            config, config_hash = yaml.safe_load(cfg.dump()), voc_config.config_hash(cfg)
+        return self.add("voc", variant, sha, trials=trials, config=config, config_hash=config_hash)
 
 
 @pytest.fixture
@@ -116,8 +133,8 @@ def test_csv_columns_and_values(store, tmp_path):
     build(store, tmp_path / "out")
     text = (tmp_path / "out" / "ablation.csv").read_text()
     lines = list(csv.DictReader(io.StringIO(text)))
-    assert text.splitlines()[0] == ("case,mlp,aug_plus,cos,epochs,extensions,linear_top1,AP50_mean,AP50_std,AP_mean,"
-                                    "AP_std,AP75_mean,AP75_std,n_trials")
+    assert text.splitlines()[0] == ("case,mlp,aug_plus,cos,epochs,extensions,linear_protocol,voc_protocol,linear_top1,"
+                                    "linear_best_top1,AP50_mean,AP50_std,AP_mean,AP_std,AP75_mean,AP75_std,n_trials")
     assert [ln["case"] for ln in lines] == ["random-init", "supervised", "moco_v1", "a", "d", "k4096", "tau0.07"]
     d = lines[4]
     assert (d["mlp"], d["aug_plus"], d["cos"], d["epochs"], d["n_trials"]) == ("True", "True", "True", "200", "5")
@@ -211,16 +228,72 @@ def test_extensions_get_their_own_rows_not_compared_with_the_paper(store, tmp_pa
         assert [r["linear_top1_ours"] for r in csv.DictReader(f) if r["case"] == "d"] == ["67"]
 
 
-def test_feature_norm_linear_cells_are_marked_and_explained(store, tmp_path):
-    store.add("linear", D, "p" * 64, {"top1": 67.0}, extra={"feature_norm": True})
-    store.add("linear", V1, "v" * 64, {"top1": 60.6}, extra={"feature_norm": False})
+def _rows(store):
+    return tables.collect_rows(load_records(store.root))
+
+
+# Issue 28 item 2: the README's short check (--trials 2 --opts SOLVER.MAX_ITER 200) after a full 5-trial run of
+# the same weights used to be merged by seed into one row (seeds 0-1 short, 2-4 full). Each config hash is a row.
+def test_voc_short_check_gets_its_own_row_and_leaves_the_full_one_unchanged(store, tmp_path):
+    store.add("linear", D, "d" * 64, {"top1": 67.4})
+    store.voc(D, "d" * 64, *[(82.0 + i / 10, 57.0, 63.0) for i in range(5)])
+    store.voc(D, "d" * 64, (5.0, 1.0, 0.5), (6.0, 1.5, 0.7), opts=["SOLVER.MAX_ITER", "200"])  # newer, seeds 0-1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        tables.build_outputs(store.root, tmp_path / "out", plots=False)
+    md = (tmp_path / "out" / "ablation.md").read_text()
+    assert "| (d) | ✓ | ✓ | ✓ | 200 | 67.4 | 82.2 ± 0.1 (5) | 57.0 ± 0.0 (5) | 63.0 ± 0.0 (5) |" in md
+    assert "| (d) [VOC: MAX_ITER 200] | ✓ | ✓ | ✓ | 200 | — | 5.5 ± 0.5 (2) | 1.2 ± 0.2 (2) | 0.6 ± 0.1 (2) |" in md
+    with open(tmp_path / "out" / "ablation_vs_paper.csv", newline="") as f:  # only the full row meets the paper
+        assert [r["AP50_ours"] for r in csv.DictReader(f) if r["case"] == "d"] == ["82.2"]
+    with open(tmp_path / "out" / "ablation.csv", newline="") as f:
+        assert [r["voc_protocol"] for r in csv.DictReader(f)] == ["", "MAX_ITER 200"]
+
+
+def test_linear_short_probe_does_not_replace_the_full_one(store):
+    store.add("linear", D, "d" * 64, {"top1": 60.0})
+    store.add("linear", D, "d" * 64, {"top1": 67.4, "best_top1": 67.6},  # same protocol: replaces the 60.0
+              config={**LINEAR_CONFIG, "workers": 1, "output_dir": "elsewhere", "seed": 3, "lr": 30})
+    store.add("linear", D, "d" * 64, {"top1": 40.0},
+              config={**LINEAR_CONFIG, "epochs": 10, "lr": 0.01, "feature_norm": True})
+    rows = _rows(store)
+    assert [(r.label, r.linear_values) for r in rows] == [
+        ("(d)", [67.4]), ("(d) [linear: 10 ep, lr 0.01, feature-norm]", [40.0])]
+    assert [r.official for r in rows] == [True, False]
+
+
+def test_source_with_one_identity_per_stage_is_one_row_and_sources_pool_by_identity(store):
+    short = {**LINEAR_CONFIG, "epochs": 10}
+    store.add("linear", D, "p" * 64, {"top1": 50.0}, config=short)
+    store.voc(D, "p" * 64, (20.0, 10.0, 5.0), opts=["SOLVER.MAX_ITER", "200"])
+    store.add("linear", D, "q" * 64, {"top1": 52.0}, config=short)  # another pretraining run, linear only
+    store.voc(D, "r" * 64, (22.0, 11.0, 6.0), opts=["SOLVER.MAX_ITER", "200"])  # a third, VOC only
+    store.add("linear", D, "s" * 64, {"top1": 67.0})  # official: a row of its own
+    rows = _rows(store)
+    assert [(r.label, sorted(r.linear_values), len(r.trials)) for r in rows] == [
+        ("(d)", [67.0], 0), ("(d) [linear: 10 ep; VOC: MAX_ITER 200]", [50.0, 52.0], 2)]
+
+
+def test_labels_show_three_departures_the_notes_and_csv_all(store, tmp_path):
+    store.add("linear", D, "d" * 64, {"top1": 40.0, "best_top1": 41.5, "num_classes": 20},
+              config={**LINEAR_CONFIG, "epochs": 10, "lr": 0.01, "feature_norm": True, "image_size": 64})
     tables.build_outputs(store.root, tmp_path / "out", plots=False)
     md = (tmp_path / "out" / "ablation.md").read_text()
-    d_line = next(ln for ln in md.splitlines() if ln.startswith("| (d)"))
-    v1_line = next(ln for ln in md.splitlines() if ln.startswith("| MoCo v1"))
-    assert "67.0 †" in d_line and "†" not in v1_line
-    assert "- †: linear probe run with `--feature-norm`" in md
-    assert "67.0$^\\dagger$" in (tmp_path / "out" / "ablation.tex").read_text()
+    assert "| (d) [linear: 10 ep, lr 0.01, feature-norm, +2 more] | ✓ | ✓ | ✓ | 200 | 40.0 |" in md
+    assert "- Departures in full, linear: 10 ep, lr 0.01, feature-norm, 64 px, 20 classes (rows (d))." in md
+    # Item 6: the table shows the final epoch's top-1 and says so; the best epoch's is in the CSV.
+    assert "top-1 of the frozen features after the final epoch" in md
+    with open(tmp_path / "out" / "ablation.csv", newline="") as f:
+        line = next(csv.DictReader(f))
+    assert (line["linear_top1"], line["linear_best_top1"]) == ("40", "41.5")
+    assert line["linear_protocol"] == "10 ep, lr 0.01, feature-norm, 64 px, 20 classes"
+
+
+def test_records_without_a_protocol_are_labelled_unknown(store):
+    store.add("linear", D, "d" * 64, {"top1": 67.0}, config={})  # write_run_record stores no empty config
+    store.add("voc", D, "d" * 64, trials=[{"seed": 0, "AP50": 80.0, "AP": 50.0, "AP75": 55.0}],
+              config_hash="")
+    assert [r.label for r in _rows(store)] == ["(d) [linear: protocol unknown; VOC: config unknown]"]
 
 
 def test_corrupt_records_skipped_with_warning_naming_them(store, tmp_path):

@@ -1,0 +1,157 @@
+"""The protocol identity of a linear or VOC record: which settings that change the number it ran with, and
+how they depart from the official protocol (what the tables key rows on and label them with).
+
+- linear: the record's `config` (run_linear.py's argparse values) without the keys that do not change the
+  result (`LINEAR_NEUTRAL_KEYS`), plus the number of classes it was evaluated on; official = main_lincls's
+  values (`linear_eval.LINCLS_DEFAULTS`, raw features, fp32) on the 1000 ImageNet classes.
+- VOC: the record's `config_hash` (voc_transfer.config.config_hash: the resolved Detectron2 config without its
+  result-neutral keys); official = the hash of configs/pascal_voc_R_50_C4_24k_moco.yaml (the supervised
+  row: pascal_voc_R_50_C4_24k.yaml), built the way run_voc.py builds it. Departures are the differing keys
+  of the record's stored config.
+
+Detectron2 and torch are imported only when a record of their stage is looked at.
+"""
+from __future__ import annotations
+
+import functools
+import math
+import warnings
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from .results_store import REPO_ROOT
+
+# run_linear.py settings that do not change the result: bookkeeping, the data path, the hardware, and the
+# description of the weights (the weights themselves are the row's source, not its protocol). The seed is
+# a repeat of the same protocol, like a VOC trial's SEED.
+LINEAR_NEUTRAL_KEYS = frozenset({
+    "data", "output_dir", "workers", "print_freq", "resume", "device", "channels_last", "seed", "weights",
+    "weights_format", "trust_pickle", "random_init", "residual_bn_init", "variant"})
+IMAGENET_CLASSES = 1000
+# Linear settings in the order a label shows them (what says most about a short probe first).
+LINEAR_KEY_ORDER = ("epochs", "lr", "feature_norm", "image_size", "num_classes", "batch_size", "schedule",
+                    "weight_decay", "momentum", "precision")
+VOC_CONFIGS = {"supervised": "pascal_voc_R_50_C4_24k.yaml"}  # every other variant: the MoCo config
+VOC_MOCO_CONFIG = "pascal_voc_R_50_C4_24k_moco.yaml"
+# VOC keys shown first in a label (the schedule and the batch say most about a short run); others follow by name.
+VOC_KEY_ORDER = ("SOLVER.MAX_ITER", "SOLVER.IMS_PER_BATCH", "SOLVER.BASE_LR", "SOLVER.STEPS")
+
+
+@dataclass(frozen=True)
+class Identity:
+    """One stage's protocol identity: `key` is what pools/replaces (equal keys = same protocol), `departures`
+    the (setting, value) pairs in which it departs from the official protocol, most telling first."""
+
+    stage: str
+    key: Any
+    departures: tuple = ()
+
+    @property
+    def official(self) -> bool:
+        return not self.departures
+
+    def departures_text(self, limit: int | None = None) -> str:
+        """'10 ep, lr 0.01, 64 px, +6 more' (`limit` departures shown); '' for the official protocol."""
+        texts = [_departure_text(self.stage, k, v) for k, v in self.departures]
+        if limit is not None and len(texts) > limit:
+            texts = texts[:limit] + [f"+{len(texts) - limit} more"]
+        return ", ".join(texts)
+
+    def describe(self, limit: int | None = None) -> str:
+        """The departures with the stage named, as a row label shows them: 'linear: 10 ep, lr 0.01, +6 more'."""
+        text = self.departures_text(limit)
+        return text and f"{'linear' if self.stage == 'linear' else 'VOC'}: {text}"
+
+
+def _fmt(v) -> str:
+    if isinstance(v, (list, tuple)):
+        return "/".join(map(_fmt, v))
+    if isinstance(v, float):
+        return f"{v:g}"
+    return str(v)
+
+
+_LINEAR_TEXT = {"epochs": "{} ep", "lr": "lr {}", "schedule": "schedule {}", "batch_size": "batch {}",
+                "image_size": "{} px", "weight_decay": "wd {}", "momentum": "momentum {}",
+                "num_classes": "{} classes"}
+
+
+def _departure_text(stage: str, name: str, value) -> str:
+    if stage == "linear":
+        if name == "feature_norm":
+            return "feature-norm" if value else "no feature-norm"
+        if name in _LINEAR_TEXT:
+            return _LINEAR_TEXT[name].format(_fmt(value))
+    if name == "config":  # a VOC record without a stored config: only its hash is known
+        return f"config {value}"
+    return f"{name.rsplit('.', 1)[-1] if stage == 'voc' else name} {_fmt(value)}"
+
+
+def _canonical(v):
+    """Equal settings compare equal: lists as tuples, 30 and 30.0 alike."""
+    if isinstance(v, (list, tuple)):
+        return tuple(_canonical(x) for x in v)
+    if isinstance(v, float) and math.isfinite(v) and v == int(v):
+        return int(v)
+    return v
+
+
+@functools.lru_cache(maxsize=1)
+def official_linear() -> dict:
+    from .linear_eval import LINCLS_DEFAULTS  # lazy: pulls in torch
+
+    out = {k: _canonical(v) for k, v in LINCLS_DEFAULTS.items() if k not in LINEAR_NEUTRAL_KEYS}
+    return {**out, "feature_norm": False, "precision": "fp32", "num_classes": IMAGENET_CLASSES}
+
+
+def linear_identity(rec: Mapping) -> Identity:
+    """A linear record's identity; one without a stored config has the identity 'protocol unknown'."""
+    config = rec.get("config")
+    if not isinstance(config, Mapping):
+        return Identity("linear", "unknown", (("protocol", "unknown"),))
+    settings = {k: _canonical(v) for k, v in config.items() if k not in LINEAR_NEUTRAL_KEYS}
+    classes = (rec.get("metrics") or {}).get("num_classes")
+    if classes is not None:
+        settings["num_classes"] = classes
+    official = official_linear()
+    order = list(LINEAR_KEY_ORDER) + sorted(set(settings) - set(LINEAR_KEY_ORDER))
+    departures = tuple((k, settings[k]) for k in order if k in settings and settings[k] != official.get(k))
+    return Identity("linear", tuple(sorted(settings.items(), key=lambda kv: kv[0])), departures)
+
+
+@functools.lru_cache(maxsize=None)
+def _official_voc(config_name: str) -> tuple[str, dict]:
+    """(hash, flattened identity) of an official VOC config, built as run_voc.py builds it."""
+    with warnings.catch_warnings():  # torch/detectron2 import-time deprecation notices are not the tables' news
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from .voc_transfer.config import _flatten, build_config, config_hash, config_identity  # lazy: detectron2
+
+    cfg, _ = build_config(REPO_ROOT / "configs" / config_name)
+    return config_hash(cfg), _flatten(config_identity(cfg))
+
+
+def official_voc_hash(variant_name: str) -> str:
+    return _official_voc(VOC_CONFIGS.get(variant_name, VOC_MOCO_CONFIG))[0]
+
+
+def voc_identity(rec: Mapping) -> Identity:
+    """A VOC record's identity: its config hash, departures from its variant's official config."""
+    h = rec.get("config_hash")
+    if not isinstance(h, str) or not h:
+        return Identity("voc", "unknown", (("config", "unknown"),))
+    official_hash, official = _official_voc(VOC_CONFIGS.get(rec["variant"]["name"], VOC_MOCO_CONFIG))
+    if h == official_hash:
+        return Identity("voc", h)
+    if not isinstance(rec.get("config"), Mapping):
+        return Identity("voc", h, (("config", h[:12]),))
+    from detectron2.config import CfgNode
+
+    from .voc_transfer.config import _flatten, config_identity
+
+    ours = _flatten(config_identity(CfgNode(rec["config"])))
+    missing = "<unset>"
+    differing = [k for k in set(ours) | set(official)
+                 if _canonical(ours.get(k, missing)) != _canonical(official.get(k, missing))]
+    rank = {k: i for i, k in enumerate(VOC_KEY_ORDER)}
+    differing.sort(key=lambda k: (rank.get(k, len(rank)), k))
+    return Identity("voc", h, tuple((k, _canonical(ours.get(k, missing))) for k in differing))
