@@ -5,8 +5,9 @@ Reads every run record (one JSON file per finished pretraining, linear-evaluatio
 atomically, into the output folder:
   ablation.md                 MoCo v2 Table 1 layout, ours vs the published numbers, the sources, the plots
   ablation.tex                the same two tables for LaTeX (booktabs, amssymb, xcolor)
-  ablation.csv                one line per variant: case, mlp, aug_plus, cos, epochs, linear_top1,
-                              AP50_mean, AP50_std, AP_mean, AP_std, AP75_mean, AP75_std, n_trials
+  ablation.csv                one line per row (variant x protocol identity): case, mlp, aug_plus, cos,
+                              epochs, extensions, linear_protocol, voc_protocol, linear_top1 (final epoch),
+                              linear_best_top1, AP50_mean, AP50_std, AP_mean, AP_std, AP75_mean, AP75_std, n_trials
   ablation_vs_paper.csv       ours beside the paper's numbers, per case
   ablation_voc_trials.png     per-variant spread of the per-trial VOC AP50 / AP / AP75
   ablation_linear_vs_voc.png  linear top-1 against VOC AP50, ours and the paper's
