@@ -5,6 +5,10 @@ Mapping (the official MoCo detection converter's rules): stem ``conv1``/``bn1`` 
 ``shortcut``, ``downsample.1`` -> ``shortcut.norm``. Detectron2 reads a .pkl holding "model" and
 "__author__" as its own format, and with "matching_heuristics" it maps ``res5.*`` to ``roi_heads.res5.*``
 and the rest to ``backbone.*`` by key suffix.
+
+The other layout `run_voc.py` accepts is Detectron's Caffe2 one (the MSRA ``R-50.pkl`` of the supervised
+baseline): ``{'blobs': {conv1_w, res_conv1_bn_s, res2_0_branch2a_w, ...}}``, frozen BN as scale/bias only,
+BGR input with std 1 and the stride in the 1x1 conv; Detectron2 reads it as "Caffe2" and renames it.
 """
 from __future__ import annotations
 
@@ -48,6 +52,60 @@ def d2_key(torchvision_key: str) -> str:
 
 
 D2_RESNET50_SHAPES = {d2_key(k): s for k, s in RESNET50_SHAPES.items()}
+
+# Detectron's Caffe2 names: blocks resN_B_branch2{a,b,c} / branch1 (shortcut), BN as _bn_s (scale) and _bn_b
+# (bias); the MSRA files hold no running statistics (frozen BN folded into scale/bias).
+_C2_CONV = {"conv1": "branch2a", "conv2": "branch2b", "conv3": "branch2c", "downsample.0": "branch1"}
+_C2_BN = {"bn1": "branch2a", "bn2": "branch2b", "bn3": "branch2c", "downsample.1": "branch1"}
+_C2_BN_TENSOR = {"weight": "s", "bias": "b"}
+
+
+def c2_key(torchvision_key: str) -> str | None:
+    """Caffe2 (MSRA R-50.pkl) name of one torchvision ResNet tensor name; None for the BN running statistics,
+    which Caffe2 files do not have."""
+    parts = torchvision_key.rsplit(".", 1)
+    module, tensor = parts[0], parts[1]
+    if tensor in ("running_mean", "running_var"):
+        return None
+    if module == "conv1":
+        return "conv1_w"
+    if module == "bn1":
+        return f"res_conv1_bn_{_C2_BN_TENSOR[tensor]}"
+    m = re.match(r"^layer(\d)\.(\d+)\.(.+)$", module)
+    if not m:
+        raise ValueError(f"not a ResNet backbone tensor: {torchvision_key}")
+    block = f"res{int(m[1]) + 1}_{m[2]}"
+    if m[3] in _C2_CONV:
+        return f"{block}_{_C2_CONV[m[3]]}_w"
+    return f"{block}_{_C2_BN[m[3]]}_bn_{_C2_BN_TENSOR[tensor]}"
+
+
+C2_RESNET50_SHAPES = {c2_key(k): s for k, s in RESNET50_SHAPES.items() if c2_key(k)}
+C2_CLASSIFIER = ("fc1000_w", "fc1000_b")  # the ImageNet classifier, in R-50.pkl, unused by the detector
+
+# The input settings each weights layout was trained with; a config that feeds anything else is refused.
+INPUT_SETTINGS = {
+    "torchvision": {"INPUT.FORMAT": "RGB", "MODEL.PIXEL_MEAN": IMAGENET_PIXEL_MEAN,
+                    "MODEL.PIXEL_STD": IMAGENET_PIXEL_STD, "MODEL.RESNETS.STRIDE_IN_1X1": False},
+    "caffe2": {"INPUT.FORMAT": "BGR", "MODEL.PIXEL_MEAN": (103.530, 116.280, 123.675),
+               "MODEL.PIXEL_STD": (1.0, 1.0, 1.0), "MODEL.RESNETS.STRIDE_IN_1X1": True},
+}
+LAYOUT_NAMES = {"torchvision": "converted torchvision/MoCo weights", "caffe2": "Caffe2 (MSRA R-50.pkl) weights"}
+
+
+def input_mismatches(cfg, layout: str) -> list[str]:
+    """The config's input settings that differ from what `layout` weights need, as "KEY value (needs X)"."""
+    out = []
+    for key, want in INPUT_SETTINGS[layout].items():
+        node = cfg
+        for part in key.split("."):
+            node = node[part]
+        same = (np.allclose(node, want, atol=1e-3) if isinstance(want, tuple) and len(node) == len(want)
+                else node == want)
+        if not same:
+            shown = list(node) if isinstance(node, (list, tuple)) else node
+            out.append(f"{key} {shown} (needs {list(want) if isinstance(want, tuple) else want})")
+    return out
 
 # The last BN of a Bottleneck's residual branch, under any prefix (backbone., roi_heads., DDP's module.).
 _BRANCH_LAST_BN = re.compile(r"(?:^|\.)(res[2-5])\.\d+\.conv3\.norm\.weight$")
@@ -128,7 +186,10 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
     """Unpickles dicts/lists/numbers/strings and numpy arrays only: reading a .pkl never runs foreign code."""
 
     _ALLOWED = {("numpy", "ndarray"), ("numpy", "dtype"), ("collections", "OrderedDict"),
-                ("numpy._core.multiarray", "_reconstruct"), ("numpy.core.multiarray", "_reconstruct")}
+                ("numpy._core.multiarray", "_reconstruct"), ("numpy.core.multiarray", "_reconstruct"),
+                # Python 3's protocol-2 pickles (e.g. a re-saved R-50.pkl) store array bytes as
+                # _codecs.encode(str, "latin1"): a string conversion, no foreign code (torch allows it too)
+                ("_codecs", "encode")}
 
     def find_class(self, module, name):
         if (module, name) not in self._ALLOWED:
@@ -138,12 +199,19 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
         return super().find_class(module, name)
 
 
-def check_d2_pickle(path) -> dict:
-    """Load a converted .pkl (numpy-only unpickling) and check it is a complete Detectron2 R50; return its data.
+def check_input_settings(cfg, layout: str, config_file) -> None:
+    """Refuse (one line) a config whose input settings contradict the weights' layout, e.g. the MSRA Caffe2
+    R-50.pkl with the RGB MoCo config: it would train without error but on wrongly normalised input."""
+    wrong = input_mismatches(cfg, layout)
+    if wrong:
+        other = next(k for k in INPUT_SETTINGS if k != layout)
+        hint = " (the settings of " + LAYOUT_NAMES[other] + ")" if not input_mismatches(cfg, other) else ""
+        raise UserError(f"{config_file} does not fit {LAYOUT_NAMES[layout]}: {'; '.join(wrong)}{hint}; "
+                        f"leave out --config-file to get the matching config")
 
-    Accepts files from this converter and from the official MoCo converter (whose extra `stem.fc.*` and
-    `num_batches_tracked` entries Detectron2 ignores). Raises UserError naming what is missing or wrong.
-    """
+
+def _read_weights_pickle(path) -> Any:
+    """The unpickled content of a weights .pkl (numpy-only unpickling); UserError for a missing/foreign/bad file."""
     path = Path(path)
     if not path.exists():
         raise UserError(f"converted weights not found: {path}")
@@ -154,12 +222,56 @@ def check_d2_pickle(path) -> dict:
                         f"(convert a .pth first: python convert/to_d2.py CKPT OUT.pkl)")
     try:
         with open(path, "rb") as f:
-            data = _NumpyOnlyUnpickler(f, encoding="latin1").load()
+            return _NumpyOnlyUnpickler(f, encoding="latin1").load()
     except _ForeignObject as e:
         raise UserError(f"{path}: not a converted weights file ({e})") from None
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError,
             OSError) as e:
         raise UserError(f"{path}: truncated or corrupted pickle ({type(e).__name__}: {e})") from None
+
+
+def _caffe2_blobs(data: Any) -> dict | None:
+    """The blobs of a pickle in Detectron's Caffe2 layout (what Detectron2 reads as "Caffe2": no "model" +
+    "__author__"; blobs at the top level or under "blobs"), or None when it is not one."""
+    if not isinstance(data, dict) or ("model" in data and "__author__" in data):
+        return None
+    blobs = data["blobs"] if isinstance(data.get("blobs"), dict) else data
+    return blobs if "conv1_w" in blobs or "res_conv1_bn_s" in blobs else None
+
+
+def read_weights(path) -> tuple[str, dict]:
+    """(layout, data) of a weights .pkl that `run_voc.py` accepts: "torchvision" for a converted file
+    (`check_d2_pickle`), "caffe2" for a complete Caffe2 R50 such as the MSRA R-50.pkl (data: its blobs)."""
+    data = _read_weights_pickle(path)
+    blobs = _caffe2_blobs(data)
+    if blobs is None:
+        return "torchvision", _check_d2_data(data, Path(path))
+    where = str(path)
+    if any(not isinstance(blobs.get(k), np.ndarray) for k in C2_RESNET50_SHAPES if k in blobs):
+        raise UserError(f"{where}: Caffe2 blobs that are not numpy arrays")
+    missing = [k for k in C2_RESNET50_SHAPES if k not in blobs]
+    if missing:
+        raise UserError(f"{where}: Caffe2 weights (conv1_w, res2_0_branch2a_w, ...) but {len(missing)} of "
+                        f"{len(C2_RESNET50_SHAPES)} ResNet-50 blobs missing: {first_few(missing)}")
+    wrong = [f"{k} {blobs[k].shape} (expected {s})" for k, s in C2_RESNET50_SHAPES.items() if blobs[k].shape != s]
+    if wrong:
+        raise UserError(f"{where}: Caffe2 weights of the wrong shapes for a ResNet-50: {first_few(wrong, 3)}")
+    not_finite = [k for k in C2_RESNET50_SHAPES if not np.isfinite(blobs[k]).all()]
+    if not_finite:
+        raise UserError(f"{where}: NaN or Inf in {first_few(not_finite, 3)}")
+    return "caffe2", blobs
+
+
+def check_d2_pickle(path) -> dict:
+    """Load a converted .pkl (numpy-only unpickling) and check it is a complete Detectron2 R50; return its data.
+
+    Accepts files from this converter and from the official MoCo converter (whose extra `stem.fc.*` and
+    `num_batches_tracked` entries Detectron2 ignores). Raises UserError naming what is missing or wrong.
+    """
+    return _check_d2_data(_read_weights_pickle(path), Path(path))
+
+
+def _check_d2_data(data: Any, path: Path) -> dict:
     if not isinstance(data, dict) or not isinstance(data.get("model"), dict):
         raise UserError(f"{path}: not a converted weights file (no 'model' dict inside)")
     if "__author__" not in data:
@@ -259,11 +371,10 @@ def verify_conversion(state_dict: Mapping[str, Any], pkl_path, config_file=None,
         problems.append(f"missing after loading: {first_few(load['missing_other'], 3)}")
     if load["incorrect_shapes"]:
         problems.append(f"shape mismatches: {first_few(load['incorrect_shapes'], 2)}")
-    mean, std = tuple(cfg.MODEL.PIXEL_MEAN), tuple(cfg.MODEL.PIXEL_STD)
-    if (cfg.INPUT.FORMAT != "RGB" or not np.allclose(mean, IMAGENET_PIXEL_MEAN, atol=1e-3)
-            or not np.allclose(std, IMAGENET_PIXEL_STD, atol=1e-3)):
-        problems.append(f"config feeds {cfg.INPUT.FORMAT} with PIXEL_MEAN {list(mean)} PIXEL_STD {list(std)}, "
-                        f"torchvision weights need RGB with {list(IMAGENET_PIXEL_MEAN)} / {list(IMAGENET_PIXEL_STD)}")
+    wrong_inputs = input_mismatches(cfg, "torchvision")
+    if wrong_inputs:
+        problems.append(f"config feeds {cfg.INPUT.FORMAT} input that torchvision weights were not trained with: "
+                        f"{', '.join(wrong_inputs)}")
 
     # The source model: built on the meta device (no random init to pay for), then given the checkpoint's
     # tensors; fc and the BN step counters are not part of the backbone and get placeholders.

@@ -13,6 +13,11 @@ from detectron2.modeling.roi_heads import Res5ROIHeads
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 DEFAULT_VOC_CONFIG = CONFIG_DIR / "pascal_voc_R_50_C4_24k_moco.yaml"
+# The official supervised-baseline config: Detectron2's input defaults (BGR, std 1, stride in the 1x1 conv),
+# which the MSRA Caffe2 R-50.pkl was trained with.
+SUPERVISED_VOC_CONFIG = CONFIG_DIR / "pascal_voc_R_50_C4_24k.yaml"
+# run_voc.py's config when --config-file is not given, by the layout of the weights (d2_convert.read_weights)
+VOC_CONFIG_FOR_LAYOUT = {"torchvision": DEFAULT_VOC_CONFIG, "caffe2": SUPERVISED_VOC_CONFIG}
 
 
 if "Res5ROIHeadsExtraNorm" not in ROI_HEADS_REGISTRY:

@@ -12,14 +12,17 @@ from pathlib import Path
 import mocoeval
 from mocoeval.errors import cli_main
 
-# = mocoeval.d2_modeling.DEFAULT_VOC_CONFIG, without importing Detectron2 just for --help
-DEFAULT_VOC_CONFIG = Path(mocoeval.__file__).resolve().parents[1] / "configs" / "pascal_voc_R_50_C4_24k_moco.yaml"
+# = mocoeval.d2_modeling.VOC_CONFIG_FOR_LAYOUT, without importing Detectron2 just for --help
+CONFIG_DIR = Path(mocoeval.__file__).resolve().parents[1] / "configs"
+DEFAULT_VOC_CONFIG = CONFIG_DIR / "pascal_voc_R_50_C4_24k_moco.yaml"
+SUPERVISED_VOC_CONFIG = CONFIG_DIR / "pascal_voc_R_50_C4_24k.yaml"
 
 EPILOG = """\
 Examples:
   python transfer/run_voc.py --weights moco_v2_200ep.pkl --trials 5 --num-gpus 8      # the paper's setup
   python transfer/run_voc.py --weights moco_v2_200ep.pkl --trials 5 --launcher slurm --gpus-per-job 8
   python transfer/run_voc.py --weights w.pkl --trials 2 --opts SOLVER.MAX_ITER 200      # a short check
+  python transfer/run_voc.py --weights R-50.pkl --trials 5 --num-gpus 8     # the supervised row (MSRA Caffe2)
 
 Trials and seeds: trial i (1-based) runs in OUTPUT_DIR/trial_i with seed SEEDS[i-1]; the default seeds are
 0, 1, ..., N-1, so `--trials 5` after `--trials 3` adds trials 4 and 5 (seeds 3 and 4) and skips 1-3.
@@ -57,13 +60,16 @@ def build_parser() -> argparse.ArgumentParser:
         prog="run_voc.py", description=__doc__.splitlines()[0], epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--weights", required=True, metavar="PKL",
-                   help="converted Detectron2 R50 weights (.pkl from convert/to_d2.py)")
+                   help="converted Detectron2 R50 weights (.pkl from convert/to_d2.py), or Detectron2's MSRA "
+                        "Caffe2 R-50.pkl (the supervised row)")
     p.add_argument("--trials", type=int, default=None, metavar="N",
                    help="number of trials (default 5, or the number of --seeds)")
     p.add_argument("--seeds", type=int, nargs="+", default=None, metavar="S",
                    help="one seed per trial (default 0 1 ... N-1)")
-    p.add_argument("--config-file", default=str(DEFAULT_VOC_CONFIG), metavar="YAML",
-                   help="Detectron2 config (default: %(default)s)")
+    p.add_argument("--config-file", default=None, metavar="YAML",
+                   help=f"Detectron2 config (default by the weights: {DEFAULT_VOC_CONFIG.name} for converted "
+                        f"torchvision/MoCo weights, {SUPERVISED_VOC_CONFIG.name} (BGR, std 1, stride in 1x1) for "
+                        f"Caffe2 weights; one whose input settings contradict the weights is refused)")
     p.add_argument("--output-dir", default=None, metavar="DIR",
                    help="run directory (default: output/voc_<weights file name>)")
     p.add_argument("--dataset-root", default=None, metavar="DIR",

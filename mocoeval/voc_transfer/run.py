@@ -19,6 +19,7 @@ import torch
 from detectron2.utils import comm
 
 from .. import d2_modeling
+from ..d2_convert import check_input_settings
 from ..errors import UserError, one_line
 from ..fileio import atomic_write_json, atomic_write_text, sha256_json
 from ..stop_request import Interrupted
@@ -44,7 +45,7 @@ class RunOptions:
     weights: str
     trials: int | None = None
     seeds: list[int] | None = None
-    config_file: str = str(d2_modeling.DEFAULT_VOC_CONFIG)
+    config_file: str | None = None  # None: d2_modeling.VOC_CONFIG_FOR_LAYOUT by the weights' layout
     output_dir: str | None = None
     num_gpus: int = 1
     num_machines: int = 1
@@ -264,7 +265,9 @@ def run(opts: RunOptions) -> int:
     device = _resolve_device(opts.device, gpus_per_trial, opts.launcher)
 
     weights = check_weights(opts.weights, opts.variant)
-    cfg, notes = build_config(opts.config_file, opts.opts, norm=opts.norm, device=device, weights=weights.path)
+    config_file = opts.config_file or str(d2_modeling.VOC_CONFIG_FOR_LAYOUT[weights.layout])
+    cfg, notes = build_config(config_file, opts.opts, norm=opts.norm, device=device, weights=weights.path)
+    check_input_settings(cfg, weights.layout, config_file)
     world = gpus_per_trial * opts.num_machines
     if cfg.SOLVER.IMS_PER_BATCH % world:
         raise UserError(f"SOLVER.IMS_PER_BATCH {cfg.SOLVER.IMS_PER_BATCH} is not divisible by {world} processes")
@@ -287,7 +290,7 @@ def run(opts: RunOptions) -> int:
         for msg in notes.messages:
             logger.info(msg)
         logger.info(f"{n} trial(s) in {output_dir}: weights {weights.path} (sha256 {weights.sha256[:12]}), "
-                    f"variant {weights.variant.get('name')}, config {opts.config_file} (hash {cfg_hash[:12]}), "
+                    f"variant {weights.variant.get('name')}, config {config_file} (hash {cfg_hash[:12]}), "
                     f"seeds {seeds}, device {device}, data {dataset_root}")
         if load_report:
             logger.info(load_report)
@@ -315,7 +318,7 @@ def run(opts: RunOptions) -> int:
             specs.append(TrialSpec(
                 index=p.index, n_trials=n, seed=p.seed, cfg=tcfg,
                 identity={**identity_base, "seed": p.seed, "dataset_root": str(Path(dataset_root).resolve()),
-                          "unused_weight_keys": unused},
+                          "unused_weight_keys": unused, "weights_layout": weights.layout},
                 dataset_root=str(Path(dataset_root).resolve()), num_gpus=gpus_per_trial,
                 num_machines=opts.num_machines, machine_rank=opts.machine_rank, dist_url=opts.dist_url,
                 later_trials=(len(pending) - k - 1) if opts.launcher == "local" else 0,

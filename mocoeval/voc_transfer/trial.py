@@ -58,19 +58,23 @@ class WeightsInfo:
     source: dict  # the converter's mocoeval_source ({} for a .pkl made elsewhere)
     source_sha256: str  # the source checkpoint's sha256, or the .pkl's own when unknown
     variant: dict
+    layout: str = "torchvision"  # d2_convert.read_weights: "torchvision" (converted) or "caffe2" (MSRA R-50.pkl)
 
 
 def check_weights(path: str | os.PathLike, variant_name: str | None = None) -> WeightsInfo:
-    """Check that `path` is a converted R50 Detectron2 pickle; identify it for the results store."""
-    from ..d2_convert import check_d2_pickle
+    """Check that `path` is a converted R50 Detectron2 pickle or a Caffe2 R50 (the MSRA R-50.pkl of the
+    supervised row); identify it for the results store."""
+    from ..d2_convert import read_weights
     from ..results_store import SPECIAL_VARIANTS, special_variant
 
     path = Path(path)
     if not path.is_file():
         raise UserError(f"weights file not found: {path}")
-    data = check_d2_pickle(path)
-    source = dict(data.get("mocoeval_source") or {})
+    layout, data = read_weights(path)
+    source = dict(data.get("mocoeval_source") or {}) if layout == "torchvision" else {}
     del data
+    if layout == "caffe2" and not variant_name:
+        variant_name = "supervised"  # Caffe2 R50s are Detectron's ImageNet-supervised models (table 1's row)
     sha = sha256_file(path)
     variant = source.get("variant")
     if variant_name:
@@ -83,23 +87,25 @@ def check_weights(path: str | os.PathLike, variant_name: str | None = None) -> W
         logger.warning(f"{path} does not say which pretraining it comes from (not made by convert/to_d2.py); "
                        f"recording it as variant {path.stem!r} (set --variant to name it)")
     return WeightsInfo(path=str(path.resolve()), sha256=sha, source=source,
-                       source_sha256=source.get("sha256") or sha, variant=dict(variant))
+                       source_sha256=source.get("sha256") or sha, variant=dict(variant), layout=layout)
 
 
-def classify_loaded_keys(missing: Iterable[str], unexpected: Iterable[str]) -> tuple[list[str], list[str]]:
+def classify_loaded_keys(missing: Iterable[str], unexpected: Iterable[str],
+                         layout: str = "torchvision") -> tuple[list[str], list[str]]:
     """(bad missing keys, unused checkpoint keys) after loading converted weights into the detector.
 
     Only the RPN, the box predictor and the extra res5 norm are new layers; BN's num_batches_tracked
-    counters are bookkeeping, not weights.
+    counters are bookkeeping, not weights. Caffe2 weights have no BN running statistics (frozen BN, scale
+    and bias only): their BN layers keep PyTorch's initial mean 0 / var 1, as in the official supervised run.
     """
-    bad = sorted(k for k in missing
-                 if not k.startswith(ALLOWED_MISSING_PREFIXES) and not k.endswith("num_batches_tracked"))
+    optional = (".running_mean", ".running_var", "num_batches_tracked") if layout == "caffe2" else ("num_batches_tracked",)
+    bad = sorted(k for k in missing if not k.startswith(ALLOWED_MISSING_PREFIXES) and not k.endswith(optional))
     return bad, sorted(unexpected)
 
 
-def check_loaded_keys(missing, unexpected, weights: str) -> list[str]:
+def check_loaded_keys(missing, unexpected, weights: str, layout: str = "torchvision") -> list[str]:
     """Raise UserError if backbone/res5 tensors were not loaded; return the unused checkpoint keys."""
-    bad, unused = classify_loaded_keys(missing, unexpected)
+    bad, unused = classify_loaded_keys(missing, unexpected, layout)
     if bad:
         raise UserError(f"{weights}: {len(bad)} detector tensors are not in the weights (only the RPN, box predictor "
                         f"and roi_heads.res5.norm may be new), e.g. {', '.join(bad[:3])}")
@@ -143,13 +149,17 @@ def preflight_weights(cfg: CfgNode, weights: WeightsInfo) -> tuple[list[str], st
     incompatible = checkpointer.last_incompatible
     del model, checkpointer
     gc.collect()
-    unused = check_loaded_keys(incompatible.missing_keys, incompatible.unexpected_keys, weights.path)
+    unused = check_loaded_keys(incompatible.missing_keys, incompatible.unexpected_keys, weights.path, weights.layout)
     new = [k for k in incompatible.missing_keys if k.startswith(ALLOWED_MISSING_PREFIXES)]
+    bn_stats = [k for k in incompatible.missing_keys if not k.startswith(ALLOWED_MISSING_PREFIXES)
+                and k.endswith((".running_mean", ".running_var"))]
     groups = {"RPN": "proposal_generator.", "box predictor": "roi_heads.box_predictor.",
               "res5 norm": "roi_heads.res5.norm."}
     report = (f"weights fit the detector: {n_model - len(incompatible.missing_keys)} of {n_model} tensors loaded; "
               f"new, trained from scratch: " + ", ".join(f"{name} ({sum(k.startswith(p) for k in new)})"
                                                         for name, p in groups.items())
+              + (f"; BN running statistics start at mean 0 / var 1 (not in Caffe2 files): {len(bn_stats)}"
+                 if bn_stats else "")
               + f"; unused in the file: {len(unused)}")
     return unused, report
 
@@ -409,7 +419,8 @@ def run_trial(spec: TrialSpec) -> None:
             logger.info(f"trial {spec.index}/{spec.n_trials}: resuming from iteration {trainer.start_iter}")
         else:
             inc = trainer.checkpointer.last_incompatible
-            check_loaded_keys(inc.missing_keys, inc.unexpected_keys, spec.cfg.MODEL.WEIGHTS)
+            check_loaded_keys(inc.missing_keys, inc.unexpected_keys, spec.cfg.MODEL.WEIGHTS,
+                              spec.identity.get("weights_layout", "torchvision"))
             logger.info("residual branch scale (res2..res5) of the loaded weights: %s",
                         _format_scales(d2_residual_branch_scales(trainer.model.state_dict())))
         trainer.train()
