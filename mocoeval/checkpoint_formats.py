@@ -135,7 +135,10 @@ def torch_load_safely(path: str | Path, trust_pickle: bool = False) -> Any:
         raise UserError(f"checkpoint not found: {path}")
     if path.is_dir():
         raise UserError(f"{path} is a directory, expected a checkpoint file")
-    kind = _sniff(path)
+    try:
+        kind = _sniff(path)
+    except OSError as e:  # no read permission, an I/O error: still one line
+        raise UserError(f"{path}: cannot read ({_one_line(e)})") from None
     import torch  # after the cheap checks: a typo in the path fails in milliseconds
 
     try:
@@ -157,7 +160,8 @@ def torch_load_safely(path: str | Path, trust_pickle: bool = False) -> Any:
                 f"{path}: refusing to load: the file contains {what}, which only a full unpickle can "
                 f"rebuild, and unpickling can run arbitrary code; if you trust where the file comes from, "
                 f"rerun with --trust-pickle") from None
-    except (RuntimeError, EOFError, KeyError, ValueError, OSError, zipfile.BadZipFile) as e:
+    except Exception as e:  # noqa: BLE001 - weights_only runs no pickled code, so any failure is the file's
+        # (a truncated legacy file: struct.error, IndexError 'pop from empty list', ...)
         raise UserError(f"{path}: unreadable PyTorch checkpoint, truncated or corrupted ({_one_line(e)})") from None
     # The user vouched for the file: full unpickling.
     try:

@@ -8,6 +8,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
+from .errors import UserError
+
 
 def _umask() -> int:
     """The process umask, read without changing it where Linux allows (os.umask is set-and-return)."""
@@ -80,3 +82,16 @@ def sha256_file(path, chunk: int = 1 << 20) -> str:
 def sha256_json(obj) -> str:
     """Stable hash of a JSON-able object (configs): sorted keys, no whitespace."""
     return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str).encode()).hexdigest()
+
+
+def check_output_dir(path, flag: str = "--output-dir") -> Path:
+    """Refuse an output folder that cannot become one (an existing file, or a path through a file) before a
+    stage creates anything: mkdir would otherwise fail later, with a traceback."""
+    path = Path(path)
+    for p in (path, *path.parents):
+        if p.is_dir():
+            return path
+        if p.exists() or p.is_symlink():  # a file, or a dangling link, where a folder must go
+            raise UserError(f"{flag} {path} exists and is not a directory" if p == path else
+                            f"{flag} {path}: {p} exists and is not a directory")
+    return path

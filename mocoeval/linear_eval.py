@@ -42,9 +42,9 @@ from torchvision import datasets
 from torchvision import transforms as T
 from torchvision.models.resnet import Bottleneck, ResNet
 
-from .checkpoint_formats import check_residual_bn_init
+from .checkpoint_formats import check_residual_bn_init, torch_load_safely
 from .errors import UserError
-from .fileio import atomic_torch_save, atomic_write_json, sha256_json
+from .fileio import atomic_torch_save, atomic_write_json, check_output_dir, sha256_json
 from .stop_request import StopRequest, any_process
 
 logger = logging.getLogger("mocoeval.linear")
@@ -450,10 +450,7 @@ def default_output_dir(args) -> Path:
 
 
 def _load_checkpoint(path: Path) -> dict:
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unreadable file is the user's to fix
-        raise UserError(f"{path}: cannot read the linear-eval checkpoint ({type(e).__name__}: {e})") from None
+    ckpt = torch_load_safely(path)
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise UserError(f"{path}: not a linear-eval checkpoint written by transfer/run_linear.py")
     return ckpt
@@ -490,7 +487,14 @@ def run(args: argparse.Namespace) -> dict:
     is_main = rank == 0
     if args.batch_size % world:
         raise UserError(f"--batch-size {args.batch_size} is not divisible by the {world} processes")
-    output_dir = Path(args.output_dir) if args.output_dir else default_output_dir(args)
+    output_dir = check_output_dir(args.output_dir or default_output_dir(args))
+    # Every input is read before anything is created (no output folder, no log.txt for bad input): the data
+    # first, so that a bad folder fails before the (slow) checkpoint read, then the backbone and --resume.
+    train_set, val_set, classes = build_datasets(args.data, args.image_size, args.seed)
+    backbone_state, info = load_backbone_source(args)
+    resume_path = resolve_resume(args.resume, output_dir)
+    ckpt = _load_checkpoint(resume_path) if resume_path is not None else None
+
     if is_main:
         output_dir.mkdir(parents=True, exist_ok=True)
     if distributed:
@@ -503,13 +507,8 @@ def run(args: argparse.Namespace) -> dict:
         # bit-reproducible (exact resume, as on CPU), like the official script given --seed; measured on an
         # H100 at 224 px, batch 256: no slower than cudnn.benchmark for this forward-only backbone
         torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = False, True
-
-    # data first: a bad folder fails before the (slow) checkpoint read
-    train_set, val_set, classes = build_datasets(args.data, args.image_size, args.seed)
     logger.info("data %s: %d train / %d val images, %d classes", args.data, len(train_set), len(val_set),
                 len(classes))
-
-    backbone_state, info = load_backbone_source(args)
     source = info["format_description"] if args.random_init else str(args.weights)
     variant = dict(info.get("variant") or {})
     if args.variant:
@@ -530,11 +529,9 @@ def run(args: argparse.Namespace) -> dict:
     per_rank_batch = args.batch_size // world
     # per process: DistributedSampler pads to ceil(len / world) images; the last batch may be partial
     iters_per_epoch = math.ceil(math.ceil(len(train_set) / world) / per_rank_batch)
-    resume_path = resolve_resume(args.resume, output_dir)
     if args.resume == "auto" and resume_path is None:
         logger.info("--resume auto: no %s in %s, starting from scratch", CHECKPOINT_NAME, output_dir)
-    if resume_path is not None:
-        ckpt = _load_checkpoint(resume_path)
+    if ckpt is not None:
         if ckpt.get("source_sha256") != info.get("source_sha256"):
             raise UserError(f"--resume {resume_path}: it was trained on another backbone "
                             f"(sha256 {str(ckpt.get('source_sha256'))[:12]}, this run {str(info.get('source_sha256'))[:12]})")

@@ -473,6 +473,27 @@ def test_bad_checkpoint_is_one_line_error(imagenet_mini, tmp_path, capsys):
                                 "--output-dir", tmp_path / "out"])
 
 
+def test_bad_weights_resume_or_output_dir_create_nothing(imagenet_mini, moco_checkpoint, tmp_path, monkeypatch,
+                                                         capsys):
+    """Every input is checked before the output folder and its log.txt exist; the loader's one-line messages."""
+    monkeypatch.chdir(tmp_path)  # the default output folder, output/linear/<weights>_seed0, would go here
+    cut = tmp_path / "cut.pth.tar"
+    data = moco_checkpoint.read_bytes()
+    cut.write_bytes(data[:len(data) // 2])
+    line = _error_line(capsys, ["--weights", cut, imagenet_mini])
+    assert str(cut) in line and "truncated or corrupted" in line
+    line = _error_line(capsys, ["--weights", moco_checkpoint, imagenet_mini, "--resume", cut])
+    assert str(cut) in line and "truncated or corrupted" in line
+    line = _error_line(capsys, ["--weights", moco_checkpoint, imagenet_mini, "--resume", moco_checkpoint])
+    assert "not a linear-eval checkpoint" in line
+    assert not (tmp_path / "output").exists()
+    taken = tmp_path / "taken"
+    taken.write_text("a file")
+    assert _error_line(capsys, ["--random-init", imagenet_mini, "--output-dir", taken]) == \
+        f"error: --output-dir {taken} exists and is not a directory"
+    assert taken.read_text() == "a file"
+
+
 # ----------------------------------------------------------------------------------- distributed
 @pytest.mark.slow
 def test_torchrun_two_cpu_processes_shard_val_exactly(imagenet_mini, moco_checkpoint, tmp_path, results_dir):

@@ -456,6 +456,73 @@ def test_cli_prints_one_line_and_exits_2(tmp_path):
     assert res.stderr == f"error: {tmp_path / 'nope'}: missing dataset root folder\n"
 
 
+def bad_checkpoints(folder: Path) -> dict[str, tuple[Path, str]]:
+    """Files that are no checkpoint, each with what the one loader says about it: {case: (path, message)}."""
+    import pickle
+
+    folder.mkdir(parents=True, exist_ok=True)
+    moco = {"epoch": 1, "arch": "resnet18", "optimizer": {},
+            "state_dict": {"module.encoder_q.w": torch.randn(4000), "module.encoder_k.w": torch.randn(4000),
+                           "module.queue": torch.randn(8, 16), "module.queue_ptr": torch.zeros(1)}}
+    torch.save(moco, folder / "full.pth.tar")
+    torch.save(moco, folder / "full_legacy.pth.tar", _use_new_zipfile_serialization=False)
+    zipped, legacy = (folder / "full.pth.tar").read_bytes(), (folder / "full_legacy.pth.tar").read_bytes()
+    # legacy files cut inside their pickles raise IndexError, struct.error (4 and 2 bytes): raw PyTorch text before
+    contents = {"truncated": zipped[:len(zipped) // 2], "truncated_legacy": legacy[:len(legacy) // 2],
+                **{f"legacy_cut{n}": legacy[:n] for n in (22, 28, 51)},
+                "empty": b"", "text": b"hello\n", "pickle": pickle.dumps({"not": "torch"}, protocol=2)}
+    messages = {"empty": "empty file", "text": "not a PyTorch checkpoint", "pickle": "a plain Python pickle"}
+    out = {}
+    for case, data in contents.items():
+        (folder / f"{case}.pth.tar").write_bytes(data)
+        out[case] = (folder / f"{case}.pth.tar", messages.get(case, "truncated or corrupted"))
+    (folder / "directory.pth.tar").mkdir()
+    out["directory"] = (folder / "directory.pth.tar", "is a directory")
+    return out
+
+
+def assert_only_error_line(err: str, *fragments: str) -> None:
+    """stderr is exactly one `error: ...` line holding each fragment (no traceback, no other output)."""
+    assert err.count("\n") == 1 and err.startswith("error: ") and "Traceback" not in err, err
+    assert all(f in err for f in fragments), err
+
+
+def test_bad_resume_files_are_the_loaders_one_line_errors_and_create_nothing(tmp_path, tiny_data, capsys):
+    for case, (path, message) in bad_checkpoints(tmp_path / "bad").items():
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as e:
+            run_cli([tiny_data, *TINY, "--resume", path])
+        assert e.value.code == 2, case
+        assert_only_error_line(capsys.readouterr().err, str(path), message)
+    assert not (tmp_path / "output").exists()  # the default output folder
+
+
+def test_output_dir_that_is_a_file_is_one_line_error(tmp_path, tiny_data, capsys):
+    taken = tmp_path / "taken"
+    taken.write_text("a file")
+    for out, message in [(taken, f"--output-dir {taken} exists and is not a directory"),
+                         (taken / "run", f"--output-dir {taken / 'run'}: {taken} exists and is not a directory")]:
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as e:
+            run_cli([tiny_data, *TINY, "--arch", "resnet18", "--output-dir", out])
+        assert e.value.code == 2
+        assert_only_error_line(capsys.readouterr().err, message)
+    assert taken.read_text() == "a file" and not (tmp_path / "runs").exists()
+
+
+def test_inspect_collapse_bad_weights_are_the_loaders_one_line_errors(tmp_path, tiny_data, capsys):
+    from importlib import util
+    spec = util.spec_from_file_location("inspect_collapse", REPO / "pretrain" / "inspect_collapse.py")
+    mod = util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    for case, (path, message) in bad_checkpoints(tmp_path / "bad").items():
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as e:
+            mod.main([str(tiny_data), "--weights", str(path), "-b", "8", "--image-size", "32"])
+        assert e.value.code == 2, case
+        assert_only_error_line(capsys.readouterr().err, str(path), message)
+
+
 # ------------------------------------------------------------------ numerics and determinism
 
 def test_fast_paths_match_fp32(tiny_data):

@@ -474,14 +474,22 @@ def test_cli_bad_dataset_root_one_line_error(tmp_path, random_r50_pkl):
 
 def test_dry_run_checks_and_prints_plan(tmp_path, random_r50_pkl, mini_data_root, store):
     out = tmp_path / "run"
-    rc = _load_script().main(["--weights", str(random_r50_pkl), "--trials", "2", "--output-dir", str(out),
-                           "--dataset-root", str(mini_data_root), "--dry-run", "--device", "cpu",
-                           "--opts", "SOLVER.IMS_PER_BATCH", "4"])
-    assert rc == 0
-    log = (out / "log.txt").read_text()
+    proc = _run_cli(["--weights", random_r50_pkl, "--trials", "2", "--output-dir", out, "--dataset-root",
+                     mini_data_root, "--dry-run", "--device", "cpu", "--opts", "SOLVER.IMS_PER_BATCH", "4"], store)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    log = proc.stdout + proc.stderr
     assert "BASE_LR scaled linearly 0.02 -> 0.005" in log
     assert "trial 1/2 (seed 0): would start" in log and "trial 2/2 (seed 1): would start" in log
-    assert not list(out.glob("trial_*")) and not store.exists()
+    assert not out.exists() and not store.exists()  # a dry run creates nothing, not even its output folder
+
+
+def test_output_dir_that_is_a_file_is_one_line_error(tmp_path, random_r50_pkl, mini_data_root):
+    not_a_dir = tmp_path / "taken"
+    not_a_dir.write_text("a file")
+    proc = _run_cli(["--weights", random_r50_pkl, "--dataset-root", mini_data_root, "--output-dir", not_a_dir,
+                     "--device", "cpu"], tmp_path / "store")
+    _assert_one_line_error(proc, f"--output-dir {not_a_dir} exists and is not a directory")
+    assert not_a_dir.read_text() == "a file"
 
 
 # ------------------------------------------------------------------------------------- real tiny trials

@@ -15,7 +15,7 @@ import argparse
 import json
 from pathlib import Path
 
-from mocoeval.checkpoint_formats import load_resnet50
+from mocoeval.checkpoint_formats import load_resnet50, torch_load_safely
 from mocoeval.d2_convert import check_d2_pickle, d2_residual_branch_scales, torchvision_to_d2
 from mocoeval.errors import UserError, cli_main
 
@@ -37,12 +37,7 @@ def branch_scales_of(path: Path) -> dict[str, float]:
         raise UserError(f"{path}: no such file")
     if path.suffix == ".pkl":
         return d2_residual_branch_scales(check_d2_pickle(path)["model"])
-    import torch
-
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # noqa: BLE001 - not a plain tensor file: load_resnet50 says what it is
-        obj = None
+    obj = torch_load_safely(path)
     if isinstance(obj, dict) and isinstance(obj.get("model"), dict):  # a Detectron2 checkpoint
         scales = d2_residual_branch_scales(obj["model"])
         if scales:

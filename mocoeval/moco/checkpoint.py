@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from ..checkpoint_formats import torch_load_safely
 from ..errors import UserError
 from ..fileio import atomic_torch_save
 
@@ -60,13 +61,7 @@ def save_checkpoint(path: str | Path, *, model, optimizer, epochs_done: int, arc
 def load_moco_checkpoint(path: str | Path) -> dict:
     """Load and validate a MoCo pretraining checkpoint (ours or official) for resuming; UserError if not one."""
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"resume checkpoint {path} does not exist")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unpickling failure means "not a checkpoint we can read"
-        first_line = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise UserError(f"cannot read {path} as a torch checkpoint: {first_line[:200]}") from None
+    ckpt = torch_load_safely(path)  # the converter's loader: one line for every unreadable file
     sd = ckpt.get("state_dict") if isinstance(ckpt, dict) else None
     keys = set(strip_prefix(sd)) if isinstance(sd, dict) else set()
     if not ({"queue", "queue_ptr"} <= keys and any(k.startswith("encoder_q.") for k in keys)

@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from ..data.layout import check_imagefolder
 from ..errors import UserError
-from ..fileio import atomic_write_json, sha256_file
+from ..fileio import atomic_write_json, check_output_dir, sha256_file
 from ..results_store import pretrain_variant, write_run_record
 from .augment import TwoCropsTransform, eval_transform, moco_transform
 from .builder import (MoCo, contrastive_loss, contrastive_top1, key_spread, multiply_residual_branches,
@@ -306,6 +306,7 @@ def run_config(args, bn_splits: int, world_size: int) -> dict:
 def train(args, resume_ckpt: dict | None = None) -> dict:
     """Run (or continue) pretraining as the resolved `args` say; returns the final summary."""
     check_train_folder(args.data)  # bad input fails before anything is created
+    check_output_dir(args.output_dir)
     if args.knn_data:
         check_imagefolder(args.knn_data, splits=("train", "val"))
     device, rank, world, local_world = setup_distributed(args.device)

@@ -21,7 +21,7 @@ from detectron2.utils import comm
 from .. import d2_modeling
 from ..d2_convert import check_input_settings
 from ..errors import UserError, one_line
-from ..fileio import atomic_write_json, atomic_write_text, sha256_json
+from ..fileio import atomic_write_json, atomic_write_text, check_output_dir, sha256_json
 from ..stop_request import Interrupted
 from .config import build_config, check_dataset, config_differences, config_hash, config_identity
 from .trial import (METRICS, SlurmTrialJob, TrialSpec, WeightsInfo, check_weights, format_seconds,
@@ -276,7 +276,7 @@ def run(opts: RunOptions) -> int:
                               f"({cfg.SOLVER.IMS_PER_BATCH // world} images); the protocol synchronises BN")
     dataset_root = opts.dataset_root or os.environ.get("DETECTRON2_DATASETS", "datasets")
     check_dataset(cfg, dataset_root)
-    output_dir = Path(opts.output_dir or Path("output") / f"voc_{Path(opts.weights).stem}")
+    output_dir = check_output_dir(opts.output_dir or Path("output") / f"voc_{Path(opts.weights).stem}")
     cfg_hash, cfg_identity = config_hash(cfg), config_identity(cfg)
     identity_base = {"config_hash": cfg_hash, "weights": weights.path, "weights_sha256": weights.sha256}
     plans = plan_trials(output_dir, seeds, identity_base, cfg_identity)
@@ -284,9 +284,10 @@ def run(opts: RunOptions) -> int:
     unused, load_report = preflight_weights(cfg, weights) if pending else ([], None)
 
     is_main = opts.machine_rank == 0
-    if is_main:
+    writes = is_main and not opts.dry_run  # a dry run creates nothing, not even the output folder or its log
+    if writes:
         output_dir.mkdir(parents=True, exist_ok=True)
-    with (log_file(output_dir / "log.txt") if is_main else contextlib.nullcontext()):
+    with (log_file(output_dir / "log.txt") if writes else contextlib.nullcontext()):
         for msg in notes.messages:
             logger.info(msg)
         logger.info(f"{n} trial(s) in {output_dir}: weights {weights.path} (sha256 {weights.sha256[:12]}), "
