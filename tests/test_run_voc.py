@@ -87,12 +87,32 @@ def test_seeds_default_fixed_and_validated():
             voc_run.resolve_seeds(trials, seeds)
 
 
-def test_build_config_scales_lr_with_batch_and_leaves_schedule():
+def test_build_config_scales_lr_and_schedule_with_batch():
+    """The protocol's rule for another batch: lr x batch/16, MAX_ITER, STEPS, WARMUP_ITERS x 16/batch."""
     cfg, notes = voc_config.build_config(DEFAULT_VOC_CONFIG, ["SOLVER.IMS_PER_BATCH", "8"], weights="")
     assert cfg.SOLVER.BASE_LR == pytest.approx(0.01) and notes.lr_scaled == (0.02, pytest.approx(0.01))
-    assert cfg.SOLVER.MAX_ITER == 24000 and tuple(cfg.SOLVER.STEPS) == (18000, 22000)  # never changed silently
+    assert cfg.SOLVER.MAX_ITER == 48000 and tuple(cfg.SOLVER.STEPS) == (36000, 44000)
+    assert cfg.SOLVER.WARMUP_ITERS == 200
+    assert notes.schedule_scaled == {"factor": 2.0, "MAX_ITER": [24000, 48000],
+                                     "STEPS": [[18000, 22000], [36000, 44000]], "WARMUP_ITERS": [100, 200]}
     text = " ".join(notes.messages)
-    assert "0.02 -> 0.01" in text and "SOLVER.MAX_ITER 48000" in text and "(36000, 44000)" in text
+    assert "0.02 -> 0.01" in text and "MAX_ITER 24000 -> 48000" in text and "(36000, 44000)" in text
+    assert "WARMUP_ITERS 100 -> 200" in text
+
+    cfg, notes = voc_config.build_config(DEFAULT_VOC_CONFIG, ["SOLVER.IMS_PER_BATCH", "32"])
+    assert (cfg.SOLVER.BASE_LR, cfg.SOLVER.MAX_ITER, tuple(cfg.SOLVER.STEPS), cfg.SOLVER.WARMUP_ITERS) == \
+        (pytest.approx(0.04), 12000, (9000, 11000), 50)
+
+    # keys that --opts sets win (the demo sets all three); the others are still scaled, with a note if past the end
+    demo = ["SOLVER.IMS_PER_BATCH", "2", "SOLVER.MAX_ITER", "10", "SOLVER.STEPS", "(8,)", "SOLVER.WARMUP_ITERS", "2"]
+    cfg, notes = voc_config.build_config(DEFAULT_VOC_CONFIG, demo)
+    assert (cfg.SOLVER.MAX_ITER, tuple(cfg.SOLVER.STEPS), cfg.SOLVER.WARMUP_ITERS) == (10, (8,), 2)
+    assert notes.schedule_scaled is None and "not scaled" in " ".join(notes.messages)
+    assert cfg.SOLVER.BASE_LR == pytest.approx(0.0025)
+    cfg, notes = voc_config.build_config(DEFAULT_VOC_CONFIG, ["SOLVER.IMS_PER_BATCH", "8", "SOLVER.MAX_ITER", "200"])
+    assert (cfg.SOLVER.MAX_ITER, tuple(cfg.SOLVER.STEPS), cfg.SOLVER.WARMUP_ITERS) == (200, (36000, 44000), 200)
+    assert set(notes.schedule_scaled) == {"factor", "STEPS", "WARMUP_ITERS"}
+    assert "reach MAX_ITER 200" in notes.messages[-1]
 
     cfg, notes = voc_config.build_config(DEFAULT_VOC_CONFIG, ["SOLVER.IMS_PER_BATCH", "8", "SOLVER.BASE_LR", "0.005"])
     assert cfg.SOLVER.BASE_LR == 0.005 and notes.lr_scaled is None  # an explicit lr wins

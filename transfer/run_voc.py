@@ -32,10 +32,9 @@ model_final.pth is kept once a trial finishes); finished metrics are never rewri
 (mean, population std with ddof=0, min, max, n), one record in the results store, tables regenerated.
 
 Batch size: SOLVER.IMS_PER_BATCH is the total over all GPUs (16 in the protocol). Changing it through
---opts scales SOLVER.BASE_LR linearly (unless --opts sets BASE_LR too) and says so. MAX_ITER/STEPS are
-never changed for you: the protocol's rule when memory forces a smaller batch is to halve batch and lr
-and double steps and iterations, e.g.
-  --opts SOLVER.IMS_PER_BATCH 8 SOLVER.STEPS "(36000, 44000)" SOLVER.MAX_ITER 48000
+--opts applies the protocol's rule (same epochs): SOLVER.BASE_LR is scaled by batch/16 and MAX_ITER, STEPS
+and WARMUP_ITERS by 16/batch, each unless --opts sets it too; the resolved values are printed and recorded.
+  --opts SOLVER.IMS_PER_BATCH 8      # lr 0.01, MAX_ITER 48000, STEPS (36000, 44000), WARMUP_ITERS 200
 
 Data: Detectron2's voc_2007_trainval, voc_2012_trainval and voc_2007_test under --dataset-root
 (default: $DETECTRON2_DATASETS, else ./datasets): VOC2007/ and VOC2012/ as the VOC devkit lays them out.

@@ -183,7 +183,8 @@ def summarize(output_dir: Path, trial_metrics: list[dict], requested: int, faile
 
 
 def record_run(output_dir: Path, summary: dict, weights: WeightsInfo, cfg_hash: str, cfg_identity: dict,
-               seeds: list[int], wall_time_s: float, invocation_s: float | None = None) -> Path | None:
+               seeds: list[int], wall_time_s: float, invocation_s: float | None = None,
+               batch_rule: dict | None = None) -> Path | None:
     """One results-store record per distinct result of this run directory (re-runs that change nothing
     write none); a record for more trials names the one it supersedes in extra.supersedes."""
     from .. import results_store
@@ -211,7 +212,9 @@ def record_run(output_dir: Path, summary: dict, weights: WeightsInfo, cfg_hash: 
         extra={"run_dir": str(output_dir.resolve()), "wall_time": "summed over the trials",
                "invocation_s": round(invocation_s, 3) if invocation_s is not None else None,
                "supersedes": previous.get("record") if previous else None,
-               "weights_source": weights.source or None})
+               "weights_source": weights.source or None,
+               # what the batch rule changed (the resolved values are in config): a departure from batch 16
+               **(batch_rule or {})})
     atomic_write_json(marker, {"record": str(path), "content_hash": content_hash})
     logger.info(f"results recorded in {path}")
     return path
@@ -351,8 +354,10 @@ def run(opts: RunOptions) -> int:
             return 1
         # the record's wall time: the trials' own (training + evaluation, summed), not this invocation's
         trials_s = sum(float(m.get("wall_time_s") or 0.0) for m in finished)
+        batch_rule = {"lr_scaled": list(notes.lr_scaled) if notes.lr_scaled else None,
+                      "schedule_scaled": notes.schedule_scaled}
         if record_run(output_dir, summary, weights, cfg_hash, cfg_identity, seeds, trials_s,
-                      invocation_s=time.time() - t_start):
+                      invocation_s=time.time() - t_start, batch_rule=batch_rule):
             regenerate_tables()
         return 0
 
