@@ -752,6 +752,6 @@ def test_slurm_path_through_submitits_local_executor_requeues_on_timeout_and_res
     assert code == 0 and signalled
     m = _metrics(out, 1)
     assert m["iterations"] == 6 and m["resumed_from_iter"] and 1 <= m["resumed_from_iter"] < 6
-    job_log = "".join(p.read_text() for p in (out / "slurm").rglob("*_log.err"))
+    job_log = "".join(p.read_text() for p in (out / "slurm").rglob("*_log.*"))  # submitit logs to stdout
     assert "Caught signal SIGUSR2" in job_log and "this job is timed-out" in job_log and "Requeued job" in job_log
     assert json.loads((out / "summary.json").read_text())["n_trials"] == 1
