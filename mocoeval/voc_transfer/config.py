@@ -31,7 +31,7 @@ VOC_DATASET_RE = re.compile(r"^voc_(\d{4})_(\w+)$")
 class ConfigNotes:
     """What build_config changed on its own, to print (and test)."""
     lr_scaled: tuple[float, float] | None = None  # (from, to)
-    # the schedule keys scaled with the batch: {"SOLVER.MAX_ITER": [from, to], ...} (lists: JSON-ready)
+    # what the batch rule scaled: {"factor": 16 / batch, "MAX_ITER": [from, to], "STEPS": ..., ...} (JSON-ready)
     schedule_scaled: dict | None = None
     messages: list[str] = dataclasses.field(default_factory=list)
 
