@@ -87,12 +87,32 @@ def test_seeds_default_fixed_and_validated():
             voc_run.resolve_seeds(trials, seeds)
 
 
-def test_build_config_scales_lr_with_batch_and_leaves_schedule():
+def test_build_config_scales_lr_and_schedule_with_batch():
+    """The protocol's rule for another batch: lr x batch/16, MAX_ITER, STEPS, WARMUP_ITERS x 16/batch."""
     cfg, notes = voc_config.build_config(DEFAULT_VOC_CONFIG, ["SOLVER.IMS_PER_BATCH", "8"], weights="")
     assert cfg.SOLVER.BASE_LR == pytest.approx(0.01) and notes.lr_scaled == (0.02, pytest.approx(0.01))
-    assert cfg.SOLVER.MAX_ITER == 24000 and tuple(cfg.SOLVER.STEPS) == (18000, 22000)  # never changed silently
+    assert cfg.SOLVER.MAX_ITER == 48000 and tuple(cfg.SOLVER.STEPS) == (36000, 44000)
+    assert cfg.SOLVER.WARMUP_ITERS == 200
+    assert notes.schedule_scaled == {"factor": 2.0, "MAX_ITER": [24000, 48000],
+                                     "STEPS": [[18000, 22000], [36000, 44000]], "WARMUP_ITERS": [100, 200]}
     text = " ".join(notes.messages)
-    assert "0.02 -> 0.01" in text and "SOLVER.MAX_ITER 48000" in text and "(36000, 44000)" in text
+    assert "0.02 -> 0.01" in text and "MAX_ITER 24000 -> 48000" in text and "(36000, 44000)" in text
+    assert "WARMUP_ITERS 100 -> 200" in text
+
+    cfg, notes = voc_config.build_config(DEFAULT_VOC_CONFIG, ["SOLVER.IMS_PER_BATCH", "32"])
+    assert (cfg.SOLVER.BASE_LR, cfg.SOLVER.MAX_ITER, tuple(cfg.SOLVER.STEPS), cfg.SOLVER.WARMUP_ITERS) == \
+        (pytest.approx(0.04), 12000, (9000, 11000), 50)
+
+    # keys that --opts sets win (the demo sets all three); the others are still scaled, with a note if past the end
+    demo = ["SOLVER.IMS_PER_BATCH", "2", "SOLVER.MAX_ITER", "10", "SOLVER.STEPS", "(8,)", "SOLVER.WARMUP_ITERS", "2"]
+    cfg, notes = voc_config.build_config(DEFAULT_VOC_CONFIG, demo)
+    assert (cfg.SOLVER.MAX_ITER, tuple(cfg.SOLVER.STEPS), cfg.SOLVER.WARMUP_ITERS) == (10, (8,), 2)
+    assert notes.schedule_scaled is None and "not scaled" in " ".join(notes.messages)
+    assert cfg.SOLVER.BASE_LR == pytest.approx(0.0025)
+    cfg, notes = voc_config.build_config(DEFAULT_VOC_CONFIG, ["SOLVER.IMS_PER_BATCH", "8", "SOLVER.MAX_ITER", "200"])
+    assert (cfg.SOLVER.MAX_ITER, tuple(cfg.SOLVER.STEPS), cfg.SOLVER.WARMUP_ITERS) == (200, (36000, 44000), 200)
+    assert set(notes.schedule_scaled) == {"factor", "STEPS", "WARMUP_ITERS"}
+    assert "reach MAX_ITER 200" in notes.messages[-1]
 
     cfg, notes = voc_config.build_config(DEFAULT_VOC_CONFIG, ["SOLVER.IMS_PER_BATCH", "8", "SOLVER.BASE_LR", "0.005"])
     assert cfg.SOLVER.BASE_LR == 0.005 and notes.lr_scaled is None  # an explicit lr wins
@@ -167,7 +187,6 @@ def test_preflight_reports_unused_projection_head(random_r50_pkl, tmp_path):
 
 
 @pytest.mark.parametrize("options, message", [
-    (dict(num_gpus=2, device="cpu"), "needs CUDA"),
     (dict(num_machines=2, machine_rank=1), "--dist-url"),
     (dict(num_machines=2, machine_rank=2, dist_url="tcp://h:1"), "--machine-rank"),
     (dict(trials=3, seeds=[1, 2]), "one seed per trial"),
@@ -190,6 +209,24 @@ def test_trial_spec_pickles_for_spawn_and_submitit():
     job = pickle.loads(pickle.dumps(voc_trial.SlurmTrialJob(spec)))
     assert job.spec.cfg == cfg and job.spec.cfg.is_frozen() and job.spec.dir == Path("/tmp/run/trial_2")
     assert job.spec.cfg.SOLVER.BASE_LR == pytest.approx(0.01)
+
+
+def test_a_fresh_process_unpickling_a_trial_has_the_detector_registered(tmp_path):
+    """launch() workers and submitit jobs import only the trial module (via the pickle): it must register
+    Res5ROIHeadsExtraNorm itself, or building the model fails with a registry KeyError."""
+    import pickle
+
+    cfg, _ = voc_config.build_config(DEFAULT_VOC_CONFIG, [], device="cpu")
+    cfg.freeze()
+    spec = voc_trial.TrialSpec(index=1, n_trials=1, seed=0, cfg=cfg, identity={}, dataset_root="/data")
+    job_file = tmp_path / "job.pkl"
+    job_file.write_bytes(pickle.dumps(voc_trial.SlurmTrialJob(spec)))
+    code = ("import pickle, sys; job = pickle.load(open(sys.argv[1], 'rb')); "
+            "from detectron2.modeling import ROI_HEADS_REGISTRY; "
+            "assert job.spec.cfg.MODEL.ROI_HEADS.NAME in ROI_HEADS_REGISTRY, job.spec.cfg.MODEL.ROI_HEADS.NAME")
+    proc = subprocess.run([sys.executable, "-c", code, str(job_file)], capture_output=True, text=True,
+                          env=_subprocess_env(tmp_path / "store"), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
 
 
 class _Quadratic(torch.nn.Module):
@@ -656,3 +693,73 @@ def test_ctrl_c_saves_the_iteration_and_the_same_command_resumes_from_it(tmp_pat
     assert m["resumed_from_iter"] == stopped_after and m["iterations"] == 12
     assert not list((out / "trial_1").glob("model_0*.pth"))  # the resume point is pruned with the others
 
+
+
+@pytest.mark.slow
+def test_two_cpu_processes_run_a_trial_through_detectron2s_launcher(tmp_path, random_r50_pkl, mini_data_root, store):
+    """--num-gpus 2 --device cpu: two gloo processes (naiveSyncBN synchronised across them), as on 2 GPUs."""
+    cli = _load_script()
+    out = tmp_path / "run"
+    assert cli.main(["--weights", str(random_r50_pkl), "--output-dir", str(out), "--dataset-root",
+                     str(mini_data_root), "--device", "cpu", "--num-gpus", "2", "--trials", "1",
+                     "--checkpoint-minutes", "0", "--opts", *TINY_OPTS]) == 0
+    m = _metrics(out, 1)
+    assert m["world_size"] == 2 and m["iterations"] == 2 and all(0.0 <= m[k] <= 100.0 for k in ("AP50", "AP", "AP75"))
+    assert (out / "trial_1" / "log.txt.rank1").exists() and (out / "trial_1" / "model_final.pth").exists()
+    # the batch rule's record: TINY_OPTS sets batch 2 and MAX_ITER, so lr, STEPS and WARMUP_ITERS were scaled
+    (record,) = store.glob("*_voc_*.json")
+    extra = json.loads(record.read_text())["extra"]
+    assert extra["lr_scaled"] == [0.02, pytest.approx(0.0025)] and extra["schedule_scaled"]["WARMUP_ITERS"] == [100, 800]
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+@pytest.mark.slow
+def test_slurm_path_through_submitits_local_executor_requeues_on_timeout_and_resumes(tmp_path, random_r50_pkl,
+                                                                                    mini_data_root, store,
+                                                                                    monkeypatch):
+    """--launcher slurm for real, on submitit's local executor (same pickling, job folders, signal handling and
+    requeue as on Slurm): the job gets the time-limit signal (USR2, here sent as soon as it has a resume point),
+    submitit calls SlurmTrialJob.checkpoint and requeues it, and the requeued job resumes and finishes."""
+    import threading
+
+    monkeypatch.setattr(voc_run, "SLURM_POLL_S", 0.5)
+    out = tmp_path / "run"
+    t1 = out / "trial_1"
+    signalled = []
+
+    def send_time_limit_signal():
+        deadline = time.time() + 300
+        while not (t1 / "last_checkpoint").exists() or not (t1 / "slurm_job.json").exists():
+            if time.time() > deadline:
+                return
+            time.sleep(0.05)
+        controller = int(json.loads((t1 / "slurm_job.json").read_text())["job_id"])  # local job id = its pid
+        for pid in _children(controller):  # the job's task process
+            os.kill(pid, signal.SIGUSR2)
+            signalled.append(pid)
+
+    watcher = threading.Thread(target=send_time_limit_signal, daemon=True)
+    watcher.start()
+    # time_min 2: submitit counts any signal as the time limit's (it "guarantees" max(0.8 t, t - 10 min))
+    code = voc_run.run(voc_run.RunOptions(
+        weights=str(random_r50_pkl), output_dir=str(out), dataset_root=str(mini_data_root), device="cpu",
+        trials=1, launcher="slurm", slurm_cluster="local", time_min=2, checkpoint_minutes=1e-9,
+        opts=[*TINY_OPTS, "SOLVER.MAX_ITER", "6"]))
+    watcher.join(timeout=5)
+    assert code == 0 and signalled
+    m = _metrics(out, 1)
+    assert m["iterations"] == 6 and m["resumed_from_iter"] and 1 <= m["resumed_from_iter"] < 6
+    job_log = "".join(p.read_text() for p in (out / "slurm").rglob("*_log.*"))  # submitit logs to stdout
+    assert "Caught signal SIGUSR2" in job_log and "this job is timed-out" in job_log and "Requeued job" in job_log
+    assert json.loads((out / "summary.json").read_text())["n_trials"] == 1

@@ -35,17 +35,18 @@ model_final.pth is kept once a trial finishes); finished metrics are never rewri
 (mean, population std with ddof=0, min, max, n), one record in the results store, tables regenerated.
 
 Batch size: SOLVER.IMS_PER_BATCH is the total over all GPUs (16 in the protocol). Changing it through
---opts scales SOLVER.BASE_LR linearly (unless --opts sets BASE_LR too) and says so. MAX_ITER/STEPS are
-never changed for you: the protocol's rule when memory forces a smaller batch is to halve batch and lr
-and double steps and iterations, e.g.
-  --opts SOLVER.IMS_PER_BATCH 8 SOLVER.STEPS "(36000, 44000)" SOLVER.MAX_ITER 48000
+--opts applies the protocol's rule (same epochs): SOLVER.BASE_LR is scaled by batch/16 and MAX_ITER, STEPS
+and WARMUP_ITERS by 16/batch, each unless --opts sets it too; the resolved values are printed and recorded.
+  --opts SOLVER.IMS_PER_BATCH 8      # lr 0.01, MAX_ITER 48000, STEPS (36000, 44000), WARMUP_ITERS 200
 
 Data: Detectron2's voc_2007_trainval, voc_2012_trainval and voc_2007_test under --dataset-root
 (default: $DETECTRON2_DATASETS, else ./datasets): VOC2007/ and VOC2012/ as the VOC devkit lays them out.
 
-Scale: --num-gpus G uses Detectron2's launch (one process per GPU); 1 GPU or CPU starts no process group
-(synchronised BN then is plain BN). Multi-machine: run the same command on every machine with
---num-machines M --machine-rank R --dist-url tcp://HOST0:PORT and a shared --output-dir.
+Scale: --num-gpus G uses Detectron2's launch (one process per GPU); one process starts no process group
+(synchronised BN then is plain BN). --num-gpus G --device cpu runs G CPU processes (gloo, BN synchronised
+across them): for checking the distributed path on a machine without GPUs, not for speed.
+Multi-machine: run the same command on every machine with --num-machines M --machine-rank R
+--dist-url tcp://HOST0:PORT and a shared --output-dir.
 Slurm: --launcher slurm submits every pending trial as its own job (needs `pip install submitit`);
 trials run in parallel and a job that hits its time limit is requeued and resumes.
 
@@ -84,7 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "'supervised' / 'random-init' for the baselines)")
     dist = p.add_argument_group("distributed (Detectron2 conventions)")
     dist.add_argument("--num-gpus", type=int, default=1, metavar="G",
-                      help="processes (GPUs) per machine (default 1)")
+                      help="processes (GPUs) per machine (default 1); with --device cpu, CPU processes "
+                           "(gloo) for checking the distributed path, not for speed")
     dist.add_argument("--num-machines", type=int, default=1, metavar="M")
     dist.add_argument("--machine-rank", type=int, default=0, metavar="R")
     dist.add_argument("--dist-url", default="auto", metavar="URL",

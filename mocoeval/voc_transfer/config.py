@@ -31,6 +31,8 @@ VOC_DATASET_RE = re.compile(r"^voc_(\d{4})_(\w+)$")
 class ConfigNotes:
     """What build_config changed on its own, to print (and test)."""
     lr_scaled: tuple[float, float] | None = None  # (from, to)
+    # what the batch rule scaled: {"factor": 16 / batch, "MAX_ITER": [from, to], "STEPS": ..., ...} (JSON-ready)
+    schedule_scaled: dict | None = None
     messages: list[str] = dataclasses.field(default_factory=list)
 
 
@@ -40,14 +42,55 @@ def _opts_pairs(opts: Sequence[str]) -> list[tuple[str, str]]:
     return [(opts[i], opts[i + 1]) for i in range(0, len(opts), 2)]
 
 
+SCHEDULE_KEYS = ("SOLVER.MAX_ITER", "SOLVER.STEPS", "SOLVER.WARMUP_ITERS")
+
+
+def _scale_schedule(cfg: CfgNode, factor: float, keys: Sequence[str], notes: ConfigNotes) -> None:
+    """Scale the schedule keys that --opts does not set by `factor` (= config batch / batch): the same
+    number of epochs with another batch, as the protocol asks."""
+    scaled, given = {}, []
+    for key in SCHEDULE_KEYS:
+        name = key.split(".")[1]
+        old = cfg.SOLVER[name]
+        if key in keys:
+            given.append(f"{name} {_fmt(old)}")
+        elif isinstance(old, (tuple, list)):
+            cfg.SOLVER[name] = tuple(int(round(v * factor)) for v in old)
+            scaled[name] = [list(old), list(cfg.SOLVER[name])]
+        else:
+            cfg.SOLVER[name] = int(round(old * factor))
+            scaled[name] = [old, cfg.SOLVER[name]]
+    given_text = f"as given by --opts: {', '.join(given)}" if given else ""
+    if not scaled:
+        notes.messages.append(f"schedule {given_text} (not scaled with the batch)")
+        return
+    notes.schedule_scaled = {"factor": factor, **scaled}
+    notes.messages.append(f"schedule scaled by {factor:g} with the batch (same epochs): "
+                          + ", ".join(f"{k} {_fmt(a)} -> {_fmt(b)}" for k, (a, b) in scaled.items())
+                          + (f"; {given_text}" if given else ""))
+    # e.g. a short check with MAX_ITER given: scaled steps past its end do nothing, a scaled warm-up is all of it
+    late = [k for k in ("STEPS", "WARMUP_ITERS") if k in scaled and max(_as_tuple(cfg.SOLVER[k]), default=0)
+            >= cfg.SOLVER.MAX_ITER]
+    if late:
+        notes.messages.append(f"scaled {' and '.join(late)} reach MAX_ITER {cfg.SOLVER.MAX_ITER}: "
+                              f"set them with --opts too for a shorter schedule")
+
+
+def _as_tuple(v) -> tuple:
+    return tuple(v) if isinstance(v, (tuple, list)) else (v,)
+
+
+def _fmt(v) -> str:
+    return str(tuple(v)) if isinstance(v, (tuple, list)) else str(v)
+
+
 def build_config(config_file: str | os.PathLike, opts: Sequence[str] = (), *, norm: str | None = None,
                  device: str = "cpu", weights: str | os.PathLike = "") -> tuple[CfgNode, ConfigNotes]:
     """The config every trial of a run shares (OUTPUT_DIR and SEED are set per trial).
 
-    Linear scaling rule: if `--opts` changes SOLVER.IMS_PER_BATCH away from the config file's
-    batch (16 in the protocol) and does not set SOLVER.BASE_LR itself, BASE_LR is scaled by the
-    same factor. The schedule (MAX_ITER, STEPS) is never changed silently; the protocol's advice for a
-    smaller batch (halve batch and lr, double steps and iterations) is printed instead.
+    The protocol's batch rule: if `--opts` changes SOLVER.IMS_PER_BATCH away from the config file's
+    batch (16 in the protocol), BASE_LR is scaled by batch / 16 and MAX_ITER, STEPS and WARMUP_ITERS
+    by 16 / batch (same number of epochs), each unless `--opts` sets it itself. What changed is in `notes`.
     """
     config_file = Path(config_file)
     if not config_file.is_file():
@@ -85,13 +128,7 @@ def build_config(config_file: str | os.PathLike, opts: Sequence[str] = (), *, no
             notes.messages.append(
                 f"SOLVER.IMS_PER_BATCH {batch} instead of {ref_batch}: BASE_LR scaled linearly "
                 f"{ref_lr:g} -> {new_lr:g}")
-        if not {"SOLVER.MAX_ITER", "SOLVER.STEPS"} & set(keys):
-            factor = ref_batch / batch
-            steps = tuple(int(round(s * factor)) for s in cfg.SOLVER.STEPS)
-            notes.messages.append(
-                f"schedule left as configured (MAX_ITER {cfg.SOLVER.MAX_ITER}, STEPS {tuple(cfg.SOLVER.STEPS)}); "
-                f"the protocol scales it with the batch: --opts SOLVER.MAX_ITER "
-                f"{int(round(cfg.SOLVER.MAX_ITER * factor))} SOLVER.STEPS \"{steps}\"")
+        _scale_schedule(cfg, ref_batch / batch, keys, notes)
     if cfg.SOLVER.MAX_ITER <= 0:
         raise UserError(f"SOLVER.MAX_ITER must be positive, got {cfg.SOLVER.MAX_ITER}")
     cfg.MODEL.WEIGHTS = str(Path(weights).resolve()) if weights else ""

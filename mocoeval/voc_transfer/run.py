@@ -32,6 +32,7 @@ logger = logging.getLogger("mocoeval.voc")
 STD_DDOF = 0  # population std, like the official MoCo README's "± std" over 5 trials
 DEFAULT_TRIALS = 5
 TRIAL_DIR_RE = re.compile(r"^trial_(\d+)$")
+SLURM_POLL_S = 30  # between checks of the submitted jobs: each one asks Slurm's accounting
 
 
 def default_seeds(n: int) -> list[int]:
@@ -184,7 +185,8 @@ def summarize(output_dir: Path, trial_metrics: list[dict], requested: int, faile
 
 
 def record_run(output_dir: Path, summary: dict, weights: WeightsInfo, cfg_hash: str, cfg_identity: dict,
-               seeds: list[int], wall_time_s: float, invocation_s: float | None = None) -> Path | None:
+               seeds: list[int], wall_time_s: float, invocation_s: float | None = None,
+               batch_rule: dict | None = None) -> Path | None:
     """One results-store record per distinct result of this run directory (re-runs that change nothing
     write none); a record for more trials names the one it supersedes in extra.supersedes."""
     from .. import results_store
@@ -212,7 +214,9 @@ def record_run(output_dir: Path, summary: dict, weights: WeightsInfo, cfg_hash: 
         extra={"run_dir": str(output_dir.resolve()), "wall_time": "summed over the trials",
                "invocation_s": round(invocation_s, 3) if invocation_s is not None else None,
                "supersedes": previous.get("record") if previous else None,
-               "weights_source": weights.source or None})
+               "weights_source": weights.source or None,
+               # what the batch rule changed (the resolved values are in config): a departure from batch 16
+               **(batch_rule or {})})
     atomic_write_json(marker, {"record": str(path), "content_hash": content_hash})
     logger.info(f"results recorded in {path}")
     return path
@@ -231,14 +235,12 @@ def regenerate_tables() -> None:
                        f"run python results/make_tables.py")
 
 
-def _resolve_device(device: str, num_gpus: int, launcher: str) -> str:
+def _resolve_device(device: str, launcher: str) -> str:
     if device == "auto":
         device = "cuda" if (torch.cuda.is_available() or launcher == "slurm") else "cpu"
     if device == "cuda" and launcher == "local" and not torch.cuda.is_available():
         raise UserError("--device cuda but no CUDA device is available here")
-    if device == "cpu" and num_gpus > 1:
-        raise UserError(f"--num-gpus {num_gpus} needs CUDA; CPU runs use one process")
-    return device
+    return device  # cpu with --num-gpus N: N CPU processes (gloo), to exercise the distributed path
 
 
 def run(opts: RunOptions) -> int:
@@ -262,7 +264,7 @@ def run(opts: RunOptions) -> int:
     if not (opts.checkpoint_minutes >= 0 and math.isfinite(opts.checkpoint_minutes)):
         raise UserError(f"--checkpoint-minutes must be >= 0 (0: off), got {opts.checkpoint_minutes}")
     gpus_per_trial = (opts.gpus_per_job or opts.num_gpus) if opts.launcher == "slurm" else opts.num_gpus
-    device = _resolve_device(opts.device, gpus_per_trial, opts.launcher)
+    device = _resolve_device(opts.device, opts.launcher)
 
     weights = check_weights(opts.weights, opts.variant)
     config_file = opts.config_file or str(d2_modeling.VOC_CONFIG_FOR_LAYOUT[weights.layout])
@@ -355,8 +357,10 @@ def run(opts: RunOptions) -> int:
             return 1
         # the record's wall time: the trials' own (training + evaluation, summed), not this invocation's
         trials_s = sum(float(m.get("wall_time_s") or 0.0) for m in finished)
+        batch_rule = {"lr_scaled": list(notes.lr_scaled) if notes.lr_scaled else None,
+                      "schedule_scaled": notes.schedule_scaled}
         if record_run(output_dir, summary, weights, cfg_hash, cfg_identity, seeds, trials_s,
-                      invocation_s=time.time() - t_start):
+                      invocation_s=time.time() - t_start, batch_rule=batch_rule):
             regenerate_tables()
         return 0
 
@@ -461,5 +465,5 @@ def _run_on_slurm(specs: list[TrialSpec], opts: RunOptions, output_dir: Path) ->
             logger.info(f"waiting for {len(waiting)} of {len(jobs)} Slurm job(s): "
                         + ", ".join(f"trial {i} ({j.job_id}: {j.state})" for i, j in waiting.items()))
         if waiting:
-            time.sleep(30)
+            time.sleep(SLURM_POLL_S)
     return failed

@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as _dt
+import functools
 import gc
 import json
 import logging
@@ -23,6 +24,8 @@ from detectron2.utils.env import seed_all_rng
 from detectron2.utils.events import CommonMetricPrinter, JSONWriter, TensorboardXWriter
 from detectron2.utils.logger import setup_logger
 
+# registers Res5ROIHeadsExtraNorm: launch() workers and submitit jobs import only this module
+from .. import d2_modeling  # noqa: F401
 from ..d2_convert import NEW_IN_DETECTOR, d2_residual_branch_scales, quiet_loggers
 from ..errors import UserError, one_line
 from ..fileio import atomic_write_json, atomic_write_text, sha256_file
@@ -274,6 +277,23 @@ class ResumePoints(HookBase):
         return path
 
 
+@contextlib.contextmanager
+def _ddp_without_device_ids(active: bool):
+    """DefaultTrainer.__init__ wraps the model with create_ddp_model(), which passes device_ids=[local rank]:
+    DistributedDataParallel refuses that for a CPU model (several CPU processes), which needs device_ids=None."""
+    if not active:
+        yield
+        return
+    from detectron2.engine import defaults
+
+    original = defaults.create_ddp_model
+    defaults.create_ddp_model = functools.partial(original, device_ids=None)
+    try:
+        yield
+    finally:
+        defaults.create_ddp_model = original
+
+
 class VOCTrainer(DefaultTrainer):
     """Detectron2's DefaultTrainer evaluating with PascalVOCDetectionEvaluator (VOC07 11-point AP at
     IoU 0.50:0.05:0.95 -> AP, AP50, AP75), with our checkpointer, progress hook and event-log name."""
@@ -282,7 +302,8 @@ class VOCTrainer(DefaultTrainer):
                  stop_on_signal: bool = False):
         # read by build_hooks, which DefaultTrainer.__init__ calls
         self._progress, self._checkpoint_minutes, self._stop_on_signal = progress, checkpoint_minutes, stop_on_signal
-        super().__init__(cfg)
+        with _ddp_without_device_ids(cfg.MODEL.DEVICE == "cpu" and comm.get_world_size() > 1):
+            super().__init__(cfg)
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name):
@@ -454,9 +475,26 @@ def _format_scales(scales: dict) -> str:
 
 def launch_trial(spec: TrialSpec) -> None:
     """run_trial over spec.num_gpus processes per machine with Detectron2's launch (one process: direct
-    call, no process group)."""
-    launch(run_trial, spec.num_gpus, num_machines=spec.num_machines, machine_rank=spec.machine_rank,
-           dist_url=spec.dist_url, args=(spec,))
+    call, no process group). With MODEL.DEVICE cpu they are CPU processes with gloo."""
+    cpu_group = spec.cfg.MODEL.DEVICE == "cpu" and spec.num_gpus * spec.num_machines > 1
+    # launch()'s workers use NCCL and one GPU each whenever CUDA is visible; hidden, they use gloo on CPU
+    with _environ(CUDA_VISIBLE_DEVICES="") if cpu_group else contextlib.nullcontext():
+        launch(run_trial, spec.num_gpus, num_machines=spec.num_machines, machine_rank=spec.machine_rank,
+               dist_url=spec.dist_url, args=(spec,))
+
+
+@contextlib.contextmanager
+def _environ(**values: str):
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 class SlurmTrialJob:
