@@ -1,4 +1,4 @@
-"""convert/to_d2.py and its library (mocoeval.checkpoint_formats, mocoeval.d2_convert).
+"""convert/to_d2.py and its library (mocoeval.checkpoint_formats, mocoeval.convert.detectron2_weights).
 
 Every input format is written from one randomly initialised torchvision ResNet-50 whose BN layers carry
 non-trivial affine parameters and running statistics (a mix-up of BN tensors would change the features),
@@ -19,24 +19,17 @@ import pytest
 import torch
 import torchvision
 
-from mocoeval import checkpoint_formats as cf
-from mocoeval import d2_convert as dc
-from mocoeval.errors import UserError
-from mocoeval.fileio import sha256_file
-from mocoeval.results_store import pretrain_variant, special_variant
+from mocoeval.convert import formats as cf
+from mocoeval.convert import detectron2_weights as dc
+from mocoeval.runtime.errors import UserError
+from mocoeval.runtime.fileio import sha256_file
+from mocoeval.results.store import pretrain_variant, special_variant
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = REPO_ROOT / "convert" / "to_d2.py"
 
 
-def _load_script():
-    spec = importlib.util.spec_from_file_location("convert_to_d2", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-to_d2 = _load_script()
+from mocoeval.convert import to_d2  # noqa: E402
 
 
 @pytest.fixture(autouse=True)

@@ -41,7 +41,7 @@ def test_r50_c4_trains_one_iteration_on_mini_voc(mini_data_root):
     from detectron2.solver import build_optimizer
     from detectron2.utils.events import EventStorage
 
-    from mocoeval.d2_modeling import DEFAULT_VOC_CONFIG, load_config
+    from mocoeval.transfer.detection.modeling import DEFAULT_VOC_CONFIG, load_config
 
     register_voc_datasets(mini_data_root)
     cfg = load_config(DEFAULT_VOC_CONFIG, [

@@ -15,7 +15,7 @@ from mocoeval.data import make_mini_data as mmd
 from mocoeval.data.layout import check_imagefolder, check_voc_root
 from mocoeval.data.sources import NOTO_FONT_PATHS
 from mocoeval.data.voc import VOC_CLASS_NAMES
-from mocoeval.errors import UserError
+from mocoeval.runtime.errors import UserError
 
 TINY = {"voc2007_trainval": 4, "voc2007_test": 2, "voc2012_trainval": 4, "voc_short_side": 48,
         "imagenet_train_per_class": 2, "imagenet_val_per_class": 1, "imagenet_size": 32}

@@ -6,7 +6,7 @@ import stat
 
 import pytest
 
-from mocoeval.fileio import atomic_write, atomic_write_json, atomic_write_text
+from mocoeval.runtime.fileio import atomic_write, atomic_write_json, atomic_write_text
 
 
 def _mode(path) -> int:

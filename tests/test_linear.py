@@ -1,4 +1,4 @@
-"""Linear classification (transfer/run_linear.py, mocoeval.linear_eval): protocol constants, the frozen
+"""Linear classification (transfer/run_linear.py, mocoeval.transfer.linear): protocol constants, the frozen
 eval-mode backbone, only-fc gradients, the sanity check, exact resume, records and one-line errors.
 
 Runs on CPU on the session's imagenet-mini (20 classes x 4 train / 2 val) at 32 px with tiny batches.
@@ -21,11 +21,11 @@ import torch.nn as nn
 import torchvision
 from torchvision import transforms as T
 
-from mocoeval import linear_eval as le
-from mocoeval.checkpoint_formats import load_resnet50, random_init_source_sha256, random_init_resnet50
-from mocoeval.errors import UserError
-from mocoeval.fileio import sha256_file
-from mocoeval.results_store import load_records, pretrain_variant
+from mocoeval.transfer import linear as le
+from mocoeval.convert.formats import load_resnet50, random_init_source_sha256, random_init_resnet50
+from mocoeval.runtime.errors import UserError
+from mocoeval.runtime.fileio import sha256_file
+from mocoeval.results.store import load_records, pretrain_variant
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "transfer" / "run_linear.py"
@@ -35,14 +35,7 @@ PRETRAIN_CONFIG = dict(mlp=True, aug_plus=True, cos=True, epochs=3, batch_size=1
 FAST = ["--image-size", "32", "--batch-size", "32", "--lr", "0.5", "--print-freq", "1"]
 
 
-def _load_script():
-    spec = importlib.util.spec_from_file_location("run_linear_script", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-run_linear = _load_script()
+from mocoeval.transfer import run_linear  # noqa: E402
 
 
 @pytest.fixture(autouse=True)

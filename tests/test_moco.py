@@ -16,13 +16,13 @@ import torchvision.transforms as T
 import yaml
 from PIL import Image, ImageFilter
 
-from mocoeval.errors import UserError
-from mocoeval.moco.augment import GaussianBlur, TwoCropsTransform, eval_transform, moco_transform
-from mocoeval.moco.builder import (MoCo, SplitBatchNorm, contrastive_loss, contrastive_top1, key_spread,
+from mocoeval.runtime.errors import UserError
+from mocoeval.pretrain.augment import GaussianBlur, TwoCropsTransform, eval_transform, moco_transform
+from mocoeval.pretrain.builder import (MoCo, SplitBatchNorm, contrastive_loss, contrastive_top1, key_spread,
                                    residual_branch_scales, resnet_encoder, shuffle_batch, unshuffle_batch)
-from mocoeval.moco.config import build_parser, parse_config
-from mocoeval.moco.engine import build_model, lr_at_epoch, lr_at_step, resolve_bn_splits
-from mocoeval.moco.knn import backbone_of, knn_predict, reestimate_bn_statistics
+from mocoeval.pretrain.config import build_parser, parse_config
+from mocoeval.pretrain.engine import build_model, lr_at_epoch, lr_at_step, resolve_bn_splits
+from mocoeval.pretrain.knn import backbone_of, knn_predict, reestimate_bn_statistics
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -73,7 +73,7 @@ def test_key_spread_is_one_for_uniform_keys_and_zero_for_collapsed_ones():
 
 
 def test_stage_grad_ratios_are_gradient_over_weight_norm_per_resnet_stage():
-    from mocoeval.moco.engine import GRAD_STAGES, stage_grad_ratios
+    from mocoeval.pretrain.engine import GRAD_STAGES, stage_grad_ratios
     encoder = resnet_encoder("resnet18", 8, mlp=True)
     for p in encoder.parameters():
         p.grad = None
@@ -226,7 +226,7 @@ def test_zero_init_residual_starts_every_block_as_the_identity_and_tames_early_g
     """--zero-init-residual: every residual branch's last BN scale is 0 (both encoders: the key encoder is a copy),
     so each block passes its input on; the stem's first gradient shrinks by an order of magnitude (the
     lab notes' first-step table: 9.7 -> 0.39 at 64 px; here a smaller ResNet-50 problem of the same kind)."""
-    from mocoeval.moco.engine import GRAD_STAGES, stage_grad_ratios
+    from mocoeval.pretrain.engine import GRAD_STAGES, stage_grad_ratios
     torch.manual_seed(0)
     zero = resnet_encoder("resnet50", 16, mlp=True, residual_bn_init=0.0)
     torch.manual_seed(0)
@@ -419,7 +419,7 @@ def test_presets_are_the_paper_rows(name, mlp, aug, cos, t, epochs, tmp_path):
     assert (args.arch, args.lr, args.batch_size, args.moco_k, args.moco_m, args.moco_dim) == (
         "resnet50", 0.03, 256, 65536, 0.999, 128)
     assert (args.momentum, args.weight_decay, args.schedule, args.image_size) == (0.9, 1e-4, [120, 160], 224)
-    from mocoeval.results_store import pretrain_variant
+    from mocoeval.results.store import pretrain_variant
     assert pretrain_variant(vars(args))["name"] == name
     assert args.output_dir == str(Path("output") / "pretrain" / name)
 

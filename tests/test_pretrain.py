@@ -18,29 +18,21 @@ import pytest
 import torch
 from PIL import Image
 
-from mocoeval.errors import UserError
-from mocoeval.fileio import sha256_file
-from mocoeval.moco.augment import TwoCropsTransform, moco_transform
-from mocoeval.moco.checkpoint import strip_prefix
-from mocoeval.moco.config import parse_config
-from mocoeval.moco.data import EpochSampler, TwoViewImageFolder
-from mocoeval.moco.engine import build_model, compile_encoders, train_step
-from mocoeval.results_store import load_records
+from mocoeval.runtime.errors import UserError
+from mocoeval.runtime.fileio import sha256_file
+from mocoeval.pretrain.augment import TwoCropsTransform, moco_transform
+from mocoeval.pretrain.checkpoint import strip_prefix
+from mocoeval.pretrain.config import parse_config
+from mocoeval.pretrain.data import EpochSampler, TwoViewImageFolder
+from mocoeval.pretrain.engine import build_model, compile_encoders, train_step
+from mocoeval.results.store import load_records
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "pretrain" / "train_moco.py"
 N_CLASSES, PER_CLASS, PER_CLASS_VAL = 3, 8, 3
 
 
-def _load_cli():
-    import importlib.util
-    spec = importlib.util.spec_from_file_location("train_moco_cli", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.main
-
-
-train_main = _load_cli()
+from mocoeval.pretrain.train_moco import main as train_main  # noqa: E402
 
 
 def write_image_folder(root: Path, per_class: dict[str, int], seed: int = 0):
@@ -145,7 +137,7 @@ def test_two_epochs_resnet50_official_layout_record_and_monitoring(mini_data_roo
     assert metrics["run_record"] == record["_path"]
 
     try:
-        from mocoeval.checkpoint_formats import load_resnet50
+        from mocoeval.convert.formats import load_resnet50
     except ImportError:
         return
     state, info = load_resnet50(final)
@@ -215,7 +207,7 @@ def _train_step_that(patch, at_call: int, action):
     """Wrap the engine's train_step (our code) so that its `at_call`-th call does `action` first, as a Ctrl-C,
     `kill` or crash arriving during that step would. `patch`: a `monkeypatch.context()`, so that leaving it
     undoes this alone (not the results directory the autouse fixture set)."""
-    from mocoeval.moco import engine
+    from mocoeval.pretrain import engine
 
     calls = {"n": 0}
 
@@ -285,7 +277,7 @@ def test_timed_resume_points_survive_a_crash_and_keep_only_the_newest(uninterrup
 
 
 def test_resume_auto_takes_the_furthest_checkpoint_or_resume_point(tmp_path):
-    from mocoeval.moco.checkpoint import find_resume_checkpoint
+    from mocoeval.pretrain.checkpoint import find_resume_checkpoint
 
     for name in ("checkpoint_0000.pth.tar", "checkpoint_0001.pth.tar", "resume_epoch0003_step000007.pth.tar",
                  "resume_epoch0002_step000009.pth.tar", "final.pth.tar"):
@@ -511,10 +503,7 @@ def test_output_dir_that_is_a_file_is_one_line_error(tmp_path, tiny_data, capsys
 
 
 def test_inspect_collapse_bad_weights_are_the_loaders_one_line_errors(tmp_path, tiny_data, capsys):
-    from importlib import util
-    spec = util.spec_from_file_location("inspect_collapse", REPO / "pretrain" / "inspect_collapse.py")
-    mod = util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    from mocoeval.pretrain import inspect_collapse as mod
     for case, (path, message) in bad_checkpoints(tmp_path / "bad").items():
         capsys.readouterr()
         with pytest.raises(SystemExit) as e:
@@ -613,10 +602,7 @@ def test_inspect_collapse_reports_a_checkpoint_and_a_random_init(uninterrupted, 
     torch.nn.init.zeros_(model.encoder_k.fc[2].weight)
     torch.nn.init.constant_(model.encoder_k.fc[2].bias, 1.0)
     torch.nn.init.constant_(model.encoder_q.fc[2].bias, 1.0)
-    from importlib import util
-    spec = util.spec_from_file_location("inspect_collapse", REPO / "pretrain" / "inspect_collapse.py")
-    mod = util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    from mocoeval.pretrain import inspect_collapse as mod
     x = torch.randn(8, 3, 32, 32)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     stats = mod.view_similarities(model, x, x.clone())
@@ -687,7 +673,7 @@ def test_shuffle_bn_across_two_processes(tmp_path):
     script = tmp_path / "check_shuffle.py"
     script.write_text(textwrap.dedent("""
         import sys, torch, torch.distributed as dist, torch.nn as nn
-        from mocoeval.moco.builder import MoCo, gather_from_all, shuffle_batch, unshuffle_batch
+        from mocoeval.pretrain.builder import MoCo, gather_from_all, shuffle_batch, unshuffle_batch
         dist.init_process_group("gloo")
         rank = dist.get_rank()
         torch.manual_seed(100 + rank)  # different generators: rank 0's permutation must win
@@ -731,7 +717,7 @@ def test_torchrun_a_signal_to_one_process_stops_both_at_the_same_step(tiny_data,
     wrapper = tmp_path / "signal_rank1.py"
     wrapper.write_text(textwrap.dedent(f"""
         import os, runpy, signal, sys
-        from mocoeval.moco import engine
+        from mocoeval.pretrain import engine
         real, calls = engine.train_step, [0]
         def train_step(*args, **kwargs):
             calls[0] += 1

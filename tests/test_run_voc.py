@@ -1,4 +1,4 @@
-"""transfer/run_voc.py and mocoeval.voc_transfer: seeds, config building, planning, summary, the VOC
+"""transfer/run_voc.py and mocoeval.transfer.detection: seeds, config building, planning, summary, the VOC
 evaluator, one-line errors, and (slow) real tiny trials on the mini VOC data: two trials, a re-run that
 skips them, a killed trial that resumes, a failed trial that does not lose the others."""
 from __future__ import annotations
@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 import torch
 
-from mocoeval.voc_transfer import config as voc_config, run as voc_run, trial as voc_trial
-from mocoeval.d2_modeling import DEFAULT_VOC_CONFIG
-from mocoeval.errors import UserError
-from mocoeval.stop_request import Interrupted
+from mocoeval.transfer.detection import config as voc_config, run as voc_run, trial as voc_trial
+from mocoeval.transfer.detection.modeling import DEFAULT_VOC_CONFIG
+from mocoeval.runtime.errors import UserError
+from mocoeval.runtime.stop_request import Interrupted
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "transfer" / "run_voc.py"
@@ -35,11 +35,8 @@ TINY_OPTS = [
 ]
 
 
-def _load_script(path: Path = SCRIPT):
-    spec = importlib.util.spec_from_file_location(path.stem + "_cli", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+def _load_script(module: str = "mocoeval.transfer.detection.run_voc"):
+    return importlib.import_module(module)
 
 
 @pytest.fixture(scope="session")
@@ -47,8 +44,8 @@ def random_r50_pkl(tmp_path_factory):
     """A converted randomly initialised torchvision ResNet-50 (the converter's own functions)."""
     import torchvision
 
-    from mocoeval.d2_convert import save_d2_pickle, torchvision_to_d2
-    from mocoeval.results_store import special_variant
+    from mocoeval.convert.detectron2_weights import save_d2_pickle, torchvision_to_d2
+    from mocoeval.results.store import special_variant
 
     torch.manual_seed(0)
     model = torchvision.models.resnet50()
@@ -537,7 +534,7 @@ def _metrics(out: Path, i: int) -> dict:
 
 
 def _branch_scales():
-    return _load_script(REPO / "transfer" / "branch_scales.py")
+    return _load_script("mocoeval.transfer.branch_scales")
 
 
 def test_branch_scales_reads_every_kind_of_weights_file(tmp_path, random_r50_pkl, capsys):

@@ -1,4 +1,4 @@
-"""Ablation tables and plots from fixture run records (results/make_tables.py, mocoeval.tables)."""
+"""Ablation tables and plots from fixture run records (results/make_tables.py, mocoeval.results.tables)."""
 from __future__ import annotations
 
 import csv
@@ -13,9 +13,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mocoeval import protocol_identity, tables
-from mocoeval.fileio import atomic_write_json
-from mocoeval.results_store import REPO_ROOT, load_records, pretrain_variant, special_variant, write_run_record
+from mocoeval.results import identity as protocol_identity
+from mocoeval.results import tables
+from mocoeval.runtime.fileio import atomic_write_json
+from mocoeval.results.store import REPO_ROOT, load_records, pretrain_variant, special_variant, write_run_record
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -60,7 +61,7 @@ class Store:
                   for i, (s, ap) in enumerate(zip(seeds, aps))]
         config = config_hash = None
         if opts is not None:
-            from mocoeval.voc_transfer import config as voc_config
+            from mocoeval.transfer.detection import config as voc_config
 
             cfg, _ = voc_config.build_config(REPO_ROOT / "configs" / "pascal_voc_R_50_C4_24k_moco.yaml", opts)
             config, config_hash = yaml.safe_load(cfg.dump()), voc_config.config_hash(cfg)
@@ -413,10 +414,9 @@ def test_bad_paper_numbers_file_is_a_user_error(tmp_path):
 
 
 def _cli():
-    spec = importlib.util.spec_from_file_location("make_tables", REPO_ROOT / "results" / "make_tables.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from mocoeval.results import make_tables
+
+    return make_tables
 
 
 def test_cli(store, tmp_path, capsys):

@@ -9,7 +9,7 @@ import torch
 import yaml
 from detectron2.config import get_cfg
 
-from mocoeval import d2_modeling
+from mocoeval.transfer.detection import modeling as d2_modeling
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 BASE = CONFIG_DIR / "Base-RCNN-C4-BN.yaml"

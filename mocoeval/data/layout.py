@@ -25,8 +25,8 @@ import os
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from ..errors import UserError
-from .voc import VOC_CLASS_NAMES
+from mocoeval.runtime.errors import UserError
+from mocoeval.data.voc import VOC_CLASS_NAMES
 
 DEFAULT_VOC_SPLITS = (("2007", "trainval"), ("2007", "test"), ("2012", "trainval"))
 # torchvision.datasets.folder.IMG_EXTENSIONS

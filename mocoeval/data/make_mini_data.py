@@ -47,10 +47,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..errors import UserError, cli_main
-from ..fileio import atomic_write_json, sha256_json
-from . import sources
-from .voc import VOC_CLASS_NAMES, VocObject, annotation_xml
+from mocoeval.runtime.errors import UserError, cli_main
+from mocoeval.runtime.fileio import atomic_write_json, sha256_json
+from mocoeval.data import sources
+from mocoeval.data.voc import VOC_CLASS_NAMES, VocObject, annotation_xml
 
 logger = logging.getLogger("mocoeval.data")
 

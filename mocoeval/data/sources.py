@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFont
 
-from ..errors import UserError
-from .voc import VOC_CLASS_NAMES
+from mocoeval.runtime.errors import UserError
+from mocoeval.data.voc import VOC_CLASS_NAMES
 
 
 @dataclass(frozen=True)

@@ -25,11 +25,11 @@ from detectron2.utils.events import CommonMetricPrinter, JSONWriter, Tensorboard
 from detectron2.utils.logger import setup_logger
 
 # registers Res5ROIHeadsExtraNorm: launch() workers and submitit jobs import only this module
-from .. import d2_modeling  # noqa: F401
-from ..d2_convert import NEW_IN_DETECTOR, d2_residual_branch_scales, quiet_loggers
-from ..errors import UserError, one_line
-from ..fileio import atomic_write_json, atomic_write_text, sha256_file
-from ..stop_request import StopRequest
+from mocoeval.transfer.detection import modeling as d2_modeling  # noqa: F401
+from mocoeval.convert.detectron2_weights import NEW_IN_DETECTOR, d2_residual_branch_scales, quiet_loggers
+from mocoeval.runtime.errors import UserError, one_line
+from mocoeval.runtime.fileio import atomic_write_json, atomic_write_text, sha256_file
+from mocoeval.runtime.stop_request import StopRequest
 
 logger = logging.getLogger("mocoeval.voc")
 
@@ -67,8 +67,8 @@ class WeightsInfo:
 def check_weights(path: str | os.PathLike, variant_name: str | None = None) -> WeightsInfo:
     """Check that `path` is a converted R50 Detectron2 pickle or a Caffe2 R50 (the MSRA R-50.pkl of the
     supervised row); identify it for the results store."""
-    from ..d2_convert import read_weights
-    from ..results_store import SPECIAL_VARIANTS, special_variant
+    from mocoeval.convert.detectron2_weights import read_weights
+    from mocoeval.results.store import SPECIAL_VARIANTS, special_variant
 
     path = Path(path)
     if not path.is_file():
@@ -422,7 +422,7 @@ def run_trial(spec: TrialSpec) -> None:
     """
     rank = comm.get_rank()
     setup_logging(rank)
-    from ..data.voc import register_voc_datasets
+    from mocoeval.data.voc import register_voc_datasets
 
     register_voc_datasets(spec.dataset_root)
     spec.dir.mkdir(parents=True, exist_ok=True)

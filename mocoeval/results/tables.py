@@ -52,10 +52,10 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import pandas as pd
 
-from . import results_store
-from .protocol_identity import Identity, linear_identity, voc_identity
-from .errors import UserError
-from .fileio import atomic_write_text
+from mocoeval.results import store as results_store
+from mocoeval.results.identity import Identity, linear_identity, voc_identity
+from mocoeval.runtime.errors import UserError
+from mocoeval.runtime.fileio import atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -754,7 +754,7 @@ def build_outputs(runs_dir: str | os.PathLike | None = None, out_dir: str | os.P
     written = []
     images = []
     if plots:
-        from . import plots as plots_mod  # matplotlib is imported only when plotting
+        from mocoeval.results import plots as plots_mod  # matplotlib is imported only when plotting
 
         # plot labels: one departure per stage, one line per part (the table has the longer labels)
         labels = ["\n".join([case_label(r.key.case, r.key.extensions_text())]

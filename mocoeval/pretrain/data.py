@@ -14,8 +14,8 @@ import torch.utils.data
 from PIL import Image
 from torchvision.datasets.folder import IMG_EXTENSIONS, make_dataset
 
-from ..data.layout import check_imagefolder
-from ..errors import UserError
+from mocoeval.data.layout import check_imagefolder
+from mocoeval.runtime.errors import UserError
 
 MAX_UNREADABLE_FRACTION = 0.01  # stop once more than 1% of the training images could not be read
 

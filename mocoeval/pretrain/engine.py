@@ -21,19 +21,19 @@ import torch.distributed as dist
 import torch.utils.data
 from tqdm import tqdm
 
-from ..data.layout import check_imagefolder
-from ..errors import UserError
-from ..fileio import atomic_write_json, check_output_dir, sha256_file
-from ..results_store import pretrain_variant, write_run_record
-from .augment import TwoCropsTransform, eval_transform, moco_transform
-from .builder import (MoCo, contrastive_loss, contrastive_top1, key_spread, multiply_residual_branches,
+from mocoeval.data.layout import check_imagefolder
+from mocoeval.runtime.errors import UserError
+from mocoeval.runtime.fileio import atomic_write_json, check_output_dir, sha256_file
+from mocoeval.results.store import pretrain_variant, write_run_record
+from mocoeval.pretrain.augment import TwoCropsTransform, eval_transform, moco_transform
+from mocoeval.pretrain.builder import (MoCo, contrastive_loss, contrastive_top1, key_spread, multiply_residual_branches,
                       residual_branch_scales, resnet_encoder)
-from ..stop_request import StopRequest, any_process
-from .checkpoint import (CHECKPOINT_RE, FINAL_NAME, checkpoint_name, find_latest_checkpoint, find_resume_checkpoint,
+from mocoeval.runtime.stop_request import StopRequest, any_process
+from mocoeval.pretrain.checkpoint import (CHECKPOINT_RE, FINAL_NAME, checkpoint_name, find_latest_checkpoint, find_resume_checkpoint,
                          remove_resume_points, resume_point_name, save_checkpoint, strip_prefix)
-from .data import (MAX_UNREADABLE_FRACTION, EpochSampler, LabelledImageFolder, TwoViewImageFolder,
+from mocoeval.pretrain.data import (MAX_UNREADABLE_FRACTION, EpochSampler, LabelledImageFolder, TwoViewImageFolder,
                    check_train_folder, derive_seed)
-from .knn import knn_top1
+from mocoeval.pretrain.knn import knn_top1
 
 log = logging.getLogger("mocoeval.pretrain")
 

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint_formats import torch_load_safely
-from ..errors import UserError
-from ..fileio import atomic_torch_save
+from mocoeval.convert.formats import torch_load_safely
+from mocoeval.runtime.errors import UserError
+from mocoeval.runtime.fileio import atomic_torch_save
 
 PREFIX = "module."
 CHECKPOINT_RE = re.compile(r"checkpoint_(\d{4,})\.pth\.tar$")

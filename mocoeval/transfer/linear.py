@@ -42,10 +42,10 @@ from torchvision import datasets
 from torchvision import transforms as T
 from torchvision.models.resnet import Bottleneck, ResNet
 
-from .checkpoint_formats import check_residual_bn_init, torch_load_safely
-from .errors import UserError
-from .fileio import atomic_torch_save, atomic_write_json, check_output_dir, sha256_json
-from .stop_request import StopRequest, any_process
+from mocoeval.convert.formats import check_residual_bn_init, torch_load_safely
+from mocoeval.runtime.errors import UserError
+from mocoeval.runtime.fileio import atomic_torch_save, atomic_write_json, check_output_dir, sha256_json
+from mocoeval.runtime.stop_request import StopRequest, any_process
 
 logger = logging.getLogger("mocoeval.linear")
 
@@ -137,7 +137,7 @@ class _ImageFolderWithClasses(datasets.ImageFolder):
 
 def build_datasets(data_dir, image_size: int, seed: int):
     """(train dataset with seeded augmentation, val dataset, class names) of an ImageFolder root."""
-    from .data.layout import check_imagefolder
+    from mocoeval.data.layout import check_imagefolder
 
     data_dir = Path(data_dir)
     check_imagefolder(data_dir, splits=("train", "val"))
@@ -203,7 +203,7 @@ class FrozenBackboneResNet50(ResNet):
 def load_backbone_source(args: argparse.Namespace) -> tuple[dict[str, torch.Tensor], dict]:
     """(torchvision-keyed backbone state dict, info with format/source_sha256/variant) for the run's --weights,
     or its --random-init network (seeded by --seed, residual branches' last BN at --residual-bn-init)."""
-    from .checkpoint_formats import load_resnet50, random_init_resnet50
+    from mocoeval.convert.formats import load_resnet50, random_init_resnet50
 
     if args.random_init:
         return random_init_resnet50(args.seed, 1.0 if args.residual_bn_init is None else args.residual_bn_init)
@@ -698,7 +698,7 @@ def run(args: argparse.Namespace) -> dict:
 def record_and_tabulate(args, info: Mapping[str, Any], variant: Mapping, metrics: Mapping, config: Mapping,
                         wall_time_s: float) -> Path:
     """One record in the results store, then the tables regenerated (a failure there does not fail the run)."""
-    from .results_store import write_run_record
+    from mocoeval.results.store import write_run_record
 
     record_metrics = {k: metrics[k] for k in ("top1", "top5", "best_top1", "best_top5", "best_epoch", "epochs",
                                               "num_classes", "val_images")}
@@ -710,7 +710,7 @@ def record_and_tabulate(args, info: Mapping[str, Any], variant: Mapping, metrics
         extra={"source_format": info.get("format"), "sanity_check": "passed",
                "feature_norm": bool(getattr(args, "feature_norm", False))})
     logger.info("results record: %s", path)
-    from .tables import regenerate
+    from mocoeval.results.tables import regenerate
 
     written = regenerate()  # warns instead of raising: the record is safe, tables can be rebuilt any time
     if written:

@@ -20,8 +20,8 @@ import torch
 import torch.nn as nn
 import torch.utils.data
 
-from .augment import IMAGENET_MEAN, IMAGENET_STD
-from .engine import (autocast_context, build_loader, build_model, build_optimizer, compile_encoders,
+from mocoeval.pretrain.augment import IMAGENET_MEAN, IMAGENET_STD
+from mocoeval.pretrain.engine import (autocast_context, build_loader, build_model, build_optimizer, compile_encoders,
                      resolve_bn_splits, train_step)
 
 

@@ -25,9 +25,9 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from .errors import UserError
-from .fileio import sha256_file, sha256_json
-from .results_store import pretrain_variant, recipe_departures, special_variant
+from mocoeval.runtime.errors import UserError
+from mocoeval.runtime.fileio import sha256_file, sha256_json
+from mocoeval.results.store import pretrain_variant, recipe_departures, special_variant
 
 FORMATS = {
     "moco": "MoCo v1/v2 checkpoint (encoder_q kept; encoder_k, queue and projection head dropped)",
@@ -393,7 +393,7 @@ def random_init_resnet50(seed: int, residual_bn_init: float = 1.0) -> tuple["Ord
     import torch
     from torchvision.models import resnet50
 
-    from .moco.builder import set_residual_branch_scales
+    from mocoeval.pretrain.builder import set_residual_branch_scales
 
     check_residual_bn_init(residual_bn_init)
     with torch.random.fork_rng(devices=[]):

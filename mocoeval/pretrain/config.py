@@ -13,10 +13,10 @@ from pathlib import Path
 
 import yaml
 
-from ..checkpoint_formats import check_residual_bn_init
-from ..errors import UserError
-from ..results_store import describe_value, pretrain_variant
-from .checkpoint import find_resume_checkpoint, load_moco_checkpoint, structure_of
+from mocoeval.convert.formats import check_residual_bn_init
+from mocoeval.runtime.errors import UserError
+from mocoeval.results.store import describe_value, pretrain_variant
+from mocoeval.pretrain.checkpoint import find_resume_checkpoint, load_moco_checkpoint, structure_of
 
 ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d",
          "resnext101_32x8d", "wide_resnet50_2", "wide_resnet101_2")

@@ -14,9 +14,9 @@ import warnings
 from pathlib import Path
 from typing import Any, Mapping
 
-from .fileio import atomic_write_json
+from mocoeval import REPO_ROOT
+from mocoeval.runtime.fileio import atomic_write_json
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 SCHEMA_VERSION = 1
 STAGES = ("pretrain", "linear", "voc")
 

@@ -19,7 +19,7 @@ import warnings
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from .results_store import REPO_ROOT
+from mocoeval.results.store import REPO_ROOT
 
 # run_linear.py settings that do not change the result: bookkeeping, the data path, the hardware, and the
 # description of the weights (the weights themselves are the row's source, not its protocol). The seed is
@@ -98,7 +98,7 @@ def _canonical(v):
 
 @functools.lru_cache(maxsize=1)
 def official_linear() -> dict:
-    from .linear_eval import LINCLS_DEFAULTS  # lazy: pulls in torch
+    from mocoeval.transfer.linear import LINCLS_DEFAULTS  # lazy: pulls in torch
 
     out = {k: _canonical(v) for k, v in LINCLS_DEFAULTS.items() if k not in LINEAR_NEUTRAL_KEYS}
     return {**out, "feature_norm": False, "precision": "fp32", "num_classes": IMAGENET_CLASSES}
@@ -124,7 +124,7 @@ def _official_voc(config_name: str) -> tuple[str, dict]:
     """(hash, flattened identity) of an official VOC config, built as run_voc.py builds it."""
     with warnings.catch_warnings():  # torch/detectron2 import-time deprecation notices are not the tables' news
         warnings.simplefilter("ignore", DeprecationWarning)
-        from .voc_transfer.config import _flatten, build_config, config_hash, config_identity  # lazy: detectron2
+        from mocoeval.transfer.detection.config import _flatten, build_config, config_hash, config_identity  # lazy: detectron2
 
     cfg, _ = build_config(REPO_ROOT / "configs" / config_name)
     return config_hash(cfg), _flatten(config_identity(cfg))
@@ -146,7 +146,7 @@ def voc_identity(rec: Mapping) -> Identity:
         return Identity("voc", h, (("config", h[:12]),))
     from detectron2.config import CfgNode
 
-    from .voc_transfer.config import _flatten, config_identity
+    from mocoeval.transfer.detection.config import _flatten, config_identity
 
     ours = _flatten(config_identity(CfgNode(rec["config"])))
     missing = "<unset>"

@@ -21,9 +21,9 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from .checkpoint_formats import NUM_BN, NUM_CONV, RESNET50_SHAPES, first_few
-from .errors import UserError
-from .fileio import atomic_write
+from mocoeval.convert.formats import NUM_BN, NUM_CONV, RESNET50_SHAPES, first_few
+from mocoeval.runtime.errors import UserError
+from mocoeval.runtime.fileio import atomic_write
 
 AUTHOR = "mocoeval"
 # The normalisation torchvision ResNets are trained with, on a 0..255 RGB scale (what the D2 model must use).
@@ -315,7 +315,7 @@ def load_into_detector(pkl_path, config_file=None, opts: list | None = None):
     from detectron2.checkpoint import DetectionCheckpointer
     from detectron2.modeling import build_model
 
-    from .d2_modeling import DEFAULT_VOC_CONFIG, load_config
+    from mocoeval.transfer.detection.modeling import DEFAULT_VOC_CONFIG, load_config
 
     class RecordingCheckpointer(DetectionCheckpointer):
         """DetectionCheckpointer that keeps the incompatible-keys result its `load` only logs."""

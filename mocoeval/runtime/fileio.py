@@ -8,7 +8,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
-from .errors import UserError
+from mocoeval.runtime.errors import UserError
 
 
 def _umask() -> int:

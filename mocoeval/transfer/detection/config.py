@@ -11,9 +11,9 @@ from typing import Sequence
 import yaml
 from detectron2.config import CfgNode
 
-from .. import d2_modeling
-from ..errors import UserError, one_line
-from ..fileio import sha256_json
+from mocoeval.transfer.detection import modeling as d2_modeling
+from mocoeval.runtime.errors import UserError, one_line
+from mocoeval.runtime.fileio import sha256_json
 
 logger = logging.getLogger("mocoeval.voc")
 
@@ -191,8 +191,8 @@ def voc_splits(cfg: CfgNode) -> list[tuple[str, str]]:
 
 def check_dataset(cfg: CfgNode, dataset_root: str | os.PathLike) -> None:
     """Register Detectron2's VOC datasets under `dataset_root` and check every split the config uses."""
-    from ..data.layout import check_voc_root
-    from ..data.voc import register_voc_datasets
+    from mocoeval.data.layout import check_voc_root
+    from mocoeval.data.voc import register_voc_datasets
 
     root = Path(dataset_root)
     if not root.is_dir():

@@ -18,13 +18,13 @@ from typing import Sequence
 import torch
 from detectron2.utils import comm
 
-from .. import d2_modeling
-from ..d2_convert import check_input_settings
-from ..errors import UserError, one_line
-from ..fileio import atomic_write_json, atomic_write_text, check_output_dir, sha256_json
-from ..stop_request import Interrupted
-from .config import build_config, check_dataset, config_differences, config_hash, config_identity
-from .trial import (METRICS, SlurmTrialJob, TrialSpec, WeightsInfo, check_weights, format_seconds,
+from mocoeval.transfer.detection import modeling as d2_modeling
+from mocoeval.convert.detectron2_weights import check_input_settings
+from mocoeval.runtime.errors import UserError, one_line
+from mocoeval.runtime.fileio import atomic_write_json, atomic_write_text, check_output_dir, sha256_json
+from mocoeval.runtime.stop_request import Interrupted
+from mocoeval.transfer.detection.config import build_config, check_dataset, config_differences, config_hash, config_identity
+from mocoeval.transfer.detection.trial import (METRICS, SlurmTrialJob, TrialSpec, WeightsInfo, check_weights, format_seconds,
                     launch_trial, log_file, preflight_weights, read_metrics, setup_logging, trial_dir)
 
 logger = logging.getLogger("mocoeval.voc")
@@ -189,7 +189,7 @@ def record_run(output_dir: Path, summary: dict, weights: WeightsInfo, cfg_hash: 
                batch_rule: dict | None = None) -> Path | None:
     """One results-store record per distinct result of this run directory (re-runs that change nothing
     write none); a record for more trials names the one it supersedes in extra.supersedes."""
-    from .. import results_store
+    from mocoeval.results import store as results_store
 
     marker = output_dir / "run_record.json"
     content_hash = sha256_json({"metrics": summary["metrics"], "trials": summary["trials"], "weights": weights.sha256,
@@ -224,9 +224,9 @@ def record_run(output_dir: Path, summary: dict, weights: WeightsInfo, cfg_hash: 
 
 def regenerate_tables() -> None:
     try:
-        from .. import tables
+        from mocoeval.results import tables
     except ImportError as e:
-        logger.warning(f"results tables not regenerated (mocoeval.tables unavailable: {e})")
+        logger.warning(f"results tables not regenerated (mocoeval.results.tables unavailable: {e})")
         return
     try:
         tables.regenerate()

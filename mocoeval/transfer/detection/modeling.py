@@ -11,7 +11,8 @@ from detectron2.layers import get_norm
 from detectron2.modeling import ROI_HEADS_REGISTRY
 from detectron2.modeling.roi_heads import Res5ROIHeads
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+from mocoeval import CONFIG_DIR
+
 DEFAULT_VOC_CONFIG = CONFIG_DIR / "pascal_voc_R_50_C4_24k_moco.yaml"
 # The official supervised-baseline config: Detectron2's input defaults (BGR, std 1, stride in the 1x1 conv),
 # which the MSRA Caffe2 R-50.pkl was trained with.

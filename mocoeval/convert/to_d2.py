@@ -1,0 +1,149 @@
+#!/usr/bin/env python
+"""Convert a ResNet-50 checkpoint (MoCo v1/v2/v3, torchvision) into Detectron2 R50-C4 weights (.pkl).
+
+    python convert/to_d2.py moco_v2_200ep_pretrain.pth.tar moco_v2_200ep.pkl --verify
+
+The output is what transfer/run_voc.py takes as --weights. It records the source checkpoint's path,
+sha256, format and variant, so detection results join with the pretraining and linear-eval records.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from mocoeval.convert.formats import (FORMATS, check_residual_bn_init, load_resnet50, parse_random_init,
+                                        random_init_resnet50)
+from mocoeval.convert.detectron2_weights import save_d2_pickle, torchvision_to_d2
+from mocoeval.runtime.errors import UserError, cli_main
+from mocoeval.runtime.fileio import plain_write_mode
+from mocoeval.results.store import describe_departures, recipe_departures
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="convert/to_d2.py", description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="formats (auto-detected unless --format):\n"
+               + "\n".join(f"  {name:12s} {desc}" for name, desc in FORMATS.items())
+               + "\nA checkpoint may keep its weights at the top level or under 'state_dict'/'model', with or\n"
+                 "without DataParallel's 'module.' prefix. Exit status: 0 converted (and verified), 1 --verify\n"
+                 "failed (nothing written), 2 bad input.\n\n"
+                 "examples:\n  python convert/to_d2.py moco_v2_200ep_pretrain.pth.tar moco_v2_200ep.pkl --verify\n"
+                 "  python convert/to_d2.py random-init:0 random_init_seed0.pkl          # the random-init baseline\n"
+                 "  python convert/to_d2.py random-init:0 random_g0.1.pkl --residual-bn-init 0.1   # its G = 0.1 twin")
+    p.add_argument("checkpoint", help="input checkpoint (.pth / .pth.tar), or random-init:SEED for a randomly "
+                                      "initialised ResNet-50 (the tables' random-init row; the same backbone as "
+                                      "run_linear.py --random-init --seed SEED)")
+    p.add_argument("output", help="output Detectron2 weights; must end with .pkl; its folder must exist")
+    p.add_argument("--format", choices=sorted(FORMATS), help="force the input format instead of detecting it")
+    p.add_argument("--verify", action="store_true",
+                   help="build the source torchvision ResNet-50 and the Detectron2 R50-C4 model from the converted "
+                        "weights and compare res4/layer3 and res5/layer4 outputs (fp32, fails above 1e-4); "
+                        "the output is written only if this passes")
+    p.add_argument("--trust-pickle", action="store_true",
+                   help="allow full unpickling (may run code stored in the file) for legacy checkpoints that hold "
+                        "more than tensors and plain containers; only for files from a trusted source")
+    p.add_argument("--variant", metavar="NAME",
+                   help="variant name for the results tables, overriding the detected one (e.g. random-init for "
+                        "a randomly initialised torchvision ResNet-50, which otherwise counts as 'supervised')")
+    p.add_argument("--residual-bn-init", type=float, default=None, metavar="G",
+                   help="with random-init:SEED: the last BN scale of every residual branch is G (train_moco.py's "
+                        "flag: the network such a pretraining starts from; default 1, torchvision's init)")
+    p.add_argument("--config", metavar="YAML", default=None,
+                   help="Detectron2 config the --verify model is built from "
+                        "(default: configs/pascal_voc_R_50_C4_24k_moco.yaml)")
+    return p
+
+
+def _check_output_path(out: Path, checkpoint: Path) -> None:
+    """Fail on a bad output path before spending time on loading."""
+    if out.suffix != ".pkl":
+        raise UserError(f"output {out} must end with .pkl (Detectron2 reads only .pkl files as converted weights)")
+    if not out.parent.is_dir():
+        raise UserError(f"output folder does not exist: {out.parent}")
+    if out.is_dir():
+        raise UserError(f"output {out} is a directory")
+    if checkpoint.exists() and out.exists() and out.resolve() == checkpoint.resolve():
+        raise UserError(f"output {out} is the input checkpoint itself")
+
+
+def _describe_variant(v: dict) -> str:
+    flags = [f for f in ("mlp", "aug_plus", "cos") if v.get(f)]
+    detail = ", ".join(filter(None, [" ".join(flags) if v.get("mlp") is not None else None,
+                                     f"{v['epochs']} epochs" if v.get("epochs") else None,
+                                     describe_departures(recipe_departures(v))]))
+    return v.get("name", "?") + (f" ({detail})" if detail else "")
+
+
+@cli_main
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    start = time.perf_counter()
+    checkpoint, out = Path(args.checkpoint), Path(args.output)
+    _check_output_path(out, checkpoint)
+    if args.config and not Path(args.config).is_file():
+        raise UserError(f"--config file not found: {args.config}")
+
+    random_seed = parse_random_init(args.checkpoint)
+    if args.residual_bn_init is not None:
+        if random_seed is None:
+            raise UserError("--residual-bn-init describes a random-init:SEED network; a checkpoint has its own scales")
+        check_residual_bn_init(args.residual_bn_init)
+    if random_seed is not None:
+        state_dict, info = random_init_resnet50(random_seed, 1.0 if args.residual_bn_init is None
+                                                else args.residual_bn_init)
+        if args.variant:
+            info["variant"]["name"] = args.variant
+    else:
+        state_dict, info = load_resnet50(checkpoint, fmt=args.format, trust_pickle=args.trust_pickle,
+                                         variant=args.variant)
+    dropped = info["dropped"]
+    print(f"format: {info['format']}: {info['format_description']} "
+          f"[weights at {info['container']}, prefix '{info['prefix']}']")
+    print(f"kept {info['num_tensors']} tensors ({info['num_conv']} conv + {info['num_bn']} BN layers); dropped "
+          f"{dropped['head']} head, {dropped['num_batches_tracked']} num_batches_tracked, "
+          f"{dropped['outside_backbone']} other (key encoder, queue, ...)"
+          + (f"; cast {'/'.join(info['cast_to_float32_from'])} to float32" if info["cast_to_float32_from"] else ""))
+    print(f"variant: {_describe_variant(info['variant'])}")
+
+    d2_model = torchvision_to_d2(state_dict)
+    source = {"path": info["path"], "sha256": info["source_sha256"], "format": info["format"],
+              "variant": info["variant"]}
+    if not args.verify:
+        save_d2_pickle(out, d2_model, source)
+        print(f"wrote {out} ({len(d2_model)} tensors, {out.stat().st_size / 2**20:.1f} MiB) "
+              f"in {time.perf_counter() - start:.1f} s")
+        return 0
+
+    from mocoeval.convert.detectron2_weights import verify_conversion  # imports Detectron2: only when verifying
+
+    # Verify a temporary file next to the output (Detectron2 needs a .pkl name), publish it only if it passes.
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".unverified.pkl", dir=out.parent)
+    os.fchmod(fd, plain_write_mode(out))  # the published file gets the mode a plain write gives, not 0600
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        save_d2_pickle(tmp, d2_model, source)
+        converted_s = time.perf_counter() - start
+        result = verify_conversion(state_dict, tmp, args.config)
+        print(result["line"])
+        if result["load"]["unexpected"]:
+            print(f"unexpected keys when loading (ignored by Detectron2): {len(result['load']['unexpected'])}, "
+                  f"e.g. {', '.join(result['load']['unexpected'][:3])}")
+        if not result["ok"]:
+            print(f"error: verification failed, {out} not written", file=sys.stderr)
+            return 1
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    print(f"wrote {out} ({len(d2_model)} tensors, {out.stat().st_size / 2**20:.1f} MiB); conversion "
+          f"{converted_s:.1f} s, with verification {time.perf_counter() - start:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
