@@ -7,7 +7,6 @@ converted, and verified numerically against Detectron2's R50-C4 built from the c
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import pickle
 import re
 import subprocess

@@ -5,7 +5,6 @@ Runs on CPU on the session's imagenet-mini (20 classes x 4 train / 2 val) at 32 
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re

@@ -19,7 +19,8 @@ from PIL import Image, ImageFilter
 from mocoeval.runtime.errors import UserError
 from mocoeval.pretrain.augment import GaussianBlur, TwoCropsTransform, eval_transform, moco_transform
 from mocoeval.pretrain.builder import (MoCo, SplitBatchNorm, contrastive_loss, contrastive_top1, key_spread,
-                                   residual_branch_scales, resnet_encoder, shuffle_batch, unshuffle_batch)
+                                       resnet_encoder, shuffle_batch, unshuffle_batch)
+from mocoeval.pretrain.residual_scaling import residual_branch_scales
 from mocoeval.pretrain.config import build_parser, parse_config
 from mocoeval.pretrain.engine import build_model, lr_at_epoch, lr_at_step, resolve_bn_splits
 from mocoeval.pretrain.knn import backbone_of, knn_predict, reestimate_bn_statistics

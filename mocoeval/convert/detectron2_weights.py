@@ -108,20 +108,6 @@ def input_mismatches(cfg, layout: str) -> list[str]:
     return out
 
 # The last BN of a Bottleneck's residual branch, under any prefix (backbone., roi_heads., DDP's module.).
-_BRANCH_LAST_BN = re.compile(r"(?:^|\.)(res[2-5])\.\d+\.conv3\.norm\.weight$")
-
-
-def d2_residual_branch_scales(model: Mapping[str, Any]) -> dict[str, float]:
-    """Per stage res2..res5 (res5 is the RoI head in R50-C4), the mean |scale| of its residual branches' last BN:
-    `moco.builder.residual_branch_scales` for Detectron2 names, so for a converted .pkl, a fine-tuned
-    model_final.pth or a live detector's state_dict (tensors or arrays). Empty if no such tensors."""
-    per_stage: dict[str, list[float]] = {}
-    for key, value in model.items():
-        m = _BRANCH_LAST_BN.search(key)
-        if m:
-            array = value.detach().float().cpu().numpy() if hasattr(value, "detach") else np.asarray(value)
-            per_stage.setdefault(m[1], []).append(float(np.abs(array).mean()))
-    return {stage: sum(v) / len(v) for stage, v in sorted(per_stage.items())}
 
 
 def _check_complete(model: Mapping[str, Any], where: str) -> None:

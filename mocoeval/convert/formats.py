@@ -16,15 +16,13 @@ Any of them may sit at the top level or under ``state_dict`` / ``model``, with o
 from __future__ import annotations
 
 import re
-import tarfile
-import warnings
-import zipfile
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 
+from mocoeval.runtime.checkpoint_io import torch_load_safely
 from mocoeval.runtime.errors import UserError
 from mocoeval.runtime.fileio import sha256_file, sha256_json
 from mocoeval.results.store import pretrain_variant, recipe_departures, special_variant
@@ -43,9 +41,6 @@ _KNOWN_BASIC_DEPTHS = {(2, 2, 2, 2): 18, (3, 4, 6, 3): 34}
 # Classifier / SSL heads that sit beside the backbone under the same prefix: dropped, never converted.
 _HEAD_NAMES = ("fc", "head", "heads", "projector", "projection_head", "predictor", "classifier")
 _BN_TENSORS = ("weight", "bias", "running_mean", "running_var")
-
-# Legacy (pre-1.6, non-zip) torch.save files start with the pickled magic number 0x1950a86a20f9469cfc6c.
-_LEGACY_TORCH_MAGIC = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19"
 
 
 def resnet50_shapes() -> "OrderedDict[str, tuple[int, ...]]":
@@ -98,76 +93,6 @@ def _checkpoint_stem(path: Path) -> str:
             name = stem
         else:
             return name
-
-
-def _sniff(path: Path) -> str:
-    """What kind of file this is, from its first bytes: 'zip', 'legacy' (old torch.save), or a UserError."""
-    with open(path, "rb") as f:
-        head = f.read(64)
-    if not head:
-        raise UserError(f"{path}: empty file (0 bytes), not a checkpoint")
-    if head.startswith(b"PK\x03\x04"):
-        if not zipfile.is_zipfile(path):
-            raise UserError(f"{path}: truncated or corrupted PyTorch checkpoint (zip archive without its "
-                            f"central directory; was the download or copy interrupted?)")
-        return "zip"
-    if head[:1] == b"\x80" and _LEGACY_TORCH_MAGIC[2:] in head:  # any pickle protocol
-        return "legacy"
-    if tarfile.is_tarfile(path):  # torch.save's format before PyTorch 0.4 (still readable by torch.load)
-        return "legacy"
-    if head[:1] == b"\x80":
-        raise UserError(f"{path}: a plain Python pickle, not a PyTorch checkpoint (an already converted "
-                        f"Detectron2 .pkl? those are inputs for transfer/run_voc.py, not for this converter)")
-    raise UserError(f"{path}: not a PyTorch checkpoint (neither a torch.save zip archive nor a legacy torch pickle)")
-
-
-def _one_line(e: BaseException) -> str:
-    text = " ".join(str(e).split())
-    return f"{type(e).__name__}: {text[:200]}" if text else type(e).__name__
-
-
-def torch_load_safely(path: str | Path, trust_pickle: bool = False) -> Any:
-    """torch.load on CPU with `weights_only=True`; a file that needs more is refused unless `trust_pickle`."""
-    import pickle
-
-    path = Path(path)
-    if not path.exists():
-        raise UserError(f"checkpoint not found: {path}")
-    if path.is_dir():
-        raise UserError(f"{path} is a directory, expected a checkpoint file")
-    try:
-        kind = _sniff(path)
-    except OSError as e:  # no read permission, an I/O error: still one line
-        raise UserError(f"{path}: cannot read ({_one_line(e)})") from None
-    import torch  # after the cheap checks: a typo in the path fails in milliseconds
-
-    try:
-        # mmap: only the tensors we keep are read from disk (official MoCo files also hold encoder_k, queue,
-        # optimizer state).
-        with warnings.catch_warnings():  # torch's note about legacy files' pickle protocol: noise for users
-            warnings.filterwarnings("ignore", message="Detected pickle protocol")
-            return torch.load(path, map_location="cpu", weights_only=True, mmap=(kind == "zip"))
-    except pickle.UnpicklingError as e:
-        msg = str(e)
-        if "Weights only load failed" not in msg:
-            raise UserError(f"{path}: corrupted PyTorch checkpoint ({_one_line(e)})") from None
-        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", msg)
-        operand = re.search(r"Unsupported operand \d+", msg)
-        what = (f"a pickled {found.group(1)} object" if found else
-                f"pickle instructions the safe loader does not support ({operand.group(0) if operand else 'unknown'})")
-        if not trust_pickle:
-            raise UserError(
-                f"{path}: refusing to load: the file contains {what}, which only a full unpickle can "
-                f"rebuild, and unpickling can run arbitrary code; if you trust where the file comes from, "
-                f"rerun with --trust-pickle") from None
-    except Exception as e:  # noqa: BLE001 - weights_only runs no pickled code, so any failure is the file's
-        # (a truncated legacy file: struct.error, IndexError 'pop from empty list', ...)
-        raise UserError(f"{path}: unreadable PyTorch checkpoint, truncated or corrupted ({_one_line(e)})") from None
-    # The user vouched for the file: full unpickling.
-    try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # any failure of arbitrary pickled code is the file's fault: one line
-        raise UserError(f"{path}: could not load even with --trust-pickle ({_one_line(e)})") from None
 
 
 def _tensor_items(d: Mapping) -> dict:
@@ -378,13 +303,6 @@ def random_init_source_sha256(seed: int, residual_bn_init: float = 1.0) -> str:
     return sha256_json(identity)
 
 
-def check_residual_bn_init(value: float) -> float:
-    """The residual-branch BN scale a user asked for (train_moco.py --residual-bn-init): within [0, 1]."""
-    if not 0 <= value <= 1:
-        raise UserError(f"--residual-bn-init must be between 0 and 1, got {value:g}")
-    return value
-
-
 def random_init_resnet50(seed: int, residual_bn_init: float = 1.0) -> tuple["OrderedDict[str, Any]", dict]:
     """The tables' "random init" row: torchvision's ResNet-50 initialised under `seed` (fc dropped), as
     `load_resnet50` returns a checkpoint's backbone. `residual_bn_init` starts the last BN scale of every residual
@@ -393,7 +311,7 @@ def random_init_resnet50(seed: int, residual_bn_init: float = 1.0) -> tuple["Ord
     import torch
     from torchvision.models import resnet50
 
-    from mocoeval.pretrain.builder import set_residual_branch_scales
+    from mocoeval.pretrain.residual_scaling import check_residual_bn_init, set_residual_branch_scales
 
     check_residual_bn_init(residual_bn_init)
     with torch.random.fork_rng(devices=[]):

@@ -15,8 +15,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from mocoeval.convert.formats import (FORMATS, check_residual_bn_init, load_resnet50, parse_random_init,
-                                        random_init_resnet50)
+from mocoeval.convert.formats import FORMATS, load_resnet50, parse_random_init, random_init_resnet50
+from mocoeval.pretrain.residual_scaling import check_residual_bn_init
 from mocoeval.convert.detectron2_weights import save_d2_pickle, torchvision_to_d2
 from mocoeval.runtime.errors import UserError, cli_main
 from mocoeval.runtime.fileio import plain_write_mode

@@ -30,6 +30,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torchvision
 
+from mocoeval.pretrain.residual_scaling import set_residual_branch_scales
+
 
 class SplitBatchNorm(nn.BatchNorm2d):
     """BatchNorm2d that, in training, normalises `num_splits` consecutive sub-batches separately, each with
@@ -81,40 +83,6 @@ def resnet_encoder(arch: str, dim: int, mlp: bool, bn_splits: int = 1, residual_
         d = encoder.fc.in_features
         encoder.fc = nn.Sequential(nn.Linear(d, d), nn.ReLU(inplace=True), encoder.fc)
     return encoder
-
-
-def residual_branch_last_bns(encoder: nn.Module) -> dict:
-    """Per stage, the last BN of each residual branch: a Bottleneck's bn3, a BasicBlock's bn2."""
-    return {stage: [b.bn3 if hasattr(b, "bn3") else b.bn2 for b in getattr(encoder, stage)]
-            for stage in ("layer1", "layer2", "layer3", "layer4")}
-
-
-def set_residual_branch_scales(encoder: nn.Module, scale: float) -> None:
-    """Sets the last BN scale of every residual branch to `scale` (no-op at torchvision's 1). A constant: it draws
-    no random numbers, so every other weight is as without it."""
-    if scale != 1.0:
-        with torch.no_grad():
-            for bns in residual_branch_last_bns(encoder).values():
-                for bn in bns:
-                    bn.weight.fill_(scale)
-
-
-def multiply_residual_branches(encoder: nn.Module, factor: float) -> None:
-    """Multiplies every residual branch's output by `factor`: the scale and shift of its last BN (in eval mode the
-    branch's output is exactly `factor` times what it was; in training, its normalised part)."""
-    with torch.no_grad():
-        for bns in residual_branch_last_bns(encoder).values():
-            for bn in bns:
-                bn.weight.mul_(factor)
-                bn.bias.mul_(factor)
-
-
-def residual_branch_scales(encoder: nn.Module) -> dict:
-    """Per stage, the mean |scale| of its residual branches' last BN: how loud the blocks are against their
-    shortcuts. 1 at torchvision's init, 0 with zero init; a branch whose scale stays near 0 through training
-    leaves the stage to its projection shortcut alone."""
-    return {stage: sum(bn.weight.detach().abs().mean().item() for bn in bns) / len(bns)
-            for stage, bns in residual_branch_last_bns(encoder).items()}
 
 
 class MoCo(nn.Module):

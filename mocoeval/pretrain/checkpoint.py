@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from mocoeval.convert.formats import torch_load_safely
+from mocoeval.runtime.checkpoint_io import torch_load_safely
 from mocoeval.runtime.errors import UserError
 from mocoeval.runtime.fileio import atomic_torch_save
 

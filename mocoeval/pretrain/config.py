@@ -13,7 +13,7 @@ from pathlib import Path
 
 import yaml
 
-from mocoeval.convert.formats import check_residual_bn_init
+from mocoeval.pretrain.residual_scaling import check_residual_bn_init
 from mocoeval.runtime.errors import UserError
 from mocoeval.results.store import describe_value, pretrain_variant
 from mocoeval.pretrain.checkpoint import find_resume_checkpoint, load_moco_checkpoint, structure_of

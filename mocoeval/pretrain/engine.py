@@ -26,8 +26,9 @@ from mocoeval.runtime.errors import UserError
 from mocoeval.runtime.fileio import atomic_write_json, check_output_dir, sha256_file
 from mocoeval.results.store import pretrain_variant, write_run_record
 from mocoeval.pretrain.augment import TwoCropsTransform, eval_transform, moco_transform
-from mocoeval.pretrain.builder import (MoCo, contrastive_loss, contrastive_top1, key_spread, multiply_residual_branches,
-                      residual_branch_scales, resnet_encoder)
+from mocoeval.pretrain.builder import MoCo, contrastive_loss, contrastive_top1, key_spread, resnet_encoder
+from mocoeval.pretrain.residual_scaling import (multiply_residual_branches, residual_branch_gain,
+                                                residual_branch_scales)
 from mocoeval.runtime.stop_request import StopRequest, any_process
 from mocoeval.pretrain.checkpoint import (CHECKPOINT_RE, FINAL_NAME, checkpoint_name, find_latest_checkpoint, find_resume_checkpoint,
                          remove_resume_points, resume_point_name, save_checkpoint, strip_prefix)
@@ -94,17 +95,6 @@ def lr_at_step(args, epoch: int, step: int, steps_per_epoch: int) -> float:
     if progress < args.warmup_epochs:
         lr *= progress / args.warmup_epochs
     return lr
-
-
-def residual_branch_gain(args, progress: float) -> float:
-    """How much louder than at the start the residual branches are at `progress` (epochs done, fractional) under
-    --residual-bn-ramp START END: 1 until START, then geometric, step by step, to 1 / --residual-bn-init at END, so
-    branches that started at G end at about torchvision's scale 1 (their learnt changes kept)."""
-    if not args.residual_bn_ramp:
-        return 1.0
-    start, end = args.residual_bn_ramp
-    fraction = min(max((progress - start) / (end - start), 0.0), 1.0)
-    return args.residual_bn_init ** -fraction
 
 
 def resolve_bn_splits(requested: int, per_process_batch: int, world_size: int) -> int:

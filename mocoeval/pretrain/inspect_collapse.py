@@ -29,10 +29,11 @@ from types import SimpleNamespace
 import torch
 import torch.nn.functional as F
 
-from mocoeval.convert.formats import check_residual_bn_init
+from mocoeval.pretrain.residual_scaling import check_residual_bn_init
 from mocoeval.data.layout import check_imagefolder
 from mocoeval.runtime.errors import UserError, cli_main
-from mocoeval.pretrain.builder import key_spread, residual_branch_scales, shuffle_batch, unshuffle_batch
+from mocoeval.pretrain.builder import key_spread, shuffle_batch, unshuffle_batch
+from mocoeval.pretrain.residual_scaling import residual_branch_scales
 from mocoeval.pretrain.checkpoint import load_moco_checkpoint, strip_prefix
 from mocoeval.pretrain.config import ARCHS
 from mocoeval.pretrain.engine import COLLAPSED_SPREAD, build_loader, build_model, knn_loaders, resolve_bn_splits

@@ -787,5 +787,6 @@ def regenerate(runs_dir: str | os.PathLike | None = None, out_dir: str | os.Path
         logger.warning(msg)
         warnings.warn(msg, stacklevel=2)
         return []
-    logger.info("ablation tables regenerated in %s", written[0].parent if written else out_dir)
+    if written:  # on the console too: the commands' own loggers are closed by now
+        print(f"results tables regenerated in {written[0].parent}")
     return written

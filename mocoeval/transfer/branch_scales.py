@@ -15,8 +15,10 @@ import argparse
 import json
 from pathlib import Path
 
-from mocoeval.convert.formats import load_resnet50, torch_load_safely
-from mocoeval.convert.detectron2_weights import check_d2_pickle, d2_residual_branch_scales, torchvision_to_d2
+from mocoeval.convert.formats import load_resnet50
+from mocoeval.runtime.checkpoint_io import torch_load_safely
+from mocoeval.convert.detectron2_weights import check_d2_pickle, torchvision_to_d2
+from mocoeval.pretrain.residual_scaling import d2_residual_branch_scales
 from mocoeval.runtime.errors import UserError, cli_main
 
 

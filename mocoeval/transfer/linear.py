@@ -42,9 +42,10 @@ from torchvision import datasets
 from torchvision import transforms as T
 from torchvision.models.resnet import Bottleneck, ResNet
 
-from mocoeval.convert.formats import check_residual_bn_init, torch_load_safely
+from mocoeval.pretrain.residual_scaling import check_residual_bn_init
+from mocoeval.runtime.checkpoint_io import torch_load_safely
 from mocoeval.runtime.errors import UserError
-from mocoeval.runtime.fileio import atomic_torch_save, atomic_write_json, check_output_dir, sha256_json
+from mocoeval.runtime.fileio import atomic_torch_save, atomic_write_json, check_output_dir
 from mocoeval.runtime.stop_request import StopRequest, any_process
 
 logger = logging.getLogger("mocoeval.linear")
@@ -697,7 +698,7 @@ def run(args: argparse.Namespace) -> dict:
 
 def record_and_tabulate(args, info: Mapping[str, Any], variant: Mapping, metrics: Mapping, config: Mapping,
                         wall_time_s: float) -> Path:
-    """One record in the results store, then the tables regenerated (a failure there does not fail the run)."""
+    """One record in the results store (the command rebuilds the tables from the store afterwards)."""
     from mocoeval.results.store import write_run_record
 
     record_metrics = {k: metrics[k] for k in ("top1", "top5", "best_top1", "best_top5", "best_epoch", "epochs",
@@ -710,9 +711,4 @@ def record_and_tabulate(args, info: Mapping[str, Any], variant: Mapping, metrics
         extra={"source_format": info.get("format"), "sanity_check": "passed",
                "feature_norm": bool(getattr(args, "feature_norm", False))})
     logger.info("results record: %s", path)
-    from mocoeval.results.tables import regenerate
-
-    written = regenerate()  # warns instead of raising: the record is safe, tables can be rebuilt any time
-    if written:
-        logger.info("results tables regenerated in %s", written[0].parent)
     return path

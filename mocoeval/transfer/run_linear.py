@@ -89,7 +89,11 @@ def build_parser() -> argparse.ArgumentParser:
 @cli_main
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    return run(args)
+    result = run(args)
+    from mocoeval.results.tables import regenerate
+
+    regenerate()  # the post-run step: never fails the run, the record is safe in the store
+    return result
 
 
 if __name__ == "__main__":

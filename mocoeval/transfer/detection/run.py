@@ -222,19 +222,6 @@ def record_run(output_dir: Path, summary: dict, weights: WeightsInfo, cfg_hash: 
     return path
 
 
-def regenerate_tables() -> None:
-    try:
-        from mocoeval.results import tables
-    except ImportError as e:
-        logger.warning(f"results tables not regenerated (mocoeval.results.tables unavailable: {e})")
-        return
-    try:
-        tables.regenerate()
-    except Exception as e:  # the VOC results are safe on disk; the tables can be rebuilt later
-        logger.warning(f"results tables not regenerated ({type(e).__name__}: {one_line(e)}); "
-                       f"run python results/make_tables.py")
-
-
 def _resolve_device(device: str, launcher: str) -> str:
     if device == "auto":
         device = "cuda" if (torch.cuda.is_available() or launcher == "slurm") else "cpu"
@@ -359,9 +346,8 @@ def run(opts: RunOptions) -> int:
         trials_s = sum(float(m.get("wall_time_s") or 0.0) for m in finished)
         batch_rule = {"lr_scaled": list(notes.lr_scaled) if notes.lr_scaled else None,
                       "schedule_scaled": notes.schedule_scaled}
-        if record_run(output_dir, summary, weights, cfg_hash, cfg_identity, seeds, trials_s,
-                      invocation_s=time.time() - t_start, batch_rule=batch_rule):
-            regenerate_tables()
+        record_run(output_dir, summary, weights, cfg_hash, cfg_identity, seeds, trials_s,
+                   invocation_s=time.time() - t_start, batch_rule=batch_rule)
         return 0
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from mocoeval import CONFIG_DIR
 from mocoeval.runtime.errors import cli_main
@@ -113,9 +112,13 @@ def build_parser() -> argparse.ArgumentParser:
 @cli_main
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    from mocoeval.results.tables import regenerate
     from mocoeval.transfer.detection.run import RunOptions, run
 
-    return run(RunOptions(**vars(args)))
+    code = run(RunOptions(**vars(args)))
+    if code == 0 and not args.dry_run:
+        regenerate()  # the post-run step: never fails the run, the records are safe in the store
+    return code
 
 
 if __name__ == "__main__":
