@@ -435,6 +435,11 @@ def case_label(case: str, tag: str = "") -> str:
     return CASE_LABELS.get(case, case) + (f" [{tag}]" if tag else "")
 
 
+def epochs_suffix(key: VariantKey, sep: str = " ") -> str:
+    """' 200 ep' after a row's label where the epochs column is not beside it (plots, Sources, compare.py)."""
+    return "" if key.epochs is None else f"{sep}{key.epochs} ep"
+
+
 def _missing(x) -> bool:
     return x is None or x is pd.NA or (isinstance(x, float) and math.isnan(x))
 
@@ -554,7 +559,10 @@ COMPARISON_METRICS = (("linear_top1", "linear_top1", "linear_n", "ImageNet acc."
 
 
 def comparison_frame(frame: pd.DataFrame, paper: pd.DataFrame | None) -> pd.DataFrame:
-    """Ours beside the published numbers: per case paper value, ours (mean), difference ours - paper."""
+    """Ours beside the published numbers: per case paper value, ours (mean), difference ours - paper, and
+    whether that difference is within the paper's noise (empty where the paper reports no spread)."""
+    from .compare import paper_gap_within_noise  # compare builds on this module: imported when used
+
     lines = []
     for item in _comparison_lines(frame, paper):
         p, o = item["paper"], item["ours"]
@@ -566,10 +574,14 @@ def comparison_frame(frame: pd.DataFrame, paper: pd.DataFrame | None) -> pd.Data
             line[f"{name}_paper"] = None if _missing(pv) else float(pv)
             line[f"{name}_ours"] = None if _missing(ov) else float(ov)
             line[f"{name}_diff"] = (None if _missing(pv) or _missing(ov) else _gap(ov, pv))
+            line[f"{name}_within_noise"] = (None if line[f"{name}_diff"] is None else paper_gap_within_noise(
+                item["case"], name, float(ov), int(o[n_col]), float(pv)))
         lines.append(line)
     columns = ["case", "paper_source", "paper_epochs", "epochs"] + [
-        f"{n}_{w}" for n, _, _, _ in COMPARISON_METRICS for w in ("paper", "ours", "diff")]
+        f"{n}_{w}" for n, _, _, _ in COMPARISON_METRICS for w in ("paper", "ours", "diff", "within_noise")]
     out = pd.DataFrame(lines, columns=columns)
+    for n, _, _, _ in COMPARISON_METRICS:
+        out[f"{n}_within_noise"] = out[f"{n}_within_noise"].astype("object")  # True / False / empty
     for col in ("paper_epochs", "epochs"):
         out[col] = out[col].astype("Int64")
     return out
@@ -587,9 +599,10 @@ def _comparison_cells(comp: pd.DataFrame, style: _Style) -> list[list[str]]:
         line = [style.escape(CASE_LABELS.get(ln["case"], ln["case"])), epochs(ln["paper_epochs"]),
                 epochs(ln["epochs"])]
         for name, _, _, _ in COMPARISON_METRICS:
-            diff = ln[f"{name}_diff"]
+            diff, within = ln[f"{name}_diff"], ln[f"{name}_within_noise"]
+            mark = "" if _missing(within) else " (within noise)" if within else " (beyond noise)"
             line += [num(ln[f"{name}_paper"]), num(ln[f"{name}_ours"]),
-                     style.missing if _missing(diff) else _fmt_signed(diff, style)]
+                     style.missing if _missing(diff) else _fmt_signed(diff, style) + mark]
         cells.append(line)
     return cells
 
@@ -616,8 +629,7 @@ def _sources_markdown(rows: Sequence[Row]) -> str:
             trials = ", ".join(map(str, seeds)) + (f" (+{unseeded} without seed)" if unseeded else "")
             loss = (src.pretrain or {}).get("metrics", {}).get("final_loss")
             top1 = src.linear["metrics"]["top1"] if src.linear else None
-            epochs = "" if row.key.epochs is None else f" {row.key.epochs} ep"
-            cells.append([_MARKDOWN.escape(row.label + epochs),
+            cells.append([_MARKDOWN.escape(row.label + epochs_suffix(row.key)),
                           f"`{src.sha256[:12]}`" if src.sha256 else MISSING,
                           val(v.get("batch_size")), val(v.get("moco_k")), val(v.get("moco_t")), val(v.get("moco_m")),
                           val(loss if _is_number(loss) else None, "{:.4f}"), val(top1, "{:.2f}"),
@@ -669,7 +681,10 @@ def render_markdown(rows: Sequence[Row], frame: pd.DataFrame, paper: pd.DataFram
     parts.append(render_comparison_markdown(comparison_frame(frame, paper)))
     parts.append("- Paper: MoCo v2 (Chen et al. 2020) Table 1; random init: MoCo v1 (He et al. 2020) R50-C4 VOC "
                  "table. Δ = ours − paper (displayed values). All published numbers, with sources: "
-                 "`results/paper_numbers.csv`.\n")
+                 "`results/paper_numbers.csv`.")
+    from .compare import paper_noise_note  # compare builds on this module: imported when used
+
+    parts.append(f"- {paper_noise_note()}\n")
     if rows:
         parts.append("## Sources\n")
         parts.append(_sources_markdown(rows))
@@ -710,7 +725,8 @@ def render_latex(frame: pd.DataFrame, paper: pd.DataFrame | None) -> str:
         _latex_tabular(comp_header, "lrr" + "rrr" * len(COMPARISON_METRICS),
                        _comparison_cells(comparison_frame(frame, paper), _LATEX), "no published numbers"),
         "\\caption{Ours beside the published numbers (MoCo v2 Table 1; random init from MoCo v1). "
-        "$\\Delta$ = ours $-$ paper.}",
+        "$\\Delta$ = ours $-$ paper; within / beyond noise: inside / outside the 95\\% interval of a t-test "
+        "with the paper's reported spread (ablation.md says how).}",
         "\\label{tab:mocoeval-vs-paper}", "\\end{table}", "",
     ])
 
@@ -759,7 +775,7 @@ def build_outputs(runs_dir: str | os.PathLike | None = None, out_dir: str | os.P
         # plot labels: one departure per stage, one line per part (the table has the longer labels)
         labels = ["\n".join([case_label(r.key.case, r.key.extensions_text())]
                              + [i.describe(1) for i in (r.linear_id, r.voc_id) if i is not None and not i.official])
-                  + _epochs_suffix(r.key) for r in rows]
+                  + epochs_suffix(r.key, "\n") for r in rows]
         images.append(plots_mod.plot_voc_trials(trials_frame(rows), labels, paper, out_dir / OUT_TRIALS_PNG))
         images.append(plots_mod.plot_linear_vs_voc(frame, paper, out_dir / OUT_LINEAR_VS_VOC_PNG))
     written.append(atomic_write_text(out_dir / OUT_MARKDOWN, render_markdown(
@@ -768,10 +784,6 @@ def build_outputs(runs_dir: str | os.PathLike | None = None, out_dir: str | os.P
     written.append(atomic_write_text(out_dir / OUT_CSV, render_csv(frame)))
     written.append(atomic_write_text(out_dir / OUT_PAPER_CSV, render_comparison_csv(comp)))
     return written + images
-
-
-def _epochs_suffix(key: VariantKey) -> str:
-    return "" if key.epochs is None else f"\n{key.epochs} ep"
 
 
 def regenerate(runs_dir: str | os.PathLike | None = None, out_dir: str | os.PathLike | None = None) -> list[Path]:
