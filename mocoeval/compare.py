@@ -31,6 +31,7 @@ from .errors import UserError, cli_main
 
 ALPHA = 0.05  # two-sided test level; the confidence interval is 1 − ALPHA
 POWER = 0.80  # for trials_needed
+SHA_PREFIX_MIN = 4  # shorter hex texts ("d", "e") are case keys or label prefixes, not sha256 prefixes
 MAX_TRIALS = 100_000  # trials_needed gives up beyond this (a difference that small is noise for any real budget)
 LINEAR = "linear_top1"
 METRICS = (*tables.METRICS, LINEAR)
@@ -139,7 +140,7 @@ def compare_values(a: Sequence[float], b: Sequence[float], *, paired: bool = Fal
         return out
     t = _t_dist()
     half = t.ppf(1 - ALPHA / 2, df) * se
-    out.df, out.ci95 = float(df), [delta - half, delta + half]
+    out.df, out.ci95 = float(df), [float(delta - half), float(delta + half)]
     out.p_value = float(2 * t.sf(abs(delta) / se, df))
     out.verdict = _verdict(delta, out.p_value)
     out.trials_needed = trials_needed(delta, sd_d if paired else sd_a, None if paired else sd_b)
@@ -238,13 +239,14 @@ def _aliases(row: tables.Row) -> list[str]:
 
 def select_row(rows: Sequence[tables.Row], text: str, listed: Sequence[str] | None = None) -> int:
     """Index of the row `text` selects: an exact listed label, else an exact alias, else a unique prefix of a
-    label or of a source sha256. No match or several: UserError listing the candidates."""
+    label or of a source sha256 (SHA_PREFIX_MIN+ hex digits). No match or several: UserError listing the
+    candidates."""
     listed = list(listed) if listed is not None else listed_labels(rows)
     tiers = [
         [i for i, name in enumerate(listed) if name == text],
         [i for i, r in enumerate(rows) if text in _aliases(r)],
         [i for i, r in enumerate(rows) if any(n.startswith(text) for n in [listed[i], *_aliases(r)])
-         or (re.fullmatch(r"[0-9a-fA-F]+", text)
+         or (re.fullmatch(r"[0-9a-fA-F]{%d,}" % SHA_PREFIX_MIN, text)
              and any(s.sha256 and s.sha256.startswith(text.lower()) for s in r.sources))],
     ]
     for found in tiers:
@@ -353,7 +355,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("a", nargs="?", metavar="A", help="a row: its label as --list prints it, a unique "
                         "prefix of it, the case key (e.g. random-init, d) with its brackets, or a source sha256 "
-                        "prefix")
+                        f"prefix ({SHA_PREFIX_MIN}+ hex digits)")
     parser.add_argument("b", nargs="?", metavar="B", help="the row to compare A with (same forms)")
     parser.add_argument("--metric", nargs="+", choices=METRICS, default=None,
                         help="metrics to compare (default: the VOC metrics both rows have, and linear_top1 "
