@@ -13,6 +13,11 @@ reported spread (`PAPER_SPREAD`) as the per-trial noise of both sides, a gap is 
 inside the 95% interval of a two-sample t-test with the paper's and our number of trials.
 
 scipy is imported on first use (the command's --help stays fast).
+
+Examples (results/compare.py):
+  python results/compare.py --list                    # the rows, one label per line, as A and B take them
+  python results/compare.py d random-init             # Welch's t-test on each VOC metric (+ linear top-1)
+  python results/compare.py "(d)" "(c)" --paired --metric AP50 AP --json
 """
 from __future__ import annotations
 
@@ -22,6 +27,7 @@ import json
 import math
 import re
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -209,8 +215,8 @@ def paper_noise_note() -> str:
             "that gives both sides the paper's reported spread: VOC ± "
             f"{voc} ({' / '.join(tables.METRICS)}, {PAPER_TRIALS} trials; MoCo detection README) for the MoCo "
             f"rows, linear {linear} (MoCo README). The paper's ± is the population std of its n_p trials, "
-            "converted to the sample std s = ± · √(n_p/(n_p − 1)) before the test. The gap of our mean of n trials (networks for the linear cell) and the paper's "
-            "of n_p has standard error s · √(1/n + 1/n_p), with n_p − 1 degrees of freedom; tested on our "
+            "converted to the sample std s = ± · √(n_p/(n_p − 1)) before the test. The gap of our mean of n "
+            "trials (networks for the linear cell) and the paper's of n_p has standard error s · √(1/n + 1/n_p), with n_p − 1 degrees of freedom; tested on our "
             "unrounded mean. Unmarked: no published spread. Two of our rows on their own trials: "
             "`python results/compare.py A B`.")
 
@@ -375,8 +381,6 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def run(args: argparse.Namespace, out=None) -> int:
     """The command's logic on parsed arguments; prints to `out` (stdout)."""
-    import warnings
-
     out = out or sys.stdout
     runs = args.runs or results_store.default_store_dir()
     if not runs.is_dir():
