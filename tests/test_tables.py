@@ -12,10 +12,13 @@ from pathlib import Path
 import pytest
 import yaml
 
+from mocoeval.results import paper as paper_numbers
+from mocoeval.results import statistics
 from mocoeval.results import identity as protocol_identity
 from mocoeval.results import tables
-from mocoeval.runtime.fileio import atomic_write_json
 from mocoeval.results.store import REPO_ROOT, load_records, pretrain_variant, special_variant, write_run_record
+from mocoeval.runtime.errors import UserError
+from mocoeval.runtime.fileio import atomic_write_json
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -150,7 +153,7 @@ def test_csv_columns_and_values(store, tmp_path):
 def test_comparison_with_paper_numbers(store, tmp_path):
     fill_fixture(store)
     rows = tables.collect_rows(load_records(store.root))
-    comp = tables.comparison_frame(tables.ablation_frame(rows), tables.load_paper_numbers())
+    comp = tables.comparison_frame(tables.ablation_frame(rows), paper_numbers.load_paper_numbers())
     md = tables.render_comparison_markdown(comp)
     lines = md.splitlines()
     assert lines[0].startswith("| case | epochs (paper) | epochs (ours) | ImageNet acc. paper | ImageNet acc. ours |")
@@ -159,9 +162,27 @@ def test_comparison_with_paper_numbers(store, tmp_path):
         "random init", "supervised", "MoCo v1", "(a)", "(b)", "(c)", "(d)", "(e)"]
     assert "| random init |  |  | — | — | — | 60.2 | 60.2 | +0.0 | 33.8 | 33.8 | +0.0 | 33.1 | 33.1 | +0.0 |" in lines
     assert "| supervised |  |  | 76.5 | 76.1 | -0.4 | 81.3 | 81.4 | +0.1 | 53.5 | 53.4 | -0.1 | 58.8 | 58.8 | +0.0 |" in lines
-    assert "| (a) | 200 | 200 | 66.2 | — | — | 82.0 | 81.9 | -0.1 | 56.4 | 53.8 | -2.6 | 62.6 | 60.5 | -2.1 |" in lines
-    assert "| (d) | 200 | 200 | 67.5 | 67.6 | +0.1 | 82.4 | 82.4 | +0.0 | 57.0 | 57.2 | +0.2 | 63.6 | 63.6 | +0.0 |" in lines
+    # Noise marks (rows with a published spread), by hand: s = ± * sqrt(5/4), bound = t(0.975, 4) * s *
+    # sqrt(1/n + 1/5) with t(0.975, 4) = 2.7764: (a), n 2: AP50/AP 0.519, AP75 1.039; (d), n 5: AP50/AP 0.393,
+    # AP75 0.785, linear (± 0.1, n 2) 0.260; MoCo v1 linear (± 0.2, n 1) 0.680.
+    assert ("| (a) | 200 | 200 | 66.2 | — | — | 82.0 | 81.9 | -0.1 (within noise) | 56.4 | 53.8 | -2.6 (beyond noise) "
+            "| 62.6 | 60.5 | -2.1 (beyond noise) |") in lines
+    assert ("| (d) | 200 | 200 | 67.5 | 67.6 | +0.1 (within noise) | 82.4 | 82.4 | +0.0 (within noise) | 57.0 | 57.2 "
+            "| +0.2 (within noise) | 63.6 | 63.6 | +0.0 (within noise) |") in lines
+    assert "| MoCo v1 | 200 | 200 | 60.6 | 60.6 | +0.0 (within noise) | 81.5 | — | — |" in md
     assert "| (e) | 800 |  | 71.1 | — | — | 82.5 | — | — | 57.4 | — | — | 64.0 | — | — |" in lines
+    noise = comp.set_index("case")[["AP50_within_noise", "AP_within_noise", "linear_top1_within_noise"]]
+    assert noise.loc["a"].tolist() == [True, False, None] and noise.loc["supervised"].tolist() == [None] * 3
+
+
+def test_paper_noise_bound_by_hand():
+    """One cell worked through: (d) AP75 (± 0.4 over 5 trials) against our mean of 3 trials."""
+    s = 0.4 * math.sqrt(5 / 4)  # the population std as the sample std
+    expected = 2.7764451 * s * math.sqrt(1 / 3 + 1 / 5)  # t(0.975, df 4) from a table
+    assert statistics.paper_noise_bound("d", "AP75", 3) == pytest.approx(expected, rel=1e-7)
+    assert statistics.paper_gap_within_noise("d", "AP75", 63.6 + 0.99 * expected, 3, 63.6) is True
+    assert statistics.paper_gap_within_noise("d", "AP75", 63.6 - 1.01 * expected, 3, 63.6) is False
+    assert statistics.paper_gap_within_noise("supervised", "AP75", 70.0, 3, 58.8) is None  # no published spread
 
 
 def test_no_supervised_row_means_no_gaps(store):
@@ -374,9 +395,9 @@ PROTOCOL_TABLE1 = {
 
 
 def test_paper_numbers_csv_matches_protocol():
-    paper = tables.load_paper_numbers()
+    paper = paper_numbers.load_paper_numbers()
     assert (paper["source"] != "").all()
-    by_case = tables.paper_by_case(paper)
+    by_case = paper_numbers.paper_by_case(paper)
     assert set(by_case) == set(PROTOCOL_TABLE1)
     for case, expected in PROTOCOL_TABLE1.items():
         line = by_case[case]
@@ -406,10 +427,10 @@ def test_paper_numbers_csv_matches_protocol():
 def test_bad_paper_numbers_file_is_a_user_error(tmp_path):
     bad = tmp_path / "paper.csv"
     bad.write_text("source,label\nx,y\n")
-    with pytest.raises(tables.UserError, match=re.escape(str(bad))):
-        tables.load_paper_numbers(bad)
-    with pytest.raises(tables.UserError, match="not found"):
-        tables.load_paper_numbers(tmp_path / "missing.csv")
+    with pytest.raises(UserError, match=re.escape(str(bad))):
+        paper_numbers.load_paper_numbers(bad)
+    with pytest.raises(UserError, match="not found"):
+        paper_numbers.load_paper_numbers(tmp_path / "missing.csv")
 
 
 def _cli():

@@ -23,7 +23,9 @@ import warnings
 from pathlib import Path
 
 from mocoeval.results import store as results_store
+from mocoeval import REPO_ROOT
 from mocoeval.results import tables
+from mocoeval.results.paper import PAPER_NUMBERS_CSV
 from mocoeval.runtime.errors import UserError, cli_main
 
 
@@ -38,7 +40,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "else the runs folder itself)")
     parser.add_argument("--paper", type=Path, default=None, metavar="CSV",
                         help="published numbers CSV (default: "
-                             f"{tables.PAPER_NUMBERS_CSV.relative_to(results_store.REPO_ROOT)})")
+                             f"{PAPER_NUMBERS_CSV.relative_to(REPO_ROOT)})")
     parser.add_argument("--no-plots", action="store_true", help="write the tables only (no matplotlib)")
     return parser.parse_args(argv)
 

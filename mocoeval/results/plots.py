@@ -18,9 +18,10 @@ import pandas as pd  # noqa: E402
 from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
+from mocoeval.results.paper import paper_by_case  # noqa: E402
+from mocoeval.results.store import VOC_METRICS as METRICS  # noqa: E402
 from mocoeval.runtime.fileio import atomic_write  # noqa: E402
 
-METRICS = ("AP50", "AP", "AP75")
 PAPER_STYLE = dict(marker="D", s=46, facecolors="none", edgecolors="tab:red", linewidths=1.4, zorder=4)
 OURS_STYLE = dict(marker="o", s=28, zorder=3)
 
@@ -45,8 +46,6 @@ def plot_voc_trials(trials: pd.DataFrame, labels: Sequence[str], paper: pd.DataF
     fig = Figure(figsize=(max(9.0, len(METRICS) * (1.2 + box_width * n_boxes)), 4.2))
     axes = fig.subplots(1, len(METRICS), squeeze=False)[0]
     rows_with_trials = sorted(trials["row"].unique()) if not trials.empty else []
-    from mocoeval.results.tables import paper_by_case  # lazy: tables imports this module lazily too
-
     published = paper_by_case(paper)
     colors = matplotlib.colormaps["tab10"]
     for ax, metric in zip(axes, METRICS):

@@ -19,6 +19,9 @@ from mocoeval.runtime.fileio import atomic_write_json
 
 SCHEMA_VERSION = 1
 STAGES = ("pretrain", "linear", "voc")
+# The metric names records carry: VOC per trial (Detectron2's PascalVOCDetectionEvaluator), linear per network.
+VOC_METRICS = ("AP50", "AP", "AP75")
+LINEAR_METRIC = "linear_top1"
 
 # The MoCo v2 paper's Table 1 rows (plus MoCo v1) by the switches that define them.
 # (d) and (e) differ only in epochs (200 vs 800). Temperature: 0.2 with the MLP head, 0.07 without.

@@ -53,25 +53,21 @@ from typing import Any, Iterable, Mapping, Sequence
 import pandas as pd
 
 from mocoeval.results import store as results_store
+from mocoeval.results.paper import CASE_LABELS, load_paper_numbers, paper_by_case
+from mocoeval.results.statistics import paper_gap_within_noise, paper_noise_note
+from mocoeval.results.store import VOC_METRICS as METRICS
 from mocoeval.results.identity import Identity, linear_identity, voc_identity
-from mocoeval.runtime.errors import UserError
 from mocoeval.runtime.fileio import atomic_write_text
 
 logger = logging.getLogger(__name__)
 
-METRICS = ("AP50", "AP", "AP75")
 CSV_COLUMNS = ["case", "mlp", "aug_plus", "cos", "epochs", "extensions", "linear_protocol", "voc_protocol",
                "linear_top1", "linear_best_top1", "AP50_mean", "AP50_std", "AP_mean", "AP_std", "AP75_mean",
                "AP75_std", "n_trials"]
 LABEL_DEPARTURES = 3  # per stage in a row label; the CSV and the notes have them all
 CASE_ORDER = ("random-init", "supervised", "moco_v1", "a", "b", "c", "d", "e")
-CASE_LABELS = {"random-init": "random init", "supervised": "supervised", "moco_v1": "MoCo v1",
-               **{c: f"({c})" for c in "abcde"}}
 HIGHLIGHT_GAP = 0.5  # the MoCo papers highlight gains over supervised of at least 0.5 point
 MISSING = "—"
-PAPER_NUMBERS_CSV = results_store.REPO_ROOT / "results" / "paper_numbers.csv"
-PAPER_COLUMNS = ["source", "label", "case", "mlp", "aug_plus", "cos", "epochs", "moco_t", "moco_m", "batch_size",
-                 "linear_top1", "AP50", "AP", "AP75", "note"]
 # Hyperparameters outside the row key; sources pooled into one row should agree on them.
 POOLED_HYPERPARAMS = ("batch_size", "moco_k", "moco_t", "moco_m", "arch", "image_size")
 
@@ -388,51 +384,15 @@ def trials_frame(rows: Sequence[Row]) -> pd.DataFrame:
     return pd.DataFrame(lines, columns=["row", "label", "case", "epochs", "official", "source", "seed", *METRICS])
 
 
-# -------------------------------------------------------------------------------------- paper numbers
-def load_paper_numbers(path: str | os.PathLike | None = None) -> pd.DataFrame:
-    """The published numbers (results/paper_numbers.csv), typed; UserError naming the file if malformed."""
-    path = Path(path) if path else PAPER_NUMBERS_CSV
-    try:
-        raw = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except FileNotFoundError:
-        raise UserError(f"paper numbers file not found: {path}") from None
-    except (OSError, ValueError, pd.errors.ParserError) as e:
-        raise UserError(f"cannot read paper numbers {path}: {e}".splitlines()[0]) from None
-    missing = [c for c in PAPER_COLUMNS if c not in raw.columns]
-    if missing:
-        raise UserError(f"paper numbers {path} lack the columns {missing}")
-    out = pd.DataFrame({c: raw[c].astype("object") for c in ("source", "label", "case", "note")})
-    for col in ("mlp", "aug_plus", "cos"):
-        bad = ~raw[col].isin(["", "True", "False"])
-        if bad.any():
-            raise UserError(f"paper numbers {path}: column {col} must be True/False/empty, "
-                            f"line {int(bad.idxmax()) + 2} has {raw[col][bad].iloc[0]!r}")
-        out[col] = raw[col].map({"": None, "True": True, "False": False}).astype("object")
-    for col in ("epochs", "moco_t", "moco_m", "batch_size", "linear_top1", *METRICS):
-        values = pd.to_numeric(raw[col].replace("", None), errors="coerce")
-        bad = values.isna() & (raw[col] != "")
-        if bad.any():
-            raise UserError(f"paper numbers {path}: column {col} line {int(bad.idxmax()) + 2} is not a number: "
-                            f"{raw[col][bad].iloc[0]!r}")
-        out[col] = values.astype("Int64") if col in ("epochs", "batch_size") else values.astype("float64")
-    return out[PAPER_COLUMNS]
-
-
-def paper_by_case(paper: pd.DataFrame | None) -> dict[str, dict]:
-    """The published row for each case: the first line of the CSV naming that case."""
-    out: dict[str, dict] = {}
-    if paper is None:
-        return out
-    for line in paper.to_dict("records"):
-        if line["case"] and line["case"] not in out:
-            out[line["case"]] = line
-    return out
-
-
 # ----------------------------------------------------------------------------------------- formatting
 def case_label(case: str, tag: str = "") -> str:
     """A row's name in tables and plots: the case's label, then any extensions and departures in brackets."""
     return CASE_LABELS.get(case, case) + (f" [{tag}]" if tag else "")
+
+
+def epochs_suffix(key: VariantKey, sep: str = " ") -> str:
+    """' 200 ep' after a row's label where the epochs column is not beside it (plots, Sources, compare.py)."""
+    return "" if key.epochs is None else f"{sep}{key.epochs} ep"
 
 
 def _missing(x) -> bool:
@@ -554,7 +514,9 @@ COMPARISON_METRICS = (("linear_top1", "linear_top1", "linear_n", "ImageNet acc."
 
 
 def comparison_frame(frame: pd.DataFrame, paper: pd.DataFrame | None) -> pd.DataFrame:
-    """Ours beside the published numbers: per case paper value, ours (mean), difference ours - paper."""
+    """Ours beside the published numbers: per case paper value, ours (mean), difference ours - paper, and
+    whether that difference is within the paper's noise (empty where the paper reports no spread)."""
+
     lines = []
     for item in _comparison_lines(frame, paper):
         p, o = item["paper"], item["ours"]
@@ -566,10 +528,14 @@ def comparison_frame(frame: pd.DataFrame, paper: pd.DataFrame | None) -> pd.Data
             line[f"{name}_paper"] = None if _missing(pv) else float(pv)
             line[f"{name}_ours"] = None if _missing(ov) else float(ov)
             line[f"{name}_diff"] = (None if _missing(pv) or _missing(ov) else _gap(ov, pv))
+            line[f"{name}_within_noise"] = (None if line[f"{name}_diff"] is None else paper_gap_within_noise(
+                item["case"], name, float(ov), int(o[n_col]), float(pv)))
         lines.append(line)
     columns = ["case", "paper_source", "paper_epochs", "epochs"] + [
-        f"{n}_{w}" for n, _, _, _ in COMPARISON_METRICS for w in ("paper", "ours", "diff")]
+        f"{n}_{w}" for n, _, _, _ in COMPARISON_METRICS for w in ("paper", "ours", "diff", "within_noise")]
     out = pd.DataFrame(lines, columns=columns)
+    for n, _, _, _ in COMPARISON_METRICS:
+        out[f"{n}_within_noise"] = out[f"{n}_within_noise"].astype("object")  # True / False / empty
     for col in ("paper_epochs", "epochs"):
         out[col] = out[col].astype("Int64")
     return out
@@ -587,9 +553,10 @@ def _comparison_cells(comp: pd.DataFrame, style: _Style) -> list[list[str]]:
         line = [style.escape(CASE_LABELS.get(ln["case"], ln["case"])), epochs(ln["paper_epochs"]),
                 epochs(ln["epochs"])]
         for name, _, _, _ in COMPARISON_METRICS:
-            diff = ln[f"{name}_diff"]
+            diff, within = ln[f"{name}_diff"], ln[f"{name}_within_noise"]
+            mark = "" if _missing(within) else " (within noise)" if within else " (beyond noise)"
             line += [num(ln[f"{name}_paper"]), num(ln[f"{name}_ours"]),
-                     style.missing if _missing(diff) else _fmt_signed(diff, style)]
+                     style.missing if _missing(diff) else _fmt_signed(diff, style) + mark]
         cells.append(line)
     return cells
 
@@ -616,8 +583,7 @@ def _sources_markdown(rows: Sequence[Row]) -> str:
             trials = ", ".join(map(str, seeds)) + (f" (+{unseeded} without seed)" if unseeded else "")
             loss = (src.pretrain or {}).get("metrics", {}).get("final_loss")
             top1 = src.linear["metrics"]["top1"] if src.linear else None
-            epochs = "" if row.key.epochs is None else f" {row.key.epochs} ep"
-            cells.append([_MARKDOWN.escape(row.label + epochs),
+            cells.append([_MARKDOWN.escape(row.label + epochs_suffix(row.key)),
                           f"`{src.sha256[:12]}`" if src.sha256 else MISSING,
                           val(v.get("batch_size")), val(v.get("moco_k")), val(v.get("moco_t")), val(v.get("moco_m")),
                           val(loss if _is_number(loss) else None, "{:.4f}"), val(top1, "{:.2f}"),
@@ -669,7 +635,9 @@ def render_markdown(rows: Sequence[Row], frame: pd.DataFrame, paper: pd.DataFram
     parts.append(render_comparison_markdown(comparison_frame(frame, paper)))
     parts.append("- Paper: MoCo v2 (Chen et al. 2020) Table 1; random init: MoCo v1 (He et al. 2020) R50-C4 VOC "
                  "table. Δ = ours − paper (displayed values). All published numbers, with sources: "
-                 "`results/paper_numbers.csv`.\n")
+                 "`results/paper_numbers.csv`.")
+
+    parts.append(f"- {paper_noise_note()}\n")
     if rows:
         parts.append("## Sources\n")
         parts.append(_sources_markdown(rows))
@@ -710,7 +678,8 @@ def render_latex(frame: pd.DataFrame, paper: pd.DataFrame | None) -> str:
         _latex_tabular(comp_header, "lrr" + "rrr" * len(COMPARISON_METRICS),
                        _comparison_cells(comparison_frame(frame, paper), _LATEX), "no published numbers"),
         "\\caption{Ours beside the published numbers (MoCo v2 Table 1; random init from MoCo v1). "
-        "$\\Delta$ = ours $-$ paper.}",
+        "$\\Delta$ = ours $-$ paper; within / beyond noise: inside / outside the 95\\% interval of a t-test "
+        "with the paper's reported spread (ablation.md says how).}",
         "\\label{tab:mocoeval-vs-paper}", "\\end{table}", "",
     ])
 
@@ -759,7 +728,7 @@ def build_outputs(runs_dir: str | os.PathLike | None = None, out_dir: str | os.P
         # plot labels: one departure per stage, one line per part (the table has the longer labels)
         labels = ["\n".join([case_label(r.key.case, r.key.extensions_text())]
                              + [i.describe(1) for i in (r.linear_id, r.voc_id) if i is not None and not i.official])
-                  + _epochs_suffix(r.key) for r in rows]
+                  + epochs_suffix(r.key, "\n") for r in rows]
         images.append(plots_mod.plot_voc_trials(trials_frame(rows), labels, paper, out_dir / OUT_TRIALS_PNG))
         images.append(plots_mod.plot_linear_vs_voc(frame, paper, out_dir / OUT_LINEAR_VS_VOC_PNG))
     written.append(atomic_write_text(out_dir / OUT_MARKDOWN, render_markdown(
@@ -768,10 +737,6 @@ def build_outputs(runs_dir: str | os.PathLike | None = None, out_dir: str | os.P
     written.append(atomic_write_text(out_dir / OUT_CSV, render_csv(frame)))
     written.append(atomic_write_text(out_dir / OUT_PAPER_CSV, render_comparison_csv(comp)))
     return written + images
-
-
-def _epochs_suffix(key: VariantKey) -> str:
-    return "" if key.epochs is None else f"\n{key.epochs} ep"
 
 
 def regenerate(runs_dir: str | os.PathLike | None = None, out_dir: str | os.PathLike | None = None) -> list[Path]:
