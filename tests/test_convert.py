@@ -20,6 +20,7 @@ import torchvision
 
 from mocoeval.convert import formats as cf
 from mocoeval.convert import detectron2_weights as dc
+from mocoeval.transfer.detection import verify
 from mocoeval.runtime.errors import UserError
 from mocoeval.runtime.fileio import sha256_file
 from mocoeval.results.store import pretrain_variant, special_variant
@@ -196,9 +197,9 @@ def test_each_format_converts_and_verifies(layout, fmt, variant, r50_state, ckpt
 
 def test_loads_into_r50_c4_without_missing_backbone_keys(r50_state, tmp_path):
     out = dc.save_d2_pickle(tmp_path / "w.pkl", dc.torchvision_to_d2(r50_state), {"path": "x"})
-    model, cfg, incompatible = dc.load_into_detector(out)
+    model, cfg, incompatible = verify.load_into_detector(out)
     assert cfg.MODEL.ROI_HEADS.NAME == "Res5ROIHeadsExtraNorm"
-    report = dc.classify_load_result(incompatible)
+    report = verify.classify_load_result(incompatible)
     assert report["missing_other"] == [] and report["incorrect_shapes"] == [] and report["unexpected"] == []
     missing = incompatible.missing_keys
     assert not [k for k in missing if k.startswith(("backbone.", "roi_heads.res5."))
@@ -217,7 +218,7 @@ def test_verification_detects_a_wrong_conversion(r50_state, tmp_path):
     pkl = dc.save_d2_pickle(tmp_path / "w.pkl", good, {})
     tampered = dict(r50_state)
     tampered["layer2.1.bn1.running_var"] = r50_state["layer2.1.bn1.running_var"] * 3
-    result = dc.verify_conversion(tampered, pkl)
+    result = verify.verify_conversion(tampered, pkl)
     assert not result["ok"] and result["line"].startswith("verify: FAIL")
     assert result["max_abs_diff"]["res4_vs_layer3"] > 1e-4
 
@@ -225,7 +226,7 @@ def test_verification_detects_a_wrong_conversion(r50_state, tmp_path):
     partial = {k: v for k, v in good.items() if k != "res5.2.conv1.norm.running_mean"}
     with open(tmp_path / "partial.pkl", "wb") as f:
         pickle.dump({"model": partial, "__author__": "x", "matching_heuristics": True}, f)
-    result = dc.verify_conversion(r50_state, tmp_path / "partial.pkl")
+    result = verify.verify_conversion(r50_state, tmp_path / "partial.pkl")
     assert not result["ok"]
     assert result["load"]["missing_other"] == ["roi_heads.res5.2.conv1.norm.running_mean"]
 

@@ -20,6 +20,7 @@ import torch.nn as nn
 import torchvision
 from torchvision import transforms as T
 
+from mocoeval.results.identity import LINCLS_DEFAULTS
 from mocoeval.transfer import linear as le
 from mocoeval.convert.formats import load_resnet50, random_init_source_sha256, random_init_resnet50
 from mocoeval.runtime.errors import UserError
@@ -88,7 +89,7 @@ def _run(args) -> dict:
 
 # ------------------------------------------------------------------------------------ protocol
 def test_protocol_constants_match_official_main_lincls():
-    assert le.LINCLS_DEFAULTS == dict(lr=30.0, momentum=0.9, weight_decay=0.0, batch_size=256, epochs=100,
+    assert LINCLS_DEFAULTS == dict(lr=30.0, momentum=0.9, weight_decay=0.0, batch_size=256, epochs=100,
                                       schedule=(60, 80), image_size=224, print_freq=10)
     assert le.FC_INIT_STD == 0.01 and le.LR_DECAY == 0.1
     args = run_linear.build_parser().parse_args(["--random-init", "data"])

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 
+from mocoeval.results import identity as protocol_identity
 from mocoeval.transfer.detection import config as voc_config, run as voc_run, trial as voc_trial
 from mocoeval.transfer.detection.modeling import DEFAULT_VOC_CONFIG
 from mocoeval.runtime.errors import UserError
@@ -140,9 +141,9 @@ def test_config_hash_ignores_result_neutral_keys_only():
                                          ["DATALOADER.NUM_WORKERS", "0", "SOLVER.CHECKPOINT_PERIOD", "7"],
                                          device="cuda")
     other, _ = voc_config.build_config(DEFAULT_VOC_CONFIG, ["SOLVER.WARMUP_ITERS", "200"])
-    assert voc_config.config_hash(base) == voc_config.config_hash(neutral)
-    assert voc_config.config_hash(base) != voc_config.config_hash(other)
-    diff = voc_config.config_differences(voc_config.config_identity(base), voc_config.config_identity(other))
+    assert protocol_identity.config_hash(base) == protocol_identity.config_hash(neutral)
+    assert protocol_identity.config_hash(base) != protocol_identity.config_hash(other)
+    diff = voc_config.config_differences(protocol_identity.config_identity(base), protocol_identity.config_identity(other))
     assert diff == "SOLVER.WARMUP_ITERS (100 -> 200)"
 
 

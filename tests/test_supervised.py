@@ -12,7 +12,8 @@ import pytest
 
 from mocoeval.transfer.detection import modeling as d2_modeling
 from mocoeval.convert.detectron2_weights import (C2_CLASSIFIER, C2_RESNET50_SHAPES, D2_RESNET50_SHAPES, check_input_settings,
-                                 load_into_detector, read_weights)
+                                                  read_weights)
+from mocoeval.transfer.detection.verify import load_into_detector
 from mocoeval.runtime.errors import UserError
 from mocoeval.transfer.detection import config as voc_config, trial as voc_trial
 from test_run_voc import TINY_OPTS, _load_script, random_r50_pkl  # noqa: F401 (a fixture)

@@ -66,7 +66,7 @@ class Store:
             from mocoeval.transfer.detection import config as voc_config
 
             cfg, _ = voc_config.build_config(REPO_ROOT / "configs" / "pascal_voc_R_50_C4_24k_moco.yaml", opts)
-            config, config_hash = yaml.safe_load(cfg.dump()), voc_config.config_hash(cfg)
+            config, config_hash = yaml.safe_load(cfg.dump()), protocol_identity.config_hash(cfg)
         return self.add("voc", variant, sha, trials=trials, config=config, config_hash=config_hash)
 
 

@@ -119,7 +119,7 @@ def main(argv=None) -> int:
               f"in {time.perf_counter() - start:.1f} s")
         return 0
 
-    from mocoeval.convert.detectron2_weights import verify_conversion  # imports Detectron2: only when verifying
+    from mocoeval.transfer.detection.verify import verify_conversion  # imports Detectron2: only when verifying
 
     # Verify a temporary file next to the output (Detectron2 needs a .pkl name), publish it only if it passes.
     fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".unverified.pkl", dir=out.parent)

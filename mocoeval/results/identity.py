@@ -19,11 +19,21 @@ import warnings
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from mocoeval.results.store import REPO_ROOT
+import yaml
+
+from mocoeval import CONFIG_DIR
+from mocoeval.runtime.fileio import sha256_json
 
 # run_linear.py settings that do not change the result: bookkeeping, the data path, the hardware, and the
 # description of the weights (the weights themselves are the row's source, not its protocol). The seed is
 # a repeat of the same protocol, like a VOC trial's SEED.
+# The official main_lincls defaults (MoCo v1/v2 papers' linear classification protocol): run_linear.py's
+# defaults, and what a linear record is compared with.
+LINCLS_DEFAULTS = dict(lr=30.0, momentum=0.9, weight_decay=0.0, batch_size=256, epochs=100, schedule=(60, 80),
+                       image_size=224, print_freq=10)
+# Detectron2 keys that do not change a VOC result: left out of the config identity (and its hash).
+RESULT_NEUTRAL_KEYS = ("OUTPUT_DIR", "SEED", "MODEL.WEIGHTS", "MODEL.DEVICE", "DATALOADER.NUM_WORKERS",
+                       "SOLVER.CHECKPOINT_PERIOD", "VIS_PERIOD")
 LINEAR_NEUTRAL_KEYS = frozenset({
     "data", "output_dir", "workers", "print_freq", "resume", "device", "channels_last", "seed", "weights",
     "weights_format", "trust_pickle", "random_init", "residual_bn_init", "variant"})
@@ -98,8 +108,6 @@ def _canonical(v):
 
 @functools.lru_cache(maxsize=1)
 def official_linear() -> dict:
-    from mocoeval.transfer.linear import LINCLS_DEFAULTS  # lazy: pulls in torch
-
     out = {k: _canonical(v) for k, v in LINCLS_DEFAULTS.items() if k not in LINEAR_NEUTRAL_KEYS}
     return {**out, "feature_norm": False, "precision": "fp32", "num_classes": IMAGENET_CLASSES}
 
@@ -124,10 +132,11 @@ def _official_voc(config_name: str) -> tuple[str, dict]:
     """(hash, flattened identity) of an official VOC config, built as run_voc.py builds it."""
     with warnings.catch_warnings():  # torch/detectron2 import-time deprecation notices are not the tables' news
         warnings.simplefilter("ignore", DeprecationWarning)
-        from mocoeval.transfer.detection.config import _flatten, build_config, config_hash, config_identity  # lazy: detectron2
+        from detectron2.config import get_cfg  # lazy: detectron2
 
-    cfg, _ = build_config(REPO_ROOT / "configs" / config_name)
-    return config_hash(cfg), _flatten(config_identity(cfg))
+    cfg = get_cfg()  # as run_voc.py builds it with no --opts (weights and device are result-neutral)
+    cfg.merge_from_file(str(CONFIG_DIR / config_name))
+    return config_hash(cfg), flatten_config(config_identity(cfg))
 
 
 def official_voc_hash(variant_name: str) -> str:
@@ -146,12 +155,38 @@ def voc_identity(rec: Mapping) -> Identity:
         return Identity("voc", h, (("config", h[:12]),))
     from detectron2.config import CfgNode
 
-    from mocoeval.transfer.detection.config import _flatten, config_identity
-
-    ours = _flatten(config_identity(CfgNode(rec["config"])))
+    ours = flatten_config(config_identity(CfgNode(rec["config"])))
     missing = "<unset>"
     differing = [k for k in set(ours) | set(official)
                  if _canonical(ours.get(k, missing)) != _canonical(official.get(k, missing))]
     rank = {k: i for i, k in enumerate(VOC_KEY_ORDER)}
     differing.sort(key=lambda k: (rank.get(k, len(rank)), k))
     return Identity("voc", h, tuple((k, _canonical(ours.get(k, missing))) for k in differing))
+
+
+# ---------------------------------------------------------------- the Detectron2 config's identity
+def config_identity(cfg) -> dict:
+    """The config as a plain dict without the result-neutral keys: what the config hash covers."""
+    data = yaml.safe_load(cfg.dump())
+    for dotted in RESULT_NEUTRAL_KEYS:
+        node = data
+        *parents, leaf = dotted.split(".")
+        for p in parents:
+            node = node.get(p, {})
+        node.pop(leaf, None)
+    return data
+
+
+def config_hash(cfg) -> str:
+    return sha256_json(config_identity(cfg))
+
+
+def flatten_config(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten_config(v, key + "."))
+        else:
+            out[key] = v
+    return out

@@ -65,3 +65,18 @@ def log_to(name: str, output_dir: Path | None, is_main: bool, *, console_format:
             h.close()
         log.setLevel(old_level)
         log.propagate = old_propagate
+
+
+@contextlib.contextmanager
+def quiet_loggers(*names: str, level: int = logging.ERROR):
+    """Raise the named loggers to `level` for the block (Detectron2/fvcore's load-time key reports, which
+    our callers report themselves)."""
+    loggers = [logging.getLogger(n) for n in names]
+    old = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(level)
+    try:
+        yield
+    finally:
+        for lg, lv in zip(loggers, old):
+            lg.setLevel(lv)

@@ -52,9 +52,6 @@ logger = logging.getLogger("mocoeval.linear")
 
 ARCH = "resnet50"
 FEATURE_DIM = 2048
-# The official main_lincls defaults (MoCo v1/v2 papers' linear classification protocol).
-LINCLS_DEFAULTS = dict(lr=30.0, momentum=0.9, weight_decay=0.0, batch_size=256, epochs=100, schedule=(60, 80),
-                       image_size=224, print_freq=10)
 LR_DECAY = 0.1  # at every epoch in `schedule`
 FC_INIT_STD = 0.01
 RRC_SCALE = (0.08, 1.0)  # torchvision's RandomResizedCrop default, as the official script uses it

@@ -15,7 +15,8 @@ from __future__ import annotations
 import argparse
 
 from mocoeval.runtime.errors import cli_main
-from mocoeval.transfer.linear import LINCLS_DEFAULTS, PRECISIONS, run
+from mocoeval.results.identity import LINCLS_DEFAULTS
+from mocoeval.transfer.linear import PRECISIONS, run
 
 D = LINCLS_DEFAULTS
 

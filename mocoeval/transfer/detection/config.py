@@ -12,15 +12,13 @@ import yaml
 from detectron2.config import CfgNode
 
 from mocoeval.transfer.detection import modeling as d2_modeling
+from mocoeval.results.identity import flatten_config
 from mocoeval.runtime.errors import UserError, one_line
-from mocoeval.runtime.fileio import sha256_json
 
 logger = logging.getLogger("mocoeval.voc")
 
 # Config keys that do not change what a trial computes; left out of the config hash so that e.g. a
 # resumed run may use another checkpoint period or device. SEED and weights are checked separately.
-RESULT_NEUTRAL_KEYS = ("OUTPUT_DIR", "SEED", "MODEL.WEIGHTS", "MODEL.DEVICE", "DATALOADER.NUM_WORKERS",
-                       "SOLVER.CHECKPOINT_PERIOD", "VIS_PERIOD")
 # Keys owned by command-line flags; setting them through --opts would bypass the bookkeeping.
 FLAG_OWNED_KEYS = {"MODEL.WEIGHTS": "--weights", "SEED": "--seeds", "OUTPUT_DIR": "--output-dir",
                    "MODEL.DEVICE": "--device"}
@@ -136,36 +134,9 @@ def build_config(config_file: str | os.PathLike, opts: Sequence[str] = (), *, no
     return cfg, notes
 
 
-def config_identity(cfg: CfgNode) -> dict:
-    """The config as a plain dict without the result-neutral keys: what the config hash covers."""
-    data = yaml.safe_load(cfg.dump())
-    for dotted in RESULT_NEUTRAL_KEYS:
-        node = data
-        *parents, leaf = dotted.split(".")
-        for p in parents:
-            node = node.get(p, {})
-        node.pop(leaf, None)
-    return data
-
-
-def config_hash(cfg: CfgNode) -> str:
-    return sha256_json(config_identity(cfg))
-
-
-def _flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(_flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
-
-
 def config_differences(old: dict, new: dict, limit: int = 3) -> str:
     """'KEY (old -> new), ...' for the first few differing keys of two config dicts."""
-    a, b = _flatten(old), _flatten(new)
+    a, b = flatten_config(old), flatten_config(new)
     diffs = [f"{k} ({a.get(k, '<unset>')} -> {b.get(k, '<unset>')})" for k in sorted(set(a) | set(b))
              if a.get(k, "<unset>") != b.get(k, "<unset>")]
     more = f" and {len(diffs) - limit} more" if len(diffs) > limit else ""

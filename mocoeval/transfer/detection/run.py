@@ -23,7 +23,8 @@ from mocoeval.convert.detectron2_weights import check_input_settings
 from mocoeval.runtime.errors import UserError, one_line
 from mocoeval.runtime.fileio import atomic_write_json, atomic_write_text, check_output_dir, sha256_json
 from mocoeval.runtime.stop_request import Interrupted
-from mocoeval.transfer.detection.config import build_config, check_dataset, config_differences, config_hash, config_identity
+from mocoeval.results.identity import config_hash, config_identity
+from mocoeval.transfer.detection.config import build_config, check_dataset, config_differences
 from mocoeval.transfer.detection.trial import (METRICS, SlurmTrialJob, TrialSpec, WeightsInfo, check_weights, format_seconds,
                     launch_trial, log_file, preflight_weights, read_metrics, setup_logging, trial_dir)
 

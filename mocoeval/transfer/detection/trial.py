@@ -26,7 +26,8 @@ from detectron2.utils.logger import setup_logger
 
 # registers Res5ROIHeadsExtraNorm: launch() workers and submitit jobs import only this module
 from mocoeval.transfer.detection import modeling as d2_modeling  # noqa: F401
-from mocoeval.convert.detectron2_weights import NEW_IN_DETECTOR, quiet_loggers
+from mocoeval.convert.detectron2_weights import NEW_IN_DETECTOR
+from mocoeval.runtime.logger import quiet_loggers
 from mocoeval.pretrain.residual_scaling import d2_residual_branch_scales
 from mocoeval.runtime.errors import UserError, one_line
 from mocoeval.runtime.fileio import atomic_write_json, atomic_write_text, sha256_file
