@@ -2,17 +2,22 @@
 PY := .venv/bin/python
 export DETECTRON2_DATASETS ?= datasets
 
-.PHONY: setup data demo demo-science test test-fast clean-demo
+.PHONY: setup data demo demo-science lint test test-fast clean-demo
 setup:
 	bash scripts/install.sh
 
 data: setup
 	$(PY) -m mocoeval.data.make_mini_data --root datasets
 
-test: setup
+# ruff: lint + format, configured in pyproject.toml (`ruff format .` fixes the formatting)
+lint: setup
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+test: lint
 	$(PY) -m pytest -q
 
-test-fast: setup
+test-fast: lint
 	$(PY) -m pytest -q -m "not slow"
 
 # ---------------------------------------------------------------------------------------------------------

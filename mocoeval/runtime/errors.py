@@ -31,4 +31,11 @@ def cli_main(main):
             print(f"interrupted: {e}" if str(e) else "interrupted", file=sys.stderr)
             raise SystemExit(getattr(e, "exit_code", 130)) from None
 
+    def console() -> int:
+        """The console scripts' entry point (`module:main.console`): the exit status, 0 for a command that
+        returns its result rather than a status."""
+        result = wrapper(sys.argv[1:])
+        return result if isinstance(result, int) else 0
+
+    wrapper.console = console
     return wrapper
