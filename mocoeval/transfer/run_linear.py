@@ -93,9 +93,8 @@ def parse_config(argv=None) -> LinearConfig:
 @cli_main
 def main(argv=None):
     config = parse_config(argv)
-    from mocoeval.transfer.linear import (
-        run,  # torch: after parsing, so --help answers at once
-    )
+    # imports torch: only after parsing, so that --help and flag errors answer at once
+    from mocoeval.transfer.linear import run
 
     result = run(config)
     from mocoeval.results.tables import regenerate
