@@ -16,16 +16,24 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn as nn
 import torchvision
+from torch import nn
 from torchvision import transforms as T
 
+from mocoeval.convert.formats import (
+    load_resnet50,
+    random_init_resnet50,
+    random_init_source_sha256,
+)
 from mocoeval.results.identity import LINCLS_DEFAULTS
-from mocoeval.transfer import linear as le
-from mocoeval.convert.formats import load_resnet50, random_init_source_sha256, random_init_resnet50
+from mocoeval.results.store import load_records, pretrain_variant
 from mocoeval.runtime.errors import UserError
 from mocoeval.runtime.fileio import sha256_file
-from mocoeval.results.store import load_records, pretrain_variant
+from mocoeval.transfer import linear_data as ld
+from mocoeval.transfer import linear_model as lm
+from mocoeval.transfer import linear_train as lt
+from mocoeval.transfer import run_linear
+from mocoeval.transfer.linear_config import LinearConfig, default_output_dir
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "transfer" / "run_linear.py"
@@ -33,9 +41,6 @@ PRETRAIN_CONFIG = dict(mlp=True, aug_plus=True, cos=True, epochs=3, batch_size=1
                        moco_m=0.99, arch="resnet50", image_size=32)
 # Small, fast and not degenerate: few iterations per epoch, a sane lr for the fixture's features.
 FAST = ["--image-size", "32", "--batch-size", "32", "--lr", "0.5", "--print-freq", "1"]
-
-
-from mocoeval.transfer import run_linear  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -91,17 +96,47 @@ def _run(args) -> dict:
 def test_protocol_constants_match_official_main_lincls():
     assert LINCLS_DEFAULTS == dict(lr=30.0, momentum=0.9, weight_decay=0.0, batch_size=256, epochs=100,
                                       schedule=(60, 80), image_size=224, print_freq=10)
-    assert le.FC_INIT_STD == 0.01 and le.LR_DECAY == 0.1
+    assert lm.FC_INIT_STD == 0.01 and lt.LR_DECAY == 0.1
     args = run_linear.build_parser().parse_args(["--random-init", "data"])
     assert (args.lr, args.momentum, args.weight_decay, args.batch_size, args.epochs, args.schedule,
             args.image_size) == (30.0, 0.9, 0.0, 256, 100, [60, 80], 224)
     # step schedule: x0.1 at epochs 60 and 80 (0-based, as the official adjust_learning_rate)
-    lrs = [le.lr_at_epoch(30.0, e, (60, 80)) for e in (0, 59, 60, 79, 80, 99)]
+    lrs = [lt.lr_at_epoch(30.0, e, (60, 80)) for e in (0, 59, 60, 79, 80, 99)]
     assert lrs == pytest.approx([30.0, 30.0, 3.0, 3.0, 0.3, 0.3])
 
 
+def test_config_takes_the_cli_defaults_and_validates_in_one_place(tmp_path):
+    """LinearConfig: the parser's defaults are the config's, the record dict has every flag in flag order (what
+    checkpoints' `args` and records' `config` always held), and bad values are one-line errors however it is
+    built."""
+    config = run_linear.parse_config(["--random-init", "data"])
+    assert config == LinearConfig(data="data", random_init=True)
+    record = config.as_record()
+    assert list(record) == [a.dest for a in run_linear.build_parser()._actions if a.dest != "help"]
+    assert record["schedule"] == [60, 80] and record["output_dir"] == str(Path("output/linear/random-init_seed0"))
+    assert LinearConfig(data="d", weights="w.pth", output_dir=f"{tmp_path}/o/").output_dir == str(tmp_path / "o")
+    for kwargs, said in ((dict(), "exactly one of --weights"), (dict(weights="w", random_init=True), "exactly one"),
+                         (dict(random_init=True, epochs=0), "--epochs must be >= 1"),
+                         (dict(random_init=True, workers=-1), "--workers must be >= 0"),
+                         (dict(random_init=True, precision="fp16"), "--precision must be one of"),
+                         (dict(random_init=True, residual_bn_init=2.0), "between 0 and 1")):
+        with pytest.raises(UserError, match=said):
+            LinearConfig(data="d", **kwargs)
+    with pytest.raises(UserError, match="not divisible by the 3 processes"):
+        config.check_world_size(3)
+
+
+def test_pretrained_is_an_alias_of_weights():
+    """main_lincls' --pretrained names the checkpoint as --weights does (and excludes --random-init)."""
+    assert run_linear.parse_config(["--pretrained", "ckpt.pth", "data"]).weights == "ckpt.pth"
+    assert run_linear.parse_config(["--pretrained", "ckpt.pth", "data"]) == \
+        run_linear.parse_config(["--weights", "ckpt.pth", "data"])
+    with pytest.raises(SystemExit):
+        run_linear.build_parser().parse_args(["--pretrained", "ckpt.pth", "--random-init", "data"])
+
+
 def test_transforms_follow_the_protocol():
-    train, val = le.build_transforms(224)
+    train, val = ld.build_transforms(224)
     rrc, flip, to_tensor, norm = train.transforms
     assert isinstance(rrc, T.RandomResizedCrop) and rrc.size == (224, 224) and rrc.scale == (0.08, 1.0)
     assert isinstance(flip, T.RandomHorizontalFlip) and flip.p == 0.5 and isinstance(to_tensor, T.ToTensor)
@@ -110,18 +145,18 @@ def test_transforms_follow_the_protocol():
     assert isinstance(crop, T.CenterCrop) and crop.size == (224, 224)
     for n in (norm, vnorm):
         assert tuple(n.mean) == (0.485, 0.456, 0.406) and tuple(n.std) == (0.229, 0.224, 0.225)
-    assert le.val_resize_size(32) == 36 and le.val_resize_size(64) == 73
+    assert ld.val_resize_size(32) == 36 and ld.val_resize_size(64) == 73
 
 
 def test_model_fc_init_and_only_fc_trainable():
     torch.manual_seed(0)
-    model = le.FrozenBackboneResNet50(num_classes=1000)
+    model = lm.FrozenBackboneResNet50(num_classes=1000)
     assert model.fc.in_features == 2048 and model.fc.out_features == 1000
     assert model.fc.weight.std().item() == pytest.approx(0.01, rel=0.02)
     assert abs(model.fc.weight.mean().item()) < 1e-4 and torch.count_nonzero(model.fc.bias) == 0
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     assert trainable == ["fc.weight", "fc.bias"]
-    opt = le.build_optimizer(model, 30.0, 0.9, 0.0)
+    opt = lt.build_optimizer(model, 30.0, 0.9, 0.0)
     group = opt.param_groups[0]
     assert [id(p) for p in group["params"]] == [id(model.fc.weight), id(model.fc.bias)]
     assert (group["lr"], group["momentum"], group["weight_decay"]) == (30.0, 0.9, 0.0)
@@ -130,7 +165,7 @@ def test_model_fc_init_and_only_fc_trainable():
 
 
 def test_train_mode_keeps_every_module_in_eval():
-    model = le.FrozenBackboneResNet50(num_classes=5)
+    model = lm.FrozenBackboneResNet50(num_classes=5)
     model.train()
     assert not model.training and not any(m.training for m in model.modules())
     model.train(True)
@@ -147,15 +182,15 @@ def _batches(n_batches=2, batch=8, size=32, classes=5, seed=0):
 
 def test_training_updates_fc_only_and_backbone_stays_in_eval_mode(moco_checkpoint):
     state, _ = load_resnet50(moco_checkpoint)
-    model = le.FrozenBackboneResNet50(num_classes=5)
-    le.load_backbone(model, state, "fixture")
+    model = lm.FrozenBackboneResNet50(num_classes=5)
+    lm.load_backbone(model, state, "fixture")
     fc_before = {k: v.clone() for k, v in model.fc.state_dict().items()}
     bn_modes = []
     hooks = [m.register_forward_pre_hook(lambda mod, inp: bn_modes.append(mod.training))
              for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
-    runner = le.Runner(model, torch.device("cpu"))
-    optimizer = le.build_optimizer(model, 0.5, 0.9, 0.0)
-    stats = le.train_one_epoch(runner, _batches(), optimizer, epoch=0, progress=False)
+    runner = lt.Runner(model, torch.device("cpu"))
+    optimizer = lt.build_optimizer(model, 0.5, 0.9, 0.0)
+    stats = lt.train_one_epoch(runner, _batches(), optimizer, epoch=0, progress=False)
     for h in hooks:
         h.remove()
 
@@ -169,46 +204,46 @@ def test_training_updates_fc_only_and_backbone_stays_in_eval_mode(moco_checkpoin
             assert param.grad is None and not param.requires_grad, name
     assert not torch.equal(model.fc.weight, fc_before["weight"])
     # BN running statistics and every other backbone tensor unchanged
-    le.check_backbone_unchanged(model.state_dict(), state)
+    lm.check_backbone_unchanged(model.state_dict(), state)
 
     # the check above is not vacuous: the same batch in train mode would move the running statistics
     nn.Module.train(model, True)
     with torch.no_grad():
         model(next(iter(_batches()))[0])
-    assert le.backbone_mismatch(model.state_dict(), state) is not None
+    assert lm.backbone_mismatch(model.state_dict(), state) is not None
 
 
 def test_bf16_channels_last_features_close_to_fp32(moco_checkpoint):
     state, _ = load_resnet50(moco_checkpoint)
-    model = le.FrozenBackboneResNet50(num_classes=5)
-    le.load_backbone(model, state, "fixture")
+    model = lm.FrozenBackboneResNet50(num_classes=5)
+    lm.load_backbone(model, state, "fixture")
     images = next(iter(_batches(n_batches=1, batch=2, size=32)))[0]
-    fp32 = le.Runner(model, torch.device("cpu")).features(images)
-    fast = le.Runner(model, torch.device("cpu"), precision="bf16", channels_last=True).features(images)
+    fp32 = lt.Runner(model, torch.device("cpu")).features(images)
+    fast = lt.Runner(model, torch.device("cpu"), precision="bf16", channels_last=True).features(images)
     assert fast.dtype == torch.float32 and fast.shape == (2, 2048)
     assert torch.allclose(fast, fp32, rtol=0.1, atol=0.1 * fp32.abs().mean().item())
-    le.check_backbone_unchanged(model.state_dict(), state)  # channels-last changes strides, not values
+    lm.check_backbone_unchanged(model.state_dict(), state)  # channels-last changes strides, not values
 
 
 # ----------------------------------------------------------------------------------- sanity check
 def test_sanity_check_catches_a_modified_backbone(moco_checkpoint):
     reference, _ = load_resnet50(moco_checkpoint)
-    model = le.FrozenBackboneResNet50(num_classes=5)
-    le.load_backbone(model, reference, "fixture")
-    le.check_backbone_unchanged(model.state_dict(), reference)  # untouched: passes
+    model = lm.FrozenBackboneResNet50(num_classes=5)
+    lm.load_backbone(model, reference, "fixture")
+    lm.check_backbone_unchanged(model.state_dict(), reference)  # untouched: passes
 
     for key, delta in (("layer3.2.bn2.running_mean", 1e-6), ("layer1.0.conv1.weight", 1e-3), ("bn1.bias", 1.0)):
         changed = {k: v.clone() for k, v in model.state_dict().items()}
         changed[key].view(-1)[0] += delta
-        with pytest.raises(le.SanityCheckError, match=key.replace(".", r"\.")) as err:
-            le.check_backbone_unchanged(changed, reference, "ckpt.pth")
+        with pytest.raises(lm.SanityCheckError, match=key.replace(".", r"\.")) as err:
+            lm.check_backbone_unchanged(changed, reference, "ckpt.pth")
         assert "\n" not in str(err.value) and isinstance(err.value, UserError)
     # fc is ignored; a backbone tensor missing from the checkpoint is not
     changed = {k: v.clone() for k, v in model.state_dict().items()}
     changed["fc.weight"] += 1
-    le.check_backbone_unchanged(changed, reference)
+    lm.check_backbone_unchanged(changed, reference)
     partial = {k: v for k, v in reference.items() if k != "layer4.2.bn3.running_var"}
-    assert "layer4.2.bn3.running_var" in le.backbone_mismatch(model.state_dict(), partial)
+    assert "layer4.2.bn3.running_var" in lm.backbone_mismatch(model.state_dict(), partial)
 
 
 def test_random_init_backbone_is_seeded_and_leaves_global_rng_alone():
@@ -216,13 +251,13 @@ def test_random_init_backbone_is_seeded_and_leaves_global_rng_alone():
     before = torch.get_rng_state()
     a, b, c = (random_init_resnet50(s)[0] for s in (0, 0, 1))
     assert torch.equal(torch.get_rng_state(), before)
-    assert le.backbone_mismatch(a, b) is None and le.backbone_mismatch(a, c) is not None
+    assert lm.backbone_mismatch(a, b) is None and lm.backbone_mismatch(a, c) is not None
     assert random_init_source_sha256(0) != random_init_source_sha256(1)
 
 
 # ------------------------------------------------------------------------------ data and sampling
 def test_seeded_augmentation_is_independent_of_workers(imagenet_mini):
-    train, _, classes = le.build_datasets(imagenet_mini, image_size=32, seed=7)
+    train, _, classes = ld.build_datasets(imagenet_mini, image_size=32, seed=7)
     assert len(classes) == 20
     train.set_epoch(3)
     first = [train[i][0] for i in (5, 0, 5)]
@@ -244,7 +279,7 @@ def test_val_uses_train_class_indices(imagenet_mini, tmp_path):
     for d in sorted((data / "val").iterdir())[:3]:  # a val split with fewer classes keeps train's numbering
         shutil.rmtree(d)
     expected = torchvision.datasets.ImageFolder(data / "train").class_to_idx
-    val = le._ImageFolderWithClasses(data / "val", expected)
+    val = ld.ImageFolderWithClasses(data / "val", expected)
     assert val.class_to_idx == expected and len(val.samples) == 17 * 2
     for path, target in val.samples:
         assert target == expected[Path(path).parent.name]
@@ -253,9 +288,9 @@ def test_val_uses_train_class_indices(imagenet_mini, tmp_path):
 
 def test_val_shards_cover_each_image_once():
     dataset = list(range(11))
-    shards = [list(le._shard(dataset, r, 3)) for r in range(3)]
+    shards = [list(ld.shard(dataset, r, 3)) for r in range(3)]
     assert sorted(sum(shards, [])) == dataset
-    assert le._shard(dataset, 0, 1) is dataset
+    assert ld.shard(dataset, 0, 1) is dataset
 
 
 # ---------------------------------------------------------------------------------- the whole run
@@ -342,7 +377,7 @@ def test_a_signal_saves_and_stops_and_resume_auto_ends_like_the_uninterrupted_ru
     out = tmp_path / "stopped"
     common = ["--weights", moco_checkpoint, imagenet_mini, *FAST, "--schedule", 1, "--seed", 3, "--output-dir", out,
               "--epochs", 2]
-    real, calls, before = le.Runner.features, [0], signal.getsignal(sig)
+    real, calls, before = lt.Runner.features, [0], signal.getsignal(sig)
 
     def features(self, images):
         if torch.is_grad_enabled() == (phase == "train"):  # evaluation runs under no_grad
@@ -352,7 +387,7 @@ def test_a_signal_saves_and_stops_and_resume_auto_ends_like_the_uninterrupted_ru
         return real(self, images)
 
     with monkeypatch.context() as patch, pytest.raises(SystemExit) as e:
-        patch.setattr(le.Runner, "features", features)
+        patch.setattr(lt.Runner, "features", features)
         _run([*common, "--workers", 0])
     err = capsys.readouterr().err.strip().splitlines()[-1]
     match = re.search(said, err)
@@ -382,6 +417,25 @@ def test_a_signal_saves_and_stops_and_resume_auto_ends_like_the_uninterrupted_ru
                                                                         rel=1e-12)
 
 
+def test_progress_is_plain_eta_lines_in_a_non_terminal_and_a_bar_on_a_terminal(imagenet_mini, tmp_path,
+                                                                                 results_dir, capsys, monkeypatch):
+    """Slurm logs and pipes get step lines with images/s and the ETA, no carriage-return bars; log.txt always
+    has the step lines; on a terminal the bar shows the progress and the console leaves the step lines out."""
+    args = ["--random-init", imagenet_mini, *FAST, "--epochs", 1, "--workers", 0]
+    capsys.readouterr()
+    _run([*args, "--output-dir", tmp_path / "pipe"])  # capsys: stderr is not a terminal
+    console = "".join(capsys.readouterr())
+    step = re.compile(r"epoch 1/1 iter (\d+)/3 .*img/s  eta \d+:\d\d:\d\d$", re.M)
+    assert "\r" not in console and [m.group(1) for m in step.finditer(console)] == ["1", "2", "3"], console
+    assert len(step.findall((tmp_path / "pipe" / "log.txt").read_text())) == 3
+
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    _run([*args, "--output-dir", tmp_path / "tty"])
+    console = "".join(capsys.readouterr())
+    assert "\r" in console and not step.search(console) and "final top-1" in console
+    assert len(step.findall((tmp_path / "tty" / "log.txt").read_text())) == 3
+
+
 def test_random_init_run_records_its_seed(imagenet_mini, tmp_path, results_dir):
     metrics = _run(["--random-init", imagenet_mini, *FAST, "--epochs", 1, "--workers", 0, "--seed", 5,
                     "--output-dir", tmp_path / "rand"])
@@ -394,8 +448,9 @@ def test_random_init_run_records_its_seed(imagenet_mini, tmp_path, results_dir):
 def test_random_init_with_residual_bn_init(imagenet_mini, tmp_path, results_dir, capsys):
     """--residual-bn-init G probes the network a train_moco.py --residual-bn-init G run starts from, recorded
     under the identity convert/to_d2.py gives it (so the linear and VOC rows join)."""
-    args = run_linear.build_parser().parse_args(["--random-init", "--residual-bn-init", "0.1", "data"])
-    assert le.default_output_dir(args).name == "random-init_residual-bn-0.1_seed0"
+    config = run_linear.parse_config(["--random-init", "--residual-bn-init", "0.1", "data"])
+    assert default_output_dir(config).name == "random-init_residual-bn-0.1_seed0"
+    assert Path(config.output_dir) == default_output_dir(config)
     metrics = _run(["--random-init", "--residual-bn-init", 0.1, imagenet_mini, *FAST, "--epochs", 1,
                     "--workers", 0, "--output-dir", tmp_path / "rand"])
     assert metrics["sanity_check"] == "passed"
@@ -504,11 +559,11 @@ def test_torchrun_two_cpu_processes_shard_val_exactly(imagenet_mini, moco_checkp
     assert len(load_records(results_dir)) == 1
 
     state, _ = load_resnet50(moco_checkpoint)
-    model = le.FrozenBackboneResNet50(num_classes=20)
-    le.load_backbone(model, state, "fixture")
+    model = lm.FrozenBackboneResNet50(num_classes=20)
+    lm.load_backbone(model, state, "fixture")
     model.fc.load_state_dict(torch.load(out / "checkpoint.pth.tar", weights_only=True)["fc"])
-    _, val, _ = le.build_datasets(imagenet_mini, 32, seed=0)
-    single = le.evaluate(le.Runner(model, torch.device("cpu")),
+    _, val, _ = ld.build_datasets(imagenet_mini, 32, seed=0)
+    single = lt.evaluate(lt.Runner(model, torch.device("cpu")),
                          torch.utils.data.DataLoader(val, batch_size=7), progress=False)
     assert single["val_images"] == 40
     assert single["top1"] == metrics["top1"] and single["top5"] == metrics["top5"]
@@ -518,7 +573,7 @@ def test_feature_norm_standardises_features_and_keeps_the_backbone_frozen(imagen
                                                                          capsys):
     """--feature-norm (not the protocol): only the head's BN follows train/eval; a random-init backbone, whose
     eval-mode features are huge, then trains at an ordinary lr without diverging; the sanity check holds."""
-    model = le.FrozenBackboneResNet50(num_classes=20, feature_norm=True)
+    model = lm.FrozenBackboneResNet50(num_classes=20, feature_norm=True)
     model.train()
     assert model.fc[0].training and not model.bn1.training and not model.layer4[0].bn1.training
     assert [n for n, p in model.named_parameters() if p.requires_grad] == ["fc.1.weight", "fc.1.bias"]
