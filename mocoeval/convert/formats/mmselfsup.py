@@ -21,5 +21,6 @@ LAYOUTS = (
         groups=((r"^state_dict\.(encoder_k|momentum_encoder|target_net)\.", "momentum copy"),
                 (r"^state_dict\.encoder_q\.0\.", "query encoder (the backbone's tensors again)"),
                 (r"^state_dict\.(encoder_q\.1|neck)\.", "neck"), (r"^state_dict\.head\.", "head"),
+                (r"^state_dict\.queue", "queue"),
                 (r"^state_dict\.data_preprocessor\.", "input normalisation (recorded)"))),
 )
