@@ -1,4 +1,4 @@
-"""convert/to_d2.py and its library (mocoeval.checkpoint_formats, mocoeval.convert.detectron2_weights).
+"""convert/to_d2.py and its library (mocoeval.convert.formats, mocoeval.convert.detectron2_weights).
 
 Every input format is written from one randomly initialised torchvision ResNet-50 whose BN layers carry
 non-trivial affine parameters and running statistics (a mix-up of BN tensors would change the features),

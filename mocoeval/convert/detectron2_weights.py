@@ -19,14 +19,11 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from mocoeval.convert.formats import NUM_BN, NUM_CONV, RESNET50_SHAPES, first_few
+from mocoeval.convert.resnet50 import IMAGENET_PIXEL_MEAN, IMAGENET_PIXEL_STD, INPUT_NORMS, NUM_BN, NUM_CONV, RESNET50_SHAPES, first_few
 from mocoeval.runtime.errors import UserError
 from mocoeval.runtime.fileio import atomic_write
 
 AUTHOR = "mocoeval"
-# The normalisation torchvision ResNets are trained with, on a 0..255 RGB scale (what the D2 model must use).
-IMAGENET_PIXEL_MEAN = (123.675, 116.280, 103.530)
-IMAGENET_PIXEL_STD = (58.395, 57.120, 57.375)
 # What may be missing after loading a converted backbone into the R50-C4 detector: heads trained from scratch.
 NEW_IN_DETECTOR = ("proposal_generator.", "roi_heads.box_predictor.", "roi_heads.res5.norm.")
 
@@ -147,8 +144,12 @@ def torchvision_to_d2(state_dict: Mapping[str, Any]) -> dict[str, np.ndarray]:
     return {k: out[k] for k in D2_RESNET50_SHAPES}  # canonical order
 
 
-def save_d2_pickle(out_path, d2_model: Mapping[str, np.ndarray], source: Mapping[str, Any]) -> Path:
-    """Write the Detectron2 .pkl atomically; refuses an incomplete model (never an empty or partial file)."""
+def save_d2_pickle(out_path, d2_model: Mapping[str, np.ndarray], source: Mapping[str, Any],
+                   input_norm: Mapping[str, Any] | None = None) -> Path:
+    """Write the Detectron2 .pkl atomically; refuses an incomplete model (never an empty or partial file).
+
+    `input_norm` ({"channels", "pixel_mean", "pixel_std"} on a 0..255 scale, default ImageNet RGB) is recorded as
+    "mocoeval_input": the normalisation the weights were trained with travels with them."""
     out_path = Path(out_path)
     if out_path.suffix != ".pkl":
         raise UserError(f"output {out_path} must end with .pkl (Detectron2 reads only .pkl files as converted weights)")
@@ -158,7 +159,9 @@ def save_d2_pickle(out_path, d2_model: Mapping[str, np.ndarray], source: Mapping
         raise UserError(f"output {out_path} is a directory")
     _check_complete(d2_model, "converted model")
     data = {"model": dict(d2_model), "__author__": AUTHOR, "matching_heuristics": True,
-            "mocoeval_source": dict(source)}
+            "mocoeval_source": dict(source),
+            "mocoeval_input": {k: list(v) if isinstance(v, tuple) else v
+                               for k, v in (input_norm or INPUT_NORMS["imagenet"]).items()}}
     return atomic_write(out_path, lambda f: pickle.dump(data, f, protocol=4))
 
 
@@ -230,7 +233,18 @@ def read_weights(path) -> tuple[str, dict]:
     blobs = _caffe2_blobs(data)
     if blobs is None:
         return "torchvision", _check_d2_data(data, Path(path))
-    where = str(path)
+    return "caffe2", _check_caffe2_blobs(blobs, str(path))
+
+
+def read_caffe2_weights(path) -> dict | None:
+    """The checked blobs of a Caffe2-layout .pkl (what the converter passes through), None for any other file."""
+    if Path(path).suffix != ".pkl" or not Path(path).is_file():
+        return None
+    blobs = _caffe2_blobs(_read_weights_pickle(path))
+    return None if blobs is None else _check_caffe2_blobs(blobs, str(path))
+
+
+def _check_caffe2_blobs(blobs: dict, where: str) -> dict:
     if any(not isinstance(blobs.get(k), np.ndarray) for k in C2_RESNET50_SHAPES if k in blobs):
         raise UserError(f"{where}: Caffe2 blobs that are not numpy arrays")
     missing = [k for k in C2_RESNET50_SHAPES if k not in blobs]
@@ -243,7 +257,7 @@ def read_weights(path) -> tuple[str, dict]:
     not_finite = [k for k in C2_RESNET50_SHAPES if not np.isfinite(blobs[k]).all()]
     if not_finite:
         raise UserError(f"{where}: NaN or Inf in {first_few(not_finite, 3)}")
-    return "caffe2", blobs
+    return blobs
 
 
 def check_d2_pickle(path) -> dict:
