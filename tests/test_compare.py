@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from mocoeval.results import compare, statistics, tables
+from mocoeval.results import compare, statistics
+from mocoeval.results import rows as table_rows
 from mocoeval.results import paper as paper_numbers
 from mocoeval.results.store import REPO_ROOT, load_records
 from test_tables import A, D, RAND, Store  # the fixture writer of the table tests (real results_store API)
@@ -119,7 +120,7 @@ def test_paper_spread_is_converted_to_the_sample_std():
 
 # --------------------------------------------------------------------------------- rows and the command
 def _claim_rows():
-    return tables.collect_rows(load_records(CLAIM_RUNS))
+    return table_rows.collect_rows(load_records(CLAIM_RUNS))
 
 
 RANDOM_LABEL = ("random init [linear: 10 ep, lr 0.01, feature-norm, +4 more; VOC: MAX_ITER 1500, IMS_PER_BATCH 4, "
@@ -226,14 +227,14 @@ def test_linear_needs_several_networks(store, capsys):
     store.add("linear", D, "d" * 64, {"top1": 67.4})
     store.add("linear", D, "e" * 64, {"top1": 67.8})
     store.add("linear", RAND, "r" * 64, {"top1": 5.0})
-    rows = tables.collect_rows(load_records(store.root))
+    rows = table_rows.collect_rows(load_records(store.root))
     assert compare.default_metrics(rows[1], rows[0]) == []  # random init has one network
     with pytest.raises(compare.UserError, match="^nothing to compare"):
         compare.compare_rows(rows[1], rows[0])
     c, = compare.compare_rows(rows[1], rows[0], ["linear_top1"])
     assert c.verdict == "n too small: B has 1 network; a t-test needs at least 2 networks per side"
     store.add("linear", RAND, "s" * 64, {"top1": 6.0})
-    rows = tables.collect_rows(load_records(store.root))
+    rows = table_rows.collect_rows(load_records(store.root))
     assert compare.default_metrics(rows[1], rows[0]) == ["linear_top1"]
     c, = compare.compare_rows(rows[1], rows[0])
     assert c.p_value == pytest.approx(stats.ttest_ind([67.4, 67.8], [5.0, 6.0], equal_var=False).pvalue)

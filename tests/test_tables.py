@@ -15,6 +15,7 @@ import yaml
 from mocoeval.results import paper as paper_numbers
 from mocoeval.results import statistics
 from mocoeval.results import identity as protocol_identity
+from mocoeval.results import rows as table_rows
 from mocoeval.results import tables
 from mocoeval.results.store import REPO_ROOT, load_records, pretrain_variant, special_variant, write_run_record
 from mocoeval.runtime.errors import UserError
@@ -122,8 +123,8 @@ def build(store: Store, out: Path, plots=False):
 
 def test_markdown_table_exact(store, tmp_path):
     fill_fixture(store)
-    rows = tables.collect_rows(load_records(store.root))
-    assert tables.render_markdown_table(tables.ablation_frame(rows)) == EXPECTED_TABLE
+    rows = table_rows.collect_rows(load_records(store.root))
+    assert tables.render_markdown_table(table_rows.ablation_frame(rows)) == EXPECTED_TABLE
     # The same table (plus notes) is what build_outputs writes into ablation.md.
     build(store, tmp_path / "out")
     md = (tmp_path / "out" / "ablation.md").read_text()
@@ -152,8 +153,8 @@ def test_csv_columns_and_values(store, tmp_path):
 
 def test_comparison_with_paper_numbers(store, tmp_path):
     fill_fixture(store)
-    rows = tables.collect_rows(load_records(store.root))
-    comp = tables.comparison_frame(tables.ablation_frame(rows), paper_numbers.load_paper_numbers())
+    rows = table_rows.collect_rows(load_records(store.root))
+    comp = tables.comparison_frame(table_rows.ablation_frame(rows), paper_numbers.load_paper_numbers())
     md = tables.render_comparison_markdown(comp)
     lines = md.splitlines()
     assert lines[0].startswith("| case | epochs (paper) | epochs (ours) | ImageNet acc. paper | ImageNet acc. ours |")
@@ -188,16 +189,16 @@ def test_paper_noise_bound_by_hand():
 def test_no_supervised_row_means_no_gaps(store):
     store.voc(D, "d" * 64, (82.0, 57.0, 63.0))
     store.add("linear", D, "d" * 64, {"top1": 67.25})
-    rows = tables.collect_rows(load_records(store.root))
-    assert tables.render_markdown_table(tables.ablation_frame(rows)).splitlines()[2] == (
+    rows = table_rows.collect_rows(load_records(store.root))
+    assert tables.render_markdown_table(table_rows.ablation_frame(rows)).splitlines()[2] == (
         "| (d) | ✓ | ✓ | ✓ | 200 | 67.2 | 82.0 (1) | 57.0 (1) | 63.0 (1) |")
 
 
 def test_row_order_is_fixed():
-    keys = [tables.VariantKey(c, None, None, None, e) for c, e in
+    keys = [table_rows.VariantKey(c, None, None, None, e) for c, e in
             [("zeta", 1), ("e", 800), ("a", 200), ("supervised", None), ("d", 200), ("alpha", 5), ("moco_v1", 200),
              ("c", 200), ("random-init", None), ("d", 100), ("b", 200)]]
-    ordered = [(k.case, k.epochs) for k in sorted(keys, key=tables.VariantKey.sort_key)]
+    ordered = [(k.case, k.epochs) for k in sorted(keys, key=table_rows.VariantKey.sort_key)]
     assert ordered == [("random-init", None), ("supervised", None), ("moco_v1", 200), ("a", 200), ("b", 200),
                        ("c", 200), ("d", 100), ("d", 200), ("e", 800), ("alpha", 5), ("zeta", 1)]
 
@@ -206,7 +207,7 @@ def test_pretrain_variant_wins_for_a_source(store):
     store.add("pretrain", D, "x" * 64, {"final_loss": 7.0})
     bad = store.voc(A, "x" * 64, (80.0, 50.0, 55.0))  # claims (a) but its source was pretrained as (d)
     with pytest.warns(UserWarning, match=re.escape(str(bad))):
-        rows = tables.collect_rows(load_records(store.root))
+        rows = table_rows.collect_rows(load_records(store.root))
     assert [r.key.case for r in rows] == ["d"]
     assert len(rows[0].trials) == 1
 
@@ -250,7 +251,7 @@ def test_extensions_get_their_own_rows_not_compared_with_the_paper(store, tmp_pa
 
 
 def _rows(store):
-    return tables.collect_rows(load_records(store.root))
+    return table_rows.collect_rows(load_records(store.root))
 
 
 # Issue 28 item 2: the README's short check (--trials 2 --opts SOLVER.MAX_ITER 200) after a full 5-trial run of
@@ -352,7 +353,7 @@ def test_no_records_still_writes_paper_rows(tmp_path):
     md = (runs / "ablation.md").read_text()
     assert "No run records found" in md
     assert "| (d) | 200 |  | 67.5 | — | — | 82.4 | — | — | 57.0 | — | — | 63.6 | — | — |" in md
-    assert (runs / "ablation.csv").read_text().strip() == ",".join(tables.CSV_COLUMNS)
+    assert (runs / "ablation.csv").read_text().strip() == ",".join(table_rows.CSV_COLUMNS)
     assert "no run records yet" in (runs / "ablation.tex").read_text()
     for name in (tables.OUT_TRIALS_PNG, tables.OUT_LINEAR_VS_VOC_PNG):
         assert (runs / name).read_bytes()[:8] == PNG_MAGIC

@@ -13,7 +13,7 @@ atomically, into the output folder:
   ablation_linear_vs_voc.png  linear top-1 against VOC AP50, ours and the paper's
 
 run_voc.py and run_linear.py call the same code (mocoeval.results.tables.regenerate) when they finish.
-How records are joined into rows: see the docstring of mocoeval/tables.py.
+How records are joined into rows: see the docstring of mocoeval/results/rows.py.
 """
 from __future__ import annotations
 
