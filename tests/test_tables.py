@@ -23,13 +23,16 @@ from mocoeval.runtime.fileio import atomic_write_json
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
-V1 = pretrain_variant(dict(mlp=False, aug_plus=False, cos=False, epochs=200, moco_t=0.07))
-A = pretrain_variant(dict(mlp=True, aug_plus=False, cos=False, epochs=200, moco_t=0.2))
+# The variants as records carry them (dicts: the tests spread and edit them).
+V1 = pretrain_variant(dict(mlp=False, aug_plus=False, cos=False, epochs=200, moco_t=0.07)).to_record()
+A = pretrain_variant(dict(mlp=True, aug_plus=False, cos=False, epochs=200, moco_t=0.2)).to_record()
 D = pretrain_variant(dict(mlp=True, aug_plus=True, cos=True, epochs=200, batch_size=256, moco_k=65536,
-                          moco_t=0.2, moco_m=0.999))
-K4096 = pretrain_variant(dict(mlp=True, aug_plus=True, cos=True, epochs=200, moco_k=4096), name="k4096")
-TAU = pretrain_variant(dict(mlp=True, aug_plus=False, cos=False, epochs=200, moco_t=0.07), name="tau0.07")
-SUP, RAND = special_variant("supervised"), special_variant("random-init")
+                          moco_t=0.2, moco_m=0.999)).to_record()
+K4096 = pretrain_variant(dict(mlp=True, aug_plus=True, cos=True, epochs=200, moco_k=4096),
+                         name="k4096").to_record()
+TAU = pretrain_variant(dict(mlp=True, aug_plus=False, cos=False, epochs=200, moco_t=0.07),
+                       name="tau0.07").to_record()
+SUP, RAND = special_variant("supervised").to_record(), special_variant("random-init").to_record()
 # run_linear.py's argparse values under the official protocol (with the result-neutral keys a record carries).
 LINEAR_CONFIG = dict(epochs=100, lr=30.0, schedule=[60, 80], batch_size=256, image_size=224, feature_norm=False,
                      weight_decay=0.0, momentum=0.9, precision="fp32", data="/data/imagenet", output_dir="out",

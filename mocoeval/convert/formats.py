@@ -25,7 +25,7 @@ import numpy as np
 from mocoeval.runtime.checkpoint_io import torch_load_safely
 from mocoeval.runtime.errors import UserError
 from mocoeval.runtime.fileio import sha256_file, sha256_json
-from mocoeval.results.store import pretrain_variant, recipe_departures, special_variant
+from mocoeval.results.store import pretrain_variant, special_variant
 
 FORMATS = {
     "moco": "MoCo v1/v2 checkpoint (encoder_q kept; encoder_k, queue and projection head dropped)",
@@ -190,12 +190,12 @@ def _variant(obj: Any, fmt: str, path: Path, name: str | None) -> dict:
             variant["name"] = name
         return variant
     if isinstance(extras.get("config"), Mapping):
-        return pretrain_variant(extras["config"], name=name)
+        return pretrain_variant(extras["config"], name=name).to_record()
     if name:
-        return special_variant(name)
+        return special_variant(name).to_record()
     if fmt == "torchvision":
-        return special_variant("supervised")
-    return special_variant(_checkpoint_stem(path))
+        return special_variant("supervised").to_record()
+    return special_variant(_checkpoint_stem(path)).to_record()
 
 
 def load_resnet50(path, fmt: str | None = None, trust_pickle: bool = False, *,
@@ -320,8 +320,7 @@ def random_init_resnet50(seed: int, residual_bn_init: float = 1.0) -> tuple["Ord
     set_residual_branch_scales(model, residual_bn_init)
     state = model.state_dict()
     state_dict = OrderedDict((k, state[k].detach().clone()) for k in RESNET50_SHAPES)
-    variant = special_variant("random-init")
-    variant.update(recipe_departures({"residual_bn_init": float(residual_bn_init)}))  # as pretrain_variant records it
+    variant = special_variant("random-init", residual_bn_init=float(residual_bn_init)).to_record()
     description = f"randomly initialised torchvision ResNet-50 (seed {seed})"
     if residual_bn_init != 1.0:
         description = description[:-1] + f", residual branches' last BN scale {residual_bn_init:g})"

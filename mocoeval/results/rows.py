@@ -22,7 +22,7 @@ How records become table rows (the rules the tests pin down):
    by side). In a stage with several identities the official one (else none) stays with the other stage's
    result; every other identity becomes a unit of its own, with the other stage empty.
 5. **Rows.** A row is the variant key (case name, mlp, aug_plus, cos, epochs, and the extensions beyond the
-   recipe, `results_store.RECIPE_EXTENSIONS`, e.g. a residual-BN init of 0.1) x the linear identity x the VOC
+   recipe, `variants.RECIPE_EXTENSIONS`, e.g. a residual-BN init of 0.1) x the linear identity x the VOC
    identity. A unit missing a stage joins a row that agrees on the variant and its present stage(s) (the
    official one if there are several; else its own row). Extensions and departures from the protocol are
    in the row's label in brackets (at most `LABEL_DEPARTURES` per stage, the full list in the CSV and the
@@ -51,18 +51,19 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import pandas as pd
 
-from mocoeval.results import store as results_store
+from mocoeval.results import variants
 from mocoeval.results.identity import Identity, linear_identity, voc_identity
 from mocoeval.results.paper import CASE_LABELS
 from mocoeval.results.store import VOC_METRICS as METRICS
+from mocoeval.results.variants import Variant
 
 CSV_COLUMNS = ["case", "mlp", "aug_plus", "cos", "epochs", "extensions", "linear_protocol", "voc_protocol",
                "linear_top1", "linear_best_top1", "AP50_mean", "AP50_std", "AP_mean", "AP_std", "AP75_mean",
                "AP75_std", "n_trials"]
 LABEL_DEPARTURES = 3  # per stage in a row label; the CSV and the notes have them all
 CASE_ORDER = ("random-init", "supervised", "moco_v1", "a", "b", "c", "d", "e")
-# Hyperparameters outside the row key; sources pooled into one row should agree on them.
-POOLED_HYPERPARAMS = ("batch_size", "moco_k", "moco_t", "moco_m", "arch", "image_size")
+# The pretraining hyperparameters are outside the row key; sources pooled into one row should agree on them.
+POOLED_HYPERPARAMS = variants.HYPERPARAMS
 
 @dataclass(frozen=True)
 class VariantKey:
@@ -92,12 +93,12 @@ class VariantKey:
             if isinstance(epochs, bool) or not isinstance(epochs, (int, float)) or epochs != int(epochs):
                 raise ValueError(f"variant epochs must be an integer, got {epochs!r}")
             epochs = int(epochs)
-        for ext, recipe_value in results_store.RECIPE_EXTENSIONS.items():
+        for ext, recipe_value in variants.RECIPE_EXTENSIONS.items():
             value = variant.get(ext, recipe_value)
             if not (is_number(value) or (recipe_value is None and value is None)  # e.g. no ramp
                     or (isinstance(value, (list, tuple)) and len(value) == 2 and all(map(is_number, value)))):
                 raise ValueError(f"variant {ext} must be a number or a pair of numbers, got {variant[ext]!r}")
-        return cls(name, *switches, epochs, results_store.recipe_departures(variant))
+        return cls(name, *switches, epochs, variants.recipe_departures(variant))
 
     def sort_key(self) -> tuple:
         rank = CASE_ORDER.index(self.case) if self.case in CASE_ORDER else len(CASE_ORDER)
@@ -112,7 +113,7 @@ class VariantKey:
 
     def extensions_text(self) -> str:
         """The extensions as the CSV's `extensions` cell and the row label show them, e.g. 'residual_bn_init 0.1'."""
-        return results_store.describe_departures(self.extensions)
+        return variants.describe_departures(self.extensions)
 
 
 @dataclass
@@ -122,7 +123,7 @@ class Source:
     source_id: str
     sha256: str | None
     key: VariantKey
-    variant: dict
+    variant: Variant  # its newest pretrain record's (else newest record's)
     pretrain: dict | None = None  # newest pretrain record
     linear: dict | None = None  # newest linear record of linear_id
     trials: dict = field(default_factory=dict)  # merge key -> {seed, AP50, AP, AP75, record}, of voc_id
@@ -249,7 +250,7 @@ def collect_rows(records: Iterable[Mapping]) -> list[Row]:
     for sid, recs in by_source.items():
         pretrain = [rk for rk in recs if rk[0]["stage"] == "pretrain"]
         ref_rec, ref_key = (pretrain or recs)[-1]
-        src = Source(sid, ref_rec.get("source_sha256"), ref_key, dict(ref_rec["variant"]))
+        src = Source(sid, ref_rec.get("source_sha256"), ref_key, Variant.from_record(ref_rec["variant"]))
         linear: dict = {}  # identity key -> (Identity, newest record)
         voc: dict = {}  # identity key -> (Identity, {merge key: trial})
         for rec, key in recs:  # oldest -> newest: later records overwrite
