@@ -51,7 +51,7 @@ class Store:
         if stage == "linear" and config is None:
             config = LINEAR_CONFIG
         if stage == "voc" and config_hash is None:
-            config_hash = protocol_identity.official_voc_hash(variant["name"])
+            config_hash = protocol_identity.official_config_hash(variant["name"])
         path = write_run_record(stage, variant=variant, metrics=metrics or {}, source_sha256=sha, trials=trials,
                                 store_dir=self.root, extra=extra, config=config, config_hash=config_hash)
         rec = json.loads(path.read_text())

@@ -12,23 +12,23 @@ How records become table rows (the rules the tests pin down):
    pseudo-source per variant. A source's variant is its newest *pretrain* record's variant (the
    pretraining config is authoritative), else its newest record's; a record that disagrees is reported
    with a warning and counted under the source's variant.
-3. **Per source, stage and protocol identity** (`protocol_identity`: linear = every run_linear.py setting
-   that changes the number, VOC = the config hash). linear: the newest record's final-epoch `top1` per
+3. **Per source, stage and protocol identity** (`results.identity`: linear = every run_linear.py setting
+   that changes the number, VOC and COCO = the config hash). linear: the newest record's final-epoch `top1` per
    identity (a re-run under the same identity replaces the older one; another identity never does). voc: the
    per-trial results of the source's voc records of one identity are merged by seed, and the newest record
    wins for a seed (a `run_voc.py` re-run that adds seeds adds trials; one that repeats a seed replaces
-   it). Trials without a seed are all kept. Trials of different identities are never pooled.
-4. **Splitting a source.** A source with at most one identity per stage is one unit (its linear and VOC side
-   by side). In a stage with several identities the official one (else none) stays with the other stage's
-   result; every other identity becomes a unit of its own, with the other stage empty.
+   it). Trials without a seed are all kept. Trials of different identities are never pooled. coco: as voc.
+4. **Splitting a source.** A source with at most one identity per stage is one unit (its linear, VOC and COCO
+   side by side). In a stage with several identities the official one (else none) stays with the other stages'
+   results; every other identity becomes a unit of its own, with the other stages empty.
 5. **Rows.** A row is the variant key (case name, mlp, aug_plus, cos, epochs, and the extensions beyond the
    recipe, `variants.RECIPE_EXTENSIONS`, e.g. a residual-BN init of 0.1) x the linear identity x the VOC
-   identity. A unit missing a stage joins a row that agrees on the variant and its present stage(s) (the
+   identity x the COCO identity. A unit missing a stage joins a row that agrees on the variant and its present stage(s) (the
    official one if there are several; else its own row). Extensions and departures from the protocol are
    in the row's label in brackets (at most `LABEL_DEPARTURES` per stage, the full list in the CSV and the
    notes), and such a row is never compared with the paper's numbers.
    Several sources in one row (e.g. two pretraining runs of (d) with different seeds) are pooled:
-   the VOC cells pool the trials of all sources, the ImageNet cell is the mean over the sources' linear
+   the VOC (and COCO) cells pool the trials of all sources, the ImageNet cell is the mean over the sources' linear
    results (with n). Other hyperparameters (batch, K, T, m, arch, image size) are not part of the key: when
    the sources of a row differ in them, a warning is emitted and the Markdown table gets a note —
    give such runs their own variant name to get their own row.
@@ -52,14 +52,20 @@ from typing import Any, Iterable, Mapping, Sequence
 import pandas as pd
 
 from mocoeval.results import variants
-from mocoeval.results.identity import Identity, linear_identity, voc_identity
+from mocoeval.results.identity import Identity, detection_identity, linear_identity
 from mocoeval.results.paper import CASE_LABELS
+from mocoeval.results.store import COCO_METRICS, TRIAL_METRICS
 from mocoeval.results.store import VOC_METRICS as METRICS
 from mocoeval.results.variants import Variant
 
 CSV_COLUMNS = ["case", "mlp", "aug_plus", "cos", "epochs", "extensions", "linear_protocol", "voc_protocol",
                "linear_top1", "linear_best_top1", "AP50_mean", "AP50_std", "AP_mean", "AP_std", "AP75_mean",
                "AP75_std", "n_trials"]
+# The COCO columns, written only when there are COCO results (so VOC-only tables keep their columns).
+COCO_CSV_COLUMNS = ["coco_protocol"] + [f"{m}_{s}" for m in COCO_METRICS for s in ("mean", "std")] + ["coco_n_trials"]
+STAGE_IDS = ("linear", "voc", "coco")  # the stages with a protocol identity (`Row.<stage>_id`)
+# Where a Source keeps a stage's result: the newest linear record, the merged VOC / COCO trials.
+_RESULT_ATTR = {"linear": "linear", "voc": "trials", "coco": "coco_trials"}
 LABEL_DEPARTURES = 3  # per stage in a row label; the CSV and the notes have them all
 CASE_ORDER = ("random-init", "supervised", "moco_v1", "a", "b", "c", "d", "e")
 # The pretraining hyperparameters are outside the row key; sources pooled into one row should agree on them.
@@ -127,9 +133,11 @@ class Source:
     pretrain: dict | None = None  # newest pretrain record
     linear: dict | None = None  # newest linear record of linear_id
     trials: dict = field(default_factory=dict)  # merge key -> {seed, AP50, AP, AP75, record}, of voc_id
+    coco_trials: dict = field(default_factory=dict)  # as trials, with COCO_METRICS, of coco_id
     record_paths: list = field(default_factory=list)
     linear_id: Identity | None = None
     voc_id: Identity | None = None
+    coco_id: Identity | None = None
 
 
 @dataclass
@@ -138,16 +146,22 @@ class Row:
     sources: list
     linear_id: Identity | None = None
     voc_id: Identity | None = None
+    coco_id: Identity | None = None
+
+    @property
+    def identities(self) -> tuple[Identity | None, ...]:
+        """The row's protocol identity per stage, in STAGE_IDS order (None: no result in that stage)."""
+        return tuple(getattr(self, f"{st}_id") for st in STAGE_IDS)
 
     @property
     def official(self) -> bool:
         """Run under the official protocol in every stage it has (and the recipe): comparable with the paper."""
-        return not self.key.extensions and all(i is None or i.official for i in (self.linear_id, self.voc_id))
+        return not self.key.extensions and all(i is None or i.official for i in self.identities)
 
     def tag(self, limit: int | None = LABEL_DEPARTURES) -> str:
         """What the label's brackets say: extensions, then each stage's departures from the protocol."""
         return "; ".join(filter(None, [self.key.extensions_text()] + [
-            i.describe(limit) for i in (self.linear_id, self.voc_id) if i is not None]))
+            i.describe(limit) for i in self.identities if i is not None]))
 
     @property
     def label(self) -> str:
@@ -155,11 +169,16 @@ class Row:
 
     def sort_key(self) -> tuple:
         ident = lambda i: (0, "") if i is None or i.official else (1, i.describe())  # noqa: E731
-        return (self.key.sort_key(), ident(self.linear_id), ident(self.voc_id))
+        return (self.key.sort_key(), *map(ident, self.identities))
 
     @property
     def trials(self) -> list[dict]:
+        """The VOC trials of all sources."""
         return [t for s in self.sources for t in s.trials.values()]
+
+    @property
+    def coco_trials(self) -> list[dict]:
+        return [t for s in self.sources for t in s.coco_trials.values()]
 
     @property
     def linear_values(self) -> list[float]:
@@ -210,14 +229,14 @@ def _check_record(rec: Mapping) -> VariantKey:
         raise ValueError(f"source_sha256 must be a string or null, got {sha!r}")
     if rec["stage"] == "linear" and not is_number(metrics.get("top1")):
         raise ValueError(f"linear record without a numeric metrics.top1 (got {metrics.get('top1')!r})")
-    if rec["stage"] == "voc":
+    if rec["stage"] in TRIAL_METRICS:
         trials = rec.get("trials")
         if not isinstance(trials, list) or not trials:
-            raise ValueError("voc record without per-trial results (trials)")
+            raise ValueError(f"{rec['stage']} record without per-trial results (trials)")
         for t in trials:
             if not isinstance(t, Mapping):
                 raise ValueError(f"trial is not an object: {t!r}")
-            for m in METRICS:
+            for m in TRIAL_METRICS[rec["stage"]]:
                 v = t.get(m)
                 if v is not None and not is_number(v):
                     raise ValueError(f"trial {t.get('trial')!r}: {m} is not a finite number ({v!r})")
@@ -252,7 +271,7 @@ def collect_rows(records: Iterable[Mapping]) -> list[Row]:
         ref_rec, ref_key = (pretrain or recs)[-1]
         src = Source(sid, ref_rec.get("source_sha256"), ref_key, Variant.from_record(ref_rec["variant"]))
         linear: dict = {}  # identity key -> (Identity, newest record)
-        voc: dict = {}  # identity key -> (Identity, {merge key: trial})
+        detection: dict = {st: {} for st in TRIAL_METRICS}  # stage -> identity key -> (Identity, {merge key: trial})
         for rec, key in recs:  # oldest -> newest: later records overwrite
             src.record_paths.append(rec.get("_path"))
             if key != ref_key:
@@ -265,17 +284,18 @@ def collect_rows(records: Iterable[Mapping]) -> list[Row]:
                 ident = linear_identity(rec)
                 linear[ident.key] = (ident, rec)
             else:
-                ident = voc_identity(rec)
-                trials = voc.setdefault(ident.key, (ident, {}))[1]
+                ident = detection_identity(rec)
+                trials = detection[stage].setdefault(ident.key, (ident, {}))[1]
                 for i, t in enumerate(rec["trials"]):
                     seed = t.get("seed")
                     merge_key = ("seed", str(seed)) if seed is not None else ("unseeded", rec.get("_path"), i)
-                    trials[merge_key] = {"seed": seed, **{m: t.get(m) for m in METRICS}, "record": rec.get("_path")}
-        units += _split_source(src, linear, voc)
+                    trials[merge_key] = {"seed": seed, **{m: t.get(m) for m in TRIAL_METRICS[stage]},
+                                         "record": rec.get("_path")}
+        units += _split_source(src, {"linear": linear, **detection})
 
     # Units with every stage first, so that a unit missing a stage finds the rows it may join.
     rows: list[Row] = []
-    for unit in sorted(units, key=lambda u: (u.linear_id is None) + (u.voc_id is None)):
+    for unit in sorted(units, key=lambda u: sum(getattr(u, f"{st}_id") is None for st in STAGE_IDS)):
         _row_for(rows, unit).sources.append(unit)
     ordered = sorted(rows, key=Row.sort_key)
     for row in ordered:
@@ -287,38 +307,39 @@ def collect_rows(records: Iterable[Mapping]) -> list[Row]:
     return ordered
 
 
-def _split_source(src: Source, linear: dict, voc: dict) -> list[Source]:
-    """The source's units (rule 4): its main unit, then one per further identity of a stage."""
+def _split_source(src: Source, by_stage: Mapping[str, dict]) -> list[Source]:
+    """The source's units (rule 4): its main unit, then one per further identity of a stage.
+    `by_stage`: stage -> identity key -> (Identity, the stage's result for `_RESULT_ATTR`)."""
     def primary(by_id: dict):
         if len(by_id) == 1:
             return next(iter(by_id))
         return next((k for k, (ident, _) in by_id.items() if ident.official), None)
 
-    def unit(lin_key, voc_key) -> Source:
-        out = dataclasses.replace(src, record_paths=list(src.record_paths), trials={})
-        if lin_key is not None:
-            out.linear_id, out.linear = linear[lin_key]
-        if voc_key is not None:
-            out.voc_id, out.trials = voc[voc_key]
+    def unit(keys: Mapping[str, Any]) -> Source:
+        out = dataclasses.replace(src, record_paths=list(src.record_paths), trials={}, coco_trials={})
+        for st, k in keys.items():
+            if k is not None:
+                ident, result = by_stage[st][k]
+                setattr(out, f"{st}_id", ident)
+                setattr(out, _RESULT_ATTR[st], result)
         return out
 
-    main_lin, main_voc = primary(linear), primary(voc)
-    return ([unit(main_lin, main_voc)] + [unit(k, None) for k in linear if k != main_lin]
-            + [unit(None, k) for k in voc if k != main_voc])
+    main = {st: primary(by_id) for st, by_id in by_stage.items()}
+    return [unit(main)] + [unit({st: k}) for st, by_id in by_stage.items() for k in by_id if k != main[st]]
 
 
 def _row_for(rows: list[Row], unit: Source) -> Row:
     """The row a unit joins (rule 5), made if there is none."""
-    exact = [r for r in rows if r.key == unit.key and r.linear_id == unit.linear_id and r.voc_id == unit.voc_id]
+    ids = {st: getattr(unit, f"{st}_id") for st in STAGE_IDS}
+    exact = [r for r in rows if r.key == unit.key and all(getattr(r, f"{st}_id") == i for st, i in ids.items())]
     if exact:
         return exact[0]
     candidates = [r for r in rows if r.key == unit.key
-                  and all(getattr(unit, f"{st}_id") is None or getattr(r, f"{st}_id") == getattr(unit, f"{st}_id")
-                          for st in ("linear", "voc"))]
+                  and all(i is None or getattr(r, f"{st}_id") == i for st, i in ids.items())]
     official = [r for r in candidates if r.official]
     if official or len(candidates) == 1:
         return (official or candidates)[0]
-    rows.append(Row(unit.key, [], unit.linear_id, unit.voc_id))
+    rows.append(Row(unit.key, [], **{f"{st}_id": i for st, i in ids.items()}))
     return rows[-1]
 
 
@@ -338,21 +359,26 @@ def ablation_frame(rows: Sequence[Row]) -> pd.DataFrame:
         line = {"case": k.case, "mlp": k.mlp, "aug_plus": k.aug_plus, "cos": k.cos, "epochs": k.epochs,
                 "extensions": k.extensions_text(), "tag": row.tag(), "official": row.official,
                 **{f"{st}_protocol": "" if i is None else i.departures_text() for st, i in
-                   (("linear", row.linear_id), ("voc", row.voc_id))}}
+                   zip(STAGE_IDS, row.identities)}}
         line["linear_top1"], line["linear_std"], line["linear_n"] = _stats(row.linear_values)
         line["linear_best_top1"] = _stats(row.linear_best_values)[0]
         trials = row.trials
         for m in METRICS:
             line[f"{m}_mean"], line[f"{m}_std"], line[f"{m}_n"] = _stats([t[m] for t in trials])
         line["n_trials"] = len(trials)
+        coco = row.coco_trials
+        for m in COCO_METRICS:
+            line[f"{m}_mean"], line[f"{m}_std"], line[f"{m}_n"] = _stats([t[m] for t in coco])
+        line["coco_n_trials"] = len(coco)
         lines.append(line)
-    columns = CSV_COLUMNS + ["tag", "official", "linear_std", "linear_n"] + [f"{m}_n" for m in METRICS]
+    columns = (CSV_COLUMNS + COCO_CSV_COLUMNS + ["tag", "official", "linear_std", "linear_n"]
+               + [f"{m}_n" for m in (*METRICS, *COCO_METRICS)])
     frame = pd.DataFrame(lines, columns=columns)
     for col in ("mlp", "aug_plus", "cos"):
         frame[col] = frame[col].astype("object")
     frame["epochs"] = frame["epochs"].astype("Int64")
     frame["official"] = frame["official"].astype(bool)
-    for col in ["n_trials", "linear_n"] + [f"{m}_n" for m in METRICS]:
+    for col in ["n_trials", "coco_n_trials", "linear_n"] + [f"{m}_n" for m in (*METRICS, *COCO_METRICS)]:
         frame[col] = frame[col].astype("int64")
     return frame
 

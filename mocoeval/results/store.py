@@ -1,6 +1,6 @@
 """The results store: one JSON record per finished run under results/runs/, joined later by tables.
 
-Records of the same pretrained weights join across stages (pretrain, linear, voc) through
+Records of the same pretrained weights join across stages (pretrain, linear, voc, coco) through
 `source_sha256`: the sha256 of the source checkpoint (the converter writes it into the .pkl it makes).
 """
 from __future__ import annotations
@@ -19,9 +19,12 @@ from mocoeval.results.variants import HYPERPARAMS, Variant, recipe_departures
 from mocoeval.runtime.fileio import atomic_write_json
 
 SCHEMA_VERSION = 1
-STAGES = ("pretrain", "linear", "voc")
-# The metric names records carry: VOC per trial (Detectron2's PascalVOCDetectionEvaluator), linear per network.
+STAGES = ("pretrain", "linear", "voc", "coco")
+# The metric names records carry: VOC per trial (Detectron2's PascalVOCDetectionEvaluator), COCO per trial
+# (COCOeval through Detectron2's COCOEvaluator: box and mask AP), linear per network.
 VOC_METRICS = ("AP50", "AP", "AP75")
+COCO_METRICS = ("box_AP", "box_AP50", "box_AP75", "mask_AP", "mask_AP50", "mask_AP75")
+TRIAL_METRICS = {"voc": VOC_METRICS, "coco": COCO_METRICS}  # the stages that record per-trial results
 LINEAR_METRIC = "linear_top1"
 
 # The MoCo v2 paper's Table 1 rows (plus MoCo v1) by the switches that define them.
