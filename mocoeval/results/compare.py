@@ -32,13 +32,15 @@ from typing import Sequence
 from mocoeval.results import rows as table_rows
 from mocoeval.results import store as results_store
 from mocoeval.results.statistics import (ALPHA, MAX_TRIALS, POWER, VERDICT_NONE, Comparison, compare_values)
-from mocoeval.results.store import LINEAR_METRIC, VOC_METRICS
+from mocoeval.results.store import COCO_METRICS, LINEAR_METRIC, VOC_METRICS
 from mocoeval.runtime.errors import UserError, cli_main
 
 SHA_PREFIX_MIN = 4  # shorter hex texts ("d", "e") are case keys or label prefixes, not sha256 prefixes
 LINEAR = LINEAR_METRIC
-METRICS = (*VOC_METRICS, LINEAR)
-METRIC_TITLES = {"AP50": "VOC AP50", "AP": "VOC AP", "AP75": "VOC AP75", LINEAR: "linear top-1"}
+METRICS = (*VOC_METRICS, *COCO_METRICS, LINEAR)
+METRIC_TITLES = {"AP50": "VOC AP50", "AP": "VOC AP", "AP75": "VOC AP75", LINEAR: "linear top-1",
+                 **{m: "COCO " + m.replace("_", " ") for m in COCO_METRICS}}
+TRIALS_ATTR = {**{m: "trials" for m in VOC_METRICS}, **{m: "coco_trials" for m in COCO_METRICS}}  # Source/Row
 
 # -------------------------------------------------------------------------------------- row selection
 def listed_labels(rows: Sequence[table_rows.Row]) -> list[str]:
@@ -85,20 +87,22 @@ def select_row(rows: Sequence[table_rows.Row], text: str, listed: Sequence[str] 
 
 
 # ------------------------------------------------------------------------------------ comparing rows
-def _voc_sources(row: table_rows.Row) -> list:
-    return [s for s in row.sources if s.trials]
+def _trial_sources(row: table_rows.Row, attr: str = "trials") -> list:
+    """The row's sources with trials in `attr` ('trials': VOC, 'coco_trials': COCO)."""
+    return [s for s in row.sources if getattr(s, attr)]
 
 
-def pairing_problem(a: table_rows.Row, b: table_rows.Row) -> str | None:
-    """Why the two rows cannot be paired by seed (None: they can): each must have VOC trials from one network,
-    every trial seeded, and the same seeds on both sides."""
+def pairing_problem(a: table_rows.Row, b: table_rows.Row, attr: str = "trials") -> str | None:
+    """Why the two rows cannot be paired by seed (None: they can): each must have VOC (COCO, attr
+    'coco_trials') trials from one network, every trial seeded, and the same seeds on both sides."""
+    bench = "COCO" if attr == "coco_trials" else "VOC"
     for side, row in (("A", a), ("B", b)):
-        sources = _voc_sources(row)
+        sources = _trial_sources(row, attr)
         if len(sources) != 1:
-            return f"{side} has VOC trials from {len(sources)} networks (pairing needs one network per row)"
-        if any(t["seed"] is None for t in sources[0].trials.values()):
-            return f"{side} has VOC trials without a seed"
-    seeds_a, seeds_b = (set(_voc_sources(r)[0].trials) for r in (a, b))
+            return f"{side} has {bench} trials from {len(sources)} networks (pairing needs one network per row)"
+        if any(t["seed"] is None for t in getattr(sources[0], attr).values()):
+            return f"{side} has {bench} trials without a seed"
+    seeds_a, seeds_b = (set(getattr(_trial_sources(r, attr)[0], attr)) for r in (a, b))
     if seeds_a != seeds_b:
         fmt = lambda seeds: ", ".join(sorted((k[1] for k in seeds), key=lambda s: (len(s), s)))  # noqa: E731
         return f"the rows were fine-tuned with different seeds (A: {fmt(seeds_a)}; B: {fmt(seeds_b)})"
@@ -108,19 +112,20 @@ def pairing_problem(a: table_rows.Row, b: table_rows.Row) -> str | None:
 def _values(row: table_rows.Row, metric: str) -> list[float]:
     if metric == LINEAR:
         return list(row.linear_values)
-    return [t[metric] for t in row.trials if t[metric] is not None]
+    return [t[metric] for t in getattr(row, TRIALS_ATTR[metric]) if t[metric] is not None]
 
 
 def _paired_values(a: table_rows.Row, b: table_rows.Row, metric: str) -> tuple[list[float], list[float]]:
-    ta, tb = _voc_sources(a)[0].trials, _voc_sources(b)[0].trials
+    attr = TRIALS_ATTR[metric]
+    ta, tb = (getattr(_trial_sources(r, attr)[0], attr) for r in (a, b))
     keys = [k for k in sorted(ta, key=lambda k: (len(k[1]), k[1]))
             if ta[k][metric] is not None and tb[k][metric] is not None]
     return [ta[k][metric] for k in keys], [tb[k][metric] for k in keys]
 
 
 def default_metrics(a: table_rows.Row, b: table_rows.Row) -> list[str]:
-    """The VOC metrics both rows have, and the linear top-1 when both rows have several networks."""
-    out = [m for m in table_rows.METRICS if _values(a, m) and _values(b, m)]
+    """The VOC and COCO metrics both rows have, and the linear top-1 when both rows have several networks."""
+    out = [m for m in (*VOC_METRICS, *COCO_METRICS) if _values(a, m) and _values(b, m)]
     if len(a.linear_values) > 1 and len(b.linear_values) > 1:
         out.append(LINEAR)
     return out
@@ -128,15 +133,15 @@ def default_metrics(a: table_rows.Row, b: table_rows.Row) -> list[str]:
 
 def compare_rows(a: table_rows.Row, b: table_rows.Row, metrics: Sequence[str] | None = None, *, paired: bool = False,
                  names: tuple[str, str] = ("A", "B")) -> list[Comparison]:
-    """One Comparison per metric (default_metrics when None). paired applies to the VOC metrics (the linear
+    """One Comparison per metric (default_metrics when None). paired applies to the VOC and COCO metrics (the linear
     top-1 compares different networks: always Welch); UserError when the rows cannot be paired."""
-    if paired:
-        problem = pairing_problem(a, b)
+    metrics = list(metrics) if metrics else default_metrics(a, b)
+    for attr in dict.fromkeys(TRIALS_ATTR[m] for m in metrics if m != LINEAR) if paired else ():
+        problem = pairing_problem(a, b, attr)
         if problem:
             raise UserError(f"--paired: {problem}; drop --paired for Welch's test")
-    metrics = list(metrics) if metrics else default_metrics(a, b)
     if not metrics:
-        raise UserError("nothing to compare: the two rows share no VOC metric and do not both have several "
+        raise UserError("nothing to compare: the two rows share no VOC or COCO metric and do not both have several "
                         "networks with a linear top-1")
     out = []
     for m in metrics:
@@ -183,10 +188,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                         f"prefix ({SHA_PREFIX_MIN}+ hex digits)")
     parser.add_argument("b", nargs="?", metavar="B", help="the row to compare A with (same forms)")
     parser.add_argument("--metric", nargs="+", choices=METRICS, default=None,
-                        help="metrics to compare (default: the VOC metrics both rows have, and linear_top1 "
+                        help="metrics to compare (default: the VOC and COCO metrics both rows have, and linear_top1 "
                              "when both rows have several networks)")
     parser.add_argument("--paired", action="store_true",
-                        help="paired t-test on the VOC trials, matched by seed (both rows fine-tuned from one "
+                        help="paired t-test on the VOC (COCO) trials, matched by seed (both rows fine-tuned from one "
                              "network each, with the same seeds)")
     parser.add_argument("--runs", type=Path, default=None, metavar="DIR",
                         help="folder of run records (default: $MOCOEVAL_RESULTS_DIR, else results/runs)")

@@ -18,7 +18,7 @@ import pandas as pd
 
 from mocoeval.results import store as results_store
 from mocoeval.results.paper import CASE_LABELS, load_paper_numbers, paper_by_case
-from mocoeval.results.rows import (CSV_COLUMNS, METRICS, Row, VariantKey, ablation_frame, case_label, collect_rows,
+from mocoeval.results.rows import (COCO_CSV_COLUMNS, COCO_METRICS, CSV_COLUMNS, METRICS, Row, VariantKey, ablation_frame, case_label, collect_rows,
                                    epochs_suffix, is_number, trials_frame)
 from mocoeval.results.statistics import paper_gap_within_noise, paper_noise_note
 from mocoeval.runtime.fileio import atomic_write_text
@@ -91,7 +91,8 @@ def _stat_cell(mean, std, n, style: _Style, show_n_when_single: bool) -> str:
     return text
 
 
-def _voc_cell(line: Mapping, metric: str, reference: Mapping | None, style: _Style) -> str:
+def _trial_cell(line: Mapping, metric: str, reference: Mapping | None, style: _Style) -> str:
+    """A VOC or COCO cell: mean ± std (n trials), then the gap to the reference (supervised) row."""
     mean, std, n = line[f"{metric}_mean"], line[f"{metric}_std"], line[f"{metric}_n"]
     text = _stat_cell(mean, std, n, style, show_n_when_single=True)
     if text == style.missing or reference is None or reference is line or _missing(reference[f"{metric}_mean"]):
@@ -116,8 +117,35 @@ def _table_cells(frame: pd.DataFrame, style: _Style) -> list[list[str]]:
         linear = _stat_cell(ln["linear_top1"], ln["linear_std"], ln["linear_n"], style, show_n_when_single=False)
         out.append([style.escape(case_label(ln["case"], ln["tag"])), _flag(ln["mlp"], style),
                     _flag(ln["aug_plus"], style), _flag(ln["cos"], style), epochs, linear,
-                    *(_voc_cell(ln, m, supervised, style) for m in METRICS)])
+                    *(_trial_cell(ln, m, supervised, style) for m in METRICS)])
     return out
+
+
+def has_coco(frame: pd.DataFrame) -> bool:
+    """Whether any row has COCO results: the COCO table and columns appear only then."""
+    return bool(len(frame)) and bool((frame["coco_n_trials"] > 0).any())
+
+
+def _coco_cells(frame: pd.DataFrame, style: _Style) -> list[list[str]]:
+    """The rows with COCO results: label, epochs, box and mask AP / AP50 / AP75 with the gap to supervised."""
+    lines = [ln for ln in frame.to_dict("records") if ln["coco_n_trials"] > 0]
+    supervised = next((ln for ln in lines if ln["case"] == "supervised"), None)
+    return [[style.escape(case_label(ln["case"], ln["tag"])), "" if _missing(ln["epochs"]) else str(int(ln["epochs"])),
+             *(_trial_cell(ln, m, supervised, style) for m in COCO_METRICS)] for ln in lines]
+
+
+COCO_HEADER = ["case", "epochs", "box AP", "box AP50", "box AP75", "mask AP", "mask AP50", "mask AP75"]
+COCO_NOTE = ("COCO: Mask R-CNN R50-C4 fine-tuned on COCO train2017, evaluated on val2017 (COCOeval box and mask "
+             "AP); the official protocol is the 2× schedule. Cells and gaps to the supervised row as in the VOC "
+             "table.")
+
+
+def render_coco_markdown(frame: pd.DataFrame) -> str:
+    """The COCO table with its note; empty string when no row has COCO results."""
+    if not has_coco(frame):
+        return ""
+    table = _md_table(COCO_HEADER, [":--", "--:"] + ["--:"] * len(COCO_METRICS), _coco_cells(frame, _MARKDOWN))
+    return f"## Our results on COCO\n\n{table}\n- {COCO_NOTE}\n"
 
 
 TABLE_HEADER = ["case", "MLP", "aug+", "cos", "epochs", "ImageNet acc.", "VOC AP50", "VOC AP", "VOC AP75"]
@@ -263,7 +291,7 @@ def render_markdown(rows: Sequence[Row], frame: pd.DataFrame, paper: pd.DataFram
         ]
         full = {}  # each stage's full list of departures -> the rows run under it
         for row in rows:
-            for ident in (row.linear_id, row.voc_id):
+            for ident in row.identities:
                 if ident is not None and not ident.official:
                     full.setdefault(ident.describe(), []).append(case_label(row.key.case, row.key.extensions_text()))
         for text, labels in full.items():
@@ -274,6 +302,9 @@ def render_markdown(rows: Sequence[Row], frame: pd.DataFrame, paper: pd.DataFram
                 desc = "; ".join(f"{k} {', '.join(map(str, v))}" for k, v in differing.items())
                 notes.append(f"Row {row.label} ({row.key.epochs} ep) pools sources that differ in {desc}.")
         parts.append("\n".join(f"- {n}" for n in notes) + "\n")
+    coco = render_coco_markdown(frame)
+    if coco:
+        parts.append(coco)
     parts.append("## Ours vs the published numbers\n")
     parts.append(render_comparison_markdown(comparison_frame(frame, paper)))
     parts.append("- Paper: MoCo v2 (Chen et al. 2020) Table 1; random init: MoCo v1 (He et al. 2020) R50-C4 VOC "
@@ -324,14 +355,22 @@ def render_latex(frame: pd.DataFrame, paper: pd.DataFrame | None) -> str:
         "$\\Delta$ = ours $-$ paper; within / beyond noise: inside / outside the 95\\% interval of a t-test "
         "with the paper's reported spread (ablation.md says how).}",
         "\\label{tab:mocoeval-vs-paper}", "\\end{table}", "",
-    ])
+    ] + ([] if not has_coco(frame) else [
+        "\\begin{table}[t]", "\\centering", "\\small",
+        _latex_tabular([h.replace("AP50", "AP$_{50}$").replace("AP75", "AP$_{75}$") for h in COCO_HEADER],
+                       "lr" + "r" * len(COCO_METRICS), _coco_cells(frame, _LATEX), "no COCO results"),
+        "\\caption{COCO transfer: Mask R-CNN R50-C4 (box and mask AP on val2017, mean $\\pm$ std over n trials, "
+        "population std). In brackets: gap to supervised.}",
+        "\\label{tab:mocoeval-coco}", "\\end{table}", "",
+    ]))
 
 
 def render_csv(frame: pd.DataFrame) -> str:
-    """ablation.csv: exactly CSV_COLUMNS, one line per row; empty cells for missing values (and for the std of
+    """ablation.csv: exactly CSV_COLUMNS (then COCO_CSV_COLUMNS when a row has COCO results), one line per row; empty cells for missing values (and for the std of
     a single trial); booleans as True/False, empty when not applicable (random-init, supervised)."""
     buf = io.StringIO()
-    frame[CSV_COLUMNS].to_csv(buf, index=False, float_format="%.6g", lineterminator="\n")
+    columns = CSV_COLUMNS + (COCO_CSV_COLUMNS if has_coco(frame) else [])  # VOC-only tables keep their columns
+    frame[columns].to_csv(buf, index=False, float_format="%.6g", lineterminator="\n")
     return buf.getvalue()
 
 
@@ -370,7 +409,7 @@ def build_outputs(runs_dir: str | os.PathLike | None = None, out_dir: str | os.P
 
         # plot labels: one departure per stage, one line per part (the table has the longer labels)
         labels = ["\n".join([case_label(r.key.case, r.key.extensions_text())]
-                             + [i.describe(1) for i in (r.linear_id, r.voc_id) if i is not None and not i.official])
+                             + [i.describe(1) for i in r.identities if i is not None and not i.official])
                   + epochs_suffix(r.key, "\n") for r in rows]
         images.append(plots_mod.plot_voc_trials(trials_frame(rows), labels, paper, out_dir / OUT_TRIALS_PNG))
         images.append(plots_mod.plot_linear_vs_voc(frame, paper, out_dir / OUT_LINEAR_VS_VOC_PNG))
