@@ -248,3 +248,20 @@ def test_bad_input_is_one_line(store, capsys, tmp_path):
         with pytest.raises(SystemExit) as e:
             compare.main(argv)
         assert e.value.code == 2 and capsys.readouterr().err == message + "\n"
+
+
+def test_coco_metrics_compare_when_both_rows_have_them(store):
+    def coco(variant, sha, box, seeds):
+        trials = [{"trial": i, "seed": s, "box_AP": b, "box_AP50": b + 20, "box_AP75": b + 2, "mask_AP": b - 4,
+                   "mask_AP50": b + 16, "mask_AP75": b - 3} for i, (s, b) in enumerate(zip(seeds, box))]
+        store.add("coco", variant, sha, {}, trials=trials, config_hash="c" * 64)
+
+    coco(D, "d" * 64, [40.0, 40.5, 41.0], [0, 1, 2])
+    coco(RAND, "r" * 64, [30.0, 31.0, 30.5], [0, 1, 2])
+    rows = table_rows.collect_rows(load_records(store.root))
+    assert [r.key.case for r in rows] == ["random-init", "d"]
+    assert compare.default_metrics(rows[1], rows[0]) == list(compare.COCO_METRICS)
+    c = compare.compare_rows(rows[1], rows[0], ["box_AP"], paired=True)[0]
+    assert c.test == "paired t-test" and c.delta == pytest.approx(10.0)
+    assert c.p_value == pytest.approx(stats.ttest_rel([40.0, 40.5, 41.0], [30.0, 31.0, 30.5]).pvalue)
+    assert compare.format_comparison(c).startswith("COCO box AP: A 40.50 (n 3) vs B 30.50 (n 3)")

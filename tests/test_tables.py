@@ -474,3 +474,80 @@ def test_committed_evidence_is_what_its_records_generate(tmp_path):
     for name in texts:
         assert (tmp_path / name).read_text() == (EVIDENCE_DIR / name).read_text(), name
     assert (EVIDENCE_DIR / tables.OUT_TRIALS_PNG).read_bytes().startswith(PNG_MAGIC)
+
+
+# ------------------------------------------------------------------------------------------------ COCO
+@pytest.fixture
+def coco_configs(tmp_path, monkeypatch):
+    """The official COCO configs (another engineer adds the real ones): a configs folder with a stand-in
+    coco_R_50_C4_2x{,_moco}.yaml, so that records can run under the official protocol."""
+    configs = tmp_path / "configs"
+    configs.mkdir()
+    for path in (REPO_ROOT / "configs").glob("*.yaml"):  # the VOC ones and their base
+        (configs / path.name).write_text(path.read_text())
+    for name in ("coco_R_50_C4_2x.yaml", "coco_R_50_C4_2x_moco.yaml"):
+        (configs / name).write_text('_BASE_: "Base-RCNN-C4-BN.yaml"\nMODEL:\n  MASK_ON: True\n'
+                                    + ("  PIXEL_STD: [58.395, 57.120, 57.375]\n" if "moco" in name else ""))
+    monkeypatch.setattr(protocol_identity, "CONFIG_DIR", configs)
+    protocol_identity._official_detection.cache_clear()
+    yield configs
+    protocol_identity._official_detection.cache_clear()
+
+
+def _coco(store, variant, sha, *aps, seeds=None, config_hash=None):
+    """A COCO record: per trial (box AP, mask AP); the other four metrics derived from them."""
+    seeds = seeds if seeds is not None else range(len(aps))
+    trials = [{"trial": i, "seed": s, "box_AP": b, "box_AP50": b + 20, "box_AP75": b + 2, "mask_AP": m,
+               "mask_AP50": m + 20, "mask_AP75": m + 1} for i, (s, (b, m)) in enumerate(zip(seeds, aps))]
+    h = config_hash or protocol_identity.official_config_hash(variant["name"], "coco")
+    return store.add("coco", variant, sha, {}, trials=trials, config_hash=h)
+
+
+def test_coco_records_get_their_own_table_and_columns(store, coco_configs, tmp_path):
+    store.add("linear", D, "d" * 64, {"top1": 67.0})
+    store.voc(D, "d" * 64, (82.0, 57.0, 63.0))
+    _coco(store, D, "d" * 64, (40.0, 35.0), (41.0, 36.0))  # seeds 0, 1
+    _coco(store, D, "d" * 64, (42.0, 37.0), (43.0, 38.0), seeds=[1, 2])  # a re-run: seed 1 replaced, 2 added
+    _coco(store, SUP, "s" * 64, (40.0, 34.0))
+    rows = table_rows.collect_rows(load_records(store.root))
+    assert [(r.key.case, r.official, len(r.trials), len(r.coco_trials)) for r in rows] == [
+        ("supervised", True, 0, 1), ("d", True, 1, 3)]
+    frame = table_rows.ablation_frame(rows)
+    d = frame.iloc[1]
+    assert (d["box_AP_mean"], d["box_AP_n"], d["mask_AP_mean"], d["coco_n_trials"]) == pytest.approx(
+        (125 / 3, 3, 110 / 3, 3))
+    assert d["box_AP_std"] == pytest.approx(math.sqrt(14 / 9))  # population std of 40, 42, 43
+
+    tables.build_outputs(store.root, tmp_path / "out", plots=False)
+    md = (tmp_path / "out" / tables.OUT_MARKDOWN).read_text()
+    assert "## Our results on COCO" in md
+    assert "| (d) | 200 | 41.7 ± 1.2 (3) **(+1.7)** |" in md  # box AP of 40, 42, 43 vs supervised 40.0
+    header = (tmp_path / "out" / tables.OUT_CSV).read_text().splitlines()[0].split(",")
+    assert header == table_rows.CSV_COLUMNS + table_rows.COCO_CSV_COLUMNS
+    assert "tab:mocoeval-coco" in (tmp_path / "out" / tables.OUT_LATEX).read_text()
+
+
+def test_without_coco_records_there_is_no_coco_table(store, tmp_path):
+    store.voc(D, "d" * 64, (82.0, 57.0, 63.0))
+    tables.build_outputs(store.root, tmp_path / "out", plots=False)
+    assert "COCO" not in (tmp_path / "out" / tables.OUT_MARKDOWN).read_text()
+    assert "coco" not in (tmp_path / "out" / tables.OUT_CSV).read_text()
+
+
+def test_coco_under_another_config_is_its_own_row(store, coco_configs):
+    _coco(store, D, "d" * 64, (40.0, 35.0))
+    _coco(store, D, "d" * 64, (5.0, 4.0), config_hash="f" * 64)  # e.g. a 1x or short schedule, config not stored
+    rows = table_rows.collect_rows(load_records(store.root))
+    assert [(r.label, len(r.coco_trials)) for r in rows] == [("(d)", 1), ("(d) [COCO: config ffffffffffff]", 1)]
+
+
+def test_coco_is_never_official_without_its_configs(store):
+    _coco(store, D, "d" * 64, (40.0, 35.0), config_hash="a" * 64)
+    [row] = table_rows.collect_rows(load_records(store.root))
+    assert not row.official and row.tag() == "COCO: config aaaaaaaaaaaa"
+
+
+def test_malformed_coco_trials_are_skipped_with_a_warning(store):
+    store.add("coco", D, "d" * 64, {}, trials=[{"trial": 0, "seed": 0, "box_AP": "n/a"}], config_hash="a" * 64)
+    with pytest.warns(UserWarning, match="box_AP is not a finite number"):
+        assert table_rows.collect_rows(load_records(store.root)) == []
