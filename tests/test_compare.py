@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from mocoeval.results import compare, statistics, tables
+from mocoeval.results import compare, statistics
+from mocoeval.results import rows as table_rows
 from mocoeval.results import paper as paper_numbers
 from mocoeval.results.store import REPO_ROOT, load_records
 from test_tables import A, D, RAND, Store  # the fixture writer of the table tests (real results_store API)
@@ -119,7 +120,7 @@ def test_paper_spread_is_converted_to_the_sample_std():
 
 # --------------------------------------------------------------------------------- rows and the command
 def _claim_rows():
-    return tables.collect_rows(load_records(CLAIM_RUNS))
+    return table_rows.collect_rows(load_records(CLAIM_RUNS))
 
 
 RANDOM_LABEL = ("random init [linear: 10 ep, lr 0.01, feature-norm, +4 more; VOC: MAX_ITER 1500, IMS_PER_BATCH 4, "
@@ -226,14 +227,14 @@ def test_linear_needs_several_networks(store, capsys):
     store.add("linear", D, "d" * 64, {"top1": 67.4})
     store.add("linear", D, "e" * 64, {"top1": 67.8})
     store.add("linear", RAND, "r" * 64, {"top1": 5.0})
-    rows = tables.collect_rows(load_records(store.root))
+    rows = table_rows.collect_rows(load_records(store.root))
     assert compare.default_metrics(rows[1], rows[0]) == []  # random init has one network
     with pytest.raises(compare.UserError, match="^nothing to compare"):
         compare.compare_rows(rows[1], rows[0])
     c, = compare.compare_rows(rows[1], rows[0], ["linear_top1"])
     assert c.verdict == "n too small: B has 1 network; a t-test needs at least 2 networks per side"
     store.add("linear", RAND, "s" * 64, {"top1": 6.0})
-    rows = tables.collect_rows(load_records(store.root))
+    rows = table_rows.collect_rows(load_records(store.root))
     assert compare.default_metrics(rows[1], rows[0]) == ["linear_top1"]
     c, = compare.compare_rows(rows[1], rows[0])
     assert c.p_value == pytest.approx(stats.ttest_ind([67.4, 67.8], [5.0, 6.0], equal_var=False).pvalue)
@@ -247,3 +248,20 @@ def test_bad_input_is_one_line(store, capsys, tmp_path):
         with pytest.raises(SystemExit) as e:
             compare.main(argv)
         assert e.value.code == 2 and capsys.readouterr().err == message + "\n"
+
+
+def test_coco_metrics_compare_when_both_rows_have_them(store):
+    def coco(variant, sha, box, seeds):
+        trials = [{"trial": i, "seed": s, "box_AP": b, "box_AP50": b + 20, "box_AP75": b + 2, "mask_AP": b - 4,
+                   "mask_AP50": b + 16, "mask_AP75": b - 3} for i, (s, b) in enumerate(zip(seeds, box))]
+        store.add("coco", variant, sha, {}, trials=trials, config_hash="c" * 64)
+
+    coco(D, "d" * 64, [40.0, 40.5, 41.0], [0, 1, 2])
+    coco(RAND, "r" * 64, [30.0, 31.0, 30.5], [0, 1, 2])
+    rows = table_rows.collect_rows(load_records(store.root))
+    assert [r.key.case for r in rows] == ["random-init", "d"]
+    assert compare.default_metrics(rows[1], rows[0]) == list(compare.COCO_METRICS)
+    c = compare.compare_rows(rows[1], rows[0], ["box_AP"], paired=True)[0]
+    assert c.test == "paired t-test" and c.delta == pytest.approx(10.0)
+    assert c.p_value == pytest.approx(stats.ttest_rel([40.0, 40.5, 41.0], [30.0, 31.0, 30.5]).pvalue)
+    assert compare.format_comparison(c).startswith("COCO box AP: A 40.50 (n 3) vs B 30.50 (n 3)")

@@ -97,7 +97,7 @@ def write_format(name, sd, directory: Path) -> Path:
         fname = "moco_v2_200ep_pretrain.pth.tar"
     elif name == "moco_ours_no_ddp":  # non-DDP: no "module." prefix (broke the official converter silently)
         obj = {"epoch": 200, "arch": "resnet50", "state_dict": _moco_state(sd, ""), "optimizer": {},
-               "config": OUR_CONFIG, "variant": pretrain_variant(OUR_CONFIG), "seed": 0}
+               "config": OUR_CONFIG, "variant": pretrain_variant(OUR_CONFIG).to_record(), "seed": 0}
         fname = "checkpoint_0200.pth.tar"
     elif name == "moco_config_only":
         obj = {"epoch": 200, "state_dict": _moco_state(sd, "module."), "config": OUR_CONFIG}
@@ -478,7 +478,7 @@ def test_random_init_with_residual_bn_init_is_its_own_network(tmp_path, capsys):
     assert "variant: random-init (residual_bn_init 0.1)" in capsys.readouterr().out
     src = dc.check_d2_pickle(out)["mocoeval_source"]
     assert src["sha256"] == cf.random_init_source_sha256(3, 0.1) != cf.random_init_source_sha256(3)
-    assert src["variant"] == {**special_variant("random-init"), "residual_bn_init": 0.1}
+    assert src["variant"] == special_variant("random-init", residual_bn_init=0.1).to_record()
     plain, _ = cf.random_init_resnet50(3)
     tenth, _ = cf.random_init_resnet50(3, 0.1)
     branch_scales = {f"layer{i}.{b}.bn3.weight" for i, n in zip(range(1, 5), (3, 4, 6, 3)) for b in range(n)}

@@ -84,7 +84,7 @@ def moco_checkpoint(tmp_path_factory):
     state["module.queue_ptr"] = torch.zeros(1, dtype=torch.long)
     path = tmp_path_factory.mktemp("ckpt") / "checkpoint_0003.pth.tar"
     torch.save({"epoch": 3, "arch": "resnet50", "state_dict": state, "optimizer": {}, "config": PRETRAIN_CONFIG,
-                "variant": pretrain_variant(PRETRAIN_CONFIG), "seed": 0}, path)
+                "variant": pretrain_variant(PRETRAIN_CONFIG).to_record(), "seed": 0}, path)
     return path
 
 
@@ -331,7 +331,7 @@ def test_run_writes_metrics_checkpoints_and_one_record(uninterrupted_run, moco_c
     records = load_records(store)
     assert len(records) == 1
     rec = records[0]
-    assert rec["stage"] == "linear" and rec["variant"] == pretrain_variant(PRETRAIN_CONFIG)
+    assert rec["stage"] == "linear" and rec["variant"] == pretrain_variant(PRETRAIN_CONFIG).to_record()
     assert rec["source_sha256"] == sha256_file(moco_checkpoint) and rec["seeds"] == [3]
     assert rec["metrics"]["top1"] == metrics["top1"] and rec["metrics"]["best_epoch"] == metrics["best_epoch"]
     assert rec["config"]["lr"] == 0.5 and rec["wall_time_s"] > 0

@@ -421,7 +421,7 @@ def test_presets_are_the_paper_rows(name, mlp, aug, cos, t, epochs, tmp_path):
         "resnet50", 0.03, 256, 65536, 0.999, 128)
     assert (args.momentum, args.weight_decay, args.schedule, args.image_size) == (0.9, 1e-4, [120, 160], 224)
     from mocoeval.results.store import pretrain_variant
-    assert pretrain_variant(vars(args))["name"] == name
+    assert pretrain_variant(vars(args)).name == name
     assert args.output_dir == str(Path("output") / "pretrain" / name)
 
 

@@ -53,7 +53,7 @@ def random_r50_pkl(tmp_path_factory):
     out = tmp_path_factory.mktemp("weights") / "r50_random.pkl"
     save_d2_pickle(out, torchvision_to_d2(model.state_dict()),
                    {"path": "torchvision resnet50()", "sha256": "0" * 64, "format": "torchvision",
-                    "variant": special_variant("random-init")})
+                    "variant": special_variant("random-init").to_record()})
     return out
 
 

@@ -15,6 +15,7 @@ import yaml
 from mocoeval.results import paper as paper_numbers
 from mocoeval.results import statistics
 from mocoeval.results import identity as protocol_identity
+from mocoeval.results import rows as table_rows
 from mocoeval.results import tables
 from mocoeval.results.store import REPO_ROOT, load_records, pretrain_variant, special_variant, write_run_record
 from mocoeval.runtime.errors import UserError
@@ -22,13 +23,16 @@ from mocoeval.runtime.fileio import atomic_write_json
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
-V1 = pretrain_variant(dict(mlp=False, aug_plus=False, cos=False, epochs=200, moco_t=0.07))
-A = pretrain_variant(dict(mlp=True, aug_plus=False, cos=False, epochs=200, moco_t=0.2))
+# The variants as records carry them (dicts: the tests spread and edit them).
+V1 = pretrain_variant(dict(mlp=False, aug_plus=False, cos=False, epochs=200, moco_t=0.07)).to_record()
+A = pretrain_variant(dict(mlp=True, aug_plus=False, cos=False, epochs=200, moco_t=0.2)).to_record()
 D = pretrain_variant(dict(mlp=True, aug_plus=True, cos=True, epochs=200, batch_size=256, moco_k=65536,
-                          moco_t=0.2, moco_m=0.999))
-K4096 = pretrain_variant(dict(mlp=True, aug_plus=True, cos=True, epochs=200, moco_k=4096), name="k4096")
-TAU = pretrain_variant(dict(mlp=True, aug_plus=False, cos=False, epochs=200, moco_t=0.07), name="tau0.07")
-SUP, RAND = special_variant("supervised"), special_variant("random-init")
+                          moco_t=0.2, moco_m=0.999)).to_record()
+K4096 = pretrain_variant(dict(mlp=True, aug_plus=True, cos=True, epochs=200, moco_k=4096),
+                         name="k4096").to_record()
+TAU = pretrain_variant(dict(mlp=True, aug_plus=False, cos=False, epochs=200, moco_t=0.07),
+                       name="tau0.07").to_record()
+SUP, RAND = special_variant("supervised").to_record(), special_variant("random-init").to_record()
 # run_linear.py's argparse values under the official protocol (with the result-neutral keys a record carries).
 LINEAR_CONFIG = dict(epochs=100, lr=30.0, schedule=[60, 80], batch_size=256, image_size=224, feature_norm=False,
                      weight_decay=0.0, momentum=0.9, precision="fp32", data="/data/imagenet", output_dir="out",
@@ -47,7 +51,7 @@ class Store:
         if stage == "linear" and config is None:
             config = LINEAR_CONFIG
         if stage == "voc" and config_hash is None:
-            config_hash = protocol_identity.official_voc_hash(variant["name"])
+            config_hash = protocol_identity.official_config_hash(variant["name"])
         path = write_run_record(stage, variant=variant, metrics=metrics or {}, source_sha256=sha, trials=trials,
                                 store_dir=self.root, extra=extra, config=config, config_hash=config_hash)
         rec = json.loads(path.read_text())
@@ -122,8 +126,8 @@ def build(store: Store, out: Path, plots=False):
 
 def test_markdown_table_exact(store, tmp_path):
     fill_fixture(store)
-    rows = tables.collect_rows(load_records(store.root))
-    assert tables.render_markdown_table(tables.ablation_frame(rows)) == EXPECTED_TABLE
+    rows = table_rows.collect_rows(load_records(store.root))
+    assert tables.render_markdown_table(table_rows.ablation_frame(rows)) == EXPECTED_TABLE
     # The same table (plus notes) is what build_outputs writes into ablation.md.
     build(store, tmp_path / "out")
     md = (tmp_path / "out" / "ablation.md").read_text()
@@ -152,8 +156,8 @@ def test_csv_columns_and_values(store, tmp_path):
 
 def test_comparison_with_paper_numbers(store, tmp_path):
     fill_fixture(store)
-    rows = tables.collect_rows(load_records(store.root))
-    comp = tables.comparison_frame(tables.ablation_frame(rows), paper_numbers.load_paper_numbers())
+    rows = table_rows.collect_rows(load_records(store.root))
+    comp = tables.comparison_frame(table_rows.ablation_frame(rows), paper_numbers.load_paper_numbers())
     md = tables.render_comparison_markdown(comp)
     lines = md.splitlines()
     assert lines[0].startswith("| case | epochs (paper) | epochs (ours) | ImageNet acc. paper | ImageNet acc. ours |")
@@ -188,16 +192,16 @@ def test_paper_noise_bound_by_hand():
 def test_no_supervised_row_means_no_gaps(store):
     store.voc(D, "d" * 64, (82.0, 57.0, 63.0))
     store.add("linear", D, "d" * 64, {"top1": 67.25})
-    rows = tables.collect_rows(load_records(store.root))
-    assert tables.render_markdown_table(tables.ablation_frame(rows)).splitlines()[2] == (
+    rows = table_rows.collect_rows(load_records(store.root))
+    assert tables.render_markdown_table(table_rows.ablation_frame(rows)).splitlines()[2] == (
         "| (d) | ✓ | ✓ | ✓ | 200 | 67.2 | 82.0 (1) | 57.0 (1) | 63.0 (1) |")
 
 
 def test_row_order_is_fixed():
-    keys = [tables.VariantKey(c, None, None, None, e) for c, e in
+    keys = [table_rows.VariantKey(c, None, None, None, e) for c, e in
             [("zeta", 1), ("e", 800), ("a", 200), ("supervised", None), ("d", 200), ("alpha", 5), ("moco_v1", 200),
              ("c", 200), ("random-init", None), ("d", 100), ("b", 200)]]
-    ordered = [(k.case, k.epochs) for k in sorted(keys, key=tables.VariantKey.sort_key)]
+    ordered = [(k.case, k.epochs) for k in sorted(keys, key=table_rows.VariantKey.sort_key)]
     assert ordered == [("random-init", None), ("supervised", None), ("moco_v1", 200), ("a", 200), ("b", 200),
                        ("c", 200), ("d", 100), ("d", 200), ("e", 800), ("alpha", 5), ("zeta", 1)]
 
@@ -206,7 +210,7 @@ def test_pretrain_variant_wins_for_a_source(store):
     store.add("pretrain", D, "x" * 64, {"final_loss": 7.0})
     bad = store.voc(A, "x" * 64, (80.0, 50.0, 55.0))  # claims (a) but its source was pretrained as (d)
     with pytest.warns(UserWarning, match=re.escape(str(bad))):
-        rows = tables.collect_rows(load_records(store.root))
+        rows = table_rows.collect_rows(load_records(store.root))
     assert [r.key.case for r in rows] == ["d"]
     assert len(rows[0].trials) == 1
 
@@ -250,7 +254,7 @@ def test_extensions_get_their_own_rows_not_compared_with_the_paper(store, tmp_pa
 
 
 def _rows(store):
-    return tables.collect_rows(load_records(store.root))
+    return table_rows.collect_rows(load_records(store.root))
 
 
 # Issue 28 item 2: the README's short check (--trials 2 --opts SOLVER.MAX_ITER 200) after a full 5-trial run of
@@ -352,7 +356,7 @@ def test_no_records_still_writes_paper_rows(tmp_path):
     md = (runs / "ablation.md").read_text()
     assert "No run records found" in md
     assert "| (d) | 200 |  | 67.5 | — | — | 82.4 | — | — | 57.0 | — | — | 63.6 | — | — |" in md
-    assert (runs / "ablation.csv").read_text().strip() == ",".join(tables.CSV_COLUMNS)
+    assert (runs / "ablation.csv").read_text().strip() == ",".join(table_rows.CSV_COLUMNS)
     assert "no run records yet" in (runs / "ablation.tex").read_text()
     for name in (tables.OUT_TRIALS_PNG, tables.OUT_LINEAR_VS_VOC_PNG):
         assert (runs / name).read_bytes()[:8] == PNG_MAGIC
@@ -470,3 +474,80 @@ def test_committed_evidence_is_what_its_records_generate(tmp_path):
     for name in texts:
         assert (tmp_path / name).read_text() == (EVIDENCE_DIR / name).read_text(), name
     assert (EVIDENCE_DIR / tables.OUT_TRIALS_PNG).read_bytes().startswith(PNG_MAGIC)
+
+
+# ------------------------------------------------------------------------------------------------ COCO
+@pytest.fixture
+def coco_configs(tmp_path, monkeypatch):
+    """The official COCO configs (another engineer adds the real ones): a configs folder with a stand-in
+    coco_R_50_C4_2x{,_moco}.yaml, so that records can run under the official protocol."""
+    configs = tmp_path / "configs"
+    configs.mkdir()
+    for path in (REPO_ROOT / "configs").glob("*.yaml"):  # the VOC ones and their base
+        (configs / path.name).write_text(path.read_text())
+    for name in ("coco_R_50_C4_2x.yaml", "coco_R_50_C4_2x_moco.yaml"):
+        (configs / name).write_text('_BASE_: "Base-RCNN-C4-BN.yaml"\nMODEL:\n  MASK_ON: True\n'
+                                    + ("  PIXEL_STD: [58.395, 57.120, 57.375]\n" if "moco" in name else ""))
+    monkeypatch.setattr(protocol_identity, "CONFIG_DIR", configs)
+    protocol_identity._official_detection.cache_clear()
+    yield configs
+    protocol_identity._official_detection.cache_clear()
+
+
+def _coco(store, variant, sha, *aps, seeds=None, config_hash=None):
+    """A COCO record: per trial (box AP, mask AP); the other four metrics derived from them."""
+    seeds = seeds if seeds is not None else range(len(aps))
+    trials = [{"trial": i, "seed": s, "box_AP": b, "box_AP50": b + 20, "box_AP75": b + 2, "mask_AP": m,
+               "mask_AP50": m + 20, "mask_AP75": m + 1} for i, (s, (b, m)) in enumerate(zip(seeds, aps))]
+    h = config_hash or protocol_identity.official_config_hash(variant["name"], "coco")
+    return store.add("coco", variant, sha, {}, trials=trials, config_hash=h)
+
+
+def test_coco_records_get_their_own_table_and_columns(store, coco_configs, tmp_path):
+    store.add("linear", D, "d" * 64, {"top1": 67.0})
+    store.voc(D, "d" * 64, (82.0, 57.0, 63.0))
+    _coco(store, D, "d" * 64, (40.0, 35.0), (41.0, 36.0))  # seeds 0, 1
+    _coco(store, D, "d" * 64, (42.0, 37.0), (43.0, 38.0), seeds=[1, 2])  # a re-run: seed 1 replaced, 2 added
+    _coco(store, SUP, "s" * 64, (40.0, 34.0))
+    rows = table_rows.collect_rows(load_records(store.root))
+    assert [(r.key.case, r.official, len(r.trials), len(r.coco_trials)) for r in rows] == [
+        ("supervised", True, 0, 1), ("d", True, 1, 3)]
+    frame = table_rows.ablation_frame(rows)
+    d = frame.iloc[1]
+    assert (d["box_AP_mean"], d["box_AP_n"], d["mask_AP_mean"], d["coco_n_trials"]) == pytest.approx(
+        (125 / 3, 3, 110 / 3, 3))
+    assert d["box_AP_std"] == pytest.approx(math.sqrt(14 / 9))  # population std of 40, 42, 43
+
+    tables.build_outputs(store.root, tmp_path / "out", plots=False)
+    md = (tmp_path / "out" / tables.OUT_MARKDOWN).read_text()
+    assert "## Our results on COCO" in md
+    assert "| (d) | 200 | 41.7 ± 1.2 (3) **(+1.7)** |" in md  # box AP of 40, 42, 43 vs supervised 40.0
+    header = (tmp_path / "out" / tables.OUT_CSV).read_text().splitlines()[0].split(",")
+    assert header == table_rows.CSV_COLUMNS + table_rows.COCO_CSV_COLUMNS
+    assert "tab:mocoeval-coco" in (tmp_path / "out" / tables.OUT_LATEX).read_text()
+
+
+def test_without_coco_records_there_is_no_coco_table(store, tmp_path):
+    store.voc(D, "d" * 64, (82.0, 57.0, 63.0))
+    tables.build_outputs(store.root, tmp_path / "out", plots=False)
+    assert "COCO" not in (tmp_path / "out" / tables.OUT_MARKDOWN).read_text()
+    assert "coco" not in (tmp_path / "out" / tables.OUT_CSV).read_text()
+
+
+def test_coco_under_another_config_is_its_own_row(store, coco_configs):
+    _coco(store, D, "d" * 64, (40.0, 35.0))
+    _coco(store, D, "d" * 64, (5.0, 4.0), config_hash="f" * 64)  # e.g. a 1x or short schedule, config not stored
+    rows = table_rows.collect_rows(load_records(store.root))
+    assert [(r.label, len(r.coco_trials)) for r in rows] == [("(d)", 1), ("(d) [COCO: config ffffffffffff]", 1)]
+
+
+def test_coco_is_never_official_without_its_configs(store):
+    _coco(store, D, "d" * 64, (40.0, 35.0), config_hash="a" * 64)
+    [row] = table_rows.collect_rows(load_records(store.root))
+    assert not row.official and row.tag() == "COCO: config aaaaaaaaaaaa"
+
+
+def test_malformed_coco_trials_are_skipped_with_a_warning(store):
+    store.add("coco", D, "d" * 64, {}, trials=[{"trial": 0, "seed": 0, "box_AP": "n/a"}], config_hash="a" * 64)
+    with pytest.warns(UserWarning, match="box_AP is not a finite number"):
+        assert table_rows.collect_rows(load_records(store.root)) == []

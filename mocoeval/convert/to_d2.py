@@ -24,7 +24,7 @@ from mocoeval.pretrain.residual_scaling import check_residual_bn_init
 from mocoeval.convert.detectron2_weights import read_caffe2_weights, save_d2_pickle, torchvision_to_d2
 from mocoeval.runtime.errors import UserError, cli_main
 from mocoeval.runtime.fileio import plain_write_mode
-from mocoeval.results.store import describe_departures, recipe_departures
+from mocoeval.results.variants import describe_departures, recipe_departures
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -15,7 +15,8 @@ import yaml
 
 from mocoeval.pretrain.residual_scaling import check_residual_bn_init
 from mocoeval.runtime.errors import UserError
-from mocoeval.results.store import describe_value, pretrain_variant
+from mocoeval.results.store import pretrain_variant
+from mocoeval.results.variants import describe_value
 from mocoeval.pretrain.checkpoint import find_resume_checkpoint, load_moco_checkpoint, structure_of
 
 ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d",
@@ -167,7 +168,7 @@ def _coerce(action: argparse.Action, value, what: str):
 
 
 def default_output_dir(args) -> str:
-    return str(Path("output") / "pretrain" / pretrain_variant(vars(args))["name"])
+    return str(Path("output") / "pretrain" / pretrain_variant(vars(args)).name)
 
 
 def parse_config(argv=None):

@@ -335,7 +335,7 @@ def _train(args, resume_ckpt, device, rank, world, local_world, out: Path, bar_a
                     "convolutions here and PyTorch falls back to a slow path (measured ~8x slower than fp32 on "
                     "an AVX2 EPYC). Use --precision fp32 on this machine.")
     config = run_config(args, bn_splits, world)
-    variant = pretrain_variant(config)
+    variant = pretrain_variant(config).to_record()  # a dict: checkpoints and metrics.json carry it
     ln_k1 = math.log(args.moco_k + 1)
 
     # ---- data

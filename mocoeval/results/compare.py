@@ -1,6 +1,6 @@
 """Decisive comparisons: is row A better than row B, and is our number the paper's, beyond the trial noise?
 
-Two table rows (`tables.collect_rows`; the same pooled trials the tables show) are compared metric by metric:
+Two table rows (`rows.collect_rows`; the same pooled trials the tables show) are compared metric by metric:
 n per side, the means, the difference A − B with its 95% confidence interval, a t-test and its p-value, and a
 verdict. The default test is Welch's (unequal variances) on the per-trial values; with `paired=True` (both rows
 fine-tuned from one network each with the same seeds) the paired t-test on the per-seed differences. VOC
@@ -29,40 +29,42 @@ import warnings
 from pathlib import Path
 from typing import Sequence
 
+from mocoeval.results import rows as table_rows
 from mocoeval.results import store as results_store
-from mocoeval.results import tables
 from mocoeval.results.statistics import (ALPHA, MAX_TRIALS, POWER, VERDICT_NONE, Comparison, compare_values)
-from mocoeval.results.store import LINEAR_METRIC, VOC_METRICS
+from mocoeval.results.store import COCO_METRICS, LINEAR_METRIC, VOC_METRICS
 from mocoeval.runtime.errors import UserError, cli_main
 
 SHA_PREFIX_MIN = 4  # shorter hex texts ("d", "e") are case keys or label prefixes, not sha256 prefixes
 LINEAR = LINEAR_METRIC
-METRICS = (*VOC_METRICS, LINEAR)
-METRIC_TITLES = {"AP50": "VOC AP50", "AP": "VOC AP", "AP75": "VOC AP75", LINEAR: "linear top-1"}
+METRICS = (*VOC_METRICS, *COCO_METRICS, LINEAR)
+METRIC_TITLES = {"AP50": "VOC AP50", "AP": "VOC AP", "AP75": "VOC AP75", LINEAR: "linear top-1",
+                 **{m: "COCO " + m.replace("_", " ") for m in COCO_METRICS}}
+TRIALS_ATTR = {**{m: "trials" for m in VOC_METRICS}, **{m: "coco_trials" for m in COCO_METRICS}}  # Source/Row
 
 # -------------------------------------------------------------------------------------- row selection
-def listed_labels(rows: Sequence[tables.Row]) -> list[str]:
+def listed_labels(rows: Sequence[table_rows.Row]) -> list[str]:
     """The text that selects each row, as --list prints it: the row's label as the tables print it plus its
     epochs, as in the Sources table; where two rows would share it, with all departures (the table shows 3
     per stage); if still shared, with its first source's sha256 prefix."""
-    names = [r.label + tables.epochs_suffix(r.key) for r in rows]
+    names = [r.label + table_rows.epochs_suffix(r.key) for r in rows]
     for i, r in enumerate(rows):
         if names.count(names[i]) > 1:
-            names[i] = tables.case_label(r.key.case, r.tag(None)) + tables.epochs_suffix(r.key)
+            names[i] = table_rows.case_label(r.key.case, r.tag(None)) + table_rows.epochs_suffix(r.key)
     for i, r in enumerate(rows):
         if names.count(names[i]) > 1:
             names[i] += f" #{next((s.sha256[:12] for s in r.sources if s.sha256), i)}"
     return names
 
 
-def _aliases(row: tables.Row) -> list[str]:
+def _aliases(row: table_rows.Row) -> list[str]:
     """Other exact names of a row: the label without the epochs, and both with the case key ('d' for '(d)')."""
     tag = row.tag()
     keyform = row.key.case + (f" [{tag}]" if tag else "")
-    return [row.label, keyform + tables.epochs_suffix(row.key), keyform]
+    return [row.label, keyform + table_rows.epochs_suffix(row.key), keyform]
 
 
-def select_row(rows: Sequence[tables.Row], text: str, listed: Sequence[str] | None = None) -> int:
+def select_row(rows: Sequence[table_rows.Row], text: str, listed: Sequence[str] | None = None) -> int:
     """Index of the row `text` selects: an exact listed label, else an exact alias, else a unique prefix of a
     label or of a source sha256 (SHA_PREFIX_MIN+ hex digits). No match or several: UserError listing the
     candidates."""
@@ -85,58 +87,61 @@ def select_row(rows: Sequence[tables.Row], text: str, listed: Sequence[str] | No
 
 
 # ------------------------------------------------------------------------------------ comparing rows
-def _voc_sources(row: tables.Row) -> list:
-    return [s for s in row.sources if s.trials]
+def _trial_sources(row: table_rows.Row, attr: str = "trials") -> list:
+    """The row's sources with trials in `attr` ('trials': VOC, 'coco_trials': COCO)."""
+    return [s for s in row.sources if getattr(s, attr)]
 
 
-def pairing_problem(a: tables.Row, b: tables.Row) -> str | None:
-    """Why the two rows cannot be paired by seed (None: they can): each must have VOC trials from one network,
-    every trial seeded, and the same seeds on both sides."""
+def pairing_problem(a: table_rows.Row, b: table_rows.Row, attr: str = "trials") -> str | None:
+    """Why the two rows cannot be paired by seed (None: they can): each must have VOC (COCO, attr
+    'coco_trials') trials from one network, every trial seeded, and the same seeds on both sides."""
+    bench = "COCO" if attr == "coco_trials" else "VOC"
     for side, row in (("A", a), ("B", b)):
-        sources = _voc_sources(row)
+        sources = _trial_sources(row, attr)
         if len(sources) != 1:
-            return f"{side} has VOC trials from {len(sources)} networks (pairing needs one network per row)"
-        if any(t["seed"] is None for t in sources[0].trials.values()):
-            return f"{side} has VOC trials without a seed"
-    seeds_a, seeds_b = (set(_voc_sources(r)[0].trials) for r in (a, b))
+            return f"{side} has {bench} trials from {len(sources)} networks (pairing needs one network per row)"
+        if any(t["seed"] is None for t in getattr(sources[0], attr).values()):
+            return f"{side} has {bench} trials without a seed"
+    seeds_a, seeds_b = (set(getattr(_trial_sources(r, attr)[0], attr)) for r in (a, b))
     if seeds_a != seeds_b:
         fmt = lambda seeds: ", ".join(sorted((k[1] for k in seeds), key=lambda s: (len(s), s)))  # noqa: E731
         return f"the rows were fine-tuned with different seeds (A: {fmt(seeds_a)}; B: {fmt(seeds_b)})"
     return None
 
 
-def _values(row: tables.Row, metric: str) -> list[float]:
+def _values(row: table_rows.Row, metric: str) -> list[float]:
     if metric == LINEAR:
         return list(row.linear_values)
-    return [t[metric] for t in row.trials if t[metric] is not None]
+    return [t[metric] for t in getattr(row, TRIALS_ATTR[metric]) if t[metric] is not None]
 
 
-def _paired_values(a: tables.Row, b: tables.Row, metric: str) -> tuple[list[float], list[float]]:
-    ta, tb = _voc_sources(a)[0].trials, _voc_sources(b)[0].trials
+def _paired_values(a: table_rows.Row, b: table_rows.Row, metric: str) -> tuple[list[float], list[float]]:
+    attr = TRIALS_ATTR[metric]
+    ta, tb = (getattr(_trial_sources(r, attr)[0], attr) for r in (a, b))
     keys = [k for k in sorted(ta, key=lambda k: (len(k[1]), k[1]))
             if ta[k][metric] is not None and tb[k][metric] is not None]
     return [ta[k][metric] for k in keys], [tb[k][metric] for k in keys]
 
 
-def default_metrics(a: tables.Row, b: tables.Row) -> list[str]:
-    """The VOC metrics both rows have, and the linear top-1 when both rows have several networks."""
-    out = [m for m in tables.METRICS if _values(a, m) and _values(b, m)]
+def default_metrics(a: table_rows.Row, b: table_rows.Row) -> list[str]:
+    """The VOC and COCO metrics both rows have, and the linear top-1 when both rows have several networks."""
+    out = [m for m in (*VOC_METRICS, *COCO_METRICS) if _values(a, m) and _values(b, m)]
     if len(a.linear_values) > 1 and len(b.linear_values) > 1:
         out.append(LINEAR)
     return out
 
 
-def compare_rows(a: tables.Row, b: tables.Row, metrics: Sequence[str] | None = None, *, paired: bool = False,
+def compare_rows(a: table_rows.Row, b: table_rows.Row, metrics: Sequence[str] | None = None, *, paired: bool = False,
                  names: tuple[str, str] = ("A", "B")) -> list[Comparison]:
-    """One Comparison per metric (default_metrics when None). paired applies to the VOC metrics (the linear
+    """One Comparison per metric (default_metrics when None). paired applies to the VOC and COCO metrics (the linear
     top-1 compares different networks: always Welch); UserError when the rows cannot be paired."""
-    if paired:
-        problem = pairing_problem(a, b)
+    metrics = list(metrics) if metrics else default_metrics(a, b)
+    for attr in dict.fromkeys(TRIALS_ATTR[m] for m in metrics if m != LINEAR) if paired else ():
+        problem = pairing_problem(a, b, attr)
         if problem:
             raise UserError(f"--paired: {problem}; drop --paired for Welch's test")
-    metrics = list(metrics) if metrics else default_metrics(a, b)
     if not metrics:
-        raise UserError("nothing to compare: the two rows share no VOC metric and do not both have several "
+        raise UserError("nothing to compare: the two rows share no VOC or COCO metric and do not both have several "
                         "networks with a linear top-1")
     out = []
     for m in metrics:
@@ -183,10 +188,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                         f"prefix ({SHA_PREFIX_MIN}+ hex digits)")
     parser.add_argument("b", nargs="?", metavar="B", help="the row to compare A with (same forms)")
     parser.add_argument("--metric", nargs="+", choices=METRICS, default=None,
-                        help="metrics to compare (default: the VOC metrics both rows have, and linear_top1 "
+                        help="metrics to compare (default: the VOC and COCO metrics both rows have, and linear_top1 "
                              "when both rows have several networks)")
     parser.add_argument("--paired", action="store_true",
-                        help="paired t-test on the VOC trials, matched by seed (both rows fine-tuned from one "
+                        help="paired t-test on the VOC (COCO) trials, matched by seed (both rows fine-tuned from one "
                              "network each, with the same seeds)")
     parser.add_argument("--runs", type=Path, default=None, metavar="DIR",
                         help="folder of run records (default: $MOCOEVAL_RESULTS_DIR, else results/runs)")
@@ -206,7 +211,7 @@ def run(args: argparse.Namespace, out=None) -> int:
         raise UserError(f"runs folder not found: {runs}")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        rows = tables.collect_rows(results_store.load_records(runs))
+        rows = table_rows.collect_rows(results_store.load_records(runs))
     for w in caught:
         print(f"warning: {w.message}", file=sys.stderr)
     if not rows:

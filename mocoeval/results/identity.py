@@ -8,6 +8,8 @@ how they depart from the official protocol (what the tables key rows on and labe
   result-neutral keys); official = the hash of configs/pascal_voc_R_50_C4_24k_moco.yaml (the supervised
   row: pascal_voc_R_50_C4_24k.yaml), built the way run_voc.py builds it. Departures are the differing keys
   of the record's stored config.
+- COCO: as VOC, official = configs/coco_R_50_C4_2x_moco.yaml (supervised: coco_R_50_C4_2x.yaml), the 2×
+  schedule of the official protocol. While that file is not in the checkout no COCO record is official.
 
 Detectron2 and torch are imported only when a record of their stage is looked at.
 """
@@ -43,6 +45,11 @@ LINEAR_KEY_ORDER = ("epochs", "lr", "feature_norm", "image_size", "num_classes",
                     "weight_decay", "momentum", "precision")
 VOC_CONFIGS = {"supervised": "pascal_voc_R_50_C4_24k.yaml"}  # every other variant: the MoCo config
 VOC_MOCO_CONFIG = "pascal_voc_R_50_C4_24k_moco.yaml"
+COCO_CONFIGS = {"supervised": "coco_R_50_C4_2x.yaml"}  # the 2x schedule is the official protocol
+COCO_MOCO_CONFIG = "coco_R_50_C4_2x_moco.yaml"
+# Per detection stage: (the supervised row's config by variant name, every other variant's config).
+DETECTION_CONFIGS = {"voc": (VOC_CONFIGS, VOC_MOCO_CONFIG), "coco": (COCO_CONFIGS, COCO_MOCO_CONFIG)}
+STAGE_TITLES = {"linear": "linear", "voc": "VOC", "coco": "COCO"}
 # VOC keys shown first in a label (the schedule and the batch say most about a short run); others follow by name.
 VOC_KEY_ORDER = ("SOLVER.MAX_ITER", "SOLVER.IMS_PER_BATCH", "SOLVER.BASE_LR", "SOLVER.STEPS")
 
@@ -70,7 +77,7 @@ class Identity:
     def describe(self, limit: int | None = None) -> str:
         """The departures with the stage named, as a row label shows them: 'linear: 10 ep, lr 0.01, +6 more'."""
         text = self.departures_text(limit)
-        return text and f"{'linear' if self.stage == 'linear' else 'VOC'}: {text}"
+        return text and f"{STAGE_TITLES[self.stage]}: {text}"
 
 
 def _fmt(v) -> str:
@@ -94,7 +101,7 @@ def _departure_text(stage: str, name: str, value) -> str:
             return _LINEAR_TEXT[name].format(_fmt(value))
     if name == "config":  # a VOC record without a stored config: only its hash is known
         return f"config {value}"
-    return f"{name.rsplit('.', 1)[-1] if stage == 'voc' else name} {_fmt(value)}"
+    return f"{name.rsplit('.', 1)[-1] if stage in DETECTION_CONFIGS else name} {_fmt(value)}"
 
 
 def _canonical(v):
@@ -128,8 +135,8 @@ def linear_identity(rec: Mapping) -> Identity:
 
 
 @functools.lru_cache(maxsize=None)
-def _official_voc(config_name: str) -> tuple[str, dict]:
-    """(hash, flattened identity) of an official VOC config, built as run_voc.py builds it."""
+def _official_detection(config_name: str) -> tuple[str, dict]:
+    """(hash, flattened identity) of an official detection config, built as run_voc.py builds it."""
     with warnings.catch_warnings():  # torch/detectron2 import-time deprecation notices are not the tables' news
         warnings.simplefilter("ignore", DeprecationWarning)
         from detectron2.config import get_cfg  # lazy: detectron2
@@ -139,20 +146,30 @@ def _official_voc(config_name: str) -> tuple[str, dict]:
     return config_hash(cfg), flatten_config(config_identity(cfg))
 
 
-def official_voc_hash(variant_name: str) -> str:
-    return _official_voc(VOC_CONFIGS.get(variant_name, VOC_MOCO_CONFIG))[0]
+def official_config(stage: str, variant_name: str) -> str:
+    """The file name of the official config of a detection stage ('voc', 'coco') for a variant."""
+    by_variant, default = DETECTION_CONFIGS[stage]
+    return by_variant.get(variant_name, default)
 
 
-def voc_identity(rec: Mapping) -> Identity:
-    """A VOC record's identity: its config hash, departures from its variant's official config."""
+def official_config_hash(variant_name: str, stage: str = "voc") -> str:
+    return _official_detection(official_config(stage, variant_name))[0]
+
+
+def detection_identity(rec: Mapping) -> Identity:
+    """A VOC or COCO record's identity: its config hash, departures from its variant's official config."""
+    stage = rec["stage"]
     h = rec.get("config_hash")
     if not isinstance(h, str) or not h:
-        return Identity("voc", "unknown", (("config", "unknown"),))
-    official_hash, official = _official_voc(VOC_CONFIGS.get(rec["variant"]["name"], VOC_MOCO_CONFIG))
+        return Identity(stage, "unknown", (("config", "unknown"),))
+    name = official_config(stage, rec["variant"]["name"])
+    if not (CONFIG_DIR / name).is_file():  # the stage's configs are not in this checkout: nothing to compare with
+        return Identity(stage, h, (("config", h[:12]),))
+    official_hash, official = _official_detection(name)
     if h == official_hash:
-        return Identity("voc", h)
+        return Identity(stage, h)
     if not isinstance(rec.get("config"), Mapping):
-        return Identity("voc", h, (("config", h[:12]),))
+        return Identity(stage, h, (("config", h[:12]),))
     from detectron2.config import CfgNode
 
     ours = flatten_config(config_identity(CfgNode(rec["config"])))
@@ -161,7 +178,7 @@ def voc_identity(rec: Mapping) -> Identity:
                  if _canonical(ours.get(k, missing)) != _canonical(official.get(k, missing))]
     rank = {k: i for i, k in enumerate(VOC_KEY_ORDER)}
     differing.sort(key=lambda k: (rank.get(k, len(rank)), k))
-    return Identity("voc", h, tuple((k, _canonical(ours.get(k, missing))) for k in differing))
+    return Identity(stage, h, tuple((k, _canonical(ours.get(k, missing))) for k in differing))
 
 
 # ---------------------------------------------------------------- the Detectron2 config's identity

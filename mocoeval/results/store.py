@@ -1,6 +1,6 @@
 """The results store: one JSON record per finished run under results/runs/, joined later by tables.
 
-Records of the same pretrained weights join across stages (pretrain, linear, voc) through
+Records of the same pretrained weights join across stages (pretrain, linear, voc, coco) through
 `source_sha256`: the sha256 of the source checkpoint (the converter writes it into the .pkl it makes).
 """
 from __future__ import annotations
@@ -15,12 +15,16 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from mocoeval import REPO_ROOT
+from mocoeval.results.variants import HYPERPARAMS, Variant, recipe_departures
 from mocoeval.runtime.fileio import atomic_write_json
 
 SCHEMA_VERSION = 1
-STAGES = ("pretrain", "linear", "voc")
-# The metric names records carry: VOC per trial (Detectron2's PascalVOCDetectionEvaluator), linear per network.
+STAGES = ("pretrain", "linear", "voc", "coco")
+# The metric names records carry: VOC per trial (Detectron2's PascalVOCDetectionEvaluator), COCO per trial
+# (COCOeval through Detectron2's COCOEvaluator: box and mask AP), linear per network.
 VOC_METRICS = ("AP50", "AP", "AP75")
+COCO_METRICS = ("box_AP", "box_AP50", "box_AP75", "mask_AP", "mask_AP50", "mask_AP75")
+TRIAL_METRICS = {"voc": VOC_METRICS, "coco": COCO_METRICS}  # the stages that record per-trial results
 LINEAR_METRIC = "linear_top1"
 
 # The MoCo v2 paper's Table 1 rows (plus MoCo v1) by the switches that define them.
@@ -47,11 +51,7 @@ def case_of(mlp: bool, aug_plus: bool, cos: bool, epochs: int | None) -> str:
     raise AssertionError("unreachable: every switch combination but cos-without-mlp/aug maps")  # pragma: no cover
 
 
-# Pretraining extensions beyond the v1/v2 recipe (train_moco.py flags) and the recipe's value of each.
-RECIPE_EXTENSIONS = {"warmup_epochs": 0, "residual_bn_init": 1.0, "residual_bn_ramp": None}
-
-
-def pretrain_variant(cfg: Mapping[str, Any], name: str | None = None) -> dict:
+def pretrain_variant(cfg: Mapping[str, Any], name: str | None = None) -> Variant:
     """The variant description of a pretraining run from its resolved flags (argparse dest names)."""
     mlp, aug, cos = bool(cfg.get("mlp")), bool(cfg.get("aug_plus")), bool(cfg.get("cos"))
     epochs = cfg.get("epochs")
@@ -60,39 +60,16 @@ def pretrain_variant(cfg: Mapping[str, Any], name: str | None = None) -> dict:
             name = case_of(mlp, aug, cos, epochs)
         except AssertionError:
             name = "custom"
-    variant = {
-        "name": name, "mlp": mlp, "aug_plus": aug, "cos": cos, "epochs": epochs,
-        "batch_size": cfg.get("batch_size"), "moco_k": cfg.get("moco_k"), "moco_t": cfg.get("moco_t"),
-        "moco_m": cfg.get("moco_m"), "arch": cfg.get("arch", "resnet50"), "image_size": cfg.get("image_size"),
-    }
-    variant.update(recipe_departures(cfg))  # recorded only where a run departs from the recipe
-    return variant
+    hyperparams = tuple((k, cfg.get(k, "resnet50" if k == "arch" else None)) for k in HYPERPARAMS)
+    # the extensions are recorded only where a run departs from the recipe
+    return Variant(name, mlp, aug, cos, epochs, hyperparams + recipe_departures(cfg))
 
 
-def recipe_departures(values: Mapping[str, Any]) -> tuple[tuple[str, Any], ...]:
-    """(name, value) of each extension in which `values` departs from the recipe, in RECIPE_EXTENSIONS order."""
-    return tuple((k, tuple(v) if isinstance(v, list) else v)  # hashable: part of the tables' row key
-                 for k, recipe in RECIPE_EXTENSIONS.items()
-                 if (v := values.get(k, recipe)) != recipe and not (recipe is None and not v))
-
-
-def describe_value(value) -> str:
-    """A flag value as the user typed it: 0.1, or 4-16 for a START END pair."""
-    if value is None:
-        return "none"
-    if isinstance(value, (list, tuple)):
-        return "-".join(f"{v:g}" for v in value)
-    return f"{value:g}"
-
-
-def describe_departures(departures) -> str:
-    """How tables, plots and the converter show a variant's departures, e.g. 'residual_bn_init 0.1'."""
-    return ", ".join(f"{k} {describe_value(v)}" for k, v in departures)
-
-
-def special_variant(name: str) -> dict:
-    """Variants without MoCo pretraining: 'random-init', 'supervised', or a user-chosen name."""
-    return {"name": name, "mlp": None, "aug_plus": None, "cos": None, "epochs": None}
+def special_variant(name: str, **extensions) -> Variant:
+    """Variants without MoCo pretraining: 'random-init', 'supervised', or a user-chosen name; `extensions`
+    (e.g. residual_bn_init=0.1 for a random init) recorded where they depart from the recipe, as
+    `pretrain_variant` records them."""
+    return Variant(name, settings=recipe_departures(extensions))
 
 
 def git_commit() -> str | None:
@@ -104,7 +81,7 @@ def git_commit() -> str | None:
         return None
 
 
-def write_run_record(stage: str, *, variant: Mapping, metrics: Mapping, source_sha256: str | None,
+def write_run_record(stage: str, *, variant: Variant | Mapping, metrics: Mapping, source_sha256: str | None,
                      weights: str | None = None, weights_sha256: str | None = None, seeds=None,
                      config: Mapping | None = None, config_hash: str | None = None, trials=None,
                      wall_time_s: float | None = None, extra: Mapping | None = None,
@@ -116,7 +93,7 @@ def write_run_record(stage: str, *, variant: Mapping, metrics: Mapping, source_s
     store.mkdir(parents=True, exist_ok=True)
     now = _dt.datetime.now(_dt.timezone.utc)
     record = {
-        "schema": SCHEMA_VERSION, "stage": stage, "variant": dict(variant), "metrics": dict(metrics),
+        "schema": SCHEMA_VERSION, "stage": stage, "variant": variant.to_record() if isinstance(variant, Variant) else dict(variant), "metrics": dict(metrics),
         "source_sha256": source_sha256, "weights": str(weights) if weights else None,
         "weights_sha256": weights_sha256, "seeds": list(seeds) if seeds is not None else None,
         "trials": list(trials) if trials is not None else None, "config": dict(config) if config else None,

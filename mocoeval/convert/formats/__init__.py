@@ -28,7 +28,7 @@ from mocoeval.convert.resnet50 import (INPUT_NORMS, NUM_BN, NUM_CONV, RESNET50_B
 from mocoeval.runtime.checkpoint_io import torch_load_safely
 from mocoeval.runtime.errors import UserError
 from mocoeval.runtime.fileio import sha256_file, sha256_json
-from mocoeval.results.store import pretrain_variant, recipe_departures, special_variant
+from mocoeval.results.store import pretrain_variant, special_variant
 
 # Detection order: specific layouts before the generic ones they contain (mmselfsup/solo-learn/lightly before a
 # plain 'backbone.', SwAV before bare torchvision names); torchvision is the fallback.
@@ -104,12 +104,12 @@ def _variant(obj: Any, fmt: str, path: Path, name: str | None) -> dict:
             variant["name"] = name
         return variant
     if isinstance(extras.get("config"), Mapping):
-        return pretrain_variant(extras["config"], name=name)
+        return pretrain_variant(extras["config"], name=name).to_record()
     if name:
-        return special_variant(name)
+        return special_variant(name).to_record()
     if fmt == "torchvision":
-        return special_variant("supervised")
-    return special_variant(_checkpoint_stem(path))
+        return special_variant("supervised").to_record()
+    return special_variant(_checkpoint_stem(path)).to_record()
 
 
 def _flatten(obj: Any) -> tuple[dict, list[str]]:
@@ -399,8 +399,7 @@ def random_init_resnet50(seed: int, residual_bn_init: float = 1.0) -> tuple["Ord
     set_residual_branch_scales(model, residual_bn_init)
     state = model.state_dict()
     state_dict = OrderedDict((k, state[k].detach().clone()) for k in RESNET50_SHAPES)
-    variant = special_variant("random-init")
-    variant.update(recipe_departures({"residual_bn_init": float(residual_bn_init)}))  # as pretrain_variant records it
+    variant = special_variant("random-init", residual_bn_init=float(residual_bn_init)).to_record()
     description = f"randomly initialised torchvision ResNet-50 (seed {seed})"
     if residual_bn_init != 1.0:
         description = description[:-1] + f", residual branches' last BN scale {residual_bn_init:g})"

@@ -86,9 +86,9 @@ def check_weights(path: str | os.PathLike, variant_name: str | None = None) -> W
         if variant and variant_name not in SPECIAL_VARIANTS:
             variant = {**variant, "name": variant_name}
         else:
-            variant = special_variant(variant_name)
+            variant = special_variant(variant_name).to_record()
     elif not variant:
-        variant = special_variant(path.stem)
+        variant = special_variant(path.stem).to_record()
         logger.warning(f"{path} does not say which pretraining it comes from (not made by convert/to_d2.py); "
                        f"recording it as variant {path.stem!r} (set --variant to name it)")
     return WeightsInfo(path=str(path.resolve()), sha256=sha, source=source,
