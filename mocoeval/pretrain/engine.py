@@ -1,4 +1,6 @@
-"""The pretraining loop: devices and processes, data, schedule, checkpoints, resume, monitoring.
+"""The pretraining loop: data, checkpoints, resume, monitoring; processes, logging, precision and the lr schedule
+come from the shared runtime. One run is a `PretrainRun`: resolve -> build -> resume -> open_monitoring ->
+train_epochs -> summary, its mid-epoch resume points a `ResumePoints`.
 
 One training step (`train_step`) is shared with the throughput benchmark. It never waits for the device:
 loss and accuracy are accumulated on the device and read back every `--print-freq` steps only.
