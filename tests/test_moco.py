@@ -2,8 +2,8 @@
 hand computations. CPU, tiny tensors; the training runs are in test_pretrain.py."""
 from __future__ import annotations
 
+import dataclasses
 import math
-from types import SimpleNamespace
 from pathlib import Path
 
 import numpy as np
@@ -21,8 +21,9 @@ from mocoeval.pretrain.augment import GaussianBlur, TwoCropsTransform, eval_tran
 from mocoeval.pretrain.builder import (MoCo, SplitBatchNorm, contrastive_loss, contrastive_top1, key_spread,
                                        resnet_encoder, shuffle_batch, unshuffle_batch)
 from mocoeval.pretrain.residual_scaling import residual_branch_scales
-from mocoeval.pretrain.config import build_parser, parse_config
-from mocoeval.pretrain.engine import build_model, lr_at_epoch, lr_at_step, resolve_bn_splits
+from mocoeval.pretrain.config import PretrainConfig, build_parser, parse_config, run_config
+from mocoeval.pretrain.engine import build_model, lr_at_step, resolve_bn_splits
+from mocoeval.runtime.schedule import lr_at_epoch
 from mocoeval.pretrain.knn import backbone_of, knn_predict, reestimate_bn_statistics
 
 REPO = Path(__file__).resolve().parents[1]
@@ -254,8 +255,8 @@ def test_zero_init_residual_starts_every_block_as_the_identity_and_tames_early_g
         return dict(zip(GRAD_STAGES, stage_grad_ratios(encoder).tolist()))["stem"]
 
     assert first_stem_ratio(zero) < first_stem_ratio(plain) / 5
-    moco = build_model(SimpleNamespace(arch="resnet18", moco_dim=8, mlp=False, moco_k=16, moco_m=0.99, moco_t=0.2,
-                                       residual_bn_init=0.0))
+    moco = build_model(PretrainConfig.defaults(arch="resnet18", moco_dim=8, mlp=False, moco_k=16, moco_m=0.99,
+                                               moco_t=0.2, residual_bn_init=0.0))
     assert torch.equal(moco.encoder_k.layer1[0].bn2.weight, torch.zeros(64))  # BasicBlock: bn2 is the last
     assert torch.equal(moco.encoder_q.layer4[1].bn2.weight, torch.zeros(512))
     # the readout of inspect_collapse.py: per stage, the mean |scale| of the branches' last BN
@@ -370,25 +371,31 @@ def test_knn_weights_votes_by_similarity():
 # ------------------------------------------------------------------ schedule and flags
 
 def test_lr_schedules():
-    args = build_parser().parse_args(["d"])
-    assert [lr_at_epoch(args, e) for e in (0, 119, 120, 159, 160, 199)] == pytest.approx(
+    args = PretrainConfig.defaults("d")
+    assert [args.epoch_lr(e) for e in (0, 119, 120, 159, 160, 199)] == pytest.approx(
         [0.03, 0.03, 0.003, 0.003, 0.0003, 0.0003])
     args.cos = True
-    assert lr_at_epoch(args, 0) == pytest.approx(0.03)
-    assert lr_at_epoch(args, 100) == pytest.approx(0.015)
-    assert lr_at_epoch(args, 150) == pytest.approx(0.03 * 0.5 * (1 + math.cos(math.pi * 0.75)))
+    assert args.epoch_lr(0) == pytest.approx(0.03)
+    assert args.epoch_lr(100) == pytest.approx(0.015)
+    assert args.epoch_lr(150) == pytest.approx(0.03 * 0.5 * (1 + math.cos(math.pi * 0.75)))
+    # the shared schedule, as the linear protocol uses it: x0.1 at epochs 60 and 80 (0-based), bit for bit
+    assert [lr_at_epoch(30.0, e, schedule=[60, 80]) for e in (0, 59, 60, 80, 99)] == [
+        30.0, 30.0, 30.0 * 0.1 ** 1, 30.0 * 0.1 ** 2, 30.0 * 0.1 ** 2]
+    assert lr_at_epoch(1.0, 5, schedule=[2, 4], decay=0.5) == 0.25
+    assert lr_at_epoch(0.03, 150, epochs=200, cos=True, schedule=[120]) == 0.03 * 0.5 * (1.0 + math.cos(
+        math.pi * 150 / 200))  # cosine ignores the milestones
 
 
 def test_warmup_ramps_linearly_per_step_then_follows_the_schedule(tmp_path):
-    args = build_parser().parse_args(["d", "--cos", "--epochs", "10"])
+    args = PretrainConfig.defaults("d", cos=True, epochs=10)
     assert args.warmup_epochs == 0  # the recipe has none: every step takes the epoch's lr
-    assert [lr_at_step(args, e, s, 4) for e in (0, 3) for s in range(4)] == [lr_at_epoch(args, e) for e in (0, 3)
+    assert [lr_at_step(args, e, s, 4) for e in (0, 3) for s in range(4)] == [args.epoch_lr(e) for e in (0, 3)
                                                                             for _ in range(4)]
     args.warmup_epochs = 2
     ramp = [lr_at_step(args, e, s, 4) for e in range(3) for s in range(4)]
     # 8 warm-up steps: step i (1-based) gets i/8 of its epoch's scheduled lr, the first one already > 0
-    assert ramp[:8] == pytest.approx([lr_at_epoch(args, i // 4) * (i + 1) / 8 for i in range(8)])
-    assert ramp[8:] == pytest.approx([lr_at_epoch(args, 2)] * 4)
+    assert ramp[:8] == pytest.approx([args.epoch_lr(i // 4) * (i + 1) / 8 for i in range(8)])
+    assert ramp[8:] == pytest.approx([args.epoch_lr(2)] * 4)
     args.warmup_epochs = 0.5  # fractional: two steps of the first epoch
     assert [lr_at_step(args, 0, s, 4) for s in range(4)] == pytest.approx([0.015, 0.03, 0.03, 0.03])
     with pytest.raises(UserError, match="--warmup-epochs must be between 0 and --epochs 10, got 11"):
@@ -423,6 +430,23 @@ def test_presets_are_the_paper_rows(name, mlp, aug, cos, t, epochs, tmp_path):
     from mocoeval.results.store import pretrain_variant
     assert pretrain_variant(vars(args)).name == name
     assert args.output_dir == str(Path("output") / "pretrain" / name)
+
+
+def test_config_fields_are_the_flags_and_run_config_stores_them_as_before(tmp_path):
+    """Checkpoints and run records store the argparse dest names (less --config): old ones resume, new ones
+    read back in older code."""
+    ns = build_parser().parse_args([str(tmp_path), "--config", "x.yaml"])
+    cfg, _ = parse_config([str(tmp_path), "--seed", "3"])
+    assert list(vars(ns)) == [f.name for f in dataclasses.fields(PretrainConfig)]
+    stored = run_config(cfg, bn_splits=2, world_size=1)
+    assert set(stored) == (set(vars(ns)) - {"config"}) | {"bn_splits_effective", "world_size"}
+    assert stored["seed"] == 3 and stored["bn_splits_effective"] == 2 and stored["schedule"] == [120, 160]
+
+
+def test_a_global_batch_the_processes_cannot_share_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "3")  # as torchrun sets it
+    with pytest.raises(UserError, match="--batch-size 256 is not divisible by the 3 processes"):
+        parse_config([str(tmp_path)])
 
 
 def test_explicit_flags_win_over_the_config(tmp_path):

@@ -440,6 +440,16 @@ def test_unreadable_images_are_counted_and_stop_the_run(tmp_path, capsys):
     assert "unreadable images (more than 1% of 24)" in line and "class1/img" in line
 
 
+def test_errors_from_loader_workers_keep_only_their_message():
+    from mocoeval.runtime.errors import last_line
+
+    worker = UserError("Caught UserError in DataLoader worker process 0.\nOriginal Traceback (most recent call "
+                       "last):\n  File \"x.py\", line 1, in f\nmocoeval.runtime.errors.UserError: 5 unreadable images")
+    assert last_line(worker) == "5 unreadable images"
+    assert last_line(RuntimeError("Error(s) in loading state_dict:\n\tMissing key(s): queue")) == "Missing key(s): queue"
+    assert last_line(KeyError()) == "KeyError"
+
+
 def test_cli_prints_one_line_and_exits_2(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(REPO))
     res = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path / "nope")], capture_output=True, text=True,

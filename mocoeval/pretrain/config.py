@@ -8,16 +8,23 @@ Precedence, highest first: flags on the command line > `--config X.yaml` > the c
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 from pathlib import Path
 
 import yaml
 
+from mocoeval.pretrain.checkpoint import (
+    find_resume_checkpoint,
+    load_moco_checkpoint,
+    structure_of,
+)
 from mocoeval.pretrain.residual_scaling import check_residual_bn_init
-from mocoeval.runtime.errors import UserError
 from mocoeval.results.store import pretrain_variant
 from mocoeval.results.variants import describe_value
-from mocoeval.pretrain.checkpoint import find_resume_checkpoint, load_moco_checkpoint, structure_of
+from mocoeval.runtime.distributed import launched_world_size
+from mocoeval.runtime.errors import UserError
+from mocoeval.runtime.schedule import lr_at_epoch
 
 ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d",
          "resnext101_32x8d", "wide_resnet50_2", "wide_resnet101_2")
@@ -27,6 +34,67 @@ RUNTIME_KEYS = {"data", "config", "resume", "device", "workers", "print_freq", "
 STRUCTURE_KEYS = ("arch", "mlp", "moco_dim", "moco_k")
 # How the checkpoint's run began: a resumed run keeps it, so a flag that contradicts it is an error too.
 INIT_KEYS = ("residual_bn_init", "residual_bn_ramp")  # the ramp's progress lives in the weights
+
+
+@dataclasses.dataclass
+class PretrainConfig:
+    """The resolved flags of one run; the fields are the argparse dest names (`cfg.lr` is `--lr`). The
+    defaults live in `build_parser` only: `parse_config` builds one from a command line, `defaults` without."""
+    data: str
+    config: str | None
+    arch: str
+    workers: int | None
+    epochs: int
+    batch_size: int  # global: all processes together
+    lr: float
+    schedule: list[int]
+    warmup_epochs: float
+    residual_bn_init: float
+    residual_bn_ramp: list[float] | None
+    momentum: float
+    weight_decay: float
+    print_freq: int
+    resume: str | None
+    seed: int | None  # None until the run draws (and records) one
+    moco_dim: int
+    moco_k: int
+    moco_m: float
+    moco_t: float
+    mlp: bool
+    aug_plus: bool
+    cos: bool
+    bn_splits: int
+    image_size: int
+    precision: str
+    channels_last: bool
+    compile: bool
+    device: str
+    output_dir: str | None
+    save_every: int
+    checkpoint_minutes: float
+    keep_checkpoints: int
+    knn_data: str | None
+    knn_every: int
+    knn_k: int
+    knn_t: float
+
+    @classmethod
+    def defaults(cls, data: str = ".", **changes) -> PretrainConfig:
+        """`train_moco.py DATA` with the flags' defaults, then `changes` (for code that builds the model or
+        loader of a run without a command line: the benchmark, tests). Not validated."""
+        return dataclasses.replace(cls(**vars(build_parser().parse_args([str(data)]))), **changes)
+
+    def epoch_lr(self, epoch: int) -> float:
+        """The schedule's lr of `epoch` (0-based): cosine with --cos (v2), else x0.1 at each --schedule epoch (v1)."""
+        return lr_at_epoch(self.lr, epoch, schedule=self.schedule, epochs=self.epochs, cos=self.cos)
+
+
+def run_config(cfg: PretrainConfig, bn_splits: int, world_size: int) -> dict:
+    """The resolved flags stored in checkpoints and run records (argparse dest names, JSON-able); `parse_config`
+    reads them back from a resumed checkpoint."""
+    stored = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("config",)}
+    stored.update(bn_splits_effective=bn_splits, world_size=world_size)
+    return stored
 
 
 class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
@@ -171,8 +239,8 @@ def default_output_dir(args) -> str:
     return str(Path("output") / "pretrain" / pretrain_variant(vars(args)).name)
 
 
-def parse_config(argv=None):
-    """Resolve the flags -> (args, resume checkpoint dict or None). Raises UserError for bad input."""
+def parse_config(argv=None) -> tuple[PretrainConfig, dict | None]:
+    """Resolve the flags -> (config, resume checkpoint dict or None). Raises UserError for bad input."""
     parser = build_parser()
     early = argparse.ArgumentParser(add_help=False)
     early.add_argument("--config")
@@ -188,72 +256,83 @@ def parse_config(argv=None):
         out = first.output_dir or default_output_dir(first)
         resume_path = find_resume_checkpoint(out)
     ckpt = load_moco_checkpoint(resume_path) if resume_path else None
-
-    inherited = {}
-    if ckpt is not None:
-        actions = {a.dest: a for a in parser._actions}
-        stored = ckpt.get("config") if isinstance(ckpt.get("config"), dict) else {}
-        for k, v in stored.items():
-            if k in actions and k not in RUNTIME_KEYS:
-                inherited[k] = _coerce(actions[k], v, f"checkpoint {resume_path} config {k}")
-        if "zero_init_residual" in stored and "residual_bn_init" not in stored:  # written before --residual-bn-init
-            inherited["residual_bn_init"] = 0.0 if stored["zero_init_residual"] else 1.0
-        if stored:
-            inherited.setdefault("residual_bn_ramp", None)  # written before --residual-bn-ramp: no ramp
-        inherited.update(structure_of(ckpt))
-        if "seed" in ckpt and ckpt["seed"] is not None:
-            inherited.setdefault("seed", int(ckpt["seed"]))
-    parser.set_defaults(**{**inherited, **file_values})
+    inherited = _checkpoint_settings(ckpt, parser, resume_path) if ckpt is not None else None
+    parser.set_defaults(**{**(inherited or {}), **file_values})
     args = parser.parse_args(argv)
     args.resume = str(resume_path) if resume_path else None
-    if ckpt is not None:
-        for key, value in structure_of(ckpt).items():
-            if getattr(args, key) != value:
-                raise UserError(f"--{key.replace('_', '-')} {getattr(args, key)} contradicts checkpoint "
-                                f"{resume_path}, which was trained with {key}={value}")
-        for key in INIT_KEYS:
-            if key in inherited and getattr(args, key) != inherited[key]:
-                raise UserError(f"--{key.replace('_', '-')} {describe_value(getattr(args, key))} contradicts "
-                                f"checkpoint {resume_path}, whose run started with {key}="
-                                f"{describe_value(inherited[key])}")
     if args.output_dir is None:
         args.output_dir = default_output_dir(args)
-    validate(args)
-    return args, ckpt
+    cfg = PretrainConfig(**vars(args))
+    validate(cfg, launched_world_size(), inherited)
+    return cfg, ckpt
 
 
-def validate(args) -> None:
-    """One-line errors for values that cannot work."""
+def _checkpoint_settings(ckpt: dict, parser: argparse.ArgumentParser, resume_path) -> dict:
+    """The run settings a resumed checkpoint carries (its stored config, less RUNTIME_KEYS, and what its
+    tensors fix), with the flags' types; older checkpoints' keys are translated."""
+    inherited = {}
+    actions = {a.dest: a for a in parser._actions}
+    stored = ckpt.get("config") if isinstance(ckpt.get("config"), dict) else {}
+    for k, v in stored.items():
+        if k in actions and k not in RUNTIME_KEYS:
+            inherited[k] = _coerce(actions[k], v, f"checkpoint {resume_path} config {k}")
+    if "zero_init_residual" in stored and "residual_bn_init" not in stored:  # written before --residual-bn-init
+        inherited["residual_bn_init"] = 0.0 if stored["zero_init_residual"] else 1.0
+    if stored:
+        inherited.setdefault("residual_bn_ramp", None)  # written before --residual-bn-ramp: no ramp
+    inherited.update(structure_of(ckpt))
+    if "seed" in ckpt and ckpt["seed"] is not None:
+        inherited.setdefault("seed", int(ckpt["seed"]))
+    return inherited
+
+
+def validate(cfg: PretrainConfig, world_size: int = 1, checkpoint_settings: dict | None = None) -> None:
+    """The one place that checks a run's settings: one-line errors for values that cannot work, for a global
+    batch that `world_size` processes cannot share, and (resuming) for flags that contradict what the
+    checkpoint's tensors fix or how its run began (`checkpoint_settings`, from `_checkpoint_settings`)."""
     def need(ok: bool, msg: str):
         if not ok:
             raise UserError(msg)
 
-    need(args.epochs > 0, f"--epochs must be positive, got {args.epochs}")
-    need(args.batch_size > 0, f"--batch-size must be positive, got {args.batch_size}")
-    need(args.lr > 0, f"--lr must be positive, got {args.lr}")
-    need(0 <= args.warmup_epochs <= args.epochs,
-         f"--warmup-epochs must be between 0 and --epochs {args.epochs}, got {args.warmup_epochs:g}")
-    check_residual_bn_init(args.residual_bn_init)
-    if args.residual_bn_ramp:
-        start, end = args.residual_bn_ramp
-        need(0 <= start < end <= args.epochs,
-             f"--residual-bn-ramp START END needs 0 <= START < END <= --epochs {args.epochs}, got {start:g} {end:g}")
-        need(0 < args.residual_bn_init < 1, "--residual-bn-ramp raises branches started below torchvision's scale: "
-             f"it needs --residual-bn-init strictly between 0 and 1, got {args.residual_bn_init:g}")
-    need(args.moco_k > 0, f"--moco-k must be positive, got {args.moco_k}")
-    need(args.moco_dim > 0, f"--moco-dim must be positive, got {args.moco_dim}")
-    need(0.0 <= args.moco_m < 1.0, f"--moco-m must be in [0, 1), got {args.moco_m}")
-    need(args.moco_t > 0, f"--moco-t must be positive, got {args.moco_t}")
-    need(args.moco_k % args.batch_size == 0,
-         f"--moco-k {args.moco_k} is not divisible by the (global) --batch-size {args.batch_size}: "
+    settings = checkpoint_settings or {}
+    for key in STRUCTURE_KEYS:
+        if key in settings and getattr(cfg, key) != settings[key]:
+            raise UserError(f"--{key.replace('_', '-')} {getattr(cfg, key)} contradicts checkpoint "
+                            f"{cfg.resume}, which was trained with {key}={settings[key]}")
+    for key in INIT_KEYS:
+        if key in settings and getattr(cfg, key) != settings[key]:
+            raise UserError(f"--{key.replace('_', '-')} {describe_value(getattr(cfg, key))} contradicts "
+                            f"checkpoint {cfg.resume}, whose run started with {key}="
+                            f"{describe_value(settings[key])}")
+
+    need(cfg.epochs > 0, f"--epochs must be positive, got {cfg.epochs}")
+    need(cfg.batch_size > 0, f"--batch-size must be positive, got {cfg.batch_size}")
+    need(cfg.lr > 0, f"--lr must be positive, got {cfg.lr}")
+    need(0 <= cfg.warmup_epochs <= cfg.epochs,
+         f"--warmup-epochs must be between 0 and --epochs {cfg.epochs}, got {cfg.warmup_epochs:g}")
+    check_residual_bn_init(cfg.residual_bn_init)
+    if cfg.residual_bn_ramp:
+        start, end = cfg.residual_bn_ramp
+        need(0 <= start < end <= cfg.epochs,
+             f"--residual-bn-ramp START END needs 0 <= START < END <= --epochs {cfg.epochs}, got {start:g} {end:g}")
+        need(0 < cfg.residual_bn_init < 1, "--residual-bn-ramp raises branches started below torchvision's scale: "
+             f"it needs --residual-bn-init strictly between 0 and 1, got {cfg.residual_bn_init:g}")
+    need(cfg.moco_k > 0, f"--moco-k must be positive, got {cfg.moco_k}")
+    need(cfg.moco_dim > 0, f"--moco-dim must be positive, got {cfg.moco_dim}")
+    need(0.0 <= cfg.moco_m < 1.0, f"--moco-m must be in [0, 1), got {cfg.moco_m}")
+    need(cfg.moco_t > 0, f"--moco-t must be positive, got {cfg.moco_t}")
+    need(cfg.moco_k % cfg.batch_size == 0,
+         f"--moco-k {cfg.moco_k} is not divisible by the (global) --batch-size {cfg.batch_size}: "
          "the queue must hold a whole number of batches")
-    need(args.image_size >= 8, f"--image-size must be at least 8, got {args.image_size}")
-    need(args.bn_splits >= 0, f"--bn-splits must be >= 0 (0 = auto), got {args.bn_splits}")
-    need(args.save_every > 0, f"--save-every must be positive, got {args.save_every}")
-    need(args.checkpoint_minutes >= 0 and math.isfinite(args.checkpoint_minutes),
-         f"--checkpoint-minutes must be >= 0 (0: off), got {args.checkpoint_minutes}")
-    need(args.knn_every > 0, f"--knn-every must be positive, got {args.knn_every}")
-    need(args.knn_k > 0 and args.knn_t > 0, "--knn-k and --knn-t must be positive")
-    need(args.print_freq > 0, f"--print-freq must be positive, got {args.print_freq}")
-    need(args.keep_checkpoints >= 0, f"--keep-checkpoints must be >= 0, got {args.keep_checkpoints}")
-    need(args.workers is None or args.workers >= 0, f"--workers must be >= 0, got {args.workers}")
+    need(cfg.image_size >= 8, f"--image-size must be at least 8, got {cfg.image_size}")
+    need(cfg.bn_splits >= 0, f"--bn-splits must be >= 0 (0 = auto), got {cfg.bn_splits}")
+    need(cfg.save_every > 0, f"--save-every must be positive, got {cfg.save_every}")
+    need(cfg.checkpoint_minutes >= 0 and math.isfinite(cfg.checkpoint_minutes),
+         f"--checkpoint-minutes must be >= 0 (0: off), got {cfg.checkpoint_minutes}")
+    need(cfg.knn_every > 0, f"--knn-every must be positive, got {cfg.knn_every}")
+    need(cfg.knn_k > 0 and cfg.knn_t > 0, "--knn-k and --knn-t must be positive")
+    need(cfg.print_freq > 0, f"--print-freq must be positive, got {cfg.print_freq}")
+    need(cfg.keep_checkpoints >= 0, f"--keep-checkpoints must be >= 0, got {cfg.keep_checkpoints}")
+    need(cfg.workers is None or cfg.workers >= 0, f"--workers must be >= 0, got {cfg.workers}")
+    need(cfg.batch_size % world_size == 0,
+         f"--batch-size {cfg.batch_size} is not divisible by the {world_size} processes")

@@ -1,12 +1,13 @@
-"""The pretraining loop: devices and processes, data, schedule, checkpoints, resume, monitoring.
+"""The pretraining loop: data, checkpoints, resume, monitoring; processes, logging, precision and the lr schedule
+come from the shared runtime. One run is a `PretrainRun`: resolve -> build -> resume -> open_monitoring ->
+train_epochs -> summary, its mid-epoch resume points a `ResumePoints`.
 
 One training step (`train_step`) is shared with the throughput benchmark. It never waits for the device:
 loss and accuracy are accumulated on the device and read back every `--print-freq` steps only.
 """
 from __future__ import annotations
 
-import contextlib
-import datetime
+import dataclasses
 import json
 import logging
 import math
@@ -22,19 +23,48 @@ import torch.utils.data
 from tqdm import tqdm
 
 from mocoeval.data.layout import check_imagefolder
-from mocoeval.runtime.errors import UserError
-from mocoeval.runtime.fileio import atomic_write_json, check_output_dir, sha256_file
-from mocoeval.results.store import pretrain_variant, write_run_record
 from mocoeval.pretrain.augment import TwoCropsTransform, eval_transform, moco_transform
-from mocoeval.pretrain.builder import MoCo, contrastive_loss, contrastive_top1, key_spread, resnet_encoder
-from mocoeval.pretrain.residual_scaling import (multiply_residual_branches, residual_branch_gain,
-                                                residual_branch_scales)
-from mocoeval.runtime.stop_request import StopRequest, any_process
-from mocoeval.pretrain.checkpoint import (CHECKPOINT_RE, FINAL_NAME, checkpoint_name, find_latest_checkpoint, find_resume_checkpoint,
-                         remove_resume_points, resume_point_name, save_checkpoint, strip_prefix)
-from mocoeval.pretrain.data import (MAX_UNREADABLE_FRACTION, EpochSampler, LabelledImageFolder, TwoViewImageFolder,
-                   check_train_folder, derive_seed)
+from mocoeval.pretrain.builder import (
+    MoCo,
+    contrastive_loss,
+    contrastive_top1,
+    key_spread,
+    resnet_encoder,
+)
+from mocoeval.pretrain.checkpoint import (
+    CHECKPOINT_RE,
+    FINAL_NAME,
+    checkpoint_name,
+    find_latest_checkpoint,
+    find_resume_checkpoint,
+    remove_resume_points,
+    resume_point_name,
+    save_checkpoint,
+    strip_prefix,
+)
+from mocoeval.pretrain.config import PretrainConfig, run_config, validate
+from mocoeval.pretrain.data import (
+    MAX_UNREADABLE_FRACTION,
+    EpochSampler,
+    LabelledImageFolder,
+    TwoViewImageFolder,
+    check_train_folder,
+    derive_seed,
+)
 from mocoeval.pretrain.knn import knn_top1
+from mocoeval.pretrain.residual_scaling import (
+    multiply_residual_branches,
+    residual_branch_gain,
+    residual_branch_scales,
+)
+from mocoeval.results.store import pretrain_variant, write_run_record
+from mocoeval.runtime.distributed import Processes, barrier, setup_processes, teardown
+from mocoeval.runtime.errors import UserError, last_line
+from mocoeval.runtime.fileio import atomic_write_json, check_output_dir, sha256_file
+from mocoeval.runtime.logger import format_seconds, log_to
+from mocoeval.runtime.precision import autocast_context, cpu_has_fast_bf16
+from mocoeval.runtime.schedule import build_sgd
+from mocoeval.runtime.stop_request import StopRequest, any_process
 
 log = logging.getLogger("mocoeval.pretrain")
 
@@ -47,10 +77,10 @@ class TrainingDiverged(UserError):
 
 # ---------------------------------------------------------------- building blocks (shared with the benchmark)
 
-def build_model(args, bn_splits: int = 1) -> MoCo:
-    """MoCo with the flags' architecture; BN layers split into `bn_splits` sub-batches in training."""
-    return MoCo(lambda: resnet_encoder(args.arch, args.moco_dim, args.mlp, bn_splits, args.residual_bn_init),
-                dim=args.moco_dim, K=args.moco_k, m=args.moco_m, T=args.moco_t)
+def build_model(cfg: PretrainConfig, bn_splits: int = 1) -> MoCo:
+    """MoCo with the config's architecture; BN layers split into `bn_splits` sub-batches in training."""
+    return MoCo(lambda: resnet_encoder(cfg.arch, cfg.moco_dim, cfg.mlp, bn_splits, cfg.residual_bn_init),
+                dim=cfg.moco_dim, K=cfg.moco_k, m=cfg.moco_m, T=cfg.moco_t)
 
 
 def compile_encoders(model: MoCo) -> MoCo:
@@ -61,11 +91,10 @@ def compile_encoders(model: MoCo) -> MoCo:
     return model
 
 
-def build_optimizer(model: torch.nn.Module, args, device: torch.device) -> torch.optim.SGD:
+def build_optimizer(model: torch.nn.Module, cfg: PretrainConfig, device: torch.device) -> torch.optim.SGD:
     """SGD over all parameters, as the official code (the key encoder's never get gradients, so they
     are skipped; keeping them keeps official optimizer states loadable). Weight decay on every tensor."""
-    return torch.optim.SGD(model.parameters(), args.lr, momentum=args.momentum, weight_decay=args.weight_decay,
-                           fused=True if device.type == "cuda" else None)
+    return build_sgd(model.parameters(), cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, device=device)
 
 
 def build_loader(data_dir, image_size: int, aug_plus: bool, seed: int, batch: int, workers: int,
@@ -80,20 +109,13 @@ def build_loader(data_dir, image_size: int, aug_plus: bool, seed: int, batch: in
         generator=torch.Generator().manual_seed(seed))  # its own generator: the global one stays per-epoch seeded
 
 
-def lr_at_epoch(args, epoch: int) -> float:
-    """Cosine (v2): lr * 0.5 * (1 + cos(pi * epoch / epochs)); step (v1): lr * 0.1 per milestone passed."""
-    if args.cos:
-        return args.lr * 0.5 * (1.0 + math.cos(math.pi * epoch / args.epochs))
-    return args.lr * 0.1 ** sum(epoch >= milestone for milestone in args.schedule)
-
-
-def lr_at_step(args, epoch: int, step: int, steps_per_epoch: int) -> float:
+def lr_at_step(cfg: PretrainConfig, epoch: int, step: int, steps_per_epoch: int) -> float:
     """The epoch's scheduled lr, times a linear ramp over the first --warmup-epochs epochs (counted in steps,
     so the first step already trains: lr * 1 / (warm-up steps))."""
-    lr = lr_at_epoch(args, epoch)
+    lr = cfg.epoch_lr(epoch)
     progress = epoch + (step + 1) / steps_per_epoch
-    if progress < args.warmup_epochs:
-        lr *= progress / args.warmup_epochs
+    if progress < cfg.warmup_epochs:
+        lr *= progress / cfg.warmup_epochs
     return lr
 
 
@@ -108,10 +130,6 @@ def resolve_bn_splits(requested: int, per_process_batch: int, world_size: int) -
     while splits > 1 and per_process_batch % splits:
         splits -= 1
     return splits
-
-
-def autocast_context(device: torch.device, autocast_dtype):
-    return torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else contextlib.nullcontext()
 
 
 def train_step(model, optimizer, im_q, im_k, autocast_dtype=None):
@@ -189,416 +207,419 @@ class StepMonitor:
         return loss_sum / steps, 100 * acc_sum / steps
 
 
-# ---------------------------------------------------------------- processes and devices
-
-def setup_distributed(device_arg: str):
-    """(device, rank, world_size, local_world_size). torchrun sets WORLD_SIZE>1: DDP with NCCL on GPUs,
-    gloo on CPU. A single process never creates a process group."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-    want_cuda = device_arg.startswith("cuda") or (device_arg == "auto" and torch.cuda.is_available())
-    if want_cuda and not torch.cuda.is_available():
-        raise UserError(f"--device {device_arg}: CUDA is not available on this machine (use --device cpu)")
-    if device_arg not in ("auto", "cpu") and not device_arg.startswith("cuda"):
-        raise UserError(f"--device must be auto, cpu, cuda or cuda:N, got {device_arg!r}")
-    if world > 1:
-        device = torch.device("cuda", local_rank) if want_cuda else torch.device("cpu")
-        if want_cuda:
-            torch.cuda.set_device(device)
-        if not dist.is_initialized():
-            dist.init_process_group("nccl" if want_cuda else "gloo", device_id=device if want_cuda else None)
-        return device, dist.get_rank(), world, local_world
-    device = torch.device("cuda" if device_arg == "auto" else device_arg) if want_cuda else torch.device("cpu")
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    return device, 0, 1, 1
-
-
-def cpu_has_fast_bf16() -> bool:
-    """Whether oneDNN runs bf16 convolutions natively on this CPU (AVX-512-bf16 or AMX)."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
-
+# ---------------------------------------------------------------- processes
 
 def default_workers(local_world: int) -> int:
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return max(1, min(32, cpus) // max(local_world, 1))
 
 
-# ---------------------------------------------------------------- logging
-
-class _TqdmHandler(logging.StreamHandler):
-    """Console handler that prints above a live progress bar; step lines only when there is no bar."""
-
-    def __init__(self, bar_active: bool):
-        super().__init__(sys.stderr)
-        self.bar_active = bar_active
-
-    def emit(self, record):
-        if self.bar_active and getattr(record, "step_line", False):
-            return
-        try:
-            tqdm.write(self.format(record), file=sys.stderr)
-        except Exception:  # noqa: BLE001 - logging must never kill training
-            self.handleError(record)
-
-
-@contextlib.contextmanager
-def _logging(output_dir: Path | None, is_main: bool, bar_active: bool):
-    handlers = []
-    if is_main:
-        console = _TqdmHandler(bar_active)
-        console.setFormatter(logging.Formatter("[%(asctime)s] %(message)s", "%H:%M:%S"))
-        handlers.append(console)
-        if output_dir is not None:
-            f = logging.FileHandler(output_dir / "log.txt")
-            f.setFormatter(logging.Formatter("[%(asctime)s %(levelname)s] %(message)s", "%Y-%m-%d %H:%M:%S"))
-            handlers.append(f)
-    root = logging.getLogger("mocoeval")
-    old_level, old_propagate = root.level, root.propagate
-    root.setLevel(logging.INFO)
-    root.propagate = False
-    for h in handlers:
-        root.addHandler(h)
-    try:
-        yield
-    finally:
-        for h in handlers:
-            root.removeHandler(h)
-            h.close()
-        root.setLevel(old_level)
-        root.propagate = old_propagate
-
-
-def _hms(seconds: float) -> str:
-    return str(datetime.timedelta(seconds=int(max(seconds, 0))))
-
-
-def _one_line(e: BaseException) -> str:
-    """Errors raised inside loader workers come back with the worker's traceback: keep the last line."""
-    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-    last = lines[-1] if lines else type(e).__name__
-    return last.split("UserError: ", 1)[-1]
-
-
 # ---------------------------------------------------------------- the run
 
-def run_config(args, bn_splits: int, world_size: int) -> dict:
-    """The resolved flags stored in checkpoints and run records (argparse dest names, JSON-able)."""
-    cfg = {k: v for k, v in vars(args).items() if k not in ("config",)}
-    cfg.update(bn_splits_effective=bn_splits, world_size=world_size)
-    return cfg
+CONSOLE_FORMAT = logging.Formatter("[%(asctime)s] %(message)s", "%H:%M:%S")
+FILE_FORMAT = logging.Formatter("[%(asctime)s %(levelname)s] %(message)s", "%Y-%m-%d %H:%M:%S")
 
 
-def train(args, resume_ckpt: dict | None = None) -> dict:
-    """Run (or continue) pretraining as the resolved `args` say; returns the final summary."""
-    check_train_folder(args.data)  # bad input fails before anything is created
-    check_output_dir(args.output_dir)
-    if args.knn_data:
-        check_imagefolder(args.knn_data, splits=("train", "val"))
-    device, rank, world, local_world = setup_distributed(args.device)
-    is_main = rank == 0
-    out = Path(args.output_dir)
-    if is_main:
+def train(cfg: PretrainConfig, resume_ckpt: dict | None = None) -> dict:
+    """Run (or continue) pretraining as the resolved `cfg` says; returns the final summary."""
+    check_train_folder(cfg.data)  # bad input fails before anything is created
+    check_output_dir(cfg.output_dir)
+    if cfg.knn_data:
+        check_imagefolder(cfg.knn_data, splits=("train", "val"))
+    procs = setup_processes(cfg.device)
+    validate(cfg, procs.world_size)  # parse_config did; a config built in code may not have been
+    out = Path(cfg.output_dir)
+    if procs.is_main:
         out.mkdir(parents=True, exist_ok=True)
-    bar_active = is_main and sys.stderr.isatty()
-    with _logging(out if is_main else None, is_main, bar_active):
+    bar_active = procs.is_main and sys.stderr.isatty()
+    with log_to("mocoeval", out if procs.is_main else None, procs.is_main, console_format=CONSOLE_FORMAT,
+                file_format=FILE_FORMAT, bar_active=bar_active):
         try:
-            return _train(args, resume_ckpt, device, rank, world, local_world, out, bar_active)
+            if resume_ckpt is None and procs.is_main and find_resume_checkpoint(out) is not None:
+                raise UserError(f"{out} already holds checkpoints of a run: continue it with --resume auto, "
+                                "or choose another --output-dir")
+            run = PretrainRun(cfg, procs, out)
+            run.build()
+            run.resume(resume_ckpt)
+            run.open_monitoring()
+            run.train_epochs(bar_active)
+            return run.summary()
         finally:
-            if world > 1 and dist.is_initialized():
-                dist.destroy_process_group()
+            teardown(procs.world_size)
 
 
-def _train(args, resume_ckpt, device, rank, world, local_world, out: Path, bar_active: bool) -> dict:
-    is_main = rank == 0
-    if resume_ckpt is None and is_main and find_resume_checkpoint(out) is not None:
-        raise UserError(f"{out} already holds checkpoints of a run: continue it with --resume auto, "
-                        "or choose another --output-dir")
-    if args.batch_size % world:
-        raise UserError(f"--batch-size {args.batch_size} is not divisible by the {world} processes")
-    batch = args.batch_size // world
-    bn_splits = resolve_bn_splits(args.bn_splits, batch, world)
-    if args.seed is None:
-        seed = torch.tensor([int.from_bytes(os.urandom(4), "little") >> 1], device=device)
-        if world > 1:
-            dist.broadcast(seed, src=0)
-        args.seed = int(seed.item())
-    seed = args.seed
-    workers = args.workers if args.workers is not None else default_workers(local_world)
-    autocast_dtype = torch.bfloat16 if args.precision == "bf16" else None
-    if autocast_dtype is not None and device.type == "cpu" and not cpu_has_fast_bf16():
-        log.warning("WARNING: --precision bf16 on a CPU without AVX-512-bf16/AMX: oneDNN cannot run bf16 "
-                    "convolutions here and PyTorch falls back to a slow path (measured ~8x slower than fp32 on "
-                    "an AVX2 EPYC). Use --precision fp32 on this machine.")
-    config = run_config(args, bn_splits, world)
-    variant = pretrain_variant(config).to_record()  # a dict: checkpoints and metrics.json carry it
-    ln_k1 = math.log(args.moco_k + 1)
+@dataclasses.dataclass
+class EpochState:
+    """One epoch in progress: where it started, its monitor, and what its last log line said."""
+    index: int  # 0-based
+    first_step: int  # > 0: resumed mid-epoch
+    start: float  # time.time() at its start (earlier by the time it had run before a resume point)
+    lr: float  # the last step's
+    monitor: StepMonitor
+    key_spread: float = math.nan  # the last log line's, recorded with the epoch
+    grad_ratio: dict = dataclasses.field(default_factory=dict)
+    done: int = 0  # steps of this epoch completed
 
-    # ---- data
-    loader = build_loader(args.data, args.image_size, args.aug_plus, seed, batch, workers, device, rank, world)
-    dataset = loader.dataset
-    n_images = len(dataset)
-    if n_images // world < batch:
-        raise UserError(f"{args.data}/train has {n_images} images, fewer than the batch size {args.batch_size}")
-    if args.moco_k > K_FRACTION_WARN * n_images:
-        log.warning("WARNING: --moco-k %d is %.0f%% of the %d training images (more than %.0f%%): the queue then "
-                    "holds older keys of the same images as negatives and training tends to stall at loss ~ "
-                    "ln(K+1) = %.2f. Use K <= %d or more images.", args.moco_k, 100 * args.moco_k / n_images,
-                    n_images, 100 * K_FRACTION_WARN, ln_k1, int(K_FRACTION_WARN * n_images))
-    sampler = loader.sampler
-    steps_per_epoch = len(loader)
 
-    # ---- model, optimizer, resume
-    torch.manual_seed(seed)  # same initial weights and queue on every process
-    model = build_model(args, bn_splits).to(device)
-    if args.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    if args.compile:
-        if device.type == "cpu" and not any(shutil.which(c) for c in ("g++", "c++", "clang++")):
-            raise UserError("--compile on CPU needs a C++ compiler (g++ or clang++) on PATH: "
-                            "install one or drop --compile")
-        compile_encoders(model)
-    optimizer = build_optimizer(model, args, device)
-    start_epoch, start_step, epoch_progress, history = 0, 0, None, []
-    if resume_ckpt is not None:
+class PretrainRun:
+    """One run, as a sequence of steps: resolve (here) -> build -> resume -> open_monitoring -> train_epochs
+    -> summary. The attributes are what the steps hand on to each other."""
+
+    def __init__(self, cfg: PretrainConfig, procs: Processes, out: Path):
+        world, device = procs.world_size, procs.device
+        self.procs, self.out, self.device, self.is_main = procs, out, device, procs.is_main
+        self.batch = cfg.batch_size // world
+        self.bn_splits = resolve_bn_splits(cfg.bn_splits, self.batch, world)
+        if cfg.seed is None:  # drawn on the main process, recorded in the config
+            seed = torch.tensor([int.from_bytes(os.urandom(4), "little") >> 1], device=device)
+            if world > 1:
+                dist.broadcast(seed, src=0)
+            cfg = dataclasses.replace(cfg, seed=int(seed.item()))
+        self.cfg, self.seed = cfg, cfg.seed
+        self.workers = cfg.workers if cfg.workers is not None else default_workers(procs.local_world_size)
+        self.autocast_dtype = torch.bfloat16 if cfg.precision == "bf16" else None
+        if self.autocast_dtype is not None and device.type == "cpu" and not cpu_has_fast_bf16():
+            log.warning("WARNING: --precision bf16 on a CPU without AVX-512-bf16/AMX: oneDNN cannot run bf16 "
+                        "convolutions here and PyTorch falls back to a slow path (measured ~8x slower than fp32 "
+                        "on an AVX2 EPYC). Use --precision fp32 on this machine.")
+        self.config = run_config(cfg, self.bn_splits, world)
+        self.variant = pretrain_variant(self.config).to_record()  # a dict: checkpoints and metrics.json carry it
+        self.ln_k1 = math.log(cfg.moco_k + 1)
+        self.start_epoch, self.start_step, self.epoch_progress, self.history = 0, 0, None, []
+        self.bad_files: set[int] = set()
+        self.writer = None
+        self.last_ckpt = None
+
+    def build(self):
+        """The loader, the model (same initial weights and queue on every process) and the optimizer."""
+        cfg, world, device = self.cfg, self.procs.world_size, self.device
+        self.loader = build_loader(cfg.data, cfg.image_size, cfg.aug_plus, self.seed, self.batch, self.workers,
+                                   device, self.procs.rank, world)
+        self.n_images = len(self.loader.dataset)
+        if self.n_images // world < self.batch:
+            raise UserError(f"{cfg.data}/train has {self.n_images} images, fewer than the batch size "
+                            f"{cfg.batch_size}")
+        if cfg.moco_k > K_FRACTION_WARN * self.n_images:
+            log.warning("WARNING: --moco-k %d is %.0f%% of the %d training images (more than %.0f%%): the queue "
+                        "then holds older keys of the same images as negatives and training tends to stall at "
+                        "loss ~ ln(K+1) = %.2f. Use K <= %d or more images.", cfg.moco_k,
+                        100 * cfg.moco_k / self.n_images, self.n_images, 100 * K_FRACTION_WARN, self.ln_k1,
+                        int(K_FRACTION_WARN * self.n_images))
+        self.steps_per_epoch = len(self.loader)
+        torch.manual_seed(self.seed)  # same initial weights and queue on every process
+        self.model = build_model(cfg, self.bn_splits).to(device)
+        if cfg.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        if cfg.compile:
+            if device.type == "cpu" and not any(shutil.which(c) for c in ("g++", "c++", "clang++")):
+                raise UserError("--compile on CPU needs a C++ compiler (g++ or clang++) on PATH: "
+                                "install one or drop --compile")
+            compile_encoders(self.model)
+        self.optimizer = build_optimizer(self.model, cfg, device)
+
+    def resume(self, ckpt: dict | None):
+        """Continue from a checkpoint or resume point (weights, optimizer, history, progress), then wrap in DDP."""
+        cfg, device, spe = self.cfg, self.device, self.steps_per_epoch
+        if ckpt is not None:
+            try:
+                self.model.load_state_dict(strip_prefix(ckpt["state_dict"]))
+                self.optimizer.load_state_dict(ckpt["optimizer"])
+            except (RuntimeError, ValueError, KeyError) as e:
+                raise UserError(f"cannot resume {cfg.resume}: {last_line(e)[:300]}") from None
+            for group in self.optimizer.param_groups:  # implementation choice of this machine, not of the checkpoint
+                group["fused"], group["foreach"] = (True if device.type == "cuda" else None), None
+            self.start_epoch = int(ckpt["epoch"])
+            self.history = list(ckpt.get("history") or [])
+            self.start_step = int(ckpt.get("step_in_epoch") or 0)  # a resume point: steps into the next epoch
+            if self.start_step:
+                self.epoch_progress = ckpt["epoch_progress"]
+                if self.epoch_progress["steps_per_epoch"] != spe:
+                    raise UserError(f"{cfg.resume} stopped at step {self.start_step} of "
+                                    f"{self.epoch_progress['steps_per_epoch']} steps per epoch but this run has {spe} "
+                                    f"(other data or batch size): resume from a checkpoint_XXXX.pth.tar instead")
+            log.info("resumed %s: %d of %d epochs done%s", cfg.resume, self.start_epoch, cfg.epochs,
+                     f", and step {self.start_step}/{spe} of epoch {self.start_epoch + 1}" if self.start_step else "")
+            if "config" not in ckpt:
+                log.warning("WARNING: %s has no stored config (an official checkpoint): arch, MLP, dim and K were "
+                            "read off its tensors; aug+, cos, T, lr and epochs come from the flags", cfg.resume)
+        self.model_ddp = (torch.nn.parallel.DistributedDataParallel(
+            self.model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False)
+            if self.procs.distributed else self.model)
+
+    def open_monitoring(self):
+        """kNN loaders; on the main process the tensorboard writer, the run's first log line and config.json."""
+        cfg = self.cfg
+        self.knn = knn_loaders(cfg.knn_data, cfg.image_size, self.batch, self.workers) if cfg.knn_data else None
+        if self.is_main:
+            from torch.utils.tensorboard import SummaryWriter
+            self.writer = SummaryWriter(str(self.out / "tb"),
+                                        purge_step=self.start_epoch * self.steps_per_epoch + self.start_step + 1)
+            log.info("MoCo %s: %s, %d images, %d steps/epoch of %d (%d per process x %d), K %d, m %g, T %g, "
+                     "BN splits %d, %s%s, seed %d, device %s, %d workers -> %s", self.variant["name"], cfg.arch,
+                     self.n_images, self.steps_per_epoch, cfg.batch_size, self.batch, self.procs.world_size,
+                     cfg.moco_k, cfg.moco_m, cfg.moco_t, self.bn_splits, cfg.precision,
+                     (" channels_last" if cfg.channels_last else "") + (" compiled" if cfg.compile else ""),
+                     self.seed, self.device, self.workers, self.out)
+            atomic_write_json(self.out / "config.json", self.config)
+        self.last_ckpt = find_latest_checkpoint(self.out) if self.is_main else None
+
+    def train_epochs(self, bar_active: bool):
+        cfg, spe = self.cfg, self.steps_per_epoch
+        self.bar = tqdm(total=(cfg.epochs - self.start_epoch) * spe - self.start_step, unit="step",
+                        dynamic_ncols=True, disable=not bar_active, smoothing=0.05)
+        self.run_start, self.steps_done = time.time(), 0
+        # what the (resumed) weights already hold
+        self.branch_gain = residual_branch_gain(cfg, self.start_epoch + self.start_step / spe)
+        self.points = ResumePoints(self)
         try:
-            model.load_state_dict(strip_prefix(resume_ckpt["state_dict"]))
-            optimizer.load_state_dict(resume_ckpt["optimizer"])
-        except (RuntimeError, ValueError, KeyError) as e:
-            raise UserError(f"cannot resume {args.resume}: {_one_line(e)[:300]}") from None
-        for group in optimizer.param_groups:  # implementation choice of this machine, not of the checkpoint
-            group["fused"], group["foreach"] = (True if device.type == "cuda" else None), None
-        start_epoch = int(resume_ckpt["epoch"])
-        history = list(resume_ckpt.get("history") or [])
-        start_step = int(resume_ckpt.get("step_in_epoch") or 0)  # a resume point: steps into the next epoch
-        if start_step:
-            epoch_progress = resume_ckpt["epoch_progress"]
-            if epoch_progress["steps_per_epoch"] != steps_per_epoch:
-                raise UserError(f"{args.resume} stopped at step {start_step} of {epoch_progress['steps_per_epoch']} "
-                                f"steps per epoch but this run has {steps_per_epoch} (other data or batch size): "
-                                f"resume from a checkpoint_XXXX.pth.tar instead")
-        log.info("resumed %s: %d of %d epochs done%s", args.resume, start_epoch, args.epochs,
-                 f", and step {start_step}/{steps_per_epoch} of epoch {start_epoch + 1}" if start_step else "")
-        if "config" not in resume_ckpt:
-            log.warning("WARNING: %s has no stored config (an official checkpoint): arch, MLP, dim and K were "
-                        "read off its tensors; aug+, cos, T, lr and epochs come from the flags", args.resume)
-    model_ddp = (torch.nn.parallel.DistributedDataParallel(
-        model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False)
-        if world > 1 else model)
+            for epoch in range(self.start_epoch, cfg.epochs):
+                ep = self._begin_epoch(epoch)
+                self._run_steps(ep)
+                self._end_epoch(ep)
+        finally:
+            self.points.close()
+            self.bar.close()
+            if self.writer:
+                self.writer.close()
 
-    knn = knn_loaders(args.knn_data, args.image_size, batch, workers) if args.knn_data else None
-    writer = None
-    if is_main:
-        from torch.utils.tensorboard import SummaryWriter
-        writer = SummaryWriter(str(out / "tb"), purge_step=start_epoch * steps_per_epoch + start_step + 1)
-        log.info("MoCo %s: %s, %d images, %d steps/epoch of %d (%d per process x %d), K %d, m %g, T %g, "
-                 "BN splits %d, %s%s, seed %d, device %s, %d workers -> %s", variant["name"], args.arch, n_images,
-                 steps_per_epoch, args.batch_size, batch, world, args.moco_k, args.moco_m, args.moco_t, bn_splits,
-                 args.precision, (" channels_last" if args.channels_last else "")
-                 + (" compiled" if args.compile else ""), seed, device, workers, out)
-        atomic_write_json(out / "config.json", config)
+    def _begin_epoch(self, epoch: int) -> EpochState:
+        cfg = self.cfg
+        first_step = self.start_step if epoch == self.start_epoch else 0
+        ep = EpochState(epoch, first_step, time.time(), cfg.epoch_lr(epoch), None)
+        for group in self.optimizer.param_groups:
+            group["lr"] = ep.lr
+        self.loader.sampler.set_epoch(epoch, skip=first_step * self.batch)
+        torch.manual_seed(derive_seed(self.seed, epoch, self.procs.rank, 1))  # shuffle-BN permutations of this epoch
+        self.model_ddp.train()
+        self.bar.set_description(f"epoch {epoch + 1}/{cfg.epochs}")
+        ep.monitor = StepMonitor(self.device, cfg.batch_size)
+        if first_step:  # resumed mid-epoch: what the epoch had accumulated, and its random state
+            progress = self.epoch_progress
+            ep.start -= progress["elapsed_s"]
+            ep.monitor.epoch_totals = list(progress["totals"])
+            ep.key_spread, ep.grad_ratio = progress["key_spread"], progress["grad_ratio"]
+            self.bad_files |= set(progress["bad_files"])
+            torch.set_rng_state(progress["rng_cpu"])
+            if self.device.type == "cuda" and progress["rng_cuda"] is not None:
+                torch.cuda.set_rng_state(progress["rng_cuda"], self.device)
+        ep.done = first_step
+        return ep
 
-    last_ckpt = find_latest_checkpoint(out) if is_main else None
-    bar = tqdm(total=(args.epochs - start_epoch) * steps_per_epoch - start_step, unit="step", dynamic_ncols=True,
-               disable=not bar_active, smoothing=0.05)
-    bad_files: set[int] = set()
-    run_start = time.time()
-    steps_done = 0
-    # what the (resumed) weights already hold
-    branch_gain = residual_branch_gain(args, start_epoch + start_step / steps_per_epoch)
-    # Ctrl-C / SIGTERM: a resume point after the step (every process agrees on which), then stop
-    stop = StopRequest("saving a resume point after this step, then stopping")
-    stop.install()
-    last_resume_save = time.monotonic()
+    def _run_steps(self, ep: EpochState):
+        """The epoch's steps, with mid-epoch resume points; errors of the loader's workers become one line."""
+        try:
+            for step, ((im_q, im_k), unreadable) in enumerate(self.loader, start=ep.first_step):
+                at_log = self._step(ep, step, im_q, im_k, unreadable)
+                # Mid-epoch resume points: every process must take the same decision, so with several
+                # they meet only at log steps (where they sync anyway); the epoch's end has its own.
+                if step + 1 < self.steps_per_epoch and (not self.procs.distributed or at_log):
+                    self.points.between_steps(ep)
+        except UserError as e:
+            if isinstance(e, TrainingDiverged):
+                raise
+            raise UserError(last_line(e)) from None
+        except Exception:
+            # A Ctrl-C also reaches the loader's workers, which exit: the next batch then fails before
+            # the step above could save. Save the steps completed so far and stop as asked.
+            if not self.points.stopping_in_one_process:
+                raise
+            raise self.points.stopped_mid_epoch(ep, self.points.save(ep)) from None
 
-    def save_resume_point(epoch: int, done: int, monitor: StepMonitor, epoch_start: float, key_spread_now,
-                          grad_ratio_now) -> Path | None:
-        """Everything needed to continue after step `done` of `epoch` exactly as if never stopped (main only)."""
-        if monitor.steps:  # fold the steps since the last log line into the epoch totals (one process only)
-            _check_finite(monitor.read(model.queue, stage_grad_ratios(model.encoder_q)), epoch, done, last_ckpt)
-        if not is_main:
+    def _step(self, ep: EpochState, step: int, im_q, im_k, unreadable) -> bool:
+        """One training step (lr warm-up, residual branch ramp, MoCo step); logs every --print-freq steps
+        and at the epoch's end. Returns whether it logged."""
+        cfg, device, spe = self.cfg, self.device, self.steps_per_epoch
+        _count_unreadable(unreadable, self.bad_files, self.loader.dataset, self.n_images // self.procs.world_size)
+        im_q = im_q.to(device, non_blocking=True)
+        im_k = im_k.to(device, non_blocking=True)
+        if cfg.channels_last:
+            im_q = im_q.contiguous(memory_format=torch.channels_last)
+            im_k = im_k.contiguous(memory_format=torch.channels_last)
+        if ep.index < cfg.warmup_epochs:
+            ep.lr = lr_at_step(cfg, ep.index, step, spe)
+            for group in self.optimizer.param_groups:
+                group["lr"] = ep.lr
+        gain = residual_branch_gain(cfg, ep.index + (step + 1) / spe)
+        if gain != self.branch_gain:  # both encoders, so the keys stay the query's momentum average
+            for encoder in (self.model.encoder_q, self.model.encoder_k):
+                multiply_residual_branches(encoder, gain / self.branch_gain)
+            self.branch_gain = gain
+        ep.monitor.add(*train_step(self.model_ddp, self.optimizer, im_q, im_k, self.autocast_dtype))
+        ep.done = step + 1
+        self.steps_done += 1
+        self.bar.update(1)
+        at_log = ep.monitor.steps == cfg.print_freq or step + 1 == spe
+        if at_log:
+            self._log_window(ep, step)
+        return at_log
+
+    def _log_window(self, ep: EpochState, step: int):
+        cfg, spe, ln_k1 = self.cfg, self.steps_per_epoch, self.ln_k1
+        w = ep.monitor.read(self.model.queue, stage_grad_ratios(self.model.encoder_q))  # the only host sync
+        _check_finite(w, ep.index, step + 1, self.last_ckpt)
+        remaining = (cfg.epochs - ep.index) * spe - step - 1
+        eta = (time.time() - self.run_start) / self.steps_done * remaining
+        self.bar.set_postfix_str(f"loss {w['loss']:.3f} (ln(K+1) {ln_k1:.2f}) acc1 {w['acc1']:.1f}% "
+                                 f"lr {ep.lr:.4g} {w['images_per_s']:.1f} img/s", refresh=False)
+        log.info("epoch %d/%d step %d/%d  loss %.4f (ln(K+1) = %.2f)  acc1 %.2f%%  key spread %.3f  "
+                 "lr %.5g  %.1f img/s  eta %s", ep.index + 1, cfg.epochs, step + 1, spe,
+                 w["loss"], ln_k1, w["acc1"], w["key_spread"], ep.lr, w["images_per_s"], format_seconds(eta),
+                 extra={"step_line": True})
+        ep.key_spread, ep.grad_ratio = w["key_spread"], w["grad_ratio"]
+        if self.writer:
+            gstep = ep.index * spe + step + 1
+            for tag in ("loss", "acc1", "key_spread", "images_per_s"):
+                self.writer.add_scalar(f"train/{tag}", w[tag], gstep)
+            for stage, ratio in w["grad_ratio"].items():
+                self.writer.add_scalar(f"grad_ratio/{stage}", ratio, gstep)
+            self.writer.add_scalar("train/lr", ep.lr, gstep)
+            self.writer.add_scalar("train/ln_K_plus_1", ln_k1, gstep)
+
+    def _end_epoch(self, ep: EpochState):
+        """Metrics over all processes, kNN, the epoch's log lines, checkpoint, metrics.json; stop if asked."""
+        cfg, epoch = self.cfg, ep.index
+        self.history.append(self._epoch_entry(ep))
+        stop_now = self.points.stop_after_epoch(epoch)
+        if self.is_main:
+            self._report_epoch(self.history[-1])
+            if (epoch + 1) % cfg.save_every == 0 or epoch + 1 == cfg.epochs or stop_now:
+                self.last_ckpt = save_checkpoint(
+                    self.out / checkpoint_name(epoch + 1), model=self.model, optimizer=self.optimizer,
+                    epochs_done=epoch + 1, arch=cfg.arch, config=self.config, variant=self.variant, seed=self.seed,
+                    history=self.history)
+                _prune_checkpoints(self.out, cfg.keep_checkpoints)
+                self.points.superseded()
+            _write_metrics(self.out, self.config, self.variant, self.history, self.last_ckpt, None)
+        if stop_now:
+            barrier(self.procs.world_size)
+            raise self.points.stop.interrupted(
+                f"stopped after epoch {epoch + 1} of {cfg.epochs}, checkpoint "
+                f"{self.last_ckpt or self.out / checkpoint_name(epoch + 1)}; continue with --resume auto")
+
+    def _epoch_entry(self, ep: EpochState) -> dict:
+        cfg, epoch = self.cfg, ep.index
+        loss_mean, acc1_mean = ep.monitor.epoch_means(self.procs.world_size)
+        entry = {"epoch": epoch + 1, "loss": loss_mean, "acc1": acc1_mean, "lr": ep.lr, "ln_k_plus_1": self.ln_k1,
+                 "key_spread": ep.key_spread, "grad_ratio": ep.grad_ratio,
+                 "images_per_s": self.steps_per_epoch * cfg.batch_size / (time.time() - ep.start),
+                 "unreadable_images": len(self.bad_files),
+                 "residual_branch_scale": residual_branch_scales(self.model.encoder_q)}
+        if self.knn is not None and ((epoch + 1) % cfg.knn_every == 0 or epoch + 1 == cfg.epochs):
+            entry["knn_top1"] = knn_top1(self.model.encoder_q, self.knn["train"], self.knn["val"],
+                                         self.knn["num_classes"], self.device, cfg.knn_k, cfg.knn_t,
+                                         self.autocast_dtype, cfg.channels_last)
+        entry["time_s"] = time.time() - ep.start
+        return entry
+
+    def _report_epoch(self, entry: dict):
+        """The epoch's log lines and tensorboard scalars (main process)."""
+        cfg, ln_k1, epoch = self.cfg, self.ln_k1, entry["epoch"] - 1
+        log.info("epoch %d/%d done in %s: loss %.4f (ln(K+1) = %.2f), acc1 %.2f%%%s, %.1f img/s",
+                 epoch + 1, cfg.epochs, format_seconds(entry["time_s"]), entry["loss"], ln_k1, entry["acc1"],
+                 f", kNN top-1 {entry['knn_top1']:.2f}%" if "knn_top1" in entry else "", entry["images_per_s"])
+        if cfg.residual_bn_ramp:
+            log.info("residual branch scale (mean |last BN scale|) %s",
+                     "  ".join(f"{k} {v:.3f}" for k, v in entry["residual_branch_scale"].items()))
+        if entry["key_spread"] < COLLAPSED_SPREAD:
+            log.warning("epoch %d: the keys have collapsed (key spread %.3f; 1 = uniform, 0 = one point): "
+                        "the projection maps nearly every image to the same direction, so the loss stays "
+                        "near ln(K+1) = %.2f and a high acc1 only means the fresh positive beats older "
+                        "queue keys. See results/claim-in-miniature/lab-notes.md, 'Collapse'.",
+                        epoch + 1, entry["key_spread"], ln_k1)
+        for tag in ("loss", "acc1", "key_spread", "images_per_s", "knn_top1"):
+            if tag in entry:
+                self.writer.add_scalar(f"epoch/{tag}", entry[tag], epoch + 1)
+        self.writer.flush()
+
+    def summary(self) -> dict:
+        """The final link, run record and metrics (main process); a finished run resumed does nothing more."""
+        cfg = self.cfg
+        if not self.is_main:
+            return {"rank": self.procs.rank}
+        last_ckpt = self.last_ckpt
+        if self.start_epoch >= cfg.epochs:
+            log.info("%s is already at epoch %d of %d: nothing to train", cfg.resume, self.start_epoch, cfg.epochs)
+            if _already_finished(self.out) or not self.history:  # (no history: an official checkpoint, not our run)
+                return {"checkpoint": str(self.out / FINAL_NAME) if (self.out / FINAL_NAME).is_file() else cfg.resume,
+                        "history": self.history}
+            last_ckpt = Path(cfg.resume)  # finish what an interrupted run left undone (final link, record)
+        return _finish(self.out, last_ckpt, self.config, self.variant, self.history, self.seed)
+
+
+class ResumePoints:
+    """Mid-epoch resume points of a run: on Ctrl-C / SIGTERM (a resume point after the step, every process
+    agreeing on which, then stop) and every --checkpoint-minutes. Only the newest is kept, and none once a
+    checkpoint_XXXX lies beyond them."""
+
+    def __init__(self, run: PretrainRun):
+        self.run = run
+        self.stop = StopRequest("saving a resume point after this step, then stopping").install()
+        self.last_save = time.monotonic()
+
+    def close(self):
+        self.stop.restore()
+
+    @property
+    def stopping_in_one_process(self) -> bool:
+        """A signal asked to stop a single-process run (and no second one asked to stop at once)."""
+        return self.stop.requested and not self.stop.aborted and not self.run.procs.distributed
+
+    def between_steps(self, ep: EpochState):
+        """After a step: save a resume point if a process was signalled (then stop) or one is due."""
+        run, minutes = self.run, self.run.cfg.checkpoint_minutes
+        timed = run.is_main and minutes > 0 and time.monotonic() - self.last_save >= 60 * minutes
+        stop_now, save_now = any_process([self.stop.requested, timed], run.procs.world_size, run.device)
+        if stop_now or save_now:
+            path = self.save(ep)
+            self.last_save = time.monotonic()
+            if stop_now:
+                barrier(run.procs.world_size)  # nobody exits while the main process writes
+                raise self.stopped_mid_epoch(ep, path)
+
+    def save(self, ep: EpochState) -> Path | None:
+        """Everything needed to continue after step `ep.done` of the epoch exactly as if never stopped (written
+        by the main process; the path there, None elsewhere)."""
+        run, epoch, done = self.run, ep.index, ep.done
+        if ep.monitor.steps:  # fold the steps since the last log line into the epoch totals (one process only)
+            _check_finite(ep.monitor.read(run.model.queue, stage_grad_ratios(run.model.encoder_q)), epoch, done,
+                          run.last_ckpt)
+        if not run.is_main:
             return None
         path = save_checkpoint(
-            out / resume_point_name(epoch, done), model=model, optimizer=optimizer, epochs_done=epoch,
-            arch=args.arch, config=config, variant=variant, seed=seed, history=history,
+            run.out / resume_point_name(epoch, done), model=run.model, optimizer=run.optimizer, epochs_done=epoch,
+            arch=run.cfg.arch, config=run.config, variant=run.variant, seed=run.seed, history=run.history,
             mid_epoch={"step_in_epoch": done, "epoch_progress": {
-                "steps_per_epoch": steps_per_epoch, "totals": list(monitor.epoch_totals),
-                "elapsed_s": time.time() - epoch_start, "key_spread": key_spread_now, "grad_ratio": grad_ratio_now,
-                "bad_files": sorted(bad_files), "rng_cpu": torch.get_rng_state(),
-                "rng_cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}})
-        remove_resume_points(out, keep=path)
-        log.info("resume point %s (epoch %d, step %d/%d)", path, epoch + 1, done, steps_per_epoch)
+                "steps_per_epoch": run.steps_per_epoch, "totals": list(ep.monitor.epoch_totals),
+                "elapsed_s": time.time() - ep.start, "key_spread": ep.key_spread, "grad_ratio": ep.grad_ratio,
+                "bad_files": sorted(run.bad_files), "rng_cpu": torch.get_rng_state(),
+                "rng_cuda": torch.cuda.get_rng_state(run.device) if run.device.type == "cuda" else None}})
+        remove_resume_points(run.out, keep=path)
+        log.info("resume point %s (epoch %d, step %d/%d)", path, epoch + 1, done, run.steps_per_epoch)
         return path
 
-    try:
-        for epoch in range(start_epoch, args.epochs):
-            first_step = start_step if epoch == start_epoch else 0
-            epoch_start = time.time()
-            lr = lr_at_epoch(args, epoch)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            sampler.set_epoch(epoch, skip=first_step * batch)
-            torch.manual_seed(derive_seed(seed, epoch, rank, 1))  # shuffle-BN permutations of this epoch
-            model_ddp.train()
-            bar.set_description(f"epoch {epoch + 1}/{args.epochs}")
-            monitor = StepMonitor(device, args.batch_size)
-            key_spread_now, grad_ratio_now = math.nan, {}  # the last log line's, recorded with the epoch
-            if first_step:  # resumed mid-epoch: what the epoch had accumulated, and its random state
-                epoch_start -= epoch_progress["elapsed_s"]
-                monitor.epoch_totals = list(epoch_progress["totals"])
-                key_spread_now, grad_ratio_now = epoch_progress["key_spread"], epoch_progress["grad_ratio"]
-                bad_files |= set(epoch_progress["bad_files"])
-                torch.set_rng_state(epoch_progress["rng_cpu"])
-                if device.type == "cuda" and epoch_progress["rng_cuda"] is not None:
-                    torch.cuda.set_rng_state(epoch_progress["rng_cuda"], device)
-            done = first_step  # steps of this epoch completed
-            try:
-                for step, ((im_q, im_k), unreadable) in enumerate(loader, start=first_step):
-                    _count_unreadable(unreadable, bad_files, dataset, n_images // world)
-                    im_q = im_q.to(device, non_blocking=True)
-                    im_k = im_k.to(device, non_blocking=True)
-                    if args.channels_last:
-                        im_q = im_q.contiguous(memory_format=torch.channels_last)
-                        im_k = im_k.contiguous(memory_format=torch.channels_last)
-                    if epoch < args.warmup_epochs:
-                        lr = lr_at_step(args, epoch, step, steps_per_epoch)
-                        for group in optimizer.param_groups:
-                            group["lr"] = lr
-                    gain = residual_branch_gain(args, epoch + (step + 1) / steps_per_epoch)
-                    if gain != branch_gain:  # both encoders, so the keys stay the query's momentum average
-                        for encoder in (model.encoder_q, model.encoder_k):
-                            multiply_residual_branches(encoder, gain / branch_gain)
-                        branch_gain = gain
-                    monitor.add(*train_step(model_ddp, optimizer, im_q, im_k, autocast_dtype))
-                    done = step + 1
-                    steps_done += 1
-                    bar.update(1)
-                    at_log = monitor.steps == args.print_freq or step + 1 == steps_per_epoch
-                    if at_log:
-                        w = monitor.read(model.queue, stage_grad_ratios(model.encoder_q))  # the only host sync
-                        _check_finite(w, epoch, step + 1, last_ckpt)
-                        remaining = (args.epochs - epoch) * steps_per_epoch - step - 1
-                        eta = (time.time() - run_start) / steps_done * remaining
-                        bar.set_postfix_str(f"loss {w['loss']:.3f} (ln(K+1) {ln_k1:.2f}) acc1 {w['acc1']:.1f}% "
-                                            f"lr {lr:.4g} {w['images_per_s']:.1f} img/s", refresh=False)
-                        log.info("epoch %d/%d step %d/%d  loss %.4f (ln(K+1) = %.2f)  acc1 %.2f%%  key spread %.3f  "
-                                 "lr %.5g  %.1f img/s  eta %s", epoch + 1, args.epochs, step + 1, steps_per_epoch,
-                                 w["loss"], ln_k1, w["acc1"], w["key_spread"], lr, w["images_per_s"], _hms(eta),
-                                 extra={"step_line": True})
-                        key_spread_now, grad_ratio_now = w["key_spread"], w["grad_ratio"]
-                        if writer:
-                            gstep = epoch * steps_per_epoch + step + 1
-                            for tag in ("loss", "acc1", "key_spread", "images_per_s"):
-                                writer.add_scalar(f"train/{tag}", w[tag], gstep)
-                            for stage, ratio in w["grad_ratio"].items():
-                                writer.add_scalar(f"grad_ratio/{stage}", ratio, gstep)
-                            writer.add_scalar("train/lr", lr, gstep)
-                            writer.add_scalar("train/ln_K_plus_1", ln_k1, gstep)
-                    # Mid-epoch resume points: every process must take the same decision, so with several
-                    # they meet only at log steps (where they sync anyway); the epoch's end has its own.
-                    if step + 1 < steps_per_epoch and (world == 1 or at_log):
-                        timed = is_main and args.checkpoint_minutes > 0 and \
-                            time.monotonic() - last_resume_save >= 60 * args.checkpoint_minutes
-                        stop_now, save_now = any_process([stop.requested, timed], world, device)
-                        if stop_now or save_now:
-                            path = save_resume_point(epoch, done, monitor, epoch_start, key_spread_now,
-                                                     grad_ratio_now)
-                            last_resume_save = time.monotonic()
-                            if stop_now:
-                                _barrier(world)  # nobody exits while the main process writes
-                                raise _stopped_mid_epoch(stop, epoch, done, steps_per_epoch, path)
-            except UserError as e:
-                if isinstance(e, TrainingDiverged):
-                    raise
-                raise UserError(_one_line(e)) from None
-            except Exception:
-                # A Ctrl-C also reaches the loader's workers, which exit: the next batch then fails before
-                # the step above could save. Save the steps completed so far and stop as asked.
-                if not (stop.requested and not stop.aborted and world == 1):
-                    raise
-                path = save_resume_point(epoch, done, monitor, epoch_start, key_spread_now, grad_ratio_now)
-                raise _stopped_mid_epoch(stop, epoch, done, steps_per_epoch, path) from None
+    def superseded(self):
+        """A checkpoint was just written: every resume point lies behind it, and the timer starts again."""
+        remove_resume_points(self.run.out)
+        self.last_save = time.monotonic()
 
-            # ---- end of epoch: metrics over all processes, kNN, checkpoint, metrics.json
-            loss_mean, acc1_mean = monitor.epoch_means(world)
-            entry = {"epoch": epoch + 1, "loss": loss_mean, "acc1": acc1_mean, "lr": lr, "ln_k_plus_1": ln_k1,
-                     "key_spread": key_spread_now, "grad_ratio": grad_ratio_now,
-                     "images_per_s": steps_per_epoch * args.batch_size / (time.time() - epoch_start),
-                     "unreadable_images": len(bad_files),
-                     "residual_branch_scale": residual_branch_scales(model.encoder_q)}
-            if knn is not None and ((epoch + 1) % args.knn_every == 0 or epoch + 1 == args.epochs):
-                entry["knn_top1"] = knn_top1(model.encoder_q, knn["train"], knn["val"], knn["num_classes"],
-                                             device, args.knn_k, args.knn_t, autocast_dtype, args.channels_last)
-            entry["time_s"] = time.time() - epoch_start
-            history.append(entry)
-            stop_now = any_process([stop.requested], world, device)[0] and epoch + 1 < args.epochs
-            if stop.requested and epoch + 1 == args.epochs and is_main:
-                log.warning("that was the last epoch: the run finishes (send the signal again to stop at once)")
-            if is_main:
-                log.info("epoch %d/%d done in %s: loss %.4f (ln(K+1) = %.2f), acc1 %.2f%%%s, %.1f img/s",
-                         epoch + 1, args.epochs, _hms(entry["time_s"]), entry["loss"], ln_k1, entry["acc1"],
-                         f", kNN top-1 {entry['knn_top1']:.2f}%" if "knn_top1" in entry else "",
-                         entry["images_per_s"])
-                if args.residual_bn_ramp:
-                    log.info("residual branch scale (mean |last BN scale|) %s",
-                             "  ".join(f"{k} {v:.3f}" for k, v in entry["residual_branch_scale"].items()))
-                if entry["key_spread"] < COLLAPSED_SPREAD:
-                    log.warning("epoch %d: the keys have collapsed (key spread %.3f; 1 = uniform, 0 = one point): "
-                                "the projection maps nearly every image to the same direction, so the loss stays "
-                                "near ln(K+1) = %.2f and a high acc1 only means the fresh positive beats older "
-                                "queue keys. See results/claim-in-miniature/lab-notes.md, 'Collapse'.",
-                                epoch + 1, entry["key_spread"], ln_k1)
-                for tag in ("loss", "acc1", "key_spread", "images_per_s", "knn_top1"):
-                    if tag in entry:
-                        writer.add_scalar(f"epoch/{tag}", entry[tag], epoch + 1)
-                writer.flush()
-                if (epoch + 1) % args.save_every == 0 or epoch + 1 == args.epochs or stop_now:
-                    last_ckpt = save_checkpoint(out / checkpoint_name(epoch + 1), model=model, optimizer=optimizer,
-                                                epochs_done=epoch + 1, arch=args.arch, config=config,
-                                                variant=variant, seed=seed, history=history)
-                    _prune_checkpoints(out, args.keep_checkpoints)
-                    remove_resume_points(out)  # all of them lie behind it
-                    last_resume_save = time.monotonic()
-                _write_metrics(out, config, variant, history, last_ckpt, None)
-            if stop_now:
-                _barrier(world)
-                raise stop.interrupted(f"stopped after epoch {epoch + 1} of {args.epochs}, checkpoint "
-                                       f"{last_ckpt or out / checkpoint_name(epoch + 1)}; continue with --resume auto")
-    finally:
-        stop.restore()
-        bar.close()
-        if writer:
-            writer.close()
+    def stop_after_epoch(self, epoch: int) -> bool:
+        """Whether any process was signalled and epochs remain (then the epoch's checkpoint is the stop's)."""
+        run = self.run
+        stop_now = any_process([self.stop.requested], run.procs.world_size, run.device)[0] \
+            and epoch + 1 < run.cfg.epochs
+        if self.stop.requested and epoch + 1 == run.cfg.epochs and run.is_main:
+            log.warning("that was the last epoch: the run finishes (send the signal again to stop at once)")
+        return stop_now
 
-    if not is_main:
-        return {"rank": rank}
-    if start_epoch >= args.epochs:
-        log.info("%s is already at epoch %d of %d: nothing to train", args.resume, start_epoch, args.epochs)
-        if _already_finished(out) or not history:  # (no history: an official checkpoint, not our run)
-            return {"checkpoint": str(out / FINAL_NAME) if (out / FINAL_NAME).is_file() else args.resume,
-                    "history": history}
-        last_ckpt = Path(args.resume)  # finish what an interrupted run left undone (final link, record)
-    return _finish(out, last_ckpt, config, variant, history, seed)
+    def stopped_mid_epoch(self, ep: EpochState, path) -> BaseException:
+        return self.stop.interrupted(f"stopped after step {ep.done}/{self.run.steps_per_epoch} of epoch "
+                                     f"{ep.index + 1}, resume point {path}; continue with --resume auto")
 
 
 def _check_finite(window: dict, epoch: int, step: int, last_ckpt):
     if window["nonfinite"]:
         raise TrainingDiverged(f"loss became NaN/Inf in epoch {epoch + 1} (step {step}); stopped. "
                                f"Last good checkpoint: {last_ckpt or 'none yet'}. Try a lower --lr or --precision fp32")
-
-
-def _stopped_mid_epoch(stop: StopRequest, epoch: int, done: int, steps_per_epoch: int, path) -> BaseException:
-    return stop.interrupted(f"stopped after step {done}/{steps_per_epoch} of epoch {epoch + 1}, resume point "
-                            f"{path}; continue with --resume auto")
-
-
-def _barrier(world: int) -> None:
-    if world > 1:
-        dist.barrier()
 
 
 def _count_unreadable(unreadable: torch.Tensor, bad_files: set, dataset, n_local: int):

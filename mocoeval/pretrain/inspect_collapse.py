@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
@@ -35,7 +34,7 @@ from mocoeval.runtime.errors import UserError, cli_main
 from mocoeval.pretrain.builder import key_spread, shuffle_batch, unshuffle_batch
 from mocoeval.pretrain.residual_scaling import residual_branch_scales
 from mocoeval.pretrain.checkpoint import load_moco_checkpoint, strip_prefix
-from mocoeval.pretrain.config import ARCHS
+from mocoeval.pretrain.config import ARCHS, PretrainConfig
 from mocoeval.pretrain.engine import COLLAPSED_SPREAD, build_loader, build_model, knn_loaders, resolve_bn_splits
 from mocoeval.pretrain.knn import STAGES, knn_top1, reestimate_bn_statistics
 
@@ -132,9 +131,9 @@ def main(argv=None) -> int:
     check_imagefolder(args.data, splits=("train", "val") if args.knn else ("train",))  # before any work
     splits = resolve_bn_splits(args.bn_splits, args.batch_size, 1)
     torch.manual_seed(args.random_init if args.random_init is not None else 0)
-    model = build_model(SimpleNamespace(arch=arch, moco_dim=dim, mlp=mlp, moco_k=K, moco_m=0.999, moco_t=0.2,
-                                        residual_bn_init=1.0 if args.residual_bn_init is None
-                                        else args.residual_bn_init), splits)
+    model = build_model(PretrainConfig.defaults(arch=arch, moco_dim=dim, mlp=mlp, moco_k=K, moco_m=0.999, moco_t=0.2,
+                                                residual_bn_init=1.0 if args.residual_bn_init is None
+                                                else args.residual_bn_init), splits)
     if args.weights:
         try:
             model.load_state_dict(sd)

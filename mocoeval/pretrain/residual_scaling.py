@@ -60,15 +60,16 @@ def residual_branch_scales(encoder: nn.Module) -> dict:
             for stage, bns in residual_branch_last_bns(encoder).items()}
 
 
-def residual_branch_gain(args, progress: float) -> float:
+def residual_branch_gain(cfg, progress: float) -> float:
     """How much louder than at the start the residual branches are at `progress` (epochs done, fractional) under
     --residual-bn-ramp START END: 1 until START, then geometric, step by step, to 1 / --residual-bn-init at END, so
-    branches that started at G end at about torchvision's scale 1 (their learnt changes kept)."""
-    if not args.residual_bn_ramp:
+    branches that started at G end at about torchvision's scale 1 (their learnt changes kept). `cfg`: a
+    PretrainConfig (not imported: the config imports this module)."""
+    if not cfg.residual_bn_ramp:
         return 1.0
-    start, end = args.residual_bn_ramp
+    start, end = cfg.residual_bn_ramp
     fraction = min(max((progress - start) / (end - start), 0.0), 1.0)
-    return args.residual_bn_init ** -fraction
+    return cfg.residual_bn_init ** -fraction
 
 
 def d2_residual_branch_scales(model: Mapping[str, Any]) -> dict[str, float]:

@@ -14,15 +14,16 @@ import copy
 import resource
 import time
 from dataclasses import dataclass
-from types import SimpleNamespace
 
 import torch
 import torch.nn as nn
 import torch.utils.data
 
 from mocoeval.pretrain.augment import IMAGENET_MEAN, IMAGENET_STD
-from mocoeval.pretrain.engine import (autocast_context, build_loader, build_model, build_optimizer, compile_encoders,
-                     resolve_bn_splits, train_step)
+from mocoeval.pretrain.config import PretrainConfig
+from mocoeval.pretrain.engine import (build_loader, build_model, build_optimizer, compile_encoders, resolve_bn_splits,
+                                      train_step)
+from mocoeval.runtime.precision import autocast_context
 
 
 @dataclass
@@ -79,16 +80,17 @@ class OursRunner:
     name = "ours"
 
     def __init__(self, cfg: BenchConfig, device: torch.device):
-        args = SimpleNamespace(arch=cfg.arch, moco_dim=cfg.moco_dim, mlp=True, moco_k=cfg.moco_k, moco_m=cfg.moco_m,
-                               moco_t=cfg.moco_t, lr=cfg.lr, momentum=0.9, weight_decay=1e-4, residual_bn_init=1.0)
+        run_cfg = PretrainConfig.defaults(arch=cfg.arch, moco_dim=cfg.moco_dim, mlp=True, moco_k=cfg.moco_k,
+                                          moco_m=cfg.moco_m, moco_t=cfg.moco_t, lr=cfg.lr, momentum=0.9,
+                                          weight_decay=1e-4, residual_bn_init=1.0)
         self.bn_splits = resolve_bn_splits(0, cfg.batch_size, 1)
         torch.manual_seed(0)
-        self.model = build_model(args, self.bn_splits).to(device)
+        self.model = build_model(run_cfg, self.bn_splits).to(device)
         if cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         if cfg.compile:
             compile_encoders(self.model)
-        self.optimizer = build_optimizer(self.model, args, device)
+        self.optimizer = build_optimizer(self.model, run_cfg, device)
         self.dtype = _dtype(cfg.precision)
         self.batches = _batches(cfg, device, lambda: build_loader(cfg.data, cfg.image_size, True, 0, cfg.batch_size,
                                                                   cfg.workers, device))

@@ -18,8 +18,8 @@ from mocoeval.pretrain.engine import train
 
 @cli_main
 def main(argv=None):
-    args, resume_ckpt = parse_config(argv)
-    return train(args, resume_ckpt)
+    cfg, resume_ckpt = parse_config(argv)
+    return train(cfg, resume_ckpt)
 
 
 if __name__ == "__main__":

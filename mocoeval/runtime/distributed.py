@@ -30,6 +30,11 @@ class Processes:
         return self.rank == 0
 
 
+def launched_world_size() -> int:
+    """How many processes torchrun (or srun) started for this run: 1 without a launcher."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def setup_processes(device_arg: str | None = "auto") -> Processes:
     """The device for `--device` (auto, cpu, cuda, cuda:N; None = auto) and, under torchrun, the process
     group. Bad or unavailable devices are one-line errors."""
@@ -39,8 +44,7 @@ def setup_processes(device_arg: str | None = "auto") -> Processes:
     want_cuda = device_arg.startswith("cuda") or (device_arg == "auto" and torch.cuda.is_available())
     if want_cuda and not torch.cuda.is_available():
         raise UserError(f"--device {device_arg}: CUDA is not available on this machine (use --device cpu)")
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1:
+    if launched_world_size() > 1:
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         device = torch.device("cuda", local_rank) if want_cuda else torch.device("cpu")
         if want_cuda:

@@ -16,6 +16,14 @@ def one_line(e: BaseException | str) -> str:
     return " ".join(lines)[:500]
 
 
+def last_line(e: BaseException) -> str:
+    """The message of an error that may carry a traceback: errors raised inside DataLoader workers come back
+    with the worker's traceback, whose last line is `...UserError: <message>`; keep just the message."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    last = lines[-1] if lines else type(e).__name__
+    return last.split("UserError: ", 1)[-1]
+
+
 def cli_main(main):
     """Decorate a script's `main(argv=None)`: a UserError becomes `error: ...` on stderr and exit 2,
     Ctrl-C `interrupted` and exit 130."""
