@@ -11,6 +11,8 @@ import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
+from mocoeval.runtime.schedule import build_sgd
+from mocoeval.runtime.schedule import lr_at_epoch as schedule_lr
 from mocoeval.runtime.logger import format_seconds
 from mocoeval.runtime.precision import autocast_context, cpu_has_fast_bf16
 from mocoeval.runtime.stop_request import StopRequest, any_process
@@ -24,13 +26,13 @@ AUTOCAST_DTYPES = {"fp32": None, "bf16": torch.bfloat16}  # --precision -> backb
 
 def lr_at_epoch(base_lr: float, epoch: int, schedule) -> float:
     """Step schedule: base_lr x 0.1 for every milestone <= epoch (0-based epochs, as the official script)."""
-    return base_lr * LR_DECAY ** sum(epoch >= m for m in schedule)
+    return schedule_lr(base_lr, epoch, schedule=schedule, decay=LR_DECAY)
 
 
 def build_optimizer(model: FrozenBackboneResNet50, lr: float, momentum: float, weight_decay: float):
     params = [p for p in model.parameters() if p.requires_grad]
     assert len(params) == 2, "only fc.weight and fc.bias may be trainable"  # the official script's check
-    return torch.optim.SGD(params, lr, momentum=momentum, weight_decay=weight_decay)
+    return build_sgd(params, lr, momentum=momentum, weight_decay=weight_decay)
 
 
 def topk_correct(logits: torch.Tensor, targets: torch.Tensor, ks=(1, 5)) -> list[int]:
