@@ -235,15 +235,6 @@ def _group(key: str, lay: Layout) -> str:
     return "other"
 
 
-def _input_norm(lay: Layout, tensors: Mapping) -> dict:
-    """The normalisation the weights expect: mmselfsup 1.x stores its data_preprocessor's; else the layout's."""
-    mean, std = tensors.get("state_dict.data_preprocessor.mean"), tensors.get("state_dict.data_preprocessor.std")
-    if mean is not None and std is not None and mean.numel() == 3 == std.numel():
-        return {"channels": "RGB", "pixel_mean": tuple(round(float(x), 4) for x in mean.flatten()),
-                "pixel_std": tuple(round(float(x), 4) for x in std.flatten())}
-    return dict(INPUT_NORMS[lay.input_norm])
-
-
 def load_resnet50(path, fmt: str | None = None, trust_pickle: bool = False, *, variant: str | None = None,
                   select: str | None = None, prefix: str | None = None) -> tuple["OrderedDict[str, Any]", dict]:
     """The ResNet-50 backbone of a checkpoint as a torchvision-keyed float32 state dict, and what the file was.
@@ -363,7 +354,7 @@ def load_resnet50(path, fmt: str | None = None, trust_pickle: bool = False, *, v
         "left_out": dict(left_out),
         "head_keys": heads,
         "cast_to_float32_from": cast,
-        "input": _input_norm(lay, tensors),
+        "input": dict(INPUT_NORMS[lay.input_norm]),
         "report": report,
         "epoch": extras.get("epoch") if isinstance(extras.get("epoch"), int) else None,
         "arch": extras.get("arch") if isinstance(extras.get("arch"), str) else None,
