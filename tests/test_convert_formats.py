@@ -99,12 +99,11 @@ def build(layout, bb, other):
     if layout in ("swav", "swav_release"):
         # facebookresearch/swav: main_swav.py (save_dict), src/resnet50.py (projection_head = Linear, BatchNorm1d,
         # ReLU, Linear; prototypes), hubconf.py (the release: the same state dict, bare)
-        head = {"module.projection_head.0.weight": torch.randn(64, 2048), "module.projection_head.0.bias": torch.zeros(64),
-                **_keyed({"module.projection_head.1.weight": torch.ones(64), "module.projection_head.1.bias": torch.zeros(64),
-                          "module.projection_head.1.running_mean": torch.zeros(64),
-                          "module.projection_head.1.running_var": torch.ones(64)}, ""),
-                "module.projection_head.3.weight": torch.randn(32, 64), "module.projection_head.3.bias": torch.zeros(32),
-                "module.prototypes.weight": torch.randn(3000, 32)}
+        bn = {"weight": torch.ones(64), "bias": torch.zeros(64), "running_mean": torch.zeros(64),
+              "running_var": torch.ones(64)}
+        head = {"0.weight": torch.randn(64, 2048), "0.bias": torch.zeros(64), **_keyed(bn, "1."),
+                "3.weight": torch.randn(32, 64), "3.bias": torch.zeros(32)}
+        head = {**_keyed(head, "module.projection_head."), "module.prototypes.weight": torch.randn(3000, 32)}
         sd = {**_keyed(bb, "module."), **head}
         groups = ["projection head 9", "prototypes 1"]
         return ({"epoch": 800, "state_dict": sd, "optimizer": {}} if layout == "swav" else sd), "swav", groups
@@ -192,6 +191,22 @@ def test_input_norm_is_recorded(backbone, decoy, tmp_path, capsys):
     assert to_d2.main([str(path), str(out), "--input-norm", "none"]) == 0
     assert "input: RGB, pixel mean [0.0, 0.0, 0.0], std [255.0, 255.0, 255.0]" in capsys.readouterr().out
     assert dc.check_d2_pickle(out)["mocoeval_input"]["pixel_std"] == [255.0, 255.0, 255.0]
+
+
+def test_torchvision_names_are_not_the_supervised_row_unless_asked(backbone, decoy, tmp_path, capsys):
+    """DINO's and Barlow Twins' backbone-only files have torchvision names: named after the file, with a warning."""
+    obj, _, _ = build("backbone_only", backbone, decoy)
+    path, out = _save(tmp_path, obj, "dino_resnet50_pretrain.pth"), tmp_path / "o.pkl"
+    assert to_d2.main([str(path), str(out)]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("warning: dino_resnet50_pretrain.pth:")
+    assert "variant 'dino_resnet50_pretrain'" in err[0] and "--variant supervised" in err[0]
+    assert dc.check_d2_pickle(out)["mocoeval_source"]["variant"]["name"] == "dino_resnet50_pretrain"
+    assert to_d2.main([str(path), str(out), "--variant", "supervised"]) == 0
+    assert capsys.readouterr().err == ""
+    assert dc.check_d2_pickle(out)["mocoeval_source"]["variant"]["name"] == "supervised"
+    _, info = cf.load_resnet50(_save(tmp_path, build("dino", backbone, decoy)[0]), trust_pickle=True)
+    assert info["warnings"] == []  # a framework's own layout says what trained it
 
 
 def test_unknown_layout_suggests_prefix_and_prefix_reads_it(backbone, tmp_path, capsys):

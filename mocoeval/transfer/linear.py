@@ -165,6 +165,8 @@ class LinearRun:
             self.variant["name"] = config.variant
         logger.info("backbone: %s (format %s, variant %s, sha256 %s)", self.source, self.info.get("format"),
                     self.variant.get("name"), str(self.info.get("source_sha256"))[:12])
+        for line in self.info.get("warnings", ()):
+            logger.warning(line)
 
         torch.manual_seed(config.seed)  # fc initialisation
         self.model = FrozenBackboneResNet50(num_classes=len(self.classes), feature_norm=config.feature_norm)

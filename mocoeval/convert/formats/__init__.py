@@ -96,7 +96,7 @@ def describe_architecture(sd: Mapping[str, Any]) -> str | None:
     return None
 
 
-def _variant(obj: Any, fmt: str, path: Path, name: str | None) -> dict:
+def _variant(obj: Any, path: Path, name: str | None) -> dict:
     extras = obj if isinstance(obj, Mapping) else {}
     if isinstance(extras.get("variant"), Mapping):  # our pretrainer's checkpoints
         variant = dict(extras["variant"])
@@ -105,11 +105,9 @@ def _variant(obj: Any, fmt: str, path: Path, name: str | None) -> dict:
         return variant
     if isinstance(extras.get("config"), Mapping):
         return pretrain_variant(extras["config"], name=name).to_record()
-    if name:
-        return special_variant(name).to_record()
-    if fmt == "torchvision":
-        return special_variant("supervised").to_record()
-    return special_variant(_checkpoint_stem(path)).to_record()
+    # Any other file is named after itself: torchvision names say nothing about how the weights were trained (DINO's
+    # and Barlow Twins' backbone-only files have them too), so none lands on the supervised row unasked.
+    return special_variant(name or _checkpoint_stem(path)).to_record()
 
 
 def _flatten(obj: Any) -> tuple[dict, list[str]]:
@@ -241,8 +239,9 @@ def load_resnet50(path, fmt: str | None = None, trust_pickle: bool = False, *, v
 
     fmt: None to auto-detect, else one of FORMATS. select: the candidate backbone to convert instead of the one the
     framework evaluates (its name, e.g. 'student', or for an unknown layout a prefix). prefix: read torchvision names
-    under this prefix (any layout). variant: a name overriding the detected variant's name (e.g. 'random-init' for
-    a randomly initialised torchvision model, which would otherwise count as 'supervised'). Raises UserError (one
+    under this prefix (any layout). variant: a name overriding the detected variant's name (e.g. 'supervised' for
+    supervised torchvision weights; without it a torchvision-named file is named after itself, with a warning in
+    info["warnings"]). Raises UserError (one
     line) for anything that is not one complete ResNet-50.
     """
     path = Path(path)
@@ -342,7 +341,11 @@ def load_resnet50(path, fmt: str | None = None, trust_pickle: bool = False, *, v
         "format_source": lay.source,
         "path": str(path.resolve()),
         "source_sha256": sha256_file(path),
-        "variant": _variant(obj, lay.name, path, variant),
+        "variant": _variant(obj, path, variant),
+        # the user may mean the supervised row: say how, as torchvision names cannot tell
+        "warnings": [f"{path.name}: torchvision names say nothing about how the weights were trained: recorded as "
+                     f"variant '{_checkpoint_stem(path)}'; pass --variant supervised if they are supervised ImageNet "
+                     f"weights"] if lay.name == "torchvision" and not variant else [],
         "container": (where.split(".")[0] if isinstance(obj.get(where.split(".")[0]), Mapping) else "top level"),
         "prefix": where,
         "candidate": cand.name,
