@@ -209,6 +209,19 @@ def test_torchvision_names_are_not_the_supervised_row_unless_asked(backbone, dec
     assert info["warnings"] == []  # a framework's own layout says what trained it
 
 
+def test_verify_checks_the_config_against_the_recorded_input_norm(backbone, decoy, tmp_path, capsys):
+    """--verify: the default config takes the normalisation the .pkl records; a config feeding other input fails."""
+    from mocoeval.transfer.detection import verify
+    from mocoeval.transfer.detection.modeling import DEFAULT_VOC_CONFIG
+
+    obj, _, _ = build("simclr_converted", backbone, decoy)
+    path, out = _save(tmp_path, obj), tmp_path / "simclr.pkl"
+    assert to_d2.main([str(path), str(out), "--input-norm", "none", "--verify"]) == 0
+    assert "verify: OK" in capsys.readouterr().out
+    result = verify.verify_conversion(backbone, out, DEFAULT_VOC_CONFIG)  # the MoCo config: ImageNet mean/std
+    assert not result["ok"] and "MODEL.PIXEL_STD [58.395, 57.12, 57.375] (needs [255.0, 255.0, 255.0])" in result["line"]
+
+
 def test_unknown_layout_suggests_prefix_and_prefix_reads_it(backbone, tmp_path, capsys):
     # torchvision's detection models keep the ResNet under backbone.body. (torchvision/models/detection/backbone_utils.py)
     path = _save(tmp_path, {"model": {**_keyed(backbone, "backbone.body."), **_mlp("rpn.head.")}, "epoch": 26})
