@@ -245,6 +245,14 @@ def read_weights(path) -> tuple[str, dict]:
     return "caffe2", _check_caffe2_blobs(blobs, str(path))
 
 
+def recorded_input_norm(path) -> dict | None:
+    """The normalisation a converted .pkl records (`mocoeval_input`), None if it has none; no completeness check
+    (verification must still report on a partial file)."""
+    data = _read_weights_pickle(path)
+    norm = data.get("mocoeval_input") if isinstance(data, dict) else None
+    return norm if isinstance(norm, dict) else None
+
+
 def read_caffe2_weights(path) -> dict | None:
     """The checked blobs of a Caffe2-layout .pkl (what the converter passes through), None for any other file."""
     if Path(path).suffix != ".pkl" or not Path(path).is_file():

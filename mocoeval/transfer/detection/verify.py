@@ -6,7 +6,7 @@ from typing import Any, Mapping
 
 
 from mocoeval.convert.detectron2_weights import (D2_RESNET50_SHAPES, NEW_IN_DETECTOR, input_mismatches, input_settings,
-                                                 read_weights)
+                                                 recorded_input_norm)
 from mocoeval.convert.formats import first_few
 from mocoeval.runtime.errors import UserError
 from mocoeval.runtime.logger import quiet_loggers
@@ -73,7 +73,7 @@ def verify_conversion(state_dict: Mapping[str, Any], pkl_path, config_file=None,
 
     # The normalisation the .pkl records is what the detector must feed: the default config takes it, a given
     # config must agree with it.
-    needed = input_settings(read_weights(pkl_path)[1].get("mocoeval_input"))
+    needed = input_settings(recorded_input_norm(pkl_path))
     opts = [] if config_file else [x for k in ("INPUT.FORMAT", "MODEL.PIXEL_MEAN", "MODEL.PIXEL_STD")
                                    for x in (k, list(needed[k]) if isinstance(needed[k], tuple) else needed[k])]
     model, cfg, incompatible = load_into_detector(pkl_path, config_file, opts)
