@@ -122,9 +122,9 @@ def write_format(name, sd, directory: Path) -> Path:
 
 # (layout, detected format, variant name)
 FORMAT_CASES = [
-    ("torchvision", "torchvision", "supervised"),
-    ("torchvision_module_state_dict", "torchvision", "supervised"),
-    ("torchvision_model", "torchvision", "supervised"),
+    ("torchvision", "torchvision", "resnet50_tv"),  # torchvision names: named after the file, never 'supervised' unasked
+    ("torchvision_module_state_dict", "torchvision", "sup_ddp"),
+    ("torchvision_model", "torchvision", "sup_model"),
     ("moco_official", "moco", "moco_v2_200ep_pretrain"),
     ("moco_ours_no_ddp", "moco", "d"),
     ("moco_config_only", "moco", "d"),

@@ -52,41 +52,61 @@ def _mlp(prefix, dims=(2048, 64, 32)):
 
 def build(layout, bb, other):
     """(checkpoint object, expected format, expected groups in the report) of one framework's layout."""
-    if layout == "vissl":  # facebookresearch/vissl: vissl/utils/checkpoint.py, vissl/models/trunks/resnext.py
-        model = {"trunk": _keyed(bb, "_feature_blocks."), "heads": _mlp("0.clf.")}
-        return ({"classy_state_dict": {"base_model": {"model": model, "meta": {"model_version": 1}},
-                                       "optimizer": {}, "loss": {}}, "phase_idx": 10, "iteration": 500,
-                 "type": "checkpoint"}, "vissl", ["heads 2", "BN step counters 53"])
+    if layout in ("vissl", "vissl_extractor"):
+        # facebookresearch/vissl: vissl/models/base_ssl_model.py (get_classy_state), vissl/models/trunks/resnext.py;
+        # a linear-evaluation run's FeatureExtractorModel trunk nests the network under base_model.
+        blocks = "_feature_blocks." if layout == "vissl" else "base_model._feature_blocks."
+        base_model = {"model": {"trunk": _keyed(bb, blocks), "heads": _mlp("0.clf.")},
+                      "meta": {"trunk": {}, "heads": []}}
+        return ({"phase_idx": 10, "iteration": 500, "loss": {}, "iteration_num": 500, "train_phase_idx": 10,
+                 "classy_state_dict": {"base_model": base_model, "optimizer": {}, "phase_idx": 10}},
+                "vissl", ["heads 2", "BN step counters 53"])
     if layout == "mmselfsup":  # open-mmlab/mmselfsup: mmselfsup/models/algorithms/moco.py (1.x, EMA encoder_k)
+        # no data_preprocessor.mean/std: mmengine registers them as non-persistent buffers
         sd = {**_keyed(bb, "backbone."), **_mlp("neck.mlp."), **_keyed(other, "encoder_k.module.0."),
               **_mlp("encoder_k.module.1.mlp."), "encoder_k.steps": torch.tensor(1000),
-              "queue": torch.randn(128, 65536 // 64), "queue_ptr": torch.zeros(1, dtype=torch.long),
-              "data_preprocessor.mean": torch.tensor([123.675, 116.28, 103.53]).view(3, 1, 1),
-              "data_preprocessor.std": torch.tensor([58.395, 57.12, 57.375]).view(3, 1, 1)}
-        return ({"meta": {"epoch": 200, "mmselfsup_version": "1.0.0"}, "state_dict": sd, "optimizer": {}},
-                "mmselfsup", ["momentum copy 321", "queue 2", "neck 2", "input normalisation (recorded) 2"])
+              "queue": torch.randn(128, 65536 // 64), "queue_ptr": torch.zeros(1, dtype=torch.long)}
+        return ({"meta": {"epoch": 200, "mmengine_version": "0.7.0", "cfg": "model = dict(type='MoCo', ...)"},
+                 "state_dict": sd, "message_hub": {}, "optimizer": {}, "param_schedulers": []},
+                "mmselfsup", ["momentum copy 321", "queue 2", "neck 2"])
+    if layout == "mmselfsup_mocov3":  # open-mmlab/mmselfsup: mmselfsup/models/algorithms/mocov3.py (1.0.0rc)
+        # base_encoder = Sequential(backbone, neck), self.backbone = base_encoder[0]: both keys hold the tensors
+        sd = {**_keyed(bb, "base_encoder.0."), **_mlp("base_encoder.1.mlp."), **_keyed(bb, "backbone."),
+              **_mlp("neck.mlp."), **_keyed(other, "momentum_encoder.0."), **_mlp("momentum_encoder.1.mlp."),
+              **_mlp("head.predictor.mlp.")}
+        return ({"meta": {"epoch": 300}, "state_dict": sd, "optimizer": {}}, "mmselfsup",
+                ["momentum copy 320", "query encoder (the backbone's tensors again) 318", "neck 4", "head 2"])
     if layout == "openselfsup_densecl":  # WXinlong/DenseCL openselfsup/models/densecl.py (OpenSelfSup moco.py)
         sd = {**_keyed(bb, "encoder_q.0."), **_mlp("encoder_q.1.mlp."), **_keyed(bb, "backbone."),
               **_keyed(other, "encoder_k.0."), **_mlp("encoder_k.1.mlp."), "queue": torch.randn(128, 16),
               "queue_ptr": torch.zeros(1, dtype=torch.long), "queue2": torch.randn(128, 16)}
         return ({"meta": {"epoch": 200}, "state_dict": sd, "optimizer": {}}, "mmselfsup",
                 ["momentum copy 320", "query encoder (the backbone's tensors again) 318", "neck 2"])
-    if layout == "solo_learn":  # vturrisi/solo-learn: solo/methods/base.py (Lightning .ckpt)
-        sd = {**_keyed(bb, "backbone."), **_keyed(other, "momentum_backbone."), **_mlp("projector."),
+    if layout in ("solo_learn", "solo_learn_old"):
+        # vturrisi/solo-learn: solo/methods/base.py (Lightning .ckpt); the first releases said encoder for backbone
+        name = "backbone" if layout == "solo_learn" else "encoder"
+        sd = {**_keyed(bb, f"{name}."), **_keyed(other, f"momentum_{name}."), **_mlp("projector."),
               **_mlp("momentum_projector."), **_mlp("predictor."), "classifier.weight": torch.randn(1000, 2048),
-              "classifier.bias": torch.zeros(1000)}
+              "classifier.bias": torch.zeros(1000), "momentum_classifier.weight": torch.randn(1000, 2048)}
         return ({"epoch": 399, "global_step": 10, "pytorch-lightning_version": "1.9.0", "state_dict": sd,
                  "loops": {}, "callbacks": {}, "optimizer_states": [], "lr_schedulers": [],
                  "hyper_parameters": {"method": "byol"}}, "solo_learn",
-                ["momentum copy 320", "projector 2", "predictor 2", "classifier 2"])
+                ["momentum copy 321", "projector 2", "predictor 2", "classifier 2"])
     if layout == "lightly":  # lightly-ai/lightly: examples/pytorch/moco.py
         sd = {**_keyed(bb, "backbone.", _lightly_key), **_keyed(other, "backbone_momentum.", _lightly_key),
               **_mlp("projection_head.layers."), **_mlp("projection_head_momentum.layers.")}
         return sd, "lightly", ["momentum copy 320", "projection head 2"]
-    if layout == "swav":  # facebookresearch/swav: main_swav.py, src/resnet50.py
-        sd = {**_keyed(bb, "module."), **_mlp("module.projection_head."),
-              "module.prototypes.weight": torch.randn(3000, 128)}
-        return {"epoch": 800, "state_dict": sd, "optimizer": {}}, "swav", ["projection head 2", "prototypes 1"]
+    if layout in ("swav", "swav_release"):
+        # facebookresearch/swav: main_swav.py (save_dict), src/resnet50.py (projection_head = Linear, BatchNorm1d,
+        # ReLU, Linear; prototypes), hubconf.py (the release: the same state dict, bare)
+        bn = {"weight": torch.ones(64), "bias": torch.zeros(64), "running_mean": torch.zeros(64),
+              "running_var": torch.ones(64)}
+        head = {"0.weight": torch.randn(64, 2048), "0.bias": torch.zeros(64), **_keyed(bn, "1."),
+                "3.weight": torch.randn(32, 64), "3.bias": torch.zeros(32)}
+        head = {**_keyed(head, "module.projection_head."), "module.prototypes.weight": torch.randn(3000, 32)}
+        sd = {**_keyed(bb, "module."), **head}
+        groups = ["projection head 9", "prototypes 1"]
+        return ({"epoch": 800, "state_dict": sd, "optimizer": {}} if layout == "swav" else sd), "swav", groups
     if layout == "dino":  # facebookresearch/dino: main_dino.py (save_dict), eval_linear.py (--checkpoint_key teacher)
         return ({"student": {**_keyed(other, "module.backbone."), **_mlp("module.head.mlp.")},
                  "teacher": {**_keyed(bb, "module.backbone."), **_mlp("module.head.mlp.")},
@@ -109,8 +129,9 @@ def build(layout, bb, other):
     raise AssertionError(layout)  # pragma: no cover
 
 
-LAYOUTS = ["vissl", "mmselfsup", "openselfsup_densecl", "solo_learn", "lightly", "swav", "dino", "barlow_twins",
-           "backbone_only", "timm", "simclr_converted"]
+LAYOUTS = ["vissl", "vissl_extractor", "mmselfsup", "mmselfsup_mocov3", "openselfsup_densecl", "solo_learn",
+           "solo_learn_old", "lightly", "swav", "swav_release", "dino", "barlow_twins", "backbone_only", "timm",
+           "simclr_converted"]
 
 
 def _save(tmp_path, obj, name="ckpt.pth"):
@@ -136,7 +157,9 @@ def test_each_framework_layout_gives_the_evaluated_backbone(layout, backbone, de
 
 
 @pytest.mark.parametrize("layout,select", [("dino", "student"), ("solo_learn", "momentum_backbone"),
-                                           ("lightly", "backbone_momentum"), ("mmselfsup", "momentum")])
+                                           ("lightly", "backbone_momentum"), ("mmselfsup", "momentum"),
+                                           ("mmselfsup_mocov3", "momentum"),
+                                           ("solo_learn_old", "momentum_encoder")])
 def test_select_converts_the_other_candidate(layout, select, backbone, decoy, tmp_path):
     obj, fmt, _ = build(layout, backbone, decoy)
     path = _save(tmp_path, obj)
@@ -168,6 +191,35 @@ def test_input_norm_is_recorded(backbone, decoy, tmp_path, capsys):
     assert to_d2.main([str(path), str(out), "--input-norm", "none"]) == 0
     assert "input: RGB, pixel mean [0.0, 0.0, 0.0], std [255.0, 255.0, 255.0]" in capsys.readouterr().out
     assert dc.check_d2_pickle(out)["mocoeval_input"]["pixel_std"] == [255.0, 255.0, 255.0]
+
+
+def test_torchvision_names_are_not_the_supervised_row_unless_asked(backbone, decoy, tmp_path, capsys):
+    """DINO's and Barlow Twins' backbone-only files have torchvision names: named after the file, with a warning."""
+    obj, _, _ = build("backbone_only", backbone, decoy)
+    path, out = _save(tmp_path, obj, "dino_resnet50_pretrain.pth"), tmp_path / "o.pkl"
+    assert to_d2.main([str(path), str(out)]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("warning: dino_resnet50_pretrain.pth:")
+    assert "variant 'dino_resnet50_pretrain'" in err[0] and "--variant supervised" in err[0]
+    assert dc.check_d2_pickle(out)["mocoeval_source"]["variant"]["name"] == "dino_resnet50_pretrain"
+    assert to_d2.main([str(path), str(out), "--variant", "supervised"]) == 0
+    assert capsys.readouterr().err == ""
+    assert dc.check_d2_pickle(out)["mocoeval_source"]["variant"]["name"] == "supervised"
+    _, info = cf.load_resnet50(_save(tmp_path, build("dino", backbone, decoy)[0]), trust_pickle=True)
+    assert info["warnings"] == []  # a framework's own layout says what trained it
+
+
+def test_verify_checks_the_config_against_the_recorded_input_norm(backbone, decoy, tmp_path, capsys):
+    """--verify: the default config takes the normalisation the .pkl records; a config feeding other input fails."""
+    from mocoeval.transfer.detection import verify
+    from mocoeval.transfer.detection.modeling import DEFAULT_VOC_CONFIG
+
+    obj, _, _ = build("simclr_converted", backbone, decoy)
+    path, out = _save(tmp_path, obj), tmp_path / "simclr.pkl"
+    assert to_d2.main([str(path), str(out), "--input-norm", "none", "--verify"]) == 0
+    assert "verify: OK" in capsys.readouterr().out
+    result = verify.verify_conversion(backbone, out, DEFAULT_VOC_CONFIG)  # the MoCo config: ImageNet mean/std
+    assert not result["ok"] and "MODEL.PIXEL_STD [58.395, 57.12, 57.375] (needs [255.0, 255.0, 255.0])" in result["line"]
 
 
 def test_unknown_layout_suggests_prefix_and_prefix_reads_it(backbone, tmp_path, capsys):

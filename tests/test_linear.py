@@ -29,7 +29,7 @@ from mocoeval.results.identity import LINCLS_DEFAULTS
 from mocoeval.results.store import load_records, pretrain_variant
 from mocoeval.runtime.errors import UserError
 from mocoeval.runtime.fileio import sha256_file
-from mocoeval.transfer import linear_data as ld
+from mocoeval.transfer import linear, linear_data as ld
 from mocoeval.transfer import linear_model as lm
 from mocoeval.transfer import linear_train as lt
 from mocoeval.transfer import run_linear
@@ -434,6 +434,32 @@ def test_progress_is_plain_eta_lines_in_a_non_terminal_and_a_bar_on_a_terminal(i
     console = "".join(capsys.readouterr())
     assert "\r" in console and not step.search(console) and "final top-1" in console
     assert len(step.findall((tmp_path / "tty" / "log.txt").read_text())) == 3
+
+
+def test_weights_recorded_input_norm_is_used_recorded_and_bgr_refused(imagenet_mini, tmp_path, results_dir,
+                                                                      monkeypatch):
+    """Normalisation travels with the weights (issue 30): the run normalises as the source's info["input"] says,
+    records it when it is not ImageNet's, and refuses weights that expect BGR (it feeds RGB images)."""
+    from mocoeval.convert.resnet50 import INPUT_NORMS
+
+    train, val = ld.build_transforms(32, INPUT_NORMS["none"])
+    assert tuple(val.transforms[-1].mean) == (0.0, 0.0, 0.0) and tuple(train.transforms[-1].std) == (1.0, 1.0, 1.0)
+    assert ld.input_mean_std(INPUT_NORMS["imagenet"]) == (ld.IMAGENET_MEAN, ld.IMAGENET_STD)
+    real = lm.load_backbone_source
+
+    def with_norm(norm):
+        def load(config):
+            state, info = real(config)
+            return state, {**info, "input": dict(INPUT_NORMS[norm])}
+        monkeypatch.setattr(linear, "load_backbone_source", load)
+
+    with_norm("none")
+    _run(["--random-init", imagenet_mini, *FAST, "--epochs", 1, "--workers", 0, "--output-dir", tmp_path / "none"])
+    (rec,) = load_records(results_dir)
+    assert rec["config"]["input_norm"] == "RGB mean [0.0, 0.0, 0.0] std [255.0, 255.0, 255.0] (0..255)"
+    with_norm("caffe2")
+    with pytest.raises(UserError, match="the weights expect BGR input; linear evaluation feeds RGB images"):
+        linear.read_inputs(LinearConfig(data=str(imagenet_mini), random_init=True), tmp_path / "bgr")
 
 
 def test_random_init_run_records_its_seed(imagenet_mini, tmp_path, results_dir):

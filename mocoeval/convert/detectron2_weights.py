@@ -88,10 +88,19 @@ INPUT_SETTINGS = {
 LAYOUT_NAMES = {"torchvision": "converted torchvision/MoCo weights", "caffe2": "Caffe2 (MSRA R-50.pkl) weights"}
 
 
-def input_mismatches(cfg, layout: str) -> list[str]:
-    """The config's input settings that differ from what `layout` weights need, as "KEY value (needs X)"."""
+def input_settings(input_norm: Mapping[str, Any] | None = None) -> dict:
+    """The input settings converted weights need: the normalisation they record (`mocoeval_input`), ImageNet RGB
+    for files written before it was recorded."""
+    norm = input_norm or INPUT_NORMS["imagenet"]
+    return {**INPUT_SETTINGS["torchvision"], "INPUT.FORMAT": norm["channels"],
+            "MODEL.PIXEL_MEAN": tuple(norm["pixel_mean"]), "MODEL.PIXEL_STD": tuple(norm["pixel_std"])}
+
+
+def input_mismatches(cfg, layout: str | Mapping[str, Any]) -> list[str]:
+    """The config's input settings that differ from what `layout` weights need (a layout name of INPUT_SETTINGS or
+    the settings themselves, e.g. `input_settings(...)`), as "KEY value (needs X)"."""
     out = []
-    for key, want in INPUT_SETTINGS[layout].items():
+    for key, want in (INPUT_SETTINGS[layout] if isinstance(layout, str) else layout).items():
         node = cfg
         for part in key.split("."):
             node = node[part]
@@ -234,6 +243,14 @@ def read_weights(path) -> tuple[str, dict]:
     if blobs is None:
         return "torchvision", _check_d2_data(data, Path(path))
     return "caffe2", _check_caffe2_blobs(blobs, str(path))
+
+
+def recorded_input_norm(path) -> dict | None:
+    """The normalisation a converted .pkl records (`mocoeval_input`), None if it has none; no completeness check
+    (verification must still report on a partial file)."""
+    data = _read_weights_pickle(path)
+    norm = data.get("mocoeval_input") if isinstance(data, dict) else None
+    return norm if isinstance(norm, dict) else None
 
 
 def read_caffe2_weights(path) -> dict | None:

@@ -63,8 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="allow full unpickling (may run code stored in the file) for legacy checkpoints that hold "
                         "more than tensors and plain containers; only for files from a trusted source")
     p.add_argument("--variant", metavar="NAME",
-                   help="variant name for the results tables, overriding the detected one (e.g. random-init for "
-                        "a randomly initialised torchvision ResNet-50, which otherwise counts as 'supervised')")
+                   help="variant name for the results tables, overriding the detected one (e.g. supervised for "
+                        "supervised torchvision weights: a torchvision-named file is otherwise named after itself)")
     p.add_argument("--residual-bn-init", type=float, default=None, metavar="G",
                    help="with random-init:SEED: the last BN scale of every residual branch is G (train_moco.py's "
                         "flag: the network such a pretraining starts from; default 1, torchvision's init)")
@@ -166,6 +166,8 @@ def main(argv=None) -> int:
         info["input"] = dict(INPUT_NORMS[args.input_norm])
     for line in info["report"]:
         print(line)
+    for line in info.get("warnings", ()):
+        print(f"warning: {line}", file=sys.stderr)
     norm = info["input"]
     print(f"input: {norm['channels']}, pixel mean {list(norm['pixel_mean'])}, std {list(norm['pixel_std'])} "
           f"(0..255 scale; recorded in the .pkl)")

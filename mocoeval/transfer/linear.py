@@ -50,7 +50,8 @@ from mocoeval.runtime.fileio import (
 from mocoeval.runtime.logger import log_to
 from mocoeval.runtime.stop_request import StopRequest, any_process
 from mocoeval.transfer.linear_config import LinearConfig
-from mocoeval.transfer.linear_data import build_datasets, sample_seed, shard
+from mocoeval.transfer.linear_data import (IMAGENET_MEAN, IMAGENET_STD, build_datasets, input_mean_std, sample_seed,
+                                           shard)
 from mocoeval.transfer.linear_model import (
     ARCH,
     FrozenBackboneResNet50,
@@ -94,9 +95,13 @@ class Inputs:
 
 
 def read_inputs(config: LinearConfig, output_dir: Path) -> Inputs:
-    # the data first, so that a bad folder fails before the (slow) checkpoint read, then the backbone and --resume
-    train_set, val_set, classes = build_datasets(config.data, config.image_size, config.seed)
+    # the data folder first, so that a bad one fails before the (slow) checkpoint read; then the backbone, whose
+    # recorded input normalisation the datasets apply, and --resume
+    from mocoeval.data.layout import check_imagefolder
+
+    check_imagefolder(Path(config.data), splits=("train", "val"))
     backbone_state, info = load_backbone_source(config)
+    train_set, val_set, classes = build_datasets(config.data, config.image_size, config.seed, info.get("input"))
     resume_path = resolve_resume(config.resume, output_dir)
     checkpoint = _load_checkpoint(resume_path) if resume_path is not None else None
     return Inputs(train_set, val_set, classes, backbone_state, info, resume_path, checkpoint)
@@ -160,11 +165,20 @@ class LinearRun:
         logger.info("data %s: %d train / %d val images, %d classes", config.data, len(self.train_set),
                     len(inputs.val_set), len(self.classes))
         self.source = self.info["format_description"] if config.random_init else str(config.weights)
+        norm = self.info.get("input")
+        if norm and input_mean_std(norm) != (IMAGENET_MEAN, IMAGENET_STD):
+            # recorded only when it is not the default, so that the default runs keep their settings (and rows); one
+            # string, as the tables compare settings by value
+            self.record_config["input_norm"] = (f"{norm['channels']} mean {list(norm['pixel_mean'])} "
+                                                f"std {list(norm['pixel_std'])} (0..255)")
+            logger.info("input normalisation recorded with the weights: %s", self.record_config["input_norm"])
         self.variant = dict(self.info.get("variant") or {})
         if config.variant:
             self.variant["name"] = config.variant
         logger.info("backbone: %s (format %s, variant %s, sha256 %s)", self.source, self.info.get("format"),
                     self.variant.get("name"), str(self.info.get("source_sha256"))[:12])
+        for line in self.info.get("warnings", ()):
+            logger.warning(line)
 
         torch.manual_seed(config.seed)  # fc initialisation
         self.model = FrozenBackboneResNet50(num_classes=len(self.classes), feature_norm=config.feature_norm)

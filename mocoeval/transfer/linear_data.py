@@ -6,6 +6,7 @@ import hashlib
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 from torchvision import datasets
@@ -23,8 +24,20 @@ def val_resize_size(image_size: int) -> int:
     return int(image_size * 256 / 224)
 
 
-def build_transforms(image_size: int) -> tuple[T.Compose, T.Compose]:
-    normalize = T.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD)
+def input_mean_std(input_norm: Mapping[str, Any] | None) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Normalize's mean/std (0..1 scale) for the normalisation the weights record (`load_resnet50`'s info["input"],
+    0..255 scale); ImageNet's when none is recorded. The images are read as RGB: other weights are refused."""
+    if not input_norm:
+        return IMAGENET_MEAN, IMAGENET_STD
+    if input_norm.get("channels") != "RGB":
+        raise UserError(f"the weights expect {input_norm.get('channels')} input; linear evaluation feeds RGB images")
+    return (tuple(round(float(m) / 255, 6) for m in input_norm["pixel_mean"]),
+            tuple(round(float(s) / 255, 6) for s in input_norm["pixel_std"]))
+
+
+def build_transforms(image_size: int, input_norm: Mapping[str, Any] | None = None) -> tuple[T.Compose, T.Compose]:
+    mean, std = input_mean_std(input_norm)
+    normalize = T.Normalize(mean=mean, std=std)
     train = T.Compose([T.RandomResizedCrop(image_size, scale=RRC_SCALE), T.RandomHorizontalFlip(),
                        T.ToTensor(), normalize])
     val = T.Compose([T.Resize(val_resize_size(image_size)), T.CenterCrop(image_size), T.ToTensor(), normalize])
@@ -82,13 +95,14 @@ class ImageFolderWithClasses(datasets.ImageFolder):
         return classes, self._given_class_to_idx
 
 
-def build_datasets(data_dir, image_size: int, seed: int):
-    """(train dataset with seeded augmentation, val dataset, class names) of an ImageFolder root."""
+def build_datasets(data_dir, image_size: int, seed: int, input_norm: Mapping[str, Any] | None = None):
+    """(train dataset with seeded augmentation, val dataset, class names) of an ImageFolder root, normalised as
+    `input_norm` says (see input_mean_std)."""
     from mocoeval.data.layout import check_imagefolder
 
     data_dir = Path(data_dir)
     check_imagefolder(data_dir, splits=("train", "val"))
-    train_tf, val_tf = build_transforms(image_size)
+    train_tf, val_tf = build_transforms(image_size, input_norm)
     try:
         train_base = datasets.ImageFolder(data_dir / "train")
         val = ImageFolderWithClasses(data_dir / "val", train_base.class_to_idx, transform=val_tf)

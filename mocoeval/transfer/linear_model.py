@@ -75,7 +75,8 @@ def load_backbone_source(config: LinearConfig) -> tuple[dict[str, torch.Tensor],
     if config.random_init:
         return random_init_resnet50(config.seed, 1.0 if config.residual_bn_init is None else config.residual_bn_init)
 
-    state, info = load_resnet50(config.weights, fmt=config.weights_format, trust_pickle=config.trust_pickle)
+    state, info = load_resnet50(config.weights, fmt=config.weights_format, trust_pickle=config.trust_pickle,
+                                variant=config.variant)
     return {k: v for k, v in state.items() if not k.startswith("fc.")}, dict(info)
 
 

@@ -96,7 +96,7 @@ def describe_architecture(sd: Mapping[str, Any]) -> str | None:
     return None
 
 
-def _variant(obj: Any, fmt: str, path: Path, name: str | None) -> dict:
+def _variant(obj: Any, path: Path, name: str | None) -> dict:
     extras = obj if isinstance(obj, Mapping) else {}
     if isinstance(extras.get("variant"), Mapping):  # our pretrainer's checkpoints
         variant = dict(extras["variant"])
@@ -105,11 +105,9 @@ def _variant(obj: Any, fmt: str, path: Path, name: str | None) -> dict:
         return variant
     if isinstance(extras.get("config"), Mapping):
         return pretrain_variant(extras["config"], name=name).to_record()
-    if name:
-        return special_variant(name).to_record()
-    if fmt == "torchvision":
-        return special_variant("supervised").to_record()
-    return special_variant(_checkpoint_stem(path)).to_record()
+    # Any other file is named after itself: torchvision names say nothing about how the weights were trained (DINO's
+    # and Barlow Twins' backbone-only files have them too), so none lands on the supervised row unasked.
+    return special_variant(name or _checkpoint_stem(path)).to_record()
 
 
 def _flatten(obj: Any) -> tuple[dict, list[str]]:
@@ -235,23 +233,15 @@ def _group(key: str, lay: Layout) -> str:
     return "other"
 
 
-def _input_norm(lay: Layout, tensors: Mapping) -> dict:
-    """The normalisation the weights expect: mmselfsup 1.x stores its data_preprocessor's; else the layout's."""
-    mean, std = tensors.get("state_dict.data_preprocessor.mean"), tensors.get("state_dict.data_preprocessor.std")
-    if mean is not None and std is not None and mean.numel() == 3 == std.numel():
-        return {"channels": "RGB", "pixel_mean": tuple(round(float(x), 4) for x in mean.flatten()),
-                "pixel_std": tuple(round(float(x), 4) for x in std.flatten())}
-    return dict(INPUT_NORMS[lay.input_norm])
-
-
 def load_resnet50(path, fmt: str | None = None, trust_pickle: bool = False, *, variant: str | None = None,
                   select: str | None = None, prefix: str | None = None) -> tuple["OrderedDict[str, Any]", dict]:
     """The ResNet-50 backbone of a checkpoint as a torchvision-keyed float32 state dict, and what the file was.
 
     fmt: None to auto-detect, else one of FORMATS. select: the candidate backbone to convert instead of the one the
     framework evaluates (its name, e.g. 'student', or for an unknown layout a prefix). prefix: read torchvision names
-    under this prefix (any layout). variant: a name overriding the detected variant's name (e.g. 'random-init' for
-    a randomly initialised torchvision model, which would otherwise count as 'supervised'). Raises UserError (one
+    under this prefix (any layout). variant: a name overriding the detected variant's name (e.g. 'supervised' for
+    supervised torchvision weights; without it a torchvision-named file is named after itself, with a warning in
+    info["warnings"]). Raises UserError (one
     line) for anything that is not one complete ResNet-50.
     """
     path = Path(path)
@@ -351,7 +341,11 @@ def load_resnet50(path, fmt: str | None = None, trust_pickle: bool = False, *, v
         "format_source": lay.source,
         "path": str(path.resolve()),
         "source_sha256": sha256_file(path),
-        "variant": _variant(obj, lay.name, path, variant),
+        "variant": _variant(obj, path, variant),
+        # the user may mean the supervised row: say how, as torchvision names cannot tell
+        "warnings": [f"{path.name}: torchvision names say nothing about how the weights were trained: recorded as "
+                     f"variant '{_checkpoint_stem(path)}'; pass --variant supervised if they are supervised ImageNet "
+                     f"weights"] if lay.name == "torchvision" and not variant else [],
         "container": (where.split(".")[0] if isinstance(obj.get(where.split(".")[0]), Mapping) else "top level"),
         "prefix": where,
         "candidate": cand.name,
@@ -363,7 +357,7 @@ def load_resnet50(path, fmt: str | None = None, trust_pickle: bool = False, *, v
         "left_out": dict(left_out),
         "head_keys": heads,
         "cast_to_float32_from": cast,
-        "input": _input_norm(lay, tensors),
+        "input": dict(INPUT_NORMS[lay.input_norm]),
         "report": report,
         "epoch": extras.get("epoch") if isinstance(extras.get("epoch"), int) else None,
         "arch": extras.get("arch") if isinstance(extras.get("arch"), str) else None,

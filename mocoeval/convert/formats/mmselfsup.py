@@ -1,16 +1,18 @@
-"""mmselfsup / mmpretrain, OpenSelfSup and DenseCL. Read from open-mmlab/mmcv mmcv/runner/checkpoint.py
-(save_checkpoint: {'meta', 'state_dict', 'optimizer'}), open-mmlab/mmselfsup mmselfsup/models/algorithms/moco.py
-and base.py (backbone / neck / head; encoder_k or momentum_encoder / target_net: an EMA copy wrapping
-Sequential(backbone, neck) -> '<name>.module.0.'; data_preprocessor.mean/std buffers on a 0..255 RGB scale),
-open-mmlab/OpenSelfSup openselfsup/models/moco.py and WXinlong/DenseCL openselfsup/models/densecl.py
-(encoder_q = Sequential(backbone, neck) with self.backbone = encoder_q[0], so 'backbone.' and 'encoder_q.0.'
-hold the same tensors; encoder_k.0 is the momentum copy). mmcv's ResNet uses torchvision names."""
+"""mmselfsup / mmpretrain, OpenSelfSup and DenseCL. Read from open-mmlab/mmselfsup mmselfsup/models/algorithms/moco.py
+at 3c4825a46323 (1.x: encoder_k = ExponentialMovingAverage(Sequential(backbone, neck)) -> 'encoder_k.module.0.',
+'encoder_k.steps') and at 0c88e8dceb47 (1.0.0rc: encoder_q / encoder_k = Sequential(backbone, neck) with
+self.backbone = encoder_q[0], so 'backbone.' and 'encoder_q.0.' hold the same tensors), mocov3.py at 0c88e8dceb47
+(base_encoder / momentum_encoder, the same sharing), WXinlong/DenseCL openselfsup/models/densecl.py (OpenSelfSup's
+encoder_q / encoder_k) and mmcv's save_checkpoint ({'meta', 'state_dict' of the unwrapped model, 'optimizer'}).
+mmengine's ImgDataPreprocessor (mmengine/model/base_model/data_preprocessor.py at 009091600ead) registers its
+mean/std as non-persistent buffers: checkpoints do not carry the normalisation; mmselfsup's ResNet-50 configs use
+ImageNet mean/std on RGB, the layout's default. mmcv's ResNet uses torchvision names (bn1, downsample.0/1)."""
 from mocoeval.convert.formats.layout import Candidate, Layout
 
 LAYOUTS = (
     Layout(
-        name="mmselfsup", source="open-mmlab/mmselfsup: mmselfsup/models/algorithms/moco.py; open-mmlab/OpenSelfSup: "
-                                 "openselfsup/models/moco.py; WXinlong/DenseCL: openselfsup/models/densecl.py",
+        name="mmselfsup", source="open-mmlab/mmselfsup: mmselfsup/models/algorithms/moco.py, mocov3.py;"
+                                 " WXinlong/DenseCL: openselfsup/models/densecl.py",
         description="mmselfsup / mmpretrain / OpenSelfSup / DenseCL checkpoint (backbone kept; neck, head and "
                     "momentum copies dropped)",
         markers=(r"^meta$|^meta\.", r"^state_dict\.backbone\."),
@@ -19,8 +21,7 @@ LAYOUTS = (
                     Candidate("momentum", r"state_dict\.(?:encoder_k|momentum_encoder|target_net)\.(?:module\.)?0\.",
                               "the momentum copy")),
         groups=((r"^state_dict\.(encoder_k|momentum_encoder|target_net)\.", "momentum copy"),
-                (r"^state_dict\.encoder_q\.0\.", "query encoder (the backbone's tensors again)"),
-                (r"^state_dict\.(encoder_q\.1|neck)\.", "neck"), (r"^state_dict\.head\.", "head"),
-                (r"^state_dict\.queue", "queue"),
-                (r"^state_dict\.data_preprocessor\.", "input normalisation (recorded)"))),
+                (r"^state_dict\.(encoder_q|base_encoder)\.0\.", "query encoder (the backbone's tensors again)"),
+                (r"^state_dict\.((encoder_q|base_encoder)\.1|neck)\.", "neck"), (r"^state_dict\.head\.", "head"),
+                (r"^state_dict\.queue", "queue"))),
 )

@@ -1,9 +1,10 @@
 """MoCo v1/v2 (ours and the official release) and MoCo v3 ResNet-50.
 
 Read from facebookresearch/moco main_moco.py (save_checkpoint of model.state_dict(): DDP 'module.', encoder_q /
-encoder_k / queue), moco/builder.py (encoder_q.fc is the MLP head) and facebookresearch/moco-v3 main_moco.py +
-moco/builder.py (base_encoder with its projector in fc, momentum_encoder, predictor); both main_lincls.py read
-encoder_q / base_encoder."""
+encoder_k / queue), moco/builder.py (encoder_q.fc is the MLP head) and facebookresearch/moco-v3 main_moco.py at
+02655ae4d6ac (save_checkpoint({'epoch', 'arch', 'state_dict' of the DDP model, 'optimizer', 'scaler'})) +
+moco/builder.py at 0c5d00a3d513 (base_encoder with its projector, an MLP with BatchNorm1d, in fc; momentum_encoder;
+predictor); both main_lincls.py read encoder_q / base_encoder."""
 from mocoeval.convert.formats.layout import CONTAINER, Candidate, Layout
 
 LAYOUTS = (

@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 
-from mocoeval.convert.detectron2_weights import D2_RESNET50_SHAPES, NEW_IN_DETECTOR, input_mismatches
+from mocoeval.convert.detectron2_weights import (D2_RESNET50_SHAPES, NEW_IN_DETECTOR, input_mismatches, input_settings,
+                                                 recorded_input_norm)
 from mocoeval.convert.formats import first_few
 from mocoeval.runtime.errors import UserError
 from mocoeval.runtime.logger import quiet_loggers
@@ -63,23 +64,29 @@ def verify_conversion(state_dict: Mapping[str, Any], pkl_path, config_file=None,
     Both in eval mode, fp32, fed the same already-normalised tensor (Detectron2's backbone does not
     normalise; GeneralizedRCNN.preprocess_image does): backbone res4 vs layer3 and roi_heads.res5
     without its appended `norm` vs layer4. Also checks what loading left out (only RPN, box predictor
-    and roi_heads.res5.norm may be missing) and that the config normalises inputs like torchvision.
+    and roi_heads.res5.norm may be missing) and that the config normalises inputs as the .pkl records
+    (`mocoeval_input`; without config_file the default config takes that normalisation).
     Returns a dict with "ok", the max abs differences, the load report and a one-line "line".
     """
     import torch
     import torchvision
 
-    model, cfg, incompatible = load_into_detector(pkl_path, config_file)
+    # The normalisation the .pkl records is what the detector must feed: the default config takes it, a given
+    # config must agree with it.
+    needed = input_settings(recorded_input_norm(pkl_path))
+    opts = [] if config_file else [x for k in ("INPUT.FORMAT", "MODEL.PIXEL_MEAN", "MODEL.PIXEL_STD")
+                                   for x in (k, list(needed[k]) if isinstance(needed[k], tuple) else needed[k])]
+    model, cfg, incompatible = load_into_detector(pkl_path, config_file, opts)
     load = classify_load_result(incompatible)
     problems = []
     if load["missing_other"]:
         problems.append(f"missing after loading: {first_few(load['missing_other'], 3)}")
     if load["incorrect_shapes"]:
         problems.append(f"shape mismatches: {first_few(load['incorrect_shapes'], 2)}")
-    wrong_inputs = input_mismatches(cfg, "torchvision")
+    wrong_inputs = input_mismatches(cfg, needed)
     if wrong_inputs:
-        problems.append(f"config feeds {cfg.INPUT.FORMAT} input that torchvision weights were not trained with: "
-                        f"{', '.join(wrong_inputs)}")
+        problems.append(f"config feeds {cfg.INPUT.FORMAT} input that the weights were not trained with (the "
+                        f"normalisation the .pkl records): {', '.join(wrong_inputs)}")
 
     # The source model: built on the meta device (no random init to pay for), then given the checkpoint's
     # tensors; fc and the BN step counters are not part of the backbone and get placeholders.
