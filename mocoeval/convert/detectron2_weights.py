@@ -153,12 +153,8 @@ def torchvision_to_d2(state_dict: Mapping[str, Any]) -> dict[str, np.ndarray]:
     return {k: out[k] for k in D2_RESNET50_SHAPES}  # canonical order
 
 
-def save_d2_pickle(out_path, d2_model: Mapping[str, np.ndarray], source: Mapping[str, Any],
-                   input_norm: Mapping[str, Any] | None = None) -> Path:
-    """Write the Detectron2 .pkl atomically; refuses an incomplete model (never an empty or partial file).
-
-    `input_norm` ({"channels", "pixel_mean", "pixel_std"} on a 0..255 scale, default ImageNet RGB) is recorded as
-    "mocoeval_input": the normalisation the weights were trained with travels with them."""
+def check_output_pkl(out_path) -> Path:
+    """A .pkl path in an existing folder, not a directory; else a one-line UserError."""
     out_path = Path(out_path)
     if out_path.suffix != ".pkl":
         raise UserError(f"output {out_path} must end with .pkl (Detectron2 reads only .pkl files as converted weights)")
@@ -166,6 +162,16 @@ def save_d2_pickle(out_path, d2_model: Mapping[str, np.ndarray], source: Mapping
         raise UserError(f"output folder does not exist: {out_path.parent}")
     if out_path.is_dir():
         raise UserError(f"output {out_path} is a directory")
+    return out_path
+
+
+def save_d2_pickle(out_path, d2_model: Mapping[str, np.ndarray], source: Mapping[str, Any],
+                   input_norm: Mapping[str, Any] | None = None) -> Path:
+    """Write the Detectron2 .pkl atomically; refuses an incomplete model (never an empty or partial file).
+
+    `input_norm` ({"channels", "pixel_mean", "pixel_std"} on a 0..255 scale, default ImageNet RGB) is recorded as
+    "mocoeval_input": the normalisation the weights were trained with travels with them."""
+    out_path = check_output_pkl(out_path)
     _check_complete(d2_model, "converted model")
     data = {"model": dict(d2_model), "__author__": AUTHOR, "matching_heuristics": True,
             "mocoeval_source": dict(source),

@@ -21,7 +21,7 @@ from pathlib import Path
 from mocoeval.convert.formats import FORMATS, LAYOUTS, load_resnet50, parse_random_init, random_init_resnet50
 from mocoeval.convert.resnet50 import INPUT_NORMS, first_few
 from mocoeval.pretrain.residual_scaling import check_residual_bn_init
-from mocoeval.convert.detectron2_weights import read_caffe2_weights, save_d2_pickle, torchvision_to_d2
+from mocoeval.convert.detectron2_weights import check_output_pkl, read_caffe2_weights, save_d2_pickle, torchvision_to_d2
 from mocoeval.runtime.errors import UserError, cli_main
 from mocoeval.runtime.fileio import plain_write_mode
 from mocoeval.results.variants import describe_departures, recipe_departures
@@ -76,12 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _check_output_path(out: Path, checkpoint: Path) -> None:
     """Fail on a bad output path before spending time on loading."""
-    if out.suffix != ".pkl":
-        raise UserError(f"output {out} must end with .pkl (Detectron2 reads only .pkl files as converted weights)")
-    if not out.parent.is_dir():
-        raise UserError(f"output folder does not exist: {out.parent}")
-    if out.is_dir():
-        raise UserError(f"output {out} is a directory")
+    check_output_pkl(out)
     if checkpoint.exists() and out.exists() and out.resolve() == checkpoint.resolve():
         raise UserError(f"output {out} is the input checkpoint itself")
 
