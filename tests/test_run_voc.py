@@ -436,7 +436,7 @@ def _evaluate(predict) -> dict:
         inst.scores = torch.ones(len(boxes))
         inst.pred_classes = torch.tensor([a["category_id"] for a in d["annotations"] if predict(a)], dtype=torch.long)
         evaluator.process([{"image_id": d["image_id"]}], [{"instances": inst}])
-    return voc_trial.extract_voc_metrics(evaluator.evaluate())
+    return voc_trial.VOCTrainer.benchmark.extract_metrics(evaluator.evaluate())
 
 
 def test_evaluator_ground_truth_as_predictions_scores_100(tmp_path):

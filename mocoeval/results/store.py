@@ -18,7 +18,7 @@ from mocoeval import REPO_ROOT
 from mocoeval.runtime.fileio import atomic_write_json
 
 SCHEMA_VERSION = 1
-STAGES = ("pretrain", "linear", "voc")
+STAGES = ("pretrain", "linear", "voc", "coco")
 # The metric names records carry: VOC per trial (Detectron2's PascalVOCDetectionEvaluator), linear per network.
 VOC_METRICS = ("AP50", "AP", "AP75")
 LINEAR_METRIC = "linear_top1"

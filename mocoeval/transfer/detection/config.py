@@ -1,4 +1,4 @@
-"""The Detectron2 config of a VOC trial: built from YAML + --opts, its identity (hash), the VOC splits check."""
+"""The Detectron2 config of a trial: built from YAML + --opts, its identity (hash); the VOC splits it names."""
 from __future__ import annotations
 
 import dataclasses
@@ -159,14 +159,3 @@ def voc_splits(cfg: CfgNode) -> list[tuple[str, str]]:
                 splits.append((m[1], m[2]))
     return splits
 
-
-def check_dataset(cfg: CfgNode, dataset_root: str | os.PathLike) -> None:
-    """Register Detectron2's VOC datasets under `dataset_root` and check every split the config uses."""
-    from mocoeval.data.layout import check_voc_root
-    from mocoeval.data.voc import register_voc_datasets
-
-    root = Path(dataset_root)
-    if not root.is_dir():
-        raise UserError(f"dataset root not found: {root} (set --dataset-root or DETECTRON2_DATASETS)")
-    check_voc_root(root, splits=tuple(voc_splits(cfg)))
-    register_voc_datasets(root)
