@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 from pathlib import Path
 
 from mocoeval import CONFIG_DIR
@@ -50,18 +51,6 @@ class Benchmark:
         self._check(cfg, Path(root))
         self.register(root)
 
-    def _dataset_names(self, cfg, pattern: str, known) -> list[str]:
-        names = []
-        for field in ("TRAIN", "TEST"):
-            if not cfg.DATASETS[field]:
-                raise UserError(f"DATASETS.{field} is empty")
-            for name in cfg.DATASETS[field]:
-                if not known(name):
-                    raise UserError(f"DATASETS.{field} names {name!r}: run_{self.name}.py trains and evaluates on "
-                                    f"{pattern} only")
-                names.append(name)
-        return names
-
     # per benchmark
     def _check(self, cfg, root: Path) -> None:
         raise NotImplementedError
@@ -86,7 +75,6 @@ class VOC(Benchmark):
 
     def _check(self, cfg, root):
         from mocoeval.data.layout import check_voc_root
-        from mocoeval.transfer.detection.config import voc_splits
 
         check_voc_root(root, splits=tuple(voc_splits(cfg)))
 
@@ -118,7 +106,8 @@ class COCO(Benchmark):
         from mocoeval.data.coco import COCO_SPLITS
         from mocoeval.data.layout import check_coco_root
 
-        names = self._dataset_names(cfg, f"Detectron2's builtin {' and '.join(COCO_SPLITS)}", COCO_SPLITS.__contains__)
+        names = dataset_names(cfg, "run_coco.py", f"Detectron2's builtin {' and '.join(COCO_SPLITS)}",
+                              COCO_SPLITS.__contains__)
         if not cfg.MODEL.MASK_ON:
             raise UserError("MODEL.MASK_ON is False: the COCO protocol trains Mask R-CNN and reports mask AP")
         check_coco_root(root, splits=tuple(dict.fromkeys(names)))
@@ -147,6 +136,29 @@ class COCO(Benchmark):
             logger.warning("the detector predicted nothing on %s: AP 0", self.title)
             out = {k: 0.0 if math.isnan(v) else v for k, v in out.items()}
         return out
+
+
+VOC_DATASET_RE = re.compile(r"^voc_(\d{4})_(\w+)$")
+
+
+def dataset_names(cfg, command: str, supported: str, known) -> list[str]:
+    """DATASETS.TRAIN + DATASETS.TEST, each accepted by `known(name)`; else a one-line error naming `supported`."""
+    names = []
+    for field in ("TRAIN", "TEST"):
+        if not cfg.DATASETS[field]:
+            raise UserError(f"DATASETS.{field} is empty")
+        for name in cfg.DATASETS[field]:
+            if not known(name):
+                raise UserError(f"DATASETS.{field} names {name!r}: {command} trains and evaluates on {supported} only")
+            names.append(name)
+    return names
+
+
+def voc_splits(cfg) -> list[tuple[str, str]]:
+    """(year, split) of every dataset the config uses; only Pascal VOC splits are supported."""
+    names = dataset_names(cfg, "run_voc.py", "Pascal VOC splits (voc_YYYY_split, e.g. voc_2007_test)",
+                          VOC_DATASET_RE.match)
+    return list(dict.fromkeys(VOC_DATASET_RE.match(n).groups() for n in names))
 
 
 def _pick(results, wanted: dict[str, dict[str, str]]) -> dict[str, float]:
