@@ -28,11 +28,13 @@ test-fast: lint
 # random-init ResNet-50 in eval mode (BN = identity) has far larger features than a pretrained one (plain lr 1:
 # train loss 4e4 vs 1e3 in this demo), so no single lr fits both rows.
 # VOC: few RoIs and a 7x7 RoI pooler, since R50-C4 runs res5 once per RoI (14x14 x 512 RoIs: ~100 s/iter
-# on 2 cores). Override any of these on the command line: make demo DEMO_VOC_TRIALS=1.
+# on 2 cores). COCO: one short Mask R-CNN trial per backbone with the VOC stage's sizes, and no test score
+# threshold (a barely trained 81-way classifier scores every class ~1/81, under Detectron2's 0.05, and would
+# predict nothing). Override any of these on the command line: make demo DEMO_VOC_TRIALS=1.
 DEMO_OUT ?= output/demo
 DEMO_DATA ?= datasets
 DEMO_DATA_FLAGS ?= --voc2007-trainval 100 --voc2007-test 40 --voc2012-trainval 100 --voc-short-side 128 \
-                   --imagenet-train-per-class 40 --imagenet-val-per-class 10
+                   --imagenet-train-per-class 40 --imagenet-val-per-class 10 --coco-train 40 --coco-val 20
 DEMO_VARIANTS ?= moco_v1 d
 DEMO_PRETRAIN_FLAGS ?= --image-size 32 --epochs 3 --batch-size 32 --lr 0.03 --moco-k 64 --moco-m 0.99 \
                        --seed 0 --print-freq 5
@@ -46,11 +48,20 @@ DEMO_VOC_OPTS ?= SOLVER.IMS_PER_BATCH 2 SOLVER.MAX_ITER 10 SOLVER.STEPS (8,) SOL
                  MODEL.RPN.PRE_NMS_TOPK_TRAIN 300 MODEL.RPN.POST_NMS_TOPK_TRAIN 64 \
                  MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE 16 MODEL.RPN.PRE_NMS_TOPK_TEST 300 \
                  MODEL.RPN.POST_NMS_TOPK_TEST 20 MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION 7 DATALOADER.NUM_WORKERS 1
+DEMO_COCO_TRIALS ?= 1
+DEMO_COCO_OPTS ?= SOLVER.IMS_PER_BATCH 2 SOLVER.MAX_ITER 6 SOLVER.STEPS (5,) SOLVER.WARMUP_ITERS 2 \
+                  SOLVER.CHECKPOINT_PERIOD 5 INPUT.MIN_SIZE_TRAIN (128,) INPUT.MAX_SIZE_TRAIN 200 \
+                  INPUT.MIN_SIZE_TEST 128 INPUT.MAX_SIZE_TEST 200 TEST.PRECISE_BN.NUM_ITER 4 \
+                  MODEL.RPN.PRE_NMS_TOPK_TRAIN 300 MODEL.RPN.POST_NMS_TOPK_TRAIN 64 \
+                  MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE 16 MODEL.RPN.PRE_NMS_TOPK_TEST 300 \
+                  MODEL.RPN.POST_NMS_TOPK_TEST 20 MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION 7 \
+                  MODEL.ROI_HEADS.SCORE_THRESH_TEST 0.0 DATALOADER.NUM_WORKERS 1
 DEMO_ENV = DEMO_OUT='$(DEMO_OUT)' DEMO_DATA='$(DEMO_DATA)' DEMO_DATA_FLAGS='$(DEMO_DATA_FLAGS)' \
            DEMO_VARIANTS='$(DEMO_VARIANTS)' DEMO_PRETRAIN_FLAGS='$(DEMO_PRETRAIN_FLAGS)' \
            DEMO_LINEAR_FLAGS='$(DEMO_LINEAR_FLAGS)' DEMO_RANDOM_SEEDS='$(DEMO_RANDOM_SEEDS)' \
            DEMO_RANDOM_INITS='$(DEMO_RANDOM_INITS)' \
-           DEMO_VOC_TRIALS='$(DEMO_VOC_TRIALS)' DEMO_VOC_OPTS='$(DEMO_VOC_OPTS)' PY='$(PY)'
+           DEMO_VOC_TRIALS='$(DEMO_VOC_TRIALS)' DEMO_VOC_OPTS='$(DEMO_VOC_OPTS)' \
+           DEMO_COCO_TRIALS='$(DEMO_COCO_TRIALS)' DEMO_COCO_OPTS='$(DEMO_COCO_OPTS)' PY='$(PY)'
 
 # Quick end-to-end run of every stage (~10 min on 2 cores); its numbers show the plumbing, not the science.
 demo: setup

@@ -15,7 +15,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 TINY = {
     "DEMO_DATA_FLAGS": "--voc2007-trainval 8 --voc2007-test 6 --voc2012-trainval 4 --voc-short-side 96 "
-                       "--imagenet-train-per-class 4 --imagenet-val-per-class 2 --workers 1",
+                       "--imagenet-train-per-class 4 --imagenet-val-per-class 2 --coco-train 6 --coco-val 4 "
+                       "--coco-short-side 96 --workers 1",
     "DEMO_VARIANTS": "moco_v1 d",
     "DEMO_PRETRAIN_FLAGS": "--image-size 32 --epochs 1 --batch-size 16 --moco-k 16 --moco-m 0.99 --seed 0 "
                            "--workers 0 --print-freq 1",
@@ -29,6 +30,13 @@ TINY = {
                      "MODEL.RPN.POST_NMS_TOPK_TRAIN 16 MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE 8 "
                      "MODEL.RPN.PRE_NMS_TOPK_TEST 100 MODEL.RPN.POST_NMS_TOPK_TEST 5 "
                      "MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION 7 DATALOADER.NUM_WORKERS 0",
+    "DEMO_COCO_TRIALS": "1",
+    "DEMO_COCO_OPTS": "SOLVER.IMS_PER_BATCH 2 SOLVER.MAX_ITER 2 SOLVER.STEPS (1,) SOLVER.WARMUP_ITERS 1 "
+                      "INPUT.MIN_SIZE_TRAIN (96,) INPUT.MAX_SIZE_TRAIN 128 INPUT.MIN_SIZE_TEST 96 "
+                      "INPUT.MAX_SIZE_TEST 128 TEST.PRECISE_BN.NUM_ITER 1 MODEL.RPN.POST_NMS_TOPK_TRAIN 16 "
+                      "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE 8 MODEL.RPN.POST_NMS_TOPK_TEST 5 "
+                      "MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION 7 MODEL.ROI_HEADS.SCORE_THRESH_TEST 0.0 "
+                      "DATALOADER.NUM_WORKERS 0",
 }
 
 
@@ -67,13 +75,15 @@ def test_demo_pipeline_end_to_end(tmp_path):
         assert (out / "d2" / f"{v}.pkl").is_file()
         summary = json.loads((out / "voc" / v / "summary.json").read_text())
         assert summary["metrics"]["AP50"]["n"] == 1
+        assert json.loads((out / "coco" / v / "summary.json").read_text())["metrics"]["mask_AP"]["n"] == 1
     for name in ("random-init_seed0", "random-init_residual-bn-0.1_seed0"):
         assert (out / "linear" / name / "metrics.json").is_file()
         assert (out / "voc" / name / "summary.json").is_file()
+        assert (out / "coco" / name / "summary.json").is_file()
 
     records = [json.loads(p.read_text()) for p in (out / "results" / "runs").glob("*.json")]
     stages = sorted(r["stage"] for r in records)
-    assert stages == ["linear"] * 4 + ["pretrain"] * 2 + ["voc"] * 4
+    assert stages == ["coco"] * 4 + ["linear"] * 4 + ["pretrain"] * 2 + ["voc"] * 4
     table = (out / "results" / "ablation.md").read_text()
     # the demo's short schedules are not the protocol: every row says so in its label
     assert "| random init [linear: " in table and "| random init [residual_bn_init 0.1; linear: " in table

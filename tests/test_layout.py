@@ -11,7 +11,8 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "mocoeval"
 LAYER = {"runtime": 0, "data": 1, "results": 1, "pretrain": 2, "convert": 3, "transfer": 4}
 COMMANDS = {"mocoeval.pretrain.train_moco", "mocoeval.pretrain.inspect_collapse", "mocoeval.pretrain.bench",
-            "mocoeval.convert.to_d2", "mocoeval.transfer.detection.run_voc", "mocoeval.transfer.run_linear",
+            "mocoeval.convert.to_d2", "mocoeval.transfer.detection.run_voc", "mocoeval.transfer.detection.run_coco",
+            "mocoeval.transfer.run_linear",
             "mocoeval.transfer.branch_scales", "mocoeval.results.make_tables", "mocoeval.results.compare"}
 REPORTING = {"mocoeval.results.tables", "mocoeval.results.plots", "mocoeval.results.compare"}
 

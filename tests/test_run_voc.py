@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from mocoeval.results import identity as protocol_identity
-from mocoeval.transfer.detection import config as voc_config, run as voc_run, trial as voc_trial
+from mocoeval.transfer.detection import benchmark, config as voc_config, run as voc_run, trial as voc_trial
 from mocoeval.transfer.detection.modeling import DEFAULT_VOC_CONFIG
 from mocoeval.runtime.errors import UserError
 from mocoeval.runtime.stop_request import Interrupted
@@ -62,6 +62,16 @@ def store(tmp_path, monkeypatch):
     path = tmp_path / "store"
     monkeypatch.setenv("MOCOEVAL_RESULTS_DIR", str(path))
     return path
+
+
+def kill_when(proc: subprocess.Popen, ready, what: str, sig: int = signal.SIGKILL, timeout: float = 600) -> None:
+    """Send `sig` to a running command once `ready()` holds (polled); fail if it ends or times out first."""
+    deadline = time.time() + timeout
+    while not ready():
+        assert proc.poll() is None, f"the command ended before {what}"
+        assert time.time() < deadline, f"no {what} within {timeout:.0f} s"
+        time.sleep(0.05)
+    proc.send_signal(sig)
 
 
 def _subprocess_env(store_dir: Path) -> dict:
@@ -149,10 +159,10 @@ def test_config_hash_ignores_result_neutral_keys_only():
 
 def test_voc_splits_of_the_protocol_and_non_voc_refused():
     cfg, _ = voc_config.build_config(DEFAULT_VOC_CONFIG, [])
-    assert voc_config.voc_splits(cfg) == [("2007", "trainval"), ("2012", "trainval"), ("2007", "test")]
+    assert benchmark.voc_splits(cfg) == [("2007", "trainval"), ("2012", "trainval"), ("2007", "test")]
     cfg, _ = voc_config.build_config(DEFAULT_VOC_CONFIG, ["DATASETS.TEST", "('coco_2017_val',)"])
     with pytest.raises(UserError, match="coco_2017_val"):
-        voc_config.voc_splits(cfg)
+        benchmark.voc_splits(cfg)
 
 
 def test_loaded_key_check_allows_only_new_detection_layers():
@@ -436,7 +446,7 @@ def _evaluate(predict) -> dict:
         inst.scores = torch.ones(len(boxes))
         inst.pred_classes = torch.tensor([a["category_id"] for a in d["annotations"] if predict(a)], dtype=torch.long)
         evaluator.process([{"image_id": d["image_id"]}], [{"instances": inst}])
-    return voc_trial.extract_voc_metrics(evaluator.evaluate())
+    return voc_trial.VOCTrainer.benchmark.extract_metrics(evaluator.evaluate())
 
 
 def test_evaluator_ground_truth_as_predictions_scores_100(tmp_path):
@@ -615,12 +625,7 @@ def test_trials_summary_rerun_kill_resume_and_failure(tmp_path, random_r50_pkl, 
                              "--opts", *TINY_OPTS],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_subprocess_env(store), cwd=REPO)
     try:
-        deadline = time.time() + 600
-        while not (t3 / "last_checkpoint").exists():
-            assert proc.poll() is None, "run_voc.py ended before trial 3 wrote a checkpoint"
-            assert time.time() < deadline, "no checkpoint within 10 minutes"
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGKILL)
+        kill_when(proc, (t3 / "last_checkpoint").exists, "trial 3's checkpoint")
     finally:
         proc.kill()
         proc.wait()

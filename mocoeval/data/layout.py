@@ -18,14 +18,24 @@
   - every split has the same class folders as the first split (ImageFolder numbers classes by
     sorted folder name, so a class missing from val would silently shift every label after it).
   Images are listed, not decoded.
+
+`check_coco_root(root, splits)` checks, for each Detectron2 builtin COCO split (`coco_2017_train`, `coco_2017_val`):
+  - ROOT/coco/<images>/ exists and ROOT/coco/annotations/instances_<split>.json exists and is COCO json
+    (an object with lists `images`, `annotations`, `categories`);
+  - its categories are COCO's 80 (Detectron2's builtin metadata asserts the same names);
+  - every listed image has an id and a file_name present in the image folder (one listing per folder);
+  - every annotation names a listed image and a known category, with a bbox of 4 numbers, w and h >= 0.
+  The json is parsed once here (about half a minute for the real train2017 file); images are not decoded.
 """
 from __future__ import annotations
 
+import json
 import os
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 from mocoeval.runtime.errors import UserError
+from mocoeval.data.coco import COCO_SPLITS, COCO_THING_CATEGORIES
 from mocoeval.data.voc import VOC_CLASS_NAMES
 
 DEFAULT_VOC_SPLITS = (("2007", "trainval"), ("2007", "test"), ("2012", "trainval"))
@@ -171,4 +181,65 @@ def check_imagefolder(root, splits=("train", "val"), extensions=IMG_EXTENSIONS) 
             raise UserError(f"{folder / missing[0]}: missing class folder (present in {root / ref_split}; "
                             f"ImageFolder would shift the labels)")
         summary[split] = {"classes": len(classes), "images": n_images}
+    return summary
+
+
+def _coco_json(path: Path) -> dict:
+    if not path.is_file():
+        raise UserError(f"{path}: missing annotation file")
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise UserError(f"{path}: malformed json ({str(e).splitlines()[0][:120]})") from None
+    if not isinstance(data, dict) or not all(isinstance(data.get(k), list) for k in ("images", "annotations",
+                                                                                        "categories")):
+        raise UserError(f"{path}: not COCO instances json (needs lists 'images', 'annotations', 'categories')")
+    return data
+
+
+def check_coco_root(root, splits=tuple(COCO_SPLITS)) -> dict:
+    """Check a DETECTRON2_DATASETS-style root holding coco/ (see module docstring).
+
+    Returns {"coco_2017_val": {"images": n, "annotations": m}, ...}; raises UserError.
+    """
+    root = Path(root).expanduser()
+    _require_dir(root, "dataset root")
+    expected = [list(c) for c in COCO_THING_CATEGORIES]
+    summary = {}
+    for split in splits:
+        if split not in COCO_SPLITS:
+            raise UserError(f"unknown COCO split {split!r} (supported: {', '.join(COCO_SPLITS)})")
+        images_rel, json_rel = COCO_SPLITS[split]
+        folder = root / images_rel
+        _require_dir(folder, f"{split} image")
+        path = root / json_rel
+        data = _coco_json(path)
+        try:
+            categories = [[c["id"], c["name"]] for c in data["categories"]]
+            image_files = {img["id"]: img["file_name"] for img in data["images"]}
+        except (TypeError, KeyError) as e:
+            raise UserError(f"{path}: an image or category entry lacks {e}") from None
+        if categories != expected:
+            raise UserError(f"{path}: categories are not COCO's 80 instance categories in order (Detectron2's "
+                            f"builtin metadata requires them); first: {categories[:2]}")
+        if not image_files:
+            raise UserError(f"{path}: lists no images")
+        present = _listing(folder)
+        for image_id, name in image_files.items():
+            if name not in present:
+                raise UserError(f"{folder / name}: missing image (image {image_id} of {path.name})")
+        category_ids = {c[0] for c in expected}
+        for ann in data["annotations"]:
+            if not isinstance(ann, dict):
+                raise UserError(f"{path}: an annotation is not an object")
+            box = ann.get("bbox")
+            where = f"{path}: annotation {ann.get('id')}"
+            if ann.get("image_id") not in image_files:
+                raise UserError(f"{where} names image {ann.get('image_id')}, which is not listed")
+            if ann.get("category_id") not in category_ids:
+                raise UserError(f"{where} has unknown category_id {ann.get('category_id')}")
+            if not (isinstance(box, list) and len(box) == 4 and all(isinstance(v, (int, float)) for v in box)
+                    and box[2] >= 0 and box[3] >= 0):
+                raise UserError(f"{where}: bbox must be [x, y, w, h] with w, h >= 0, got {box}")
+        summary[split] = {"images": len(image_files), "annotations": len(data["annotations"])}
     return summary

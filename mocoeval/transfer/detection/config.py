@@ -1,10 +1,9 @@
-"""The Detectron2 config of a VOC trial: built from YAML + --opts, its identity (hash), the VOC splits check."""
+"""The Detectron2 config of a trial: built from YAML + --opts, its identity (hash)."""
 from __future__ import annotations
 
 import dataclasses
 import logging
 import os
-import re
 from pathlib import Path
 from typing import Sequence
 
@@ -22,7 +21,6 @@ logger = logging.getLogger("mocoeval.voc")
 # Keys owned by command-line flags; setting them through --opts would bypass the bookkeeping.
 FLAG_OWNED_KEYS = {"MODEL.WEIGHTS": "--weights", "SEED": "--seeds", "OUTPUT_DIR": "--output-dir",
                    "MODEL.DEVICE": "--device"}
-VOC_DATASET_RE = re.compile(r"^voc_(\d{4})_(\w+)$")
 
 
 @dataclasses.dataclass
@@ -142,31 +140,3 @@ def config_differences(old: dict, new: dict, limit: int = 3) -> str:
     more = f" and {len(diffs) - limit} more" if len(diffs) > limit else ""
     return ", ".join(diffs[:limit]) + more
 
-
-def voc_splits(cfg: CfgNode) -> list[tuple[str, str]]:
-    """(year, split) of every dataset the config uses; only Pascal VOC splits are supported."""
-    splits = []
-    for field in ("TRAIN", "TEST"):
-        names = list(cfg.DATASETS[field])
-        if not names:
-            raise UserError(f"DATASETS.{field} is empty")
-        for name in names:
-            m = VOC_DATASET_RE.match(name)
-            if not m:
-                raise UserError(f"DATASETS.{field} names {name!r}: run_voc.py trains and evaluates on Pascal VOC "
-                                f"splits only (voc_YYYY_split, e.g. voc_2007_test)")
-            if (m[1], m[2]) not in splits:
-                splits.append((m[1], m[2]))
-    return splits
-
-
-def check_dataset(cfg: CfgNode, dataset_root: str | os.PathLike) -> None:
-    """Register Detectron2's VOC datasets under `dataset_root` and check every split the config uses."""
-    from mocoeval.data.layout import check_voc_root
-    from mocoeval.data.voc import register_voc_datasets
-
-    root = Path(dataset_root)
-    if not root.is_dir():
-        raise UserError(f"dataset root not found: {root} (set --dataset-root or DETECTRON2_DATASETS)")
-    check_voc_root(root, splits=tuple(voc_splits(cfg)))
-    register_voc_datasets(root)

@@ -11,14 +11,14 @@ from detectron2.layers import get_norm
 from detectron2.modeling import ROI_HEADS_REGISTRY
 from detectron2.modeling.roi_heads import Res5ROIHeads
 
-from mocoeval import CONFIG_DIR
+from mocoeval.transfer.detection.benchmark import BENCHMARKS
 
-DEFAULT_VOC_CONFIG = CONFIG_DIR / "pascal_voc_R_50_C4_24k_moco.yaml"
+# run_voc.py's config when --config-file is not given, by the layout of the weights (d2_convert.read_weights)
+VOC_CONFIG_FOR_LAYOUT = BENCHMARKS["voc"].configs[None]
+DEFAULT_VOC_CONFIG = VOC_CONFIG_FOR_LAYOUT["torchvision"]
 # The official supervised-baseline config: Detectron2's input defaults (BGR, std 1, stride in the 1x1 conv),
 # which the MSRA Caffe2 R-50.pkl was trained with.
-SUPERVISED_VOC_CONFIG = CONFIG_DIR / "pascal_voc_R_50_C4_24k.yaml"
-# run_voc.py's config when --config-file is not given, by the layout of the weights (d2_convert.read_weights)
-VOC_CONFIG_FOR_LAYOUT = {"torchvision": DEFAULT_VOC_CONFIG, "caffe2": SUPERVISED_VOC_CONFIG}
+SUPERVISED_VOC_CONFIG = VOC_CONFIG_FOR_LAYOUT["caffe2"]
 
 
 if "Res5ROIHeadsExtraNorm" not in ROI_HEADS_REGISTRY:

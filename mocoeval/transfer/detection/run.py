@@ -1,4 +1,5 @@
-"""A VOC transfer run: plan the trials (resume, refuse mismatches), run them here or on Slurm, summarise."""
+"""A detection transfer run (VOC or COCO): plan the trials (resume, refuse mismatches), run them here or on Slurm,
+summarise. What differs between the benchmarks is in `benchmark`; everything here is shared."""
 from __future__ import annotations
 
 import contextlib
@@ -19,13 +20,14 @@ import torch
 from detectron2.utils import comm
 
 from mocoeval.transfer.detection import modeling as d2_modeling
+from mocoeval.transfer.detection.benchmark import BENCHMARKS, Benchmark
 from mocoeval.convert.detectron2_weights import check_input_settings
 from mocoeval.runtime.errors import UserError, one_line
 from mocoeval.runtime.fileio import atomic_write_json, atomic_write_text, check_output_dir, sha256_json
 from mocoeval.runtime.stop_request import Interrupted
 from mocoeval.results.identity import config_hash, config_identity
-from mocoeval.transfer.detection.config import build_config, check_dataset, config_differences
-from mocoeval.transfer.detection.trial import (METRICS, SlurmTrialJob, TrialSpec, WeightsInfo, check_weights, format_seconds,
+from mocoeval.transfer.detection.config import build_config, config_differences
+from mocoeval.transfer.detection.trial import (SlurmTrialJob, TrialSpec, WeightsInfo, check_weights, format_seconds,
                     launch_trial, log_file, preflight_weights, read_metrics, setup_logging, trial_dir)
 
 logger = logging.getLogger("mocoeval.voc")
@@ -47,7 +49,7 @@ class RunOptions:
     weights: str
     trials: int | None = None
     seeds: list[int] | None = None
-    config_file: str | None = None  # None: d2_modeling.VOC_CONFIG_FOR_LAYOUT by the weights' layout
+    config_file: str | None = None  # None: the benchmark's config for the schedule and the weights' layout
     output_dir: str | None = None
     num_gpus: int = 1
     num_machines: int = 1
@@ -67,6 +69,8 @@ class RunOptions:
     checkpoint_minutes: float = 30.0
     # submitit cluster behind --launcher slurm; "local" runs the same jobs as local processes (tests)
     slurm_cluster: str = "slurm"
+    benchmark: str = "voc"  # a BENCHMARKS key
+    schedule: str | None = None  # the benchmark's schedules (COCO: 1x, 2x); None: its default
 
 
 @dataclasses.dataclass
@@ -112,19 +116,20 @@ def _identity_mismatch(tdir: Path, recorded: dict, identity: dict, cfg_identity:
     return None
 
 
-def plan_trials(output_dir: Path, seeds: Sequence[int], identity_base: dict, cfg_identity: dict) -> list[TrialPlan]:
+def plan_trials(output_dir: Path, seeds: Sequence[int], identity_base: dict, cfg_identity: dict,
+                metrics: Sequence[str] = BENCHMARKS["voc"].metrics) -> list[TrialPlan]:
     """Which of trials 1..N are finished, to be resumed, or new; refuse to mix different setups."""
     plans = []
     for i, seed in enumerate(seeds, start=1):
         tdir = trial_dir(output_dir, i)
         identity = {**identity_base, "seed": seed}
-        metrics = read_metrics(tdir)
+        finished = read_metrics(tdir, metrics)
         hint = "; use another --output-dir"
-        if metrics is not None:
-            why = _identity_mismatch(tdir, metrics, identity, cfg_identity, "finished")
+        if finished is not None:
+            why = _identity_mismatch(tdir, finished, identity, cfg_identity, "finished")
             if why:
                 raise UserError(why + "; refusing to mix results" + hint)
-            plans.append(TrialPlan(i, seed, "finished", metrics))
+            plans.append(TrialPlan(i, seed, "finished", finished))
             continue
         trial_json = tdir / "trial.json"
         has_ckpt = (tdir / "last_checkpoint").exists()
@@ -144,14 +149,17 @@ def plan_trials(output_dir: Path, seeds: Sequence[int], identity_base: dict, cfg
     return plans
 
 
-def summarize(output_dir: Path, trial_metrics: list[dict], requested: int, failed: list[int]) -> tuple[dict, str]:
+def summarize(output_dir: Path, trial_metrics: list[dict], requested: int, failed: list[int],
+              bench: Benchmark = BENCHMARKS["voc"]) -> tuple[dict, str]:
     """Write summary.json and summary.csv; return the summary and a printable table."""
     import pandas as pd
 
-    columns = ["trial", "seed", *METRICS, "wall_time_s"]
+    names = bench.metrics
+
+    columns = ["trial", "seed", *names, "wall_time_s"]
     rows = pd.DataFrame([{c: m.get(c) for c in columns} for m in trial_metrics], columns=columns)
     stats = {}
-    for m in METRICS:
+    for m in names:
         values = rows[m].astype(float)
         stats[m] = {"mean": float(values.mean()), "std": float(values.std(ddof=STD_DDOF)) if len(values) else math.nan,
                     "min": float(values.min()), "max": float(values.max()), "n": int(values.count()),
@@ -159,7 +167,7 @@ def summarize(output_dir: Path, trial_metrics: list[dict], requested: int, faile
     summary = {
         "metrics": stats, "std_ddof": STD_DDOF, "n_trials": len(trial_metrics), "requested_trials": requested,
         "failed_trials": failed, "trials": rows.to_dict(orient="records"),
-        "dataset": "voc_2007_test (PascalVOCDetectionEvaluator, VOC07 11-point AP)",
+        "dataset": bench.dataset,
     }
     atomic_write_json(output_dir / "summary.json", summary)
 
@@ -170,24 +178,24 @@ def summarize(output_dir: Path, trial_metrics: list[dict], requested: int, faile
 
     def table_rows(digits):
         out = [{"row": f"trial_{t['trial']}", "trial": cell(t["trial"], 0), "seed": cell(t["seed"], 0),
-                **{m: cell(t[m], digits) for m in METRICS}, "wall_time_s": cell(t["wall_time_s"], 1)}
+                **{m: cell(t[m], digits) for m in names}, "wall_time_s": cell(t["wall_time_s"], 1)}
                for t in summary["trials"]]
         for label, key in [("mean", "mean"), (f"std (ddof={STD_DDOF})", "std"), ("min", "min"), ("max", "max"),
                            ("n", "n")]:
             out.append({"row": label, "trial": "", "seed": "", "wall_time_s": "",
-                        **{m: cell(stats[m][key], 0 if key == "n" else digits) for m in METRICS}})
-        return pd.DataFrame(out, columns=["row", "trial", "seed", *METRICS, "wall_time_s"])
+                        **{m: cell(stats[m][key], 0 if key == "n" else digits) for m in names}})
+        return pd.DataFrame(out, columns=["row", "trial", "seed", *names, "wall_time_s"])
 
     buf = io.StringIO()
     table_rows(4).to_csv(buf, index=False, quoting=csv.QUOTE_MINIMAL)
     atomic_write_text(output_dir / "summary.csv", buf.getvalue())
-    text = table_rows(2)[["row", "seed", *METRICS]].to_string(index=False)
+    text = table_rows(2)[["row", "seed", *names]].to_string(index=False)
     return summary, text
 
 
 def record_run(output_dir: Path, summary: dict, weights: WeightsInfo, cfg_hash: str, cfg_identity: dict,
                seeds: list[int], wall_time_s: float, invocation_s: float | None = None,
-               batch_rule: dict | None = None) -> Path | None:
+               batch_rule: dict | None = None, bench: Benchmark = BENCHMARKS["voc"]) -> Path | None:
     """One results-store record per distinct result of this run directory (re-runs that change nothing
     write none); a record for more trials names the one it supersedes in extra.supersedes."""
     from mocoeval.results import store as results_store
@@ -204,12 +212,12 @@ def record_run(output_dir: Path, summary: dict, weights: WeightsInfo, cfg_hash: 
     if previous and previous.get("content_hash") == content_hash and Path(previous.get("record", "")).exists():
         logger.info(f"results already recorded in {previous['record']}")
         return None
-    metrics = {m: summary["metrics"][m]["mean"] for m in METRICS}
-    metrics.update({f"{m}_std": summary["metrics"][m]["std"] for m in METRICS})
+    metrics = {m: summary["metrics"][m]["mean"] for m in bench.metrics}
+    metrics.update({f"{m}_std": summary["metrics"][m]["std"] for m in bench.metrics})
     metrics.update({"n_trials": summary["n_trials"], "std_ddof": STD_DDOF,
-                    "per_trial": {m: summary["metrics"][m]["values"] for m in METRICS}})
+                    "per_trial": {m: summary["metrics"][m]["values"] for m in bench.metrics}})
     path = results_store.write_run_record(
-        "voc", variant=weights.variant, metrics=metrics, source_sha256=weights.source_sha256,
+        bench.name, variant=weights.variant, metrics=metrics, source_sha256=weights.source_sha256,
         weights=weights.path, weights_sha256=weights.sha256, seeds=seeds, config=cfg_identity,
         config_hash=cfg_hash, trials=summary["trials"], wall_time_s=round(wall_time_s, 3),
         extra={"run_dir": str(output_dir.resolve()), "wall_time": "summed over the trials",
@@ -254,8 +262,11 @@ def run(opts: RunOptions) -> int:
     gpus_per_trial = (opts.gpus_per_job or opts.num_gpus) if opts.launcher == "slurm" else opts.num_gpus
     device = _resolve_device(opts.device, opts.launcher)
 
+    bench = BENCHMARKS[opts.benchmark]
+    if opts.config_file and opts.schedule:
+        raise UserError("--schedule picks the default config; with --config-file set the schedule in that file")
     weights = check_weights(opts.weights, opts.variant)
-    config_file = opts.config_file or str(d2_modeling.VOC_CONFIG_FOR_LAYOUT[weights.layout])
+    config_file = opts.config_file or str(bench.config_for(weights.layout, opts.schedule))
     cfg, notes = build_config(config_file, opts.opts, norm=opts.norm, device=device, weights=weights.path)
     check_input_settings(cfg, weights.layout, config_file)
     world = gpus_per_trial * opts.num_machines
@@ -265,11 +276,11 @@ def run(opts: RunOptions) -> int:
         notes.messages.append(f"NORM BN with {world} processes normalises per GPU "
                               f"({cfg.SOLVER.IMS_PER_BATCH // world} images); the protocol synchronises BN")
     dataset_root = opts.dataset_root or os.environ.get("DETECTRON2_DATASETS", "datasets")
-    check_dataset(cfg, dataset_root)
-    output_dir = check_output_dir(opts.output_dir or Path("output") / f"voc_{Path(opts.weights).stem}")
+    bench.check_dataset(cfg, dataset_root)
+    output_dir = check_output_dir(opts.output_dir or Path("output") / f"{bench.name}_{Path(opts.weights).stem}")
     cfg_hash, cfg_identity = config_hash(cfg), config_identity(cfg)
     identity_base = {"config_hash": cfg_hash, "weights": weights.path, "weights_sha256": weights.sha256}
-    plans = plan_trials(output_dir, seeds, identity_base, cfg_identity)
+    plans = plan_trials(output_dir, seeds, identity_base, cfg_identity, bench.metrics)
     pending = [p for p in plans if p.status != "finished"]
     unused, load_report = preflight_weights(cfg, weights) if pending else ([], None)
 
@@ -288,7 +299,7 @@ def run(opts: RunOptions) -> int:
         for p in plans:
             if p.status == "finished":
                 logger.info(f"trial {p.index}/{n} (seed {p.seed}): finished earlier, skipped — "
-                            + ", ".join(f"{m} {p.metrics[m]:.2f}" for m in METRICS))
+                            + ", ".join(f"{m} {p.metrics[m]:.2f}" for m in bench.metrics))
         extra_dirs = sorted(int(m[1]) for d in output_dir.glob("trial_*") if (m := TRIAL_DIR_RE.match(d.name))
                             and int(m[1]) > n) if output_dir.is_dir() else []
         if extra_dirs:
@@ -313,29 +324,29 @@ def run(opts: RunOptions) -> int:
                 dataset_root=str(Path(dataset_root).resolve()), num_gpus=gpus_per_trial,
                 num_machines=opts.num_machines, machine_rank=opts.machine_rank, dist_url=opts.dist_url,
                 later_trials=(len(pending) - k - 1) if opts.launcher == "local" else 0,
-                checkpoint_minutes=opts.checkpoint_minutes))
+                checkpoint_minutes=opts.checkpoint_minutes, benchmark=bench.name))
             if is_main:
                 _prepare_trial_dir(specs[-1])
 
         failed: dict[int, str] = {}
         if opts.launcher == "slurm":
-            failed = _run_on_slurm(specs, opts, output_dir)
+            failed = _run_on_slurm(specs, opts, output_dir, bench)
         else:
-            failed = _run_locally(specs)
+            failed = _run_locally(specs, bench)
 
         if not is_main:
             return 1 if failed else 0
         finished = []
         for p in plans:
-            m = read_metrics(trial_dir(output_dir, p.index))
+            m = read_metrics(trial_dir(output_dir, p.index), bench.metrics)
             if m is not None:
                 finished.append(m)
             elif p.index not in failed:
                 failed[p.index] = "no metrics.json after the run"
         summary = None
         if finished:
-            summary, table = summarize(output_dir, finished, n, sorted(failed))
-            logger.info(f"VOC07 test over {len(finished)}/{n} trial(s) (std: population, ddof={STD_DDOF}):\n{table}")
+            summary, table = summarize(output_dir, finished, n, sorted(failed), bench)
+            logger.info(f"{bench.title} over {len(finished)}/{n} trial(s) (std: population, ddof={STD_DDOF}):\n{table}")
             logger.info(f"summary: {output_dir / 'summary.json'}, {output_dir / 'summary.csv'}")
         if failed or summary is None:
             for i, why in sorted(failed.items()):
@@ -348,7 +359,7 @@ def run(opts: RunOptions) -> int:
         batch_rule = {"lr_scaled": list(notes.lr_scaled) if notes.lr_scaled else None,
                       "schedule_scaled": notes.schedule_scaled}
         record_run(output_dir, summary, weights, cfg_hash, cfg_identity, seeds, trials_s,
-                   invocation_s=time.time() - t_start, batch_rule=batch_rule)
+                   invocation_s=time.time() - t_start, batch_rule=batch_rule, bench=bench)
         return 0
 
 
@@ -364,7 +375,7 @@ def _prepare_trial_dir(spec: TrialSpec) -> None:
     atomic_write_text(spec.dir / "config.yaml", spec.cfg.dump())
 
 
-def _run_locally(specs: list[TrialSpec]) -> dict[int, str]:
+def _run_locally(specs: list[TrialSpec], bench: Benchmark) -> dict[int, str]:
     failed: dict[int, str] = {}
     durations: list[float] = []
     for k, spec in enumerate(specs):
@@ -387,17 +398,17 @@ def _run_locally(specs: list[TrialSpec]) -> dict[int, str]:
             continue
         took = time.time() - t0
         durations.append(took)
-        m = read_metrics(spec.dir)
+        m = read_metrics(spec.dir, bench.metrics)
         left = len(specs) - k - 1
         if m is not None and comm.get_rank() == 0 and spec.machine_rank == 0:
             logger.info(f"trial {spec.index}/{spec.n_trials} done in {format_seconds(took)}: "
-                        + ", ".join(f"{x} {m[x]:.2f}" for x in METRICS)
+                        + ", ".join(f"{x} {m[x]:.2f}" for x in bench.metrics)
                         + (f"; overall ETA {format_seconds(left * sum(durations) / len(durations))} "
                            f"for {left} more trial(s)" if left else ""))
     return failed
 
 
-def _run_on_slurm(specs: list[TrialSpec], opts: RunOptions, output_dir: Path) -> dict[int, str]:
+def _run_on_slurm(specs: list[TrialSpec], opts: RunOptions, output_dir: Path, bench: Benchmark) -> dict[int, str]:
     """Submit each pending trial as its own Slurm job (trials run in parallel), then wait for all.
     A job still queued or running from an earlier invocation is waited for, not submitted again."""
     import submitit
@@ -422,7 +433,7 @@ def _run_on_slurm(specs: list[TrialSpec], opts: RunOptions, output_dir: Path) ->
         executor = submitit.AutoExecutor(folder=folder / "%j", cluster=opts.slurm_cluster)
         gpus = spec.num_gpus if spec.cfg.MODEL.DEVICE == "cuda" else 0
         executor.update_parameters(
-            name=f"voc_trial{spec.index}", nodes=1, tasks_per_node=1, gpus_per_node=gpus,
+            name=f"{bench.name}_trial{spec.index}", nodes=1, tasks_per_node=1, gpus_per_node=gpus,
             cpus_per_task=opts.cpus_per_task, timeout_min=opts.time_min,
             **({"slurm_partition": opts.partition} if opts.partition else {}))
         try:
@@ -442,9 +453,9 @@ def _run_on_slurm(specs: list[TrialSpec], opts: RunOptions, output_dir: Path) ->
             del waiting[index]
             try:
                 job.result()
-                m = read_metrics(trial_dir(output_dir, index))
+                m = read_metrics(trial_dir(output_dir, index), bench.metrics)
                 logger.info(f"trial {index}: Slurm job {job.job_id} finished"
-                            + (": " + ", ".join(f"{x} {m[x]:.2f}" for x in METRICS) if m else ""))
+                            + (": " + ", ".join(f"{x} {m[x]:.2f}" for x in bench.metrics) if m else ""))
             except Exception as e:
                 failed[index] = f"Slurm job {job.job_id}: {type(e).__name__}: {one_line(e)}"
         if waiting and time.time() - last_report > 600:

@@ -1,4 +1,4 @@
-"""One VOC trial: the weights checks, the Detectron2 trainer with progress, train + evaluate + metrics.json."""
+"""One trial (VOC or COCO): the weights checks, the Detectron2 trainer with progress, train + evaluate + metrics.json."""
 from __future__ import annotations
 
 import contextlib
@@ -12,13 +12,12 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Iterable, Sequence
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode
 from detectron2.engine import DefaultTrainer, HookBase, launch
-from detectron2.evaluation import PascalVOCDetectionEvaluator
 from detectron2.utils import comm
 from detectron2.utils.env import seed_all_rng
 from detectron2.utils.events import CommonMetricPrinter, JSONWriter, TensorboardXWriter
@@ -32,13 +31,14 @@ from mocoeval.pretrain.residual_scaling import d2_residual_branch_scales
 from mocoeval.runtime.errors import UserError, one_line
 from mocoeval.runtime.fileio import atomic_write_json, atomic_write_text, sha256_file
 from mocoeval.runtime.stop_request import StopRequest
+from mocoeval.transfer.detection.benchmark import BENCHMARKS, Benchmark
 
 logger = logging.getLogger("mocoeval.voc")
 
-METRICS = ("AP50", "AP", "AP75")
 # Only these may be new (randomly initialised) when a converted backbone is loaded into R50-C4:
-# the RPN, the box predictor and the extra res5 norm (the converter's list).
-ALLOWED_MISSING_PREFIXES = NEW_IN_DETECTOR
+# the RPN, the box predictor and the extra res5 norm (the converter's list), and Mask R-CNN's mask head (COCO).
+MASK_HEAD = "roi_heads.mask_head."
+ALLOWED_MISSING_PREFIXES = (*NEW_IN_DETECTOR, MASK_HEAD)
 LOGGER_NAMES = ("detectron2", "fvcore", "mocoeval")
 
 
@@ -112,8 +112,8 @@ def check_loaded_keys(missing, unexpected, weights: str, layout: str = "torchvis
     """Raise UserError if backbone/res5 tensors were not loaded; return the unused checkpoint keys."""
     bad, unused = classify_loaded_keys(missing, unexpected, layout)
     if bad:
-        raise UserError(f"{weights}: {len(bad)} detector tensors are not in the weights (only the RPN, box predictor "
-                        f"and roi_heads.res5.norm may be new), e.g. {', '.join(bad[:3])}")
+        raise UserError(f"{weights}: {len(bad)} detector tensors are not in the weights (only the RPN, box predictor, "
+                        f"mask head and roi_heads.res5.norm may be new), e.g. {', '.join(bad[:3])}")
     if unused:
         logger.warning(f"{len(unused)} tensors of {weights} are not used by the detector "
                        f"(e.g. a projection head): {', '.join(unused[:6])}{' ...' if len(unused) > 6 else ''}")
@@ -159,10 +159,12 @@ def preflight_weights(cfg: CfgNode, weights: WeightsInfo) -> tuple[list[str], st
     bn_stats = [k for k in incompatible.missing_keys if not k.startswith(ALLOWED_MISSING_PREFIXES)
                 and k.endswith((".running_mean", ".running_var"))]
     groups = {"RPN": "proposal_generator.", "box predictor": "roi_heads.box_predictor.",
-              "res5 norm": "roi_heads.res5.norm."}
+              "res5 norm": "roi_heads.res5.norm.", "mask head": MASK_HEAD}
+    counts = {name: sum(k.startswith(p) for k in new) for name, p in groups.items()}
+    if not counts["mask head"]:
+        del counts["mask head"]  # a box-only detector (VOC) has none
     report = (f"weights fit the detector: {n_model - len(incompatible.missing_keys)} of {n_model} tensors loaded; "
-              f"new, trained from scratch: " + ", ".join(f"{name} ({sum(k.startswith(p) for k in new)})"
-                                                        for name, p in groups.items())
+              f"new, trained from scratch: " + ", ".join(f"{name} ({n})" for name, n in counts.items())
               + (f"; BN running statistics start at mean 0 / var 1 (not in Caffe2 files): {len(bn_stats)}"
                  if bn_stats else "")
               + f"; unused in the file: {len(unused)}")
@@ -296,9 +298,11 @@ def _ddp_without_device_ids(active: bool):
         defaults.create_ddp_model = original
 
 
-class VOCTrainer(DefaultTrainer):
-    """Detectron2's DefaultTrainer evaluating with PascalVOCDetectionEvaluator (VOC07 11-point AP at
-    IoU 0.50:0.05:0.95 -> AP, AP50, AP75), with our checkpointer, progress hook and event-log name."""
+class DetectionTrainer(DefaultTrainer):
+    """Detectron2's DefaultTrainer evaluating with its benchmark's evaluator (a subclass per benchmark: Detectron2
+    calls build_evaluator as a classmethod), with our checkpointer, progress hook and event-log name."""
+
+    benchmark: Benchmark
 
     def __init__(self, cfg, progress: TrialProgress | None = None, checkpoint_minutes: float = 0.0,
                  stop_on_signal: bool = False):
@@ -309,7 +313,7 @@ class VOCTrainer(DefaultTrainer):
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name):
-        return PascalVOCDetectionEvaluator(dataset_name)
+        return cls.benchmark.evaluator(cfg, dataset_name)
 
     def build_hooks(self):
         # DefaultTrainer.__init__ created a plain DetectionCheckpointer just before calling this; swap in
@@ -331,17 +335,17 @@ class VOCTrainer(DefaultTrainer):
                 TensorboardXWriter(out)]
 
 
-def extract_voc_metrics(results: Any) -> dict[str, float]:
-    """AP50/AP/AP75 from the evaluator's {"bbox": {...}} (as DefaultTrainer.test returns it)."""
-    if not isinstance(results, dict) or not isinstance(results.get("bbox"), dict):
-        raise RuntimeError(f"no VOC bbox results from the evaluation: {results!r}")
-    box = results["bbox"]
-    out = {}
-    for m in METRICS:
-        if m not in box:
-            raise RuntimeError(f"evaluation results lack {m}: {box!r}")
-        out[m] = float(box[m])
-    return out
+class VOCTrainer(DetectionTrainer):
+    """PascalVOCDetectionEvaluator: VOC07 11-point AP at IoU 0.50:0.05:0.95 -> AP, AP50, AP75."""
+    benchmark = BENCHMARKS["voc"]
+
+
+class COCOTrainer(DetectionTrainer):
+    """COCOEvaluator: box and mask AP, AP50, AP75 (COCOeval)."""
+    benchmark = BENCHMARKS["coco"]
+
+
+TRAINERS = {t.benchmark.name: t for t in (VOCTrainer, COCOTrainer)}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -364,6 +368,7 @@ class TrialSpec:
     later_trials: int = 0
     later_trial_s: float | None = None
     checkpoint_minutes: float = 30.0  # ResumePoints' interval (0: off)
+    benchmark: str = "voc"  # a BENCHMARKS key (a name: the spec crosses spawn/submitit)
     stop_on_signal: bool = True  # ResumePoints: SIGINT/SIGTERM save and stop (off under submitit)
 
     @property
@@ -396,15 +401,15 @@ def log_file(path: Path):
         handler.close()
 
 
-def read_metrics(trial_path: Path) -> dict | None:
+def read_metrics(trial_path: Path, metrics: Sequence[str] = BENCHMARKS["voc"].metrics) -> dict | None:
     """A finished trial's metrics.json, or None if the trial has not finished."""
     path = Path(trial_path) / "metrics.json"
     if not path.exists():
         return None
     try:
         data = json.loads(path.read_text())
-        if not all(isinstance(data.get(m), (int, float)) for m in METRICS):
-            raise ValueError(f"lacks one of {METRICS}")
+        if not all(isinstance(data.get(m), (int, float)) for m in metrics):
+            raise ValueError(f"lacks one of {tuple(metrics)}")
     except (OSError, ValueError) as e:
         raise UserError(f"{path} is unreadable ({one_line(e)}); move it away to re-run that trial") from None
     return data
@@ -424,9 +429,8 @@ def run_trial(spec: TrialSpec) -> None:
     """
     rank = comm.get_rank()
     setup_logging(rank)
-    from mocoeval.data.voc import register_voc_datasets
-
-    register_voc_datasets(spec.dataset_root)
+    bench = BENCHMARKS[spec.benchmark]
+    bench.register(spec.dataset_root)  # a fresh worker process knows only DETECTRON2_DATASETS' registration
     spec.dir.mkdir(parents=True, exist_ok=True)
     log_name = "log.txt" if rank == 0 else f"log.txt.rank{rank}"
     with log_file(spec.dir / log_name):
@@ -434,7 +438,7 @@ def run_trial(spec: TrialSpec) -> None:
         seed_all_rng(spec.seed + rank)
         progress = TrialProgress(spec.index, spec.n_trials, spec.later_trials, spec.later_trial_s,
                                  period=max(1, min(100, spec.cfg.SOLVER.MAX_ITER // 10)))
-        trainer = VOCTrainer(spec.cfg, progress=progress, checkpoint_minutes=spec.checkpoint_minutes,
+        trainer = TRAINERS[spec.benchmark](spec.cfg, progress=progress, checkpoint_minutes=spec.checkpoint_minutes,
                              stop_on_signal=spec.stop_on_signal)
         resumed = trainer.checkpointer.has_checkpoint()
         trainer.resume_or_load(resume=True)
@@ -449,7 +453,7 @@ def run_trial(spec: TrialSpec) -> None:
         trainer.train()
         results = getattr(trainer, "_last_eval_results", None)  # set by DefaultTrainer's final EvalHook
         if comm.is_main_process():
-            metrics = extract_voc_metrics(results)
+            metrics = bench.extract_metrics(results)
             # whether fine-tuning kept the pretraining's residual branch scales (transfer/branch_scales.py)
             scales = d2_residual_branch_scales(trainer.model.state_dict())
             logger.info("residual branch scale (res2..res5) after fine-tuning: %s", _format_scales(scales))
@@ -508,7 +512,7 @@ class SlurmTrialJob:
 
     def __call__(self):
         launch_trial(dataclasses.replace(self.spec, stop_on_signal=False))  # submitit owns the signals
-        return read_metrics(self.spec.dir)
+        return read_metrics(self.spec.dir, BENCHMARKS[self.spec.benchmark].metrics)
 
     def checkpoint(self, *args, **kwargs):
         import submitit
