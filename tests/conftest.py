@@ -18,3 +18,29 @@ def mini_data_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("mini_data")
     generate(root, seed=0, workers=1, **TEST_SIZES)
     return root
+
+
+@pytest.fixture(scope="session")
+def random_r50_pkl(tmp_path_factory):
+    """A converted randomly initialised torchvision ResNet-50 (the converter's own functions)."""
+    import torch
+    import torchvision
+
+    from mocoeval.convert.detectron2_weights import save_d2_pickle, torchvision_to_d2
+    from mocoeval.results.store import special_variant
+
+    torch.manual_seed(0)
+    model = torchvision.models.resnet50()
+    out = tmp_path_factory.mktemp("weights") / "r50_random.pkl"
+    save_d2_pickle(out, torchvision_to_d2(model.state_dict()),
+                   {"path": "torchvision resnet50()", "sha256": "0" * 64, "format": "torchvision",
+                    "variant": special_variant("random-init").to_record()})
+    return out
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch):
+    """An empty results store of the test's own ($MOCOEVAL_RESULTS_DIR)."""
+    path = tmp_path / "store"
+    monkeypatch.setenv("MOCOEVAL_RESULTS_DIR", str(path))
+    return path

@@ -19,7 +19,7 @@ from mocoeval.data.make_mini_data import TEST_SIZES, pixel_polygons
 from mocoeval.transfer.detection import modeling as d2_modeling
 from mocoeval.transfer.detection.benchmark import BENCHMARKS
 from mocoeval.transfer.detection.run_coco import main as run_coco_main
-from test_run_voc import TINY_OPTS, _subprocess_env, kill_when, random_r50_pkl, store  # noqa: F401 (fixtures)
+from test_run_voc import TINY_OPTS, _subprocess_env, kill_when
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"

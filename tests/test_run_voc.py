@@ -40,30 +40,6 @@ def _load_script(module: str = "mocoeval.transfer.detection.run_voc"):
     return importlib.import_module(module)
 
 
-@pytest.fixture(scope="session")
-def random_r50_pkl(tmp_path_factory):
-    """A converted randomly initialised torchvision ResNet-50 (the converter's own functions)."""
-    import torchvision
-
-    from mocoeval.convert.detectron2_weights import save_d2_pickle, torchvision_to_d2
-    from mocoeval.results.store import special_variant
-
-    torch.manual_seed(0)
-    model = torchvision.models.resnet50()
-    out = tmp_path_factory.mktemp("weights") / "r50_random.pkl"
-    save_d2_pickle(out, torchvision_to_d2(model.state_dict()),
-                   {"path": "torchvision resnet50()", "sha256": "0" * 64, "format": "torchvision",
-                    "variant": special_variant("random-init").to_record()})
-    return out
-
-
-@pytest.fixture
-def store(tmp_path, monkeypatch):
-    path = tmp_path / "store"
-    monkeypatch.setenv("MOCOEVAL_RESULTS_DIR", str(path))
-    return path
-
-
 def kill_when(proc: subprocess.Popen, ready, what: str, sig: int = signal.SIGKILL, timeout: float = 600) -> None:
     """Send `sig` to a running command once `ready()` holds (polled); fail if it ends or times out first."""
     deadline = time.time() + timeout

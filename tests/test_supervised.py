@@ -16,7 +16,7 @@ from mocoeval.convert.detectron2_weights import (C2_CLASSIFIER, C2_RESNET50_SHAP
 from mocoeval.transfer.detection.verify import load_into_detector
 from mocoeval.runtime.errors import UserError
 from mocoeval.transfer.detection import config as voc_config, trial as voc_trial
-from test_run_voc import TINY_OPTS, _load_script, random_r50_pkl  # noqa: F401 (a fixture)
+from test_run_voc import TINY_OPTS, _load_script
 
 CAFFE2_INPUT = {"FORMAT": "BGR", "PIXEL_MEAN": [103.530, 116.280, 123.675], "PIXEL_STD": [1.0, 1.0, 1.0],
                 "STRIDE_IN_1X1": True}
