@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import pickle
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +18,7 @@ from mocoeval.convert.detectron2_weights import (C2_CLASSIFIER, C2_RESNET50_SHAP
 from mocoeval.transfer.detection.verify import load_into_detector
 from mocoeval.runtime.errors import UserError
 from mocoeval.transfer.detection import config as voc_config, trial as voc_trial
-from test_run_voc import TINY_OPTS, _load_script
+from test_run_voc import REPO, TINY_OPTS, _load_script, _subprocess_env
 
 CAFFE2_INPUT = {"FORMAT": "BGR", "PIXEL_MEAN": [103.530, 116.280, 123.675], "PIXEL_STD": [1.0, 1.0, 1.0],
                 "STRIDE_IN_1X1": True}
@@ -164,24 +166,29 @@ def store(tmp_path, monkeypatch):
     return path
 
 
-def test_dry_run_with_caffe2_weights_prints_the_supervised_config(tmp_path, caffe2_pkl, mini_data_root, store, capfd):
+def _dry_run(*args, store) -> str:
+    """run_voc.py --dry-run in its own process (Detectron2 caches its loggers' streams per process): its output."""
+    proc = subprocess.run([sys.executable, str(REPO / "transfer" / "run_voc.py"), *map(str, args), "--trials", "1",
+                           "--dry-run", "--device", "cpu"], capture_output=True, text=True,
+                          env=_subprocess_env(store), timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc.stdout + proc.stderr
+
+
+def test_dry_run_with_caffe2_weights_prints_the_supervised_config(tmp_path, caffe2_pkl, mini_data_root, store):
     out = tmp_path / "run"
-    assert _load_script().main(["--weights", str(caffe2_pkl), "--trials", "1", "--output-dir", str(out),
-                                "--dataset-root", str(mini_data_root), "--dry-run", "--device", "cpu"]) == 0
-    log = "".join(capfd.readouterr())  # a dry run writes nothing under --output-dir
+    log = _dry_run("--weights", caffe2_pkl, "--output-dir", out, "--dataset-root", mini_data_root, store=store)
     assert not out.exists()
     assert f"variant supervised, config {d2_modeling.SUPERVISED_VOC_CONFIG} (hash" in log
     assert "BN running statistics start at mean 0 / var 1" in log and "unused in the file: 2" in log
 
 
-def test_torchvision_supervised_keeps_the_moco_config(tmp_path, random_r50_pkl, mini_data_root, store, capfd):
+def test_torchvision_supervised_keeps_the_moco_config(tmp_path, random_r50_pkl, mini_data_root, store):
     weights = voc_trial.check_weights(random_r50_pkl, "supervised")
     assert weights.layout == "torchvision" and weights.variant["name"] == "supervised"
     out = tmp_path / "run"
-    assert _load_script().main(["--weights", str(random_r50_pkl), "--variant", "supervised", "--trials", "1",
-                                "--output-dir", str(out), "--dataset-root", str(mini_data_root), "--dry-run",
-                                "--device", "cpu"]) == 0
-    log = "".join(capfd.readouterr())  # a dry run writes nothing under --output-dir
+    log = _dry_run("--weights", random_r50_pkl, "--variant", "supervised", "--output-dir", out,
+                   "--dataset-root", mini_data_root, store=store)
     assert not out.exists()
     assert f"variant supervised, config {d2_modeling.DEFAULT_VOC_CONFIG} (hash" in log
     assert "BN running statistics" not in log
