@@ -504,6 +504,30 @@ def test_dry_run_checks_and_prints_plan(tmp_path, random_r50_pkl, mini_data_root
     assert not out.exists() and not store.exists()  # a dry run creates nothing, not even its output folder
 
 
+def test_the_weights_recorded_input_normalisation_sets_the_config_or_refuses_a_contradiction(
+        tmp_path, mini_data_root, store):
+    """Weights converted with --input-norm none (0..1 inputs, no mean/std) train with that normalisation; the
+    ImageNet config given explicitly is refused in one line."""
+    import torchvision
+
+    from mocoeval.convert.detectron2_weights import input_settings, save_d2_pickle, torchvision_to_d2
+    from mocoeval.convert.resnet50 import INPUT_NORMS
+
+    pkl = tmp_path / "no_norm.pkl"
+    save_d2_pickle(pkl, torchvision_to_d2(torchvision.models.resnet50().state_dict()),
+                   {"path": "x", "sha256": "1" * 64, "format": "torchvision", "variant": {"name": "simclr"}},
+                   input_norm=INPUT_NORMS["none"])
+    cfg, _ = voc_config.build_config(DEFAULT_VOC_CONFIG, input_settings=input_settings(INPUT_NORMS["none"]))
+    assert (cfg.INPUT.FORMAT, list(cfg.MODEL.PIXEL_MEAN), list(cfg.MODEL.PIXEL_STD)) == ("RGB", [0.0] * 3, [255.0] * 3)
+    common = ["--weights", pkl, "--trials", "1", "--dataset-root", mini_data_root, "--dry-run", "--device", "cpu"]
+    proc = _run_cli([*common, "--output-dir", tmp_path / "a"], store)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    imagenet_hash = protocol_identity.config_hash(voc_config.build_config(DEFAULT_VOC_CONFIG)[0])[:12]
+    assert imagenet_hash not in proc.stdout + proc.stderr  # the recorded normalisation is in the config
+    proc = _run_cli([*common, "--output-dir", tmp_path / "b", "--config-file", DEFAULT_VOC_CONFIG], store)
+    _assert_one_line_error(proc, "does not fit the weights' recorded input normalisation: MODEL.PIXEL_MEAN")
+
+
 def test_output_dir_that_is_a_file_is_one_line_error(tmp_path, random_r50_pkl, mini_data_root):
     not_a_dir = tmp_path / "taken"
     not_a_dir.write_text("a file")

@@ -201,9 +201,16 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
         return super().find_class(module, name)
 
 
-def check_input_settings(cfg, layout: str, config_file) -> None:
-    """Refuse (one line) a config whose input settings contradict the weights' layout, e.g. the MSRA Caffe2
-    R-50.pkl with the RGB MoCo config: it would train without error but on wrongly normalised input."""
+def check_input_settings(cfg, layout: str, config_file, input_norm: Mapping[str, Any] | None = None) -> None:
+    """Refuse (one line) a config whose input settings contradict the weights, e.g. the MSRA Caffe2 R-50.pkl with
+    the RGB MoCo config: it would train without error but on wrongly normalised input. Converted weights need the
+    normalisation they record (`input_norm`, their `mocoeval_input`; ImageNet RGB when they record none)."""
+    if layout == "torchvision" and input_norm:
+        wrong = input_mismatches(cfg, input_settings(input_norm))
+        if wrong:
+            raise UserError(f"{config_file} does not fit the weights' recorded input normalisation: "
+                            f"{'; '.join(wrong)}")
+        return
     wrong = input_mismatches(cfg, layout)
     if wrong:
         other = next(k for k in INPUT_SETTINGS if k != layout)

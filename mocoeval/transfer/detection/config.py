@@ -5,7 +5,7 @@ import dataclasses
 import logging
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 import yaml
 from detectron2.config import CfgNode
@@ -81,8 +81,12 @@ def _fmt(v) -> str:
 
 
 def build_config(config_file: str | os.PathLike, opts: Sequence[str] = (), *, norm: str | None = None,
-                 device: str = "cpu", weights: str | os.PathLike = "") -> tuple[CfgNode, ConfigNotes]:
+                 device: str = "cpu", weights: str | os.PathLike = "",
+                 input_settings: Mapping[str, Any] | None = None) -> tuple[CfgNode, ConfigNotes]:
     """The config every trial of a run shares (OUTPUT_DIR and SEED are set per trial).
+
+    `input_settings` (dotted key -> value, e.g. the normalisation converted weights record) replace the file's
+    before `--opts` apply.
 
     The protocol's batch rule: if `--opts` changes SOLVER.IMS_PER_BATCH away from the config file's
     batch (16 in the protocol), BASE_LR is scaled by batch / 16 and MAX_ITER, STEPS and WARMUP_ITERS
@@ -101,6 +105,12 @@ def build_config(config_file: str | os.PathLike, opts: Sequence[str] = (), *, no
     except (OSError, yaml.YAMLError, KeyError, ValueError, AssertionError) as e:
         raise UserError(f"cannot read config {config_file}: {one_line(e)}") from None
     cfg = file_cfg.clone()
+    for dotted, value in (input_settings or {}).items():
+        *parents, leaf = dotted.split(".")
+        node = cfg
+        for part in parents:
+            node = node[part]
+        node[leaf] = list(value) if isinstance(value, tuple) else value
     try:
         cfg.merge_from_list(list(opts))
     except (KeyError, ValueError, AssertionError, SyntaxError) as e:

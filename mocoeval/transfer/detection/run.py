@@ -21,7 +21,7 @@ from detectron2.utils import comm
 
 from mocoeval.transfer.detection import modeling as d2_modeling
 from mocoeval.transfer.detection.benchmark import BENCHMARKS, Benchmark
-from mocoeval.convert.detectron2_weights import check_input_settings
+from mocoeval.convert.detectron2_weights import check_input_settings, input_settings, recorded_input_norm
 from mocoeval.runtime.errors import UserError, one_line
 from mocoeval.runtime.fileio import atomic_write_json, atomic_write_text, check_output_dir, sha256_json
 from mocoeval.runtime.stop_request import Interrupted
@@ -267,8 +267,10 @@ def run(opts: RunOptions) -> int:
         raise UserError("--schedule picks the default config; with --config-file set the schedule in that file")
     weights = check_weights(opts.weights, opts.variant)
     config_file = opts.config_file or str(bench.config_for(weights.layout, opts.schedule))
-    cfg, notes = build_config(config_file, opts.opts, norm=opts.norm, device=device, weights=weights.path)
-    check_input_settings(cfg, weights.layout, config_file)
+    input_norm = recorded_input_norm(weights.path) if weights.layout == "torchvision" else None
+    cfg, notes = build_config(config_file, opts.opts, norm=opts.norm, device=device, weights=weights.path,
+                              input_settings=input_settings(input_norm) if input_norm and not opts.config_file else None)
+    check_input_settings(cfg, weights.layout, config_file, input_norm)
     world = gpus_per_trial * opts.num_machines
     if cfg.SOLVER.IMS_PER_BATCH % world:
         raise UserError(f"SOLVER.IMS_PER_BATCH {cfg.SOLVER.IMS_PER_BATCH} is not divisible by {world} processes")
