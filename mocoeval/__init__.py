@@ -3,6 +3,7 @@
 Subpackages follow the pipeline a user runs: `pretrain` -> `convert` -> `transfer` (detection, linear) ->
 `results`; `data` makes and checks datasets; `runtime` is the plumbing all of them share.
 """
+
 from pathlib import Path
 
 # The checkout the package is installed from (editable): it holds configs/ and the results store's default.

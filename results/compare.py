@@ -3,6 +3,7 @@
 
 `--help` has the examples; the statistics and their rules are in the docstring of mocoeval/compare.py.
 """
+
 import sys
 
 from mocoeval.results.compare import main

@@ -1,4 +1,5 @@
 """Shared pytest fixtures."""
+
 from __future__ import annotations
 
 import pytest
@@ -32,9 +33,16 @@ def random_r50_pkl(tmp_path_factory):
     torch.manual_seed(0)
     model = torchvision.models.resnet50()
     out = tmp_path_factory.mktemp("weights") / "r50_random.pkl"
-    save_d2_pickle(out, torchvision_to_d2(model.state_dict()),
-                   {"path": "torchvision resnet50()", "sha256": "0" * 64, "format": "torchvision",
-                    "variant": special_variant("random-init").to_record()})
+    save_d2_pickle(
+        out,
+        torchvision_to_d2(model.state_dict()),
+        {
+            "path": "torchvision resnet50()",
+            "sha256": "0" * 64,
+            "format": "torchvision",
+            "variant": special_variant("random-init").to_record(),
+        },
+    )
     return out
 
 

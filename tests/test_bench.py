@@ -1,4 +1,5 @@
 """pretrain/bench.py at the tiniest size: one JSON line per (mode, implementation), no timing asserted."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -8,13 +9,33 @@ import sys
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-TINY = ["-a", "resnet18", "--image-size", "32", "-b", "4", "--moco-k", "8", "--steps", "1", "--rounds", "2",
-        "--warmup", "1", "-j", "0", "--images", "20", "--json"]
+TINY = [
+    "-a",
+    "resnet18",
+    "--image-size",
+    "32",
+    "-b",
+    "4",
+    "--moco-k",
+    "8",
+    "--steps",
+    "1",
+    "--rounds",
+    "2",
+    "--warmup",
+    "1",
+    "-j",
+    "0",
+    "--images",
+    "20",
+    "--json",
+]
 
 
 def _bench(*args):
-    return subprocess.run([sys.executable, "pretrain/bench.py", *TINY, *args], cwd=REPO_ROOT, capture_output=True,
-                          text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "pretrain/bench.py", *TINY, *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=600
+    )
 
 
 def test_bench_json_lines_for_step_and_loop():
@@ -40,6 +61,11 @@ def test_bench_compare_lightly_or_one_line_error():
 
 
 def test_bench_bad_queue_is_one_line_error():
-    proc = subprocess.run([sys.executable, "pretrain/bench.py", "--moco-k", "10", "-b", "4"], cwd=REPO_ROOT,
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "pretrain/bench.py", "--moco-k", "10", "-b", "4"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "multiple" in proc.stderr

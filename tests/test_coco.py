@@ -1,6 +1,7 @@
 """COCO transfer (issue 31) on the shared detection harness: the configs against the official MoCo COCO configs,
 the mini COCO through Detectron2's own loader, bad layouts refused in one line, and (slow) a 2-trial tiny Mask R-CNN
 run killed mid-trial and resumed, with box and mask AP per trial, a summary and a "coco" results record."""
+
 from __future__ import annotations
 
 import json
@@ -13,13 +14,13 @@ import numpy as np
 import pycocotools.mask as mask_util
 import pytest
 import yaml
+from test_run_voc import TINY_OPTS, _subprocess_env, kill_when
 
 from mocoeval.data import coco as coco_data
 from mocoeval.data.make_mini_data import TEST_SIZES, pixel_polygons
 from mocoeval.transfer.detection import modeling as d2_modeling
 from mocoeval.transfer.detection.benchmark import BENCHMARKS
 from mocoeval.transfer.detection.run_coco import main as run_coco_main
-from test_run_voc import TINY_OPTS, _subprocess_env, kill_when
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
@@ -30,33 +31,62 @@ COCO_TINY_OPTS = [*TINY_OPTS, "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0"]
 
 # What each YAML sets itself (flattened), as facebookresearch/moco detection/configs/coco_R_50_C4_2x{,_moco}.yaml
 # (WEIGHTS "" as in our VOC configs: the command sets --weights); 1x: the MoCo v1 paper's 90k schedule.
-MOCO_INPUT = {"MODEL.PIXEL_MEAN": [123.675, 116.280, 103.530], "MODEL.PIXEL_STD": [58.395, 57.120, 57.375],
-              "MODEL.WEIGHTS": "", "MODEL.RESNETS.STRIDE_IN_1X1": False, "INPUT.FORMAT": "RGB"}
+MOCO_INPUT = {
+    "MODEL.PIXEL_MEAN": [123.675, 116.280, 103.530],
+    "MODEL.PIXEL_STD": [58.395, 57.120, 57.375],
+    "MODEL.WEIGHTS": "",
+    "MODEL.RESNETS.STRIDE_IN_1X1": False,
+    "INPUT.FORMAT": "RGB",
+}
 ONE_X = {"SOLVER.STEPS": "(60000, 80000)", "SOLVER.MAX_ITER": 90000}
 YAML_VALUES = {
     "coco_R_50_C4_2x.yaml": {
-        "_BASE_": "Base-RCNN-C4-BN.yaml", "MODEL.MASK_ON": True, "MODEL.WEIGHTS": "",
-        "INPUT.MIN_SIZE_TRAIN": "(640, 672, 704, 736, 768, 800)", "INPUT.MIN_SIZE_TEST": 800,
-        "DATASETS.TRAIN": "('coco_2017_train',)", "DATASETS.TEST": "('coco_2017_val',)",
-        "SOLVER.STEPS": "(120000, 160000)", "SOLVER.MAX_ITER": 180000},
+        "_BASE_": "Base-RCNN-C4-BN.yaml",
+        "MODEL.MASK_ON": True,
+        "MODEL.WEIGHTS": "",
+        "INPUT.MIN_SIZE_TRAIN": "(640, 672, 704, 736, 768, 800)",
+        "INPUT.MIN_SIZE_TEST": 800,
+        "DATASETS.TRAIN": "('coco_2017_train',)",
+        "DATASETS.TEST": "('coco_2017_val',)",
+        "SOLVER.STEPS": "(120000, 160000)",
+        "SOLVER.MAX_ITER": 180000,
+    },
     "coco_R_50_C4_2x_moco.yaml": {"_BASE_": "coco_R_50_C4_2x.yaml", **MOCO_INPUT},
     "coco_R_50_C4_1x.yaml": {"_BASE_": "coco_R_50_C4_2x.yaml", **ONE_X},
     "coco_R_50_C4_1x_moco.yaml": {"_BASE_": "coco_R_50_C4_2x_moco.yaml", **ONE_X},
 }
 # Resolved: Base-RCNN-C4-BN (pinned by test_voc_configs) + the COCO values + the Detectron2 defaults they rely on.
 RESOLVED = {
-    "MODEL.ROI_HEADS.NAME": "Res5ROIHeadsExtraNorm", "MODEL.RESNETS.NORM": "naiveSyncBN",
-    "MODEL.BACKBONE.FREEZE_AT": 0, "TEST.PRECISE_BN.ENABLED": True, "MODEL.MASK_ON": True,
-    "SOLVER.IMS_PER_BATCH": 16, "SOLVER.BASE_LR": 0.02, "SOLVER.WARMUP_ITERS": 1000,  # Detectron2's default
-    "INPUT.MIN_SIZE_TRAIN": (640, 672, 704, 736, 768, 800), "INPUT.MIN_SIZE_TEST": 800,
-    "INPUT.MAX_SIZE_TRAIN": 1333, "INPUT.MAX_SIZE_TEST": 1333, "INPUT.MASK_FORMAT": "polygon",
-    "DATASETS.TRAIN": ("coco_2017_train",), "DATASETS.TEST": ("coco_2017_val",),
-    "MODEL.ROI_HEADS.NUM_CLASSES": 80, "MODEL.RESNETS.OUT_FEATURES": ["res4"], "MODEL.RESNETS.DEPTH": 50,
-    "SOLVER.WEIGHT_DECAY": 1e-4, "SOLVER.MOMENTUM": 0.9, "SOLVER.GAMMA": 0.1, "TEST.EVAL_PERIOD": 0,
+    "MODEL.ROI_HEADS.NAME": "Res5ROIHeadsExtraNorm",
+    "MODEL.RESNETS.NORM": "naiveSyncBN",
+    "MODEL.BACKBONE.FREEZE_AT": 0,
+    "TEST.PRECISE_BN.ENABLED": True,
+    "MODEL.MASK_ON": True,
+    "SOLVER.IMS_PER_BATCH": 16,
+    "SOLVER.BASE_LR": 0.02,
+    "SOLVER.WARMUP_ITERS": 1000,  # Detectron2's default
+    "INPUT.MIN_SIZE_TRAIN": (640, 672, 704, 736, 768, 800),
+    "INPUT.MIN_SIZE_TEST": 800,
+    "INPUT.MAX_SIZE_TRAIN": 1333,
+    "INPUT.MAX_SIZE_TEST": 1333,
+    "INPUT.MASK_FORMAT": "polygon",
+    "DATASETS.TRAIN": ("coco_2017_train",),
+    "DATASETS.TEST": ("coco_2017_val",),
+    "MODEL.ROI_HEADS.NUM_CLASSES": 80,
+    "MODEL.RESNETS.OUT_FEATURES": ["res4"],
+    "MODEL.RESNETS.DEPTH": 50,
+    "SOLVER.WEIGHT_DECAY": 1e-4,
+    "SOLVER.MOMENTUM": 0.9,
+    "SOLVER.GAMMA": 0.1,
+    "TEST.EVAL_PERIOD": 0,
 }
 SCHEDULE = {"2x": ((120000, 160000), 180000), "1x": ((60000, 80000), 90000)}
-CAFFE2_INPUT = {"INPUT.FORMAT": "BGR", "MODEL.PIXEL_MEAN": [103.530, 116.280, 123.675],
-                "MODEL.PIXEL_STD": [1.0, 1.0, 1.0], "MODEL.RESNETS.STRIDE_IN_1X1": True}
+CAFFE2_INPUT = {
+    "INPUT.FORMAT": "BGR",
+    "MODEL.PIXEL_MEAN": [103.530, 116.280, 123.675],
+    "MODEL.PIXEL_STD": [1.0, 1.0, 1.0],
+    "MODEL.RESNETS.STRIDE_IN_1X1": True,
+}
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:
@@ -173,27 +203,49 @@ def _break(root: Path, how: str) -> str:
     return "categories are not COCO's 80"
 
 
-@pytest.mark.parametrize("how", ["no image folder", "no json", "malformed json", "image absent",
-                                 "not COCO's categories"])
+@pytest.mark.parametrize(
+    "how", ["no image folder", "no json", "malformed json", "image absent", "not COCO's categories"]
+)
 def test_bad_coco_layouts_are_refused_in_one_line(how, tmp_path, mini_data_root, random_r50_pkl, capsys):
     root = tmp_path / "data"
     shutil.copytree(mini_data_root / "coco", root / "coco")
     expected = _break(root, how)
     with pytest.raises(SystemExit) as e:
-        run_coco_main(["--weights", str(random_r50_pkl), "--dataset-root", str(root), "--device", "cpu",
-                       "--output-dir", str(tmp_path / "out"), "--dry-run"])
+        run_coco_main(
+            [
+                "--weights",
+                str(random_r50_pkl),
+                "--dataset-root",
+                str(root),
+                "--device",
+                "cpu",
+                "--output-dir",
+                str(tmp_path / "out"),
+                "--dry-run",
+            ]
+        )
     err = capsys.readouterr().err.strip()
     assert e.value.code == 2 and len(err.splitlines()) == 1 and err.startswith("error: ") and expected in err, err
     assert not (tmp_path / "out").exists()
 
 
 def test_schedule_flag_and_non_coco_datasets(tmp_path, mini_data_root, random_r50_pkl, capsys):
-    common = ["--weights", str(random_r50_pkl), "--dataset-root", str(mini_data_root), "--device", "cpu",
-              "--output-dir", str(tmp_path / "out"), "--dry-run"]
-    for extra, message in [(["--schedule", "1x", "--config-file", str(CONFIGS / "coco_R_50_C4_1x_moco.yaml")],
-                            "--schedule"),
-                           (["--opts", "DATASETS.TEST", "('voc_2007_test',)"], "'voc_2007_test'"),
-                           (["--opts", "MODEL.MASK_ON", "False"], "MASK_ON")]:
+    common = [
+        "--weights",
+        str(random_r50_pkl),
+        "--dataset-root",
+        str(mini_data_root),
+        "--device",
+        "cpu",
+        "--output-dir",
+        str(tmp_path / "out"),
+        "--dry-run",
+    ]
+    for extra, message in [
+        (["--schedule", "1x", "--config-file", str(CONFIGS / "coco_R_50_C4_1x_moco.yaml")], "--schedule"),
+        (["--opts", "DATASETS.TEST", "('voc_2007_test',)"], "'voc_2007_test'"),
+        (["--opts", "MODEL.MASK_ON", "False"], "MASK_ON"),
+    ]:
         with pytest.raises(SystemExit):
             run_coco_main([*common, *extra])
         err = capsys.readouterr().err.strip()
@@ -205,24 +257,45 @@ def test_schedule_flag_and_non_coco_datasets(tmp_path, mini_data_root, random_r5
 
 
 @pytest.mark.slow
-def test_two_trials_killed_and_resumed_write_box_and_mask_ap_a_summary_and_a_record(tmp_path, random_r50_pkl,
-                                                                                    mini_data_root, store):
+def test_two_trials_killed_and_resumed_write_box_and_mask_ap_a_summary_and_a_record(
+    tmp_path, random_r50_pkl, mini_data_root, store
+):
     """Trial 1 finishes, trial 2 is SIGKILLed after its first timed resume point; the same command skips trial 1,
     resumes trial 2 from that point and writes the summary and one "coco" record with both AP families."""
     out = tmp_path / "run"
-    command = ["--weights", str(random_r50_pkl), "--output-dir", str(out), "--dataset-root", str(mini_data_root),
-               "--device", "cpu", "--trials", "2", "--checkpoint-minutes", "1e-9",
-               "--opts", *COCO_TINY_OPTS, "SOLVER.MAX_ITER", "4"]
+    command = [
+        "--weights",
+        str(random_r50_pkl),
+        "--output-dir",
+        str(out),
+        "--dataset-root",
+        str(mini_data_root),
+        "--device",
+        "cpu",
+        "--trials",
+        "2",
+        "--checkpoint-minutes",
+        "1e-9",
+        "--opts",
+        *COCO_TINY_OPTS,
+        "SOLVER.MAX_ITER",
+        "4",
+    ]
     t2 = out / "trial_2"
-    proc = subprocess.Popen([sys.executable, str(REPO / "transfer" / "run_coco.py"), *command],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_subprocess_env(store), cwd=REPO)
+    proc = subprocess.Popen(
+        [sys.executable, str(REPO / "transfer" / "run_coco.py"), *command],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=_subprocess_env(store),
+        cwd=REPO,
+    )
     try:
         kill_when(proc, (t2 / "last_checkpoint").exists, "trial 2's checkpoint")
     finally:
         proc.kill()
         proc.wait()
     assert (out / "trial_1" / "metrics.json").exists() and not (t2 / "metrics.json").exists()
-    resume_iter = int((t2 / "last_checkpoint").read_text().strip()[len("model_"):-len(".pth")]) + 1
+    resume_iter = int((t2 / "last_checkpoint").read_text().strip()[len("model_") : -len(".pth")]) + 1
 
     assert run_coco_main(command) == 0
     assert "trial 1/2 (seed 0): finished earlier, skipped" in (out / "log.txt").read_text()

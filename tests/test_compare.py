@@ -1,5 +1,6 @@
 """Decisive comparisons between table rows (mocoeval.compare, results/compare.py): values checked against scipy
 directly, against published power tables, and by hand."""
+
 from __future__ import annotations
 
 import json
@@ -10,12 +11,12 @@ import sys
 import numpy as np
 import pytest
 from scipy import stats
+from test_tables import RAND, A, D, Store  # the fixture writer of the table tests (real results_store API)
 
 from mocoeval.results import compare, statistics
-from mocoeval.results import rows as table_rows
 from mocoeval.results import paper as paper_numbers
+from mocoeval.results import rows as table_rows
 from mocoeval.results.store import REPO_ROOT, load_records
-from test_tables import A, D, RAND, Store  # the fixture writer of the table tests (real results_store API)
 
 CLAIM_RUNS = REPO_ROOT / "results" / "claim-in-miniature" / "runs"
 X, Y = [1.0, 2.0, 4.0], [2.0, 3.5, 5.0, 6.5]
@@ -106,8 +107,10 @@ def test_not_detectable_prints_the_trials_needed():
     c = statistics.compare_values([82.0, 82.4, 82.2], [82.1, 82.3, 82.0], metric="AP50")
     assert c.verdict == statistics.VERDICT_NONE and c.trials_needed > 3
     text = compare.format_comparison(c)
-    assert text.splitlines()[1] == (f"    trials per side needed to detect {c.delta:+.2f} at 5% with 80% power, "
-                                    f"given the observed spread: {c.trials_needed}")
+    assert text.splitlines()[1] == (
+        f"    trials per side needed to detect {c.delta:+.2f} at 5% with 80% power, "
+        f"given the observed spread: {c.trials_needed}"
+    )
 
 
 def test_paper_spread_is_converted_to_the_sample_std():
@@ -115,7 +118,10 @@ def test_paper_spread_is_converted_to_the_sample_std():
     population_std = float(np.std(trials))  # ddof 0: 0.147, the convention of the reported ±
     assert statistics.sample_std(population_std, 5) == pytest.approx(stats.tstd(trials), rel=1e-12)  # ddof 1
     assert paper_numbers.PAPER_SPREAD[("d", "linear_top1")] == (0.1, 5)
-    assert paper_numbers.PAPER_SPREAD[("c", "AP75")] == (0.4, 5) and ("supervised", "AP50") not in paper_numbers.PAPER_SPREAD
+    assert (
+        paper_numbers.PAPER_SPREAD[("c", "AP75")] == (0.4, 5)
+        and ("supervised", "AP50") not in paper_numbers.PAPER_SPREAD
+    )
 
 
 # --------------------------------------------------------------------------------- rows and the command
@@ -123,10 +129,14 @@ def _claim_rows():
     return table_rows.collect_rows(load_records(CLAIM_RUNS))
 
 
-RANDOM_LABEL = ("random init [linear: 10 ep, lr 0.01, feature-norm, +4 more; VOC: MAX_ITER 1500, IMS_PER_BATCH 4, "
-                "BASE_LR 0.005, +10 more]")
-D_LABEL = ("(d) [residual_bn_init 0.1, residual_bn_ramp 6-16; linear: 10 ep, lr 0.01, feature-norm, +4 more; VOC: "
-           "MAX_ITER 1500, IMS_PER_BATCH 4, BASE_LR 0.005, +10 more] 24 ep")
+RANDOM_LABEL = (
+    "random init [linear: 10 ep, lr 0.01, feature-norm, +4 more; VOC: MAX_ITER 1500, IMS_PER_BATCH 4, "
+    "BASE_LR 0.005, +10 more]"
+)
+D_LABEL = (
+    "(d) [residual_bn_init 0.1, residual_bn_ramp 6-16; linear: 10 ep, lr 0.01, feature-norm, +4 more; VOC: "
+    "MAX_ITER 1500, IMS_PER_BATCH 4, BASE_LR 0.005, +10 more] 24 ep"
+)
 
 
 def test_list_prints_the_labels_the_tables_print(capsys):
@@ -137,8 +147,10 @@ def test_list_prints_the_labels_the_tables_print(capsys):
     assert all(f"| {label} |" in md for label in listed)  # the Sources table's row column, verbatim
 
 
-@pytest.mark.parametrize("text", [D_LABEL, D_LABEL[:-6], "d [residual_bn_init 0.1, residual_bn_ramp 6-16",
-                                  "(d)", "d", "eac1378e", "D698F52C"])
+@pytest.mark.parametrize(
+    "text",
+    [D_LABEL, D_LABEL[:-6], "d [residual_bn_init 0.1, residual_bn_ramp 6-16", "(d)", "d", "eac1378e", "D698F52C"],
+)
 def test_selecting_a_row(text):
     rows = _claim_rows()
     assert compare.select_row(rows, text) == 2
@@ -148,8 +160,10 @@ def test_ambiguous_or_unknown_selection_is_a_one_line_error_listing_candidates()
     rows = _claim_rows()
     with pytest.raises(compare.UserError) as e:
         compare.select_row(rows, "random init")
-    assert str(e.value) == (f"'random init' matches 2 rows: {RANDOM_LABEL!r}; "
-                            f"{RANDOM_LABEL.replace('[', '[residual_bn_init 0.1; ')!r} (pass one of these)")
+    assert str(e.value) == (
+        f"'random init' matches 2 rows: {RANDOM_LABEL!r}; "
+        f"{RANDOM_LABEL.replace('[', '[residual_bn_init 0.1; ')!r} (pass one of these)"
+    )
     with pytest.raises(compare.UserError, match=r"^no row matches 'zzz'; the rows are: 'random init \["):
         compare.select_row(rows, "zzz")
 
@@ -157,11 +171,14 @@ def test_ambiguous_or_unknown_selection_is_a_one_line_error_listing_candidates()
 def test_claim_in_miniature_comparison(capsys):
     """The README's claim: (d) with the branch ramp beats torchvision's random init on VOC AP50 and AP
     (4 trials each), computed from the committed records."""
-    assert compare.main(["--runs", str(CLAIM_RUNS), "d", "random init [linear", "--metric", "AP50", "AP",
-                         "--json"]) == 0
+    assert (
+        compare.main(["--runs", str(CLAIM_RUNS), "d", "random init [linear", "--metric", "AP50", "AP", "--json"]) == 0
+    )
     out = json.loads(capsys.readouterr().out)
-    hand = {"AP50": ([24.50, 23.93, 26.21, 26.64], [22.30, 18.53, 19.25, 16.84]),
-            "AP": ([11.34, 10.92, 12.10, 12.17], [10.03, 8.03, 7.67, 7.32])}  # README, 2 decimals
+    hand = {
+        "AP50": ([24.50, 23.93, 26.21, 26.64], [22.30, 18.53, 19.25, 16.84]),
+        "AP": ([11.34, 10.92, 12.10, 12.17], [10.03, 8.03, 7.67, 7.32]),
+    }  # README, 2 decimals
     assert [c["metric"] for c in out] == ["AP50", "AP"]
     for c in out:
         a, b = hand[c["metric"]]
@@ -180,16 +197,27 @@ def test_script_as_subprocess():
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     assert lines[:2] == [f"A: {D_LABEL}", f"B: {RANDOM_LABEL}"]
-    assert lines[2].startswith("VOC AP50: A 25.32 (n 4) vs B 19.23 (n 4); A − B = +6.09, 95% CI [+2.66, +9.52]; "
-                               "Welch t-test p = 0.00635 -> A > B")
+    assert lines[2].startswith(
+        "VOC AP50: A 25.32 (n 4) vs B 19.23 (n 4); A − B = +6.09, 95% CI [+2.66, +9.52]; "
+        "Welch t-test p = 0.00635 -> A > B"
+    )
     assert lines[5].startswith("linear top-1: A 57.67 (n 3) vs B 48.33 (n 3)")  # 3 networks a side
     done = subprocess.run(cmd + ["random", "(d)"], capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == 2 and done.stderr.startswith("error: 'random' matches 2 rows: ")
     assert len(done.stderr.strip().splitlines()) == 1
     # --help answers without importing scipy
-    done = subprocess.run([sys.executable, "-c", "import sys; from mocoeval.results import compare\n"
-                           "try: compare.main(['--help'])\nexcept SystemExit: print('scipy' in sys.modules)"],
-                          capture_output=True, text=True, env=env, timeout=120)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from mocoeval.results import compare\n"
+            "try: compare.main(['--help'])\nexcept SystemExit: print('scipy' in sys.modules)",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert done.stdout.startswith("usage: compare.py") and done.stdout.strip().endswith("False")
 
 
@@ -219,8 +247,10 @@ def test_paired_needs_the_same_seeds(store, capsys):
     with pytest.raises(SystemExit) as e:
         compare.main(["d", "a", "--paired"])
     assert e.value.code == 2
-    assert capsys.readouterr().err == ("error: --paired: the rows were fine-tuned with different seeds (A: 0, 1, 2, "
-                                       "3; B: 0, 1, 2, 7); drop --paired for Welch's test\n")
+    assert capsys.readouterr().err == (
+        "error: --paired: the rows were fine-tuned with different seeds (A: 0, 1, 2, "
+        "3; B: 0, 1, 2, 7); drop --paired for Welch's test\n"
+    )
 
 
 def test_linear_needs_several_networks(store, capsys):
@@ -231,20 +261,21 @@ def test_linear_needs_several_networks(store, capsys):
     assert compare.default_metrics(rows[1], rows[0]) == []  # random init has one network
     with pytest.raises(compare.UserError, match="^nothing to compare"):
         compare.compare_rows(rows[1], rows[0])
-    c, = compare.compare_rows(rows[1], rows[0], ["linear_top1"])
+    (c,) = compare.compare_rows(rows[1], rows[0], ["linear_top1"])
     assert c.verdict == "n too small: B has 1 network; a t-test needs at least 2 networks per side"
     store.add("linear", RAND, "s" * 64, {"top1": 6.0})
     rows = table_rows.collect_rows(load_records(store.root))
     assert compare.default_metrics(rows[1], rows[0]) == ["linear_top1"]
-    c, = compare.compare_rows(rows[1], rows[0])
+    (c,) = compare.compare_rows(rows[1], rows[0])
     assert c.p_value == pytest.approx(stats.ttest_ind([67.4, 67.8], [5.0, 6.0], equal_var=False).pvalue)
 
 
 def test_bad_input_is_one_line(store, capsys, tmp_path):
     store.add("linear", D, "d" * 64, {"top1": 67.4})
-    for argv, message in ((["d", "d"], "error: A and B select the same row: '(d) 200 ep'"),
-                          (["--runs", str(tmp_path / "nope"), "a", "b"], f"error: runs folder not found: "
-                                                                          f"{tmp_path / 'nope'}")):
+    for argv, message in (
+        (["d", "d"], "error: A and B select the same row: '(d) 200 ep'"),
+        (["--runs", str(tmp_path / "nope"), "a", "b"], f"error: runs folder not found: {tmp_path / 'nope'}"),
+    ):
         with pytest.raises(SystemExit) as e:
             compare.main(argv)
         assert e.value.code == 2 and capsys.readouterr().err == message + "\n"
@@ -252,8 +283,19 @@ def test_bad_input_is_one_line(store, capsys, tmp_path):
 
 def test_coco_metrics_compare_when_both_rows_have_them(store):
     def coco(variant, sha, box, seeds):
-        trials = [{"trial": i, "seed": s, "box_AP": b, "box_AP50": b + 20, "box_AP75": b + 2, "mask_AP": b - 4,
-                   "mask_AP50": b + 16, "mask_AP75": b - 3} for i, (s, b) in enumerate(zip(seeds, box))]
+        trials = [
+            {
+                "trial": i,
+                "seed": s,
+                "box_AP": b,
+                "box_AP50": b + 20,
+                "box_AP75": b + 2,
+                "mask_AP": b - 4,
+                "mask_AP50": b + 16,
+                "mask_AP75": b - 3,
+            }
+            for i, (s, b) in enumerate(zip(seeds, box))
+        ]
         store.add("coco", variant, sha, {}, trials=trials, config_hash="c" * 64)
 
     coco(D, "d" * 64, [40.0, 40.5, 41.0], [0, 1, 2])

@@ -4,6 +4,7 @@ Every input format is written from one randomly initialised torchvision ResNet-5
 non-trivial affine parameters and running statistics (a mix-up of BN tensors would change the features),
 converted, and verified numerically against Detectron2's R50-C4 built from the converted file.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,12 +19,12 @@ import pytest
 import torch
 import torchvision
 
-from mocoeval.convert import formats as cf
 from mocoeval.convert import detectron2_weights as dc
-from mocoeval.transfer.detection import verify
+from mocoeval.convert import formats as cf
+from mocoeval.results.store import pretrain_variant, special_variant
 from mocoeval.runtime.errors import UserError
 from mocoeval.runtime.fileio import sha256_file
-from mocoeval.results.store import pretrain_variant, special_variant
+from mocoeval.transfer.detection import verify
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = REPO_ROOT / "convert" / "to_d2.py"
@@ -70,8 +71,14 @@ def _backbone(sd):
 def _moco_state(sd, prefix):
     """MoCo v1/v2 model state: encoder_q with an MLP head, a different encoder_k, the queue."""
     q = {f"{prefix}encoder_q.{k}": v for k, v in _backbone(sd).items()}
-    q.update({f"{prefix}encoder_q.fc.0.weight": torch.randn(2048, 2048), f"{prefix}encoder_q.fc.0.bias": torch.zeros(2048),
-              f"{prefix}encoder_q.fc.2.weight": torch.randn(128, 2048), f"{prefix}encoder_q.fc.2.bias": torch.zeros(128)})
+    q.update(
+        {
+            f"{prefix}encoder_q.fc.0.weight": torch.randn(2048, 2048),
+            f"{prefix}encoder_q.fc.0.bias": torch.zeros(2048),
+            f"{prefix}encoder_q.fc.2.weight": torch.randn(128, 2048),
+            f"{prefix}encoder_q.fc.2.bias": torch.zeros(128),
+        }
+    )
     # The key encoder differs from the query encoder: converting it by mistake would fail verification.
     q.update({k.replace("encoder_q.", "encoder_k."): _zeros_like(v) for k, v in list(q.items())})
     q[f"{prefix}queue"] = torch.nn.functional.normalize(torch.randn(128, 1024), dim=0)
@@ -79,8 +86,18 @@ def _moco_state(sd, prefix):
     return q
 
 
-OUR_CONFIG = dict(arch="resnet50", mlp=True, aug_plus=True, cos=True, epochs=200, batch_size=256,
-                  moco_k=65536, moco_t=0.2, moco_m=0.999, image_size=224)
+OUR_CONFIG = dict(
+    arch="resnet50",
+    mlp=True,
+    aug_plus=True,
+    cos=True,
+    epochs=200,
+    batch_size=256,
+    moco_k=65536,
+    moco_t=0.2,
+    moco_m=0.999,
+    image_size=224,
+)
 
 
 def write_format(name, sd, directory: Path) -> Path:
@@ -92,21 +109,38 @@ def write_format(name, sd, directory: Path) -> Path:
     elif name == "torchvision_model":
         obj, fname = {"model": dict(sd), "epoch": 3}, "sup_model.pth"
     elif name == "moco_official":
-        obj = {"epoch": 200, "arch": "resnet50", "state_dict": _moco_state(sd, "module."),
-               "optimizer": {"state": {}, "param_groups": [{"lr": 0.0, "params": [0, 1]}]}}
+        obj = {
+            "epoch": 200,
+            "arch": "resnet50",
+            "state_dict": _moco_state(sd, "module."),
+            "optimizer": {"state": {}, "param_groups": [{"lr": 0.0, "params": [0, 1]}]},
+        }
         fname = "moco_v2_200ep_pretrain.pth.tar"
     elif name == "moco_ours_no_ddp":  # non-DDP: no "module." prefix (broke the official converter silently)
-        obj = {"epoch": 200, "arch": "resnet50", "state_dict": _moco_state(sd, ""), "optimizer": {},
-               "config": OUR_CONFIG, "variant": pretrain_variant(OUR_CONFIG).to_record(), "seed": 0}
+        obj = {
+            "epoch": 200,
+            "arch": "resnet50",
+            "state_dict": _moco_state(sd, ""),
+            "optimizer": {},
+            "config": OUR_CONFIG,
+            "variant": pretrain_variant(OUR_CONFIG).to_record(),
+            "seed": 0,
+        }
         fname = "checkpoint_0200.pth.tar"
     elif name == "moco_config_only":
         obj = {"epoch": 200, "state_dict": _moco_state(sd, "module."), "config": OUR_CONFIG}
         fname = "ours_config.pth.tar"
     elif name == "moco_v3":
         st = {f"module.base_encoder.{k}": v for k, v in _backbone(sd).items()}
-        head = {"fc.0.weight": torch.randn(64, 2048), "fc.1.weight": torch.ones(64), "fc.1.bias": torch.zeros(64),
-                "fc.1.running_mean": torch.zeros(64), "fc.1.running_var": torch.ones(64),
-                "fc.1.num_batches_tracked": torch.tensor(5), "fc.3.weight": torch.randn(32, 64)}
+        head = {
+            "fc.0.weight": torch.randn(64, 2048),
+            "fc.1.weight": torch.ones(64),
+            "fc.1.bias": torch.zeros(64),
+            "fc.1.running_mean": torch.zeros(64),
+            "fc.1.running_var": torch.ones(64),
+            "fc.1.num_batches_tracked": torch.tensor(5),
+            "fc.3.weight": torch.randn(32, 64),
+        }
         st.update({f"module.base_encoder.{k}": v for k, v in head.items()})
         st.update({k.replace("base_encoder.", "momentum_encoder."): _zeros_like(v) for k, v in list(st.items())})
         st.update({"module.predictor.0.weight": torch.randn(64, 32), "module.predictor.3.weight": torch.randn(32, 64)})
@@ -122,7 +156,11 @@ def write_format(name, sd, directory: Path) -> Path:
 
 # (layout, detected format, variant name)
 FORMAT_CASES = [
-    ("torchvision", "torchvision", "resnet50_tv"),  # torchvision names: named after the file, never 'supervised' unasked
+    (
+        "torchvision",
+        "torchvision",
+        "resnet50_tv",
+    ),  # torchvision names: named after the file, never 'supervised' unasked
     ("torchvision_module_state_dict", "torchvision", "sup_ddp"),
     ("torchvision_model", "torchvision", "sup_model"),
     ("moco_official", "moco", "moco_v2_200ep_pretrain"),
@@ -161,7 +199,12 @@ def test_key_mapping_follows_official_rules():
 def test_mapping_keeps_values(r50_state):
     d2 = dc.torchvision_to_d2(r50_state)
     assert len(d2) == 265 and all(v.dtype == np.float32 for v in d2.values())
-    for tv_key in ("bn1.running_mean", "layer2.3.bn2.running_var", "layer4.0.downsample.1.weight", "layer1.1.conv2.weight"):
+    for tv_key in (
+        "bn1.running_mean",
+        "layer2.3.bn2.running_var",
+        "layer4.0.downsample.1.weight",
+        "layer1.1.conv2.weight",
+    ):
         np.testing.assert_array_equal(d2[dc.d2_key(tv_key)], r50_state[tv_key].numpy())
     partial = {k: v for k, v in r50_state.items() if k != "layer3.2.bn3.bias"}
     with pytest.raises(UserError, match="layer3.2|res4.2.conv3.norm.bias"):
@@ -202,8 +245,11 @@ def test_loads_into_r50_c4_without_missing_backbone_keys(r50_state, tmp_path):
     report = verify.classify_load_result(incompatible)
     assert report["missing_other"] == [] and report["incorrect_shapes"] == [] and report["unexpected"] == []
     missing = incompatible.missing_keys
-    assert not [k for k in missing if k.startswith(("backbone.", "roi_heads.res5."))
-                and not k.startswith("roi_heads.res5.norm.")]
+    assert not [
+        k
+        for k in missing
+        if k.startswith(("backbone.", "roi_heads.res5.")) and not k.startswith("roi_heads.res5.norm.")
+    ]
     assert any(k.startswith("roi_heads.res5.norm.") for k in missing)
     assert any(k.startswith("roi_heads.box_predictor.") for k in missing)
     assert any(k.startswith("proposal_generator.") for k in missing)
@@ -277,8 +323,10 @@ def test_forced_format(r50_state, ckpt_dir, tmp_path, capsys):
 
 def test_trust_pickle_for_legacy_objects(r50_state, tmp_path, capsys):
     src = tmp_path / "legacy.pth.tar"
-    torch.save({"state_dict": {f"module.encoder_q.{k}": v for k, v in r50_state.items()},
-                "args": argparse.Namespace(lr=0.03)}, src)
+    torch.save(
+        {"state_dict": {f"module.encoder_q.{k}": v for k, v in r50_state.items()}, "args": argparse.Namespace(lr=0.03)},
+        src,
+    )
     err = _expect_error(capsys, [str(src), str(tmp_path / "o.pkl")])
     assert "argparse.Namespace" in err and "--trust-pickle" in err
     assert not (tmp_path / "o.pkl").exists()
@@ -327,14 +375,18 @@ def _fake_weights(arch: str) -> dict:
     return {k: torch.zeros((), dtype=v.dtype).expand(v.shape) for k, v in ref.items()}
 
 
-@pytest.mark.parametrize("arch,expected", [
-    ("resnet18", r"ResNet-18 with BasicBlocks \(two 3x3 convs, no conv3"),
-    ("resnet34", r"ResNet-34 with BasicBlocks"),
-    ("resnet101", r"found a ResNet-101 \(Bottleneck blocks per stage 3-4-23-3\); ResNet-50 has 3-4-6-3"),
-    ("resnext50_32x4d", r"ResNeXt-50 \(grouped 3x3 convs"),
-    ("wide_resnet50_2", r"wide ResNet-50"),
-    ("vit_b_16", r"Vision Transformer"),
-], ids=lambda v: v if re.fullmatch(r"\w+", v) else "")
+@pytest.mark.parametrize(
+    "arch,expected",
+    [
+        ("resnet18", r"ResNet-18 with BasicBlocks \(two 3x3 convs, no conv3"),
+        ("resnet34", r"ResNet-34 with BasicBlocks"),
+        ("resnet101", r"found a ResNet-101 \(Bottleneck blocks per stage 3-4-23-3\); ResNet-50 has 3-4-6-3"),
+        ("resnext50_32x4d", r"ResNeXt-50 \(grouped 3x3 convs"),
+        ("wide_resnet50_2", r"wide ResNet-50"),
+        ("vit_b_16", r"Vision Transformer"),
+    ],
+    ids=lambda v: v if re.fullmatch(r"\w+", v) else "",
+)
 def test_not_a_resnet50_says_what_it_found(arch, expected, tmp_path, capsys):
     src = tmp_path / f"{arch}.pth"
     torch.save({"state_dict": {f"module.{k}": v for k, v in _fake_weights(arch).items()}}, src)
@@ -381,8 +433,11 @@ def test_bad_files(tmp_path, capsys):
 
 def test_missing_keys_are_listed(r50_state, tmp_path, capsys):
     src = tmp_path / "holes.pth.tar"
-    holes = {f"module.encoder_q.{k}": v for k, v in r50_state.items()
-             if k not in ("layer2.1.bn2.running_var", "layer4.2.conv3.weight")}
+    holes = {
+        f"module.encoder_q.{k}": v
+        for k, v in r50_state.items()
+        if k not in ("layer2.1.bn2.running_var", "layer4.2.conv3.weight")
+    }
     torch.save({"state_dict": holes}, src)
     err = _expect_error(capsys, [str(src), str(tmp_path / "o.pkl")])
     assert "2 of 265 tensors missing: layer2.1.bn2.running_var, layer4.2.conv3.weight" in err
@@ -392,12 +447,15 @@ def test_wrong_shape_and_nan(r50_state, tmp_path, capsys):
     src = tmp_path / "shape.pth"
     torch.save({**r50_state, "layer1.0.conv1.weight": torch.zeros(64, 64, 3, 3)}, src)
     assert "layer1.0.conv1.weight (64, 64, 3, 3) (expected (64, 64, 1, 1))" in _expect_error(
-        capsys, [str(src), str(tmp_path / "o.pkl")])
+        capsys, [str(src), str(tmp_path / "o.pkl")]
+    )
     nan = dict(r50_state)
     nan["layer3.0.bn1.running_var"] = r50_state["layer3.0.bn1.running_var"].clone()
     nan["layer3.0.bn1.running_var"][5] = float("nan")
     torch.save(nan, src)
-    assert "NaN or Inf in 1 tensors (layer3.0.bn1.running_var)" in _expect_error(capsys, [str(src), str(tmp_path / "o.pkl")])
+    assert "NaN or Inf in 1 tensors (layer3.0.bn1.running_var)" in _expect_error(
+        capsys, [str(src), str(tmp_path / "o.pkl")]
+    )
 
 
 def test_output_path_errors(tmp_path, capsys):
@@ -420,8 +478,11 @@ def test_save_refuses_incomplete_model(r50_state, tmp_path):
 def test_check_d2_pickle(r50_state, tmp_path):
     d2 = dc.torchvision_to_d2(r50_state)
     # The official MoCo converter keeps stem.fc.* and num_batches_tracked: accepted (Detectron2 ignores them).
-    official = {**d2, "stem.fc.0.weight": np.zeros((2048, 2048), np.float32),
-                "res2.0.conv1.norm.num_batches_tracked": np.array(7)}
+    official = {
+        **d2,
+        "stem.fc.0.weight": np.zeros((2048, 2048), np.float32),
+        "res2.0.conv1.norm.num_batches_tracked": np.array(7),
+    }
     path = tmp_path / "official.pkl"
     with open(path, "wb") as f:
         pickle.dump({"model": official, "__author__": "MOCO", "matching_heuristics": True}, f)
@@ -484,7 +545,9 @@ def test_random_init_with_residual_bn_init_is_its_own_network(tmp_path, capsys):
     branch_scales = {f"layer{i}.{b}.bn3.weight" for i, n in zip(range(1, 5), (3, 4, 6, 3)) for b in range(n)}
     assert {k for k in plain if not torch.equal(plain[k], tenth[k])} == branch_scales
     assert all(torch.all(tenth[k] == 0.1) for k in branch_scales)
-    assert "has its own scales" in _expect_error(capsys, [str(tmp_path / "x.pth"), str(tmp_path / "y.pkl"),
-                                                          "--residual-bn-init", "0.1"])
-    assert "between 0 and 1, got 2" in _expect_error(capsys, ["random-init:3", str(tmp_path / "y.pkl"),
-                                                              "--residual-bn-init", "2"])
+    assert "has its own scales" in _expect_error(
+        capsys, [str(tmp_path / "x.pth"), str(tmp_path / "y.pkl"), "--residual-bn-init", "0.1"]
+    )
+    assert "between 0 and 1, got 2" in _expect_error(
+        capsys, ["random-init:3", str(tmp_path / "y.pkl"), "--residual-bn-init", "2"]
+    )

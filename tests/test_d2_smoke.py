@@ -1,5 +1,6 @@
 """Detectron2 on the mini VOC data: built-in dataset names re-pointed at the fixture root, and one
 R50-C4 (MoCo detection config) training iteration through Detectron2's own loader and trainer."""
+
 from __future__ import annotations
 
 import math
@@ -19,8 +20,11 @@ def test_register_voc_datasets_points_builtin_names_at_root(mini_data_root, tmp_
     assert MetadataCatalog.get("voc_2007_test").dirname == str(tmp_path / "VOC2007")
     names = register_voc_datasets(mini_data_root)
     assert set(names) == set(BUILTIN_VOC_DATASETS)
-    expected = {"voc_2007_trainval": TEST_SIZES["voc2007_trainval"], "voc_2007_test": TEST_SIZES["voc2007_test"],
-                "voc_2012_trainval": TEST_SIZES["voc2012_trainval"]}
+    expected = {
+        "voc_2007_trainval": TEST_SIZES["voc2007_trainval"],
+        "voc_2007_test": TEST_SIZES["voc2007_test"],
+        "voc_2012_trainval": TEST_SIZES["voc2012_trainval"],
+    }
     for name, count in expected.items():
         meta = MetadataCatalog.get(name)
         assert Path(meta.dirname).parent == Path(mini_data_root)
@@ -30,8 +34,10 @@ def test_register_voc_datasets_points_builtin_names_at_root(mini_data_root, tmp_
         assert len(dicts) == count
         assert all(Path(d["file_name"]).is_file() for d in dicts)
     # The train/val halves of trainval are there too (real VOC ships them).
-    assert len(DatasetCatalog.get("voc_2007_train")) + len(DatasetCatalog.get("voc_2007_val")) == \
-        TEST_SIZES["voc2007_trainval"]
+    assert (
+        len(DatasetCatalog.get("voc_2007_train")) + len(DatasetCatalog.get("voc_2007_val"))
+        == TEST_SIZES["voc2007_trainval"]
+    )
 
 
 def test_r50_c4_trains_one_iteration_on_mini_voc(mini_data_root):
@@ -44,14 +50,36 @@ def test_r50_c4_trains_one_iteration_on_mini_voc(mini_data_root):
     from mocoeval.transfer.detection.modeling import DEFAULT_VOC_CONFIG, load_config
 
     register_voc_datasets(mini_data_root)
-    cfg = load_config(DEFAULT_VOC_CONFIG, [
-        "MODEL.WEIGHTS", "", "MODEL.DEVICE", "cpu", "SOLVER.IMS_PER_BATCH", 2,
-        "INPUT.MIN_SIZE_TRAIN", (96,), "INPUT.MAX_SIZE_TRAIN", 160, "DATALOADER.NUM_WORKERS", 0,
-        "SOLVER.BASE_LR", 0.001, "SEED", 0,
-        # Few proposals/ROIs: res5 runs once per ROI, the cost of R50-C4 on CPU (512/image: minutes).
-        "MODEL.RPN.PRE_NMS_TOPK_TRAIN", 200, "MODEL.RPN.POST_NMS_TOPK_TRAIN", 16,
-        "MODEL.RPN.BATCH_SIZE_PER_IMAGE", 64, "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", 8,
-    ])
+    cfg = load_config(
+        DEFAULT_VOC_CONFIG,
+        [
+            "MODEL.WEIGHTS",
+            "",
+            "MODEL.DEVICE",
+            "cpu",
+            "SOLVER.IMS_PER_BATCH",
+            2,
+            "INPUT.MIN_SIZE_TRAIN",
+            (96,),
+            "INPUT.MAX_SIZE_TRAIN",
+            160,
+            "DATALOADER.NUM_WORKERS",
+            0,
+            "SOLVER.BASE_LR",
+            0.001,
+            "SEED",
+            0,
+            # Few proposals/ROIs: res5 runs once per ROI, the cost of R50-C4 on CPU (512/image: minutes).
+            "MODEL.RPN.PRE_NMS_TOPK_TRAIN",
+            200,
+            "MODEL.RPN.POST_NMS_TOPK_TRAIN",
+            16,
+            "MODEL.RPN.BATCH_SIZE_PER_IMAGE",
+            64,
+            "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE",
+            8,
+        ],
+    )
     assert cfg.DATASETS.TRAIN == ("voc_2007_trainval", "voc_2012_trainval")
     assert cfg.MODEL.ROI_HEADS.NAME == "Res5ROIHeadsExtraNorm"
     torch.manual_seed(0)

@@ -1,5 +1,6 @@
 """Mini datasets: real layouts, Detectron2's own VOC loader, exact boxes, determinism, idempotence,
 and the layout checker's one-line errors."""
+
 from __future__ import annotations
 
 import json
@@ -17,8 +18,15 @@ from mocoeval.data.sources import NOTO_FONT_PATHS
 from mocoeval.data.voc import VOC_CLASS_NAMES
 from mocoeval.runtime.errors import UserError
 
-TINY = {"voc2007_trainval": 4, "voc2007_test": 2, "voc2012_trainval": 4, "voc_short_side": 48,
-        "imagenet_train_per_class": 2, "imagenet_val_per_class": 1, "imagenet_size": 32}
+TINY = {
+    "voc2007_trainval": 4,
+    "voc2007_test": 2,
+    "voc2012_trainval": 4,
+    "voc_short_side": 48,
+    "imagenet_train_per_class": 2,
+    "imagenet_val_per_class": 1,
+    "imagenet_size": 32,
+}
 
 
 def _files(root: Path) -> dict[str, bytes]:
@@ -56,7 +64,7 @@ def test_annotation_xml_is_voc_format(mini_data_root):
     text = xml_path.read_text()
     assert text.startswith("<annotation>\n\t<folder>VOC2007</folder>\n\t<filename>000001.jpg</filename>\n")
     tree = ET.parse(xml_path)
-    assert [c.tag for c in tree.getroot()] [:5] == ["folder", "filename", "source", "size", "segmented"]
+    assert [c.tag for c in tree.getroot()][:5] == ["folder", "filename", "source", "size", "segmented"]
     size = tree.find("size")
     assert [c.tag for c in size] == ["width", "height", "depth"] and size.find("depth").text == "3"
     for obj in tree.findall("object"):
@@ -86,8 +94,12 @@ def test_boxes_are_exact_visible_extents_and_occlusion_is_bounded():
         assert 1 <= len(scene.objects) <= 5
         for k, obj in enumerate(scene.objects):
             rows, cols = np.nonzero(scene.owner == k)
-            assert (obj.xmin, obj.ymin, obj.xmax, obj.ymax) == (cols.min() + 1, rows.min() + 1,
-                                                                 cols.max() + 1, rows.max() + 1)
+            assert (obj.xmin, obj.ymin, obj.xmax, obj.ymax) == (
+                cols.min() + 1,
+                rows.min() + 1,
+                cols.max() + 1,
+                rows.max() + 1,
+            )
             assert obj.name in VOC_CLASS_NAMES
             visible = rows.size
             assert visible >= 0.5 * scene.placed_area[k]
@@ -337,8 +349,10 @@ def test_checker_imagefolder_errors(broken_root):
     shutil.copy(next((root / "train" / "cat").iterdir()), root / "val" / "unicorn" / "u.jpg")
     with pytest.raises(UserError) as e:
         check_imagefolder(root)
-    assert _one_line(e) == f"{root / 'val' / 'unicorn'}: class not in {root / 'train'} " \
-                           f"(the splits must have the same class folders)"
+    assert (
+        _one_line(e) == f"{root / 'val' / 'unicorn'}: class not in {root / 'train'} "
+        f"(the splits must have the same class folders)"
+    )
 
     shutil.rmtree(root / "train")
     (root / "train").mkdir()
@@ -361,13 +375,16 @@ def test_noto_style_missing_font_is_a_one_line_error(monkeypatch, tmp_path):
     assert not (tmp_path / "out" / "VOC2007").exists()
 
 
-@pytest.mark.skipif(not any(Path(p).is_file() for p in NOTO_FONT_PATHS),
-                    reason="Noto Color Emoji not installed (Debian fonts-noto-color-emoji)")
+@pytest.mark.skipif(
+    not any(Path(p).is_file() for p in NOTO_FONT_PATHS),
+    reason="Noto Color Emoji not installed (Debian fonts-noto-color-emoji)",
+)
 def test_noto_style_adds_drawings_per_class(tmp_path):
     only = mmd.load_assets(mmd._normalise_sizes({"voc_short_side": 48, "imagenet_size": 32}))
     counts = {k: len(v) for k, v in only["voc"]["sprites"].items()}
-    both = mmd.load_assets(mmd._normalise_sizes({"voc_short_side": 48, "imagenet_size": 32,
-                                                 "glyph_styles": "openmoji,noto"}))
+    both = mmd.load_assets(
+        mmd._normalise_sizes({"voc_short_side": 48, "imagenet_size": 32, "glyph_styles": "openmoji,noto"})
+    )
     assert all(len(both["voc"]["sprites"][k]) >= counts[k] for k in counts)
     assert len(both["voc"]["sprites"]["dog"]) > counts["dog"]
     manifest = mmd.generate(tmp_path, seed=0, workers=1, **dict(TINY, glyph_styles="openmoji,noto"))

@@ -1,4 +1,5 @@
 """`make demo` end to end at the tiniest sizes: every stage's artefact and the tables exist."""
+
 from __future__ import annotations
 
 import json
@@ -15,28 +16,28 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 TINY = {
     "DEMO_DATA_FLAGS": "--voc2007-trainval 8 --voc2007-test 6 --voc2012-trainval 4 --voc-short-side 96 "
-                       "--imagenet-train-per-class 4 --imagenet-val-per-class 2 --coco-train 6 --coco-val 4 "
-                       "--coco-short-side 96 --workers 1",
+    "--imagenet-train-per-class 4 --imagenet-val-per-class 2 --coco-train 6 --coco-val 4 "
+    "--coco-short-side 96 --workers 1",
     "DEMO_VARIANTS": "moco_v1 d",
     "DEMO_PRETRAIN_FLAGS": "--image-size 32 --epochs 1 --batch-size 16 --moco-k 16 --moco-m 0.99 --seed 0 "
-                           "--workers 0 --print-freq 1",
+    "--workers 0 --print-freq 1",
     "DEMO_LINEAR_FLAGS": "--image-size 32 --epochs 1 --batch-size 16 --lr 0.01 --feature-norm --workers 0",
     "DEMO_RANDOM_SEEDS": "0",
     "DEMO_RANDOM_INITS": "1 0.1",
     "DEMO_VOC_TRIALS": "1",
     "DEMO_VOC_OPTS": "SOLVER.IMS_PER_BATCH 2 SOLVER.MAX_ITER 2 SOLVER.STEPS (1,) SOLVER.WARMUP_ITERS 1 "
-                     "INPUT.MIN_SIZE_TRAIN (96,) INPUT.MAX_SIZE_TRAIN 128 INPUT.MIN_SIZE_TEST 96 "
-                     "INPUT.MAX_SIZE_TEST 128 TEST.PRECISE_BN.NUM_ITER 1 MODEL.RPN.PRE_NMS_TOPK_TRAIN 100 "
-                     "MODEL.RPN.POST_NMS_TOPK_TRAIN 16 MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE 8 "
-                     "MODEL.RPN.PRE_NMS_TOPK_TEST 100 MODEL.RPN.POST_NMS_TOPK_TEST 5 "
-                     "MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION 7 DATALOADER.NUM_WORKERS 0",
+    "INPUT.MIN_SIZE_TRAIN (96,) INPUT.MAX_SIZE_TRAIN 128 INPUT.MIN_SIZE_TEST 96 "
+    "INPUT.MAX_SIZE_TEST 128 TEST.PRECISE_BN.NUM_ITER 1 MODEL.RPN.PRE_NMS_TOPK_TRAIN 100 "
+    "MODEL.RPN.POST_NMS_TOPK_TRAIN 16 MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE 8 "
+    "MODEL.RPN.PRE_NMS_TOPK_TEST 100 MODEL.RPN.POST_NMS_TOPK_TEST 5 "
+    "MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION 7 DATALOADER.NUM_WORKERS 0",
     "DEMO_COCO_TRIALS": "1",
     "DEMO_COCO_OPTS": "SOLVER.IMS_PER_BATCH 2 SOLVER.MAX_ITER 2 SOLVER.STEPS (1,) SOLVER.WARMUP_ITERS 1 "
-                      "INPUT.MIN_SIZE_TRAIN (96,) INPUT.MAX_SIZE_TRAIN 128 INPUT.MIN_SIZE_TEST 96 "
-                      "INPUT.MAX_SIZE_TEST 128 TEST.PRECISE_BN.NUM_ITER 1 MODEL.RPN.POST_NMS_TOPK_TRAIN 16 "
-                      "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE 8 MODEL.RPN.POST_NMS_TOPK_TEST 5 "
-                      "MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION 7 MODEL.ROI_HEADS.SCORE_THRESH_TEST 0.0 "
-                      "DATALOADER.NUM_WORKERS 0",
+    "INPUT.MIN_SIZE_TRAIN (96,) INPUT.MAX_SIZE_TRAIN 128 INPUT.MIN_SIZE_TEST 96 "
+    "INPUT.MAX_SIZE_TEST 128 TEST.PRECISE_BN.NUM_ITER 1 MODEL.RPN.POST_NMS_TOPK_TRAIN 16 "
+    "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE 8 MODEL.RPN.POST_NMS_TOPK_TEST 5 "
+    "MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION 7 MODEL.ROI_HEADS.SCORE_THRESH_TEST 0.0 "
+    "DATALOADER.NUM_WORKERS 0",
 }
 
 
@@ -47,14 +48,17 @@ def test_makefile_demo_passes_every_setting_to_the_pipeline():
     script = (REPO_ROOT / "scripts" / "demo.sh").read_text()
     for name in TINY:
         assert f"{name}=" in line and f"${{{name}" in script, name
-    science = subprocess.run(["make", "-n", "demo-science"], cwd=REPO_ROOT, capture_output=True, text=True,
-                             check=True).stdout
+    science = subprocess.run(
+        ["make", "-n", "demo-science"], cwd=REPO_ROOT, capture_output=True, text=True, check=True
+    ).stdout
     assert "DEMO_OUT=output/demo-science" in science
     # its pretraining flags are ones train_moco.py accepts (a typo would surface only hours into the run)
     from mocoeval.pretrain.config import parse_config
+
     flags = shlex.split(re.search(r'DEMO_PRETRAIN_FLAGS="([^"]*)"', science).group(1))
-    args, _ = parse_config(["datasets-science/imagenet-mini", "--config", str(REPO_ROOT / "configs" / "pretrain" /
-                                                                           "d.yaml"), *flags])
+    args, _ = parse_config(
+        ["datasets-science/imagenet-mini", "--config", str(REPO_ROOT / "configs" / "pretrain" / "d.yaml"), *flags]
+    )
     assert args.image_size == 64 and args.moco_k <= 4000 // 10  # K <= 10% of the 4,000 training images
 
 
@@ -63,8 +67,9 @@ def test_demo_pipeline_end_to_end(tmp_path):
     out, data = tmp_path / "demo", tmp_path / "data"
     env = dict(os.environ, **TINY, DEMO_OUT=str(out), DEMO_DATA=str(data), PY=sys.executable)
     env.pop("MOCOEVAL_RESULTS_DIR", None)
-    proc = subprocess.run(["bash", "scripts/demo.sh"], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
-                          timeout=900)
+    proc = subprocess.run(
+        ["bash", "scripts/demo.sh"], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=900
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "time per stage" in proc.stdout
 
@@ -92,7 +97,10 @@ def test_demo_pipeline_end_to_end(tmp_path):
         assert (out / "results" / name).is_file()
     # Each random-init row's records of both stages are the same backbone: they join; the two rows do not.
     for scale in (None, 0.1):
-        rand = [r for r in records if r["variant"]["name"] == "random-init"
-                and r["variant"].get("residual_bn_init") == scale]
+        rand = [
+            r
+            for r in records
+            if r["variant"]["name"] == "random-init" and r["variant"].get("residual_bn_init") == scale
+        ]
         assert len(rand) == 2 and len({r["source_sha256"] for r in rand}) == 1
     assert len({r["source_sha256"] for r in records if r["variant"]["name"] == "random-init"}) == 2

@@ -1,4 +1,5 @@
 """Atomic writes: whole files only, and the permissions a plain write would give."""
+
 from __future__ import annotations
 
 import os

@@ -3,6 +3,7 @@
 Layers, top to bottom: transfer -> convert -> pretrain -> results, data -> runtime. The commands (each module with
 a `main`, called by the stage folders' scripts and the console scripts) sit above every stage and may import any.
 """
+
 from __future__ import annotations
 
 import ast
@@ -10,10 +11,18 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "mocoeval"
 LAYER = {"runtime": 0, "data": 1, "results": 1, "pretrain": 2, "convert": 3, "transfer": 4}
-COMMANDS = {"mocoeval.pretrain.train_moco", "mocoeval.pretrain.inspect_collapse", "mocoeval.pretrain.bench",
-            "mocoeval.convert.to_d2", "mocoeval.transfer.detection.run_voc", "mocoeval.transfer.detection.run_coco",
-            "mocoeval.transfer.run_linear",
-            "mocoeval.transfer.branch_scales", "mocoeval.results.make_tables", "mocoeval.results.compare"}
+COMMANDS = {
+    "mocoeval.pretrain.train_moco",
+    "mocoeval.pretrain.inspect_collapse",
+    "mocoeval.pretrain.bench",
+    "mocoeval.convert.to_d2",
+    "mocoeval.transfer.detection.run_voc",
+    "mocoeval.transfer.detection.run_coco",
+    "mocoeval.transfer.run_linear",
+    "mocoeval.transfer.branch_scales",
+    "mocoeval.results.make_tables",
+    "mocoeval.results.compare",
+}
 REPORTING = {"mocoeval.results.tables", "mocoeval.results.plots", "mocoeval.results.compare"}
 
 
@@ -72,7 +81,7 @@ def test_no_import_cycles():
         state[node] = 1
         for nxt in sorted(graph.get(node, ())):
             if state.get(nxt) == 1:
-                cycles.append(" -> ".join(path[path.index(nxt):] + [nxt]))
+                cycles.append(" -> ".join(path[path.index(nxt) :] + [nxt]))
             elif nxt not in state:
                 visit(nxt, path + [nxt])
         state[node] = 2

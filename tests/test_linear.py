@@ -3,6 +3,7 @@ eval-mode backbone, only-fc gradients, the sanity check, exact resume, records a
 
 Runs on CPU on the session's imagenet-mini (20 classes x 4 train / 2 val) at 32 px with tiny batches.
 """
+
 from __future__ import annotations
 
 import json
@@ -29,16 +30,26 @@ from mocoeval.results.identity import LINCLS_DEFAULTS
 from mocoeval.results.store import load_records, pretrain_variant
 from mocoeval.runtime.errors import UserError
 from mocoeval.runtime.fileio import sha256_file
-from mocoeval.transfer import linear, linear_data as ld
+from mocoeval.transfer import linear, run_linear
+from mocoeval.transfer import linear_data as ld
 from mocoeval.transfer import linear_model as lm
 from mocoeval.transfer import linear_train as lt
-from mocoeval.transfer import run_linear
 from mocoeval.transfer.linear_config import LinearConfig, default_output_dir
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "transfer" / "run_linear.py"
-PRETRAIN_CONFIG = dict(mlp=True, aug_plus=True, cos=True, epochs=3, batch_size=16, moco_k=64, moco_t=0.2,
-                       moco_m=0.99, arch="resnet50", image_size=32)
+PRETRAIN_CONFIG = dict(
+    mlp=True,
+    aug_plus=True,
+    cos=True,
+    epochs=3,
+    batch_size=16,
+    moco_k=64,
+    moco_t=0.2,
+    moco_m=0.99,
+    arch="resnet50",
+    image_size=32,
+)
 # Small, fast and not degenerate: few iterations per epoch, a sane lr for the fixture's features.
 FAST = ["--image-size", "32", "--batch-size", "32", "--lr", "0.5", "--print-freq", "1"]
 
@@ -83,8 +94,18 @@ def moco_checkpoint(tmp_path_factory):
     state["module.queue"] = torch.randn(16, 64)
     state["module.queue_ptr"] = torch.zeros(1, dtype=torch.long)
     path = tmp_path_factory.mktemp("ckpt") / "checkpoint_0003.pth.tar"
-    torch.save({"epoch": 3, "arch": "resnet50", "state_dict": state, "optimizer": {}, "config": PRETRAIN_CONFIG,
-                "variant": pretrain_variant(PRETRAIN_CONFIG).to_record(), "seed": 0}, path)
+    torch.save(
+        {
+            "epoch": 3,
+            "arch": "resnet50",
+            "state_dict": state,
+            "optimizer": {},
+            "config": PRETRAIN_CONFIG,
+            "variant": pretrain_variant(PRETRAIN_CONFIG).to_record(),
+            "seed": 0,
+        },
+        path,
+    )
     return path
 
 
@@ -94,12 +115,27 @@ def _run(args) -> dict:
 
 # ------------------------------------------------------------------------------------ protocol
 def test_protocol_constants_match_official_main_lincls():
-    assert LINCLS_DEFAULTS == dict(lr=30.0, momentum=0.9, weight_decay=0.0, batch_size=256, epochs=100,
-                                      schedule=(60, 80), image_size=224, print_freq=10)
+    assert LINCLS_DEFAULTS == dict(
+        lr=30.0,
+        momentum=0.9,
+        weight_decay=0.0,
+        batch_size=256,
+        epochs=100,
+        schedule=(60, 80),
+        image_size=224,
+        print_freq=10,
+    )
     assert lm.FC_INIT_STD == 0.01 and lt.LR_DECAY == 0.1
     args = run_linear.build_parser().parse_args(["--random-init", "data"])
-    assert (args.lr, args.momentum, args.weight_decay, args.batch_size, args.epochs, args.schedule,
-            args.image_size) == (30.0, 0.9, 0.0, 256, 100, [60, 80], 224)
+    assert (
+        args.lr,
+        args.momentum,
+        args.weight_decay,
+        args.batch_size,
+        args.epochs,
+        args.schedule,
+        args.image_size,
+    ) == (30.0, 0.9, 0.0, 256, 100, [60, 80], 224)
     # step schedule: x0.1 at epochs 60 and 80 (0-based, as the official adjust_learning_rate)
     lrs = [lt.lr_at_epoch(30.0, e, (60, 80)) for e in (0, 59, 60, 79, 80, 99)]
     assert lrs == pytest.approx([30.0, 30.0, 3.0, 3.0, 0.3, 0.3])
@@ -115,11 +151,14 @@ def test_config_takes_the_cli_defaults_and_validates_in_one_place(tmp_path):
     assert list(record) == [a.dest for a in run_linear.build_parser()._actions if a.dest != "help"]
     assert record["schedule"] == [60, 80] and record["output_dir"] == str(Path("output/linear/random-init_seed0"))
     assert LinearConfig(data="d", weights="w.pth", output_dir=f"{tmp_path}/o/").output_dir == str(tmp_path / "o")
-    for kwargs, said in ((dict(), "exactly one of --weights"), (dict(weights="w", random_init=True), "exactly one"),
-                         (dict(random_init=True, epochs=0), "--epochs must be >= 1"),
-                         (dict(random_init=True, workers=-1), "--workers must be >= 0"),
-                         (dict(random_init=True, precision="fp16"), "--precision must be one of"),
-                         (dict(random_init=True, residual_bn_init=2.0), "between 0 and 1")):
+    for kwargs, said in (
+        (dict(), "exactly one of --weights"),
+        (dict(weights="w", random_init=True), "exactly one"),
+        (dict(random_init=True, epochs=0), "--epochs must be >= 1"),
+        (dict(random_init=True, workers=-1), "--workers must be >= 0"),
+        (dict(random_init=True, precision="fp16"), "--precision must be one of"),
+        (dict(random_init=True, residual_bn_init=2.0), "between 0 and 1"),
+    ):
         with pytest.raises(UserError, match=said):
             LinearConfig(data="d", **kwargs)
     with pytest.raises(UserError, match="not divisible by the 3 processes"):
@@ -129,8 +168,9 @@ def test_config_takes_the_cli_defaults_and_validates_in_one_place(tmp_path):
 def test_pretrained_is_an_alias_of_weights():
     """main_lincls' --pretrained names the checkpoint as --weights does (and excludes --random-init)."""
     assert run_linear.parse_config(["--pretrained", "ckpt.pth", "data"]).weights == "ckpt.pth"
-    assert run_linear.parse_config(["--pretrained", "ckpt.pth", "data"]) == \
-        run_linear.parse_config(["--weights", "ckpt.pth", "data"])
+    assert run_linear.parse_config(["--pretrained", "ckpt.pth", "data"]) == run_linear.parse_config(
+        ["--weights", "ckpt.pth", "data"]
+    )
     with pytest.raises(SystemExit):
         run_linear.build_parser().parse_args(["--pretrained", "ckpt.pth", "--random-init", "data"])
 
@@ -186,8 +226,11 @@ def test_training_updates_fc_only_and_backbone_stays_in_eval_mode(moco_checkpoin
     lm.load_backbone(model, state, "fixture")
     fc_before = {k: v.clone() for k, v in model.fc.state_dict().items()}
     bn_modes = []
-    hooks = [m.register_forward_pre_hook(lambda mod, inp: bn_modes.append(mod.training))
-             for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    hooks = [
+        m.register_forward_pre_hook(lambda mod, inp: bn_modes.append(mod.training))
+        for m in model.modules()
+        if isinstance(m, nn.BatchNorm2d)
+    ]
     runner = lt.Runner(model, torch.device("cpu"))
     optimizer = lt.build_optimizer(model, 0.5, 0.9, 0.0)
     stats = lt.train_one_epoch(runner, _batches(), optimizer, epoch=0, progress=False)
@@ -302,8 +345,24 @@ def uninterrupted_run(imagenet_mini, moco_checkpoint, tmp_path_factory):
     old = os.environ.get("MOCOEVAL_RESULTS_DIR")
     os.environ["MOCOEVAL_RESULTS_DIR"] = str(store)
     try:
-        metrics = _run(["--weights", moco_checkpoint, imagenet_mini, *FAST, "--epochs", 2, "--schedule", 1,
-                        "--workers", 0, "--seed", 3, "--output-dir", out / "run"])
+        metrics = _run(
+            [
+                "--weights",
+                moco_checkpoint,
+                imagenet_mini,
+                *FAST,
+                "--epochs",
+                2,
+                "--schedule",
+                1,
+                "--workers",
+                0,
+                "--seed",
+                3,
+                "--output-dir",
+                out / "run",
+            ]
+        )
     finally:
         if old is None:
             os.environ.pop("MOCOEVAL_RESULTS_DIR")
@@ -338,8 +397,9 @@ def test_run_writes_metrics_checkpoints_and_one_record(uninterrupted_run, moco_c
     assert (store.parent / "ablation.md").is_file()  # tables regenerated (next to a store named runs/)
 
 
-def test_resume_continues_and_equals_the_uninterrupted_run(uninterrupted_run, imagenet_mini, moco_checkpoint,
-                                                           tmp_path, results_dir):
+def test_resume_continues_and_equals_the_uninterrupted_run(
+    uninterrupted_run, imagenet_mini, moco_checkpoint, tmp_path, results_dir
+):
     full_out, _, full = uninterrupted_run
     out = tmp_path / "resumed"
     common = ["--weights", moco_checkpoint, imagenet_mini, *FAST, "--schedule", 1, "--seed", 3, "--output-dir", out]
@@ -362,21 +422,46 @@ def test_resume_continues_and_equals_the_uninterrupted_run(uninterrupted_run, im
     assert exc.value.code == 2
 
 
-@pytest.mark.parametrize("sig, phase, at_call, said", [
-    # 80 training images in batches of 32: 3 iterations per epoch; the 5th forward is epoch 2's 2nd iteration
-    (signal.SIGINT, "train", 5, r"stopped after iteration (2)/(3) of epoch 2, state in "),
-    (signal.SIGTERM, "val", 1, r"stopped after epoch 1 of 2, state in "),  # during epoch 1's evaluation
-])
+@pytest.mark.parametrize(
+    "sig, phase, at_call, said",
+    [
+        # 80 training images in batches of 32: 3 iterations per epoch; the 5th forward is epoch 2's 2nd iteration
+        (signal.SIGINT, "train", 5, r"stopped after iteration (2)/(3) of epoch 2, state in "),
+        (signal.SIGTERM, "val", 1, r"stopped after epoch 1 of 2, state in "),  # during epoch 1's evaluation
+    ],
+)
 def test_a_signal_saves_and_stops_and_resume_auto_ends_like_the_uninterrupted_run(
-        uninterrupted_run, imagenet_mini, moco_checkpoint, tmp_path, results_dir, monkeypatch, capsys,
-        sig, phase, at_call, said):
+    uninterrupted_run,
+    imagenet_mini,
+    moco_checkpoint,
+    tmp_path,
+    results_dir,
+    monkeypatch,
+    capsys,
+    sig,
+    phase,
+    at_call,
+    said,
+):
     """The `at_call`-th training (or evaluation) backbone forward sends `sig` to this process, as Ctrl-C or
     `kill` would; the run saves and stops in one line, and `--resume auto` (other workers) ends exactly like the
     full run."""
     full_out, _, full = uninterrupted_run
     out = tmp_path / "stopped"
-    common = ["--weights", moco_checkpoint, imagenet_mini, *FAST, "--schedule", 1, "--seed", 3, "--output-dir", out,
-              "--epochs", 2]
+    common = [
+        "--weights",
+        moco_checkpoint,
+        imagenet_mini,
+        *FAST,
+        "--schedule",
+        1,
+        "--seed",
+        3,
+        "--output-dir",
+        out,
+        "--epochs",
+        2,
+    ]
     real, calls, before = lt.Runner.features, [0], signal.getsignal(sig)
 
     def features(self, images):
@@ -413,12 +498,14 @@ def test_a_signal_saves_and_stops_and_resume_auto_ends_like_the_uninterrupted_ru
     b = torch.load(out / "checkpoint.pth.tar", weights_only=True)
     assert torch.equal(a["fc"]["weight"], b["fc"]["weight"]) and torch.equal(a["fc"]["bias"], b["fc"]["bias"])
     assert resumed["top1"] == full["top1"] and "step_in_epoch" not in b
-    assert [h["train_loss"] for h in resumed["history"]] == pytest.approx([h["train_loss"] for h in full["history"]],
-                                                                        rel=1e-12)
+    assert [h["train_loss"] for h in resumed["history"]] == pytest.approx(
+        [h["train_loss"] for h in full["history"]], rel=1e-12
+    )
 
 
-def test_progress_is_plain_eta_lines_in_a_non_terminal_and_a_bar_on_a_terminal(imagenet_mini, tmp_path,
-                                                                                 results_dir, capsys, monkeypatch):
+def test_progress_is_plain_eta_lines_in_a_non_terminal_and_a_bar_on_a_terminal(
+    imagenet_mini, tmp_path, results_dir, capsys, monkeypatch
+):
     """Slurm logs and pipes get step lines with images/s and the ETA, no carriage-return bars; log.txt always
     has the step lines; on a terminal the bar shows the progress and the console leaves the step lines out."""
     args = ["--random-init", imagenet_mini, *FAST, "--epochs", 1, "--workers", 0]
@@ -436,8 +523,9 @@ def test_progress_is_plain_eta_lines_in_a_non_terminal_and_a_bar_on_a_terminal(i
     assert len(step.findall((tmp_path / "tty" / "log.txt").read_text())) == 3
 
 
-def test_weights_recorded_input_norm_is_used_recorded_and_bgr_refused(imagenet_mini, tmp_path, results_dir,
-                                                                      monkeypatch):
+def test_weights_recorded_input_norm_is_used_recorded_and_bgr_refused(
+    imagenet_mini, tmp_path, results_dir, monkeypatch
+):
     """Normalisation travels with the weights (issue 30): the run normalises as the source's info["input"] says,
     records it when it is not ImageNet's, and refuses weights that expect BGR (it feeds RGB images)."""
     from mocoeval.convert.resnet50 import INPUT_NORMS
@@ -451,6 +539,7 @@ def test_weights_recorded_input_norm_is_used_recorded_and_bgr_refused(imagenet_m
         def load(config):
             state, info = real(config)
             return state, {**info, "input": dict(INPUT_NORMS[norm])}
+
         monkeypatch.setattr(linear, "load_backbone_source", load)
 
     with_norm("none")
@@ -463,8 +552,21 @@ def test_weights_recorded_input_norm_is_used_recorded_and_bgr_refused(imagenet_m
 
 
 def test_random_init_run_records_its_seed(imagenet_mini, tmp_path, results_dir):
-    metrics = _run(["--random-init", imagenet_mini, *FAST, "--epochs", 1, "--workers", 0, "--seed", 5,
-                    "--output-dir", tmp_path / "rand"])
+    metrics = _run(
+        [
+            "--random-init",
+            imagenet_mini,
+            *FAST,
+            "--epochs",
+            1,
+            "--workers",
+            0,
+            "--seed",
+            5,
+            "--output-dir",
+            tmp_path / "rand",
+        ]
+    )
     assert metrics["sanity_check"] == "passed" and metrics["source_format"] == "random-init"
     (rec,) = load_records(results_dir)
     assert rec["variant"]["name"] == "random-init" and rec["seeds"] == [5]
@@ -477,16 +579,28 @@ def test_random_init_with_residual_bn_init(imagenet_mini, tmp_path, results_dir,
     config = run_linear.parse_config(["--random-init", "--residual-bn-init", "0.1", "data"])
     assert default_output_dir(config).name == "random-init_residual-bn-0.1_seed0"
     assert Path(config.output_dir) == default_output_dir(config)
-    metrics = _run(["--random-init", "--residual-bn-init", 0.1, imagenet_mini, *FAST, "--epochs", 1,
-                    "--workers", 0, "--output-dir", tmp_path / "rand"])
+    metrics = _run(
+        [
+            "--random-init",
+            "--residual-bn-init",
+            0.1,
+            imagenet_mini,
+            *FAST,
+            "--epochs",
+            1,
+            "--workers",
+            0,
+            "--output-dir",
+            tmp_path / "rand",
+        ]
+    )
     assert metrics["sanity_check"] == "passed"
     (rec,) = load_records(results_dir)
     assert rec["variant"]["residual_bn_init"] == 0.1 and rec["source_sha256"] == random_init_source_sha256(0, 0.1)
     weights = tmp_path / "w.pth"
     weights.write_bytes(b"")
     capsys.readouterr()
-    assert "has its own scales" in _error_line(capsys, ["--weights", weights, "--residual-bn-init", 0.1,
-                                                        imagenet_mini])
+    assert "has its own scales" in _error_line(capsys, ["--weights", weights, "--residual-bn-init", 0.1, imagenet_mini])
 
 
 # --------------------------------------------------------------------------------- bad input
@@ -503,8 +617,13 @@ def test_missing_split_is_one_line_error_from_the_cli(imagenet_mini, tmp_path):
     data = tmp_path / "data"
     shutil.copytree(imagenet_mini / "train", data / "train")
     env = dict(os.environ, PYTHONPATH=f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--random-init", str(data), "--output-dir",
-                           str(tmp_path / "out")], capture_output=True, text=True, env=env, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--random-init", str(data), "--output-dir", str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and str(data / "val") in lines[0]
@@ -543,17 +662,15 @@ def test_bad_checkpoint_is_one_line_error(imagenet_mini, tmp_path, capsys):
     torch.save(torchvision.models.resnet18().state_dict(), r18)
     line = _error_line(capsys, ["--weights", r18, imagenet_mini, "--output-dir", tmp_path / "out"])
     assert "ResNet-18" in line or "resnet18" in line.lower()
-    assert _error_line(capsys, ["--weights", tmp_path / "missing.pth", imagenet_mini,
-                                "--output-dir", tmp_path / "out"])
+    assert _error_line(capsys, ["--weights", tmp_path / "missing.pth", imagenet_mini, "--output-dir", tmp_path / "out"])
 
 
-def test_bad_weights_resume_or_output_dir_create_nothing(imagenet_mini, moco_checkpoint, tmp_path, monkeypatch,
-                                                         capsys):
+def test_bad_weights_resume_or_output_dir_create_nothing(imagenet_mini, moco_checkpoint, tmp_path, monkeypatch, capsys):
     """Every input is checked before the output folder and its log.txt exist; the loader's one-line messages."""
     monkeypatch.chdir(tmp_path)  # the default output folder, output/linear/<weights>_seed0, would go here
     cut = tmp_path / "cut.pth.tar"
     data = moco_checkpoint.read_bytes()
-    cut.write_bytes(data[:len(data) // 2])
+    cut.write_bytes(data[: len(data) // 2])
     line = _error_line(capsys, ["--weights", cut, imagenet_mini])
     assert str(cut) in line and "truncated or corrupted" in line
     line = _error_line(capsys, ["--weights", moco_checkpoint, imagenet_mini, "--resume", cut])
@@ -563,8 +680,10 @@ def test_bad_weights_resume_or_output_dir_create_nothing(imagenet_mini, moco_che
     assert not (tmp_path / "output").exists()
     taken = tmp_path / "taken"
     taken.write_text("a file")
-    assert _error_line(capsys, ["--random-init", imagenet_mini, "--output-dir", taken]) == \
-        f"error: --output-dir {taken} exists and is not a directory"
+    assert (
+        _error_line(capsys, ["--random-init", imagenet_mini, "--output-dir", taken])
+        == f"error: --output-dir {taken} exists and is not a directory"
+    )
     assert taken.read_text() == "a file"
 
 
@@ -575,10 +694,33 @@ def test_torchrun_two_cpu_processes_shard_val_exactly(imagenet_mini, moco_checkp
     evaluation of the same fc, and rank 0 alone writes the record."""
     out = tmp_path / "ddp"
     env = dict(os.environ, PYTHONPATH=f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           str(SCRIPT), "--weights", str(moco_checkpoint), str(imagenet_mini), *FAST,
-                           "--epochs", "1", "--workers", "0", "--device", "cpu", "--output-dir", str(out)],
-                          capture_output=True, text=True, env=env, timeout=600)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            str(SCRIPT),
+            "--weights",
+            str(moco_checkpoint),
+            str(imagenet_mini),
+            *FAST,
+            "--epochs",
+            "1",
+            "--workers",
+            "0",
+            "--device",
+            "cpu",
+            "--output-dir",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["world_size"] == 2 and metrics["val_images"] == 40
@@ -589,14 +731,14 @@ def test_torchrun_two_cpu_processes_shard_val_exactly(imagenet_mini, moco_checkp
     lm.load_backbone(model, state, "fixture")
     model.fc.load_state_dict(torch.load(out / "checkpoint.pth.tar", weights_only=True)["fc"])
     _, val, _ = ld.build_datasets(imagenet_mini, 32, seed=0)
-    single = lt.evaluate(lt.Runner(model, torch.device("cpu")),
-                         torch.utils.data.DataLoader(val, batch_size=7), progress=False)
+    single = lt.evaluate(
+        lt.Runner(model, torch.device("cpu")), torch.utils.data.DataLoader(val, batch_size=7), progress=False
+    )
     assert single["val_images"] == 40
     assert single["top1"] == metrics["top1"] and single["top5"] == metrics["top5"]
 
 
-def test_feature_norm_standardises_features_and_keeps_the_backbone_frozen(imagenet_mini, tmp_path, results_dir,
-                                                                         capsys):
+def test_feature_norm_standardises_features_and_keeps_the_backbone_frozen(imagenet_mini, tmp_path, results_dir, capsys):
     """--feature-norm (not the protocol): only the head's BN follows train/eval; a random-init backbone, whose
     eval-mode features are huge, then trains at an ordinary lr without diverging; the sanity check holds."""
     model = lm.FrozenBackboneResNet50(num_classes=20, feature_norm=True)
@@ -606,13 +748,42 @@ def test_feature_norm_standardises_features_and_keeps_the_backbone_frozen(imagen
     features = torch.randn(64, 2048) * 1e4 + 5e3
     standardised = model.fc[0](features)
     assert standardised.mean().abs() < 1e-3 and (standardised.std(0) - 1).abs().max() < 0.05
-    metrics = _run(["--random-init", imagenet_mini, *FAST, "--epochs", 2, "--workers", 0, "--seed", 0,
-                    "--feature-norm", "--output-dir", tmp_path / "fn"])
+    metrics = _run(
+        [
+            "--random-init",
+            imagenet_mini,
+            *FAST,
+            "--epochs",
+            2,
+            "--workers",
+            0,
+            "--seed",
+            0,
+            "--feature-norm",
+            "--output-dir",
+            tmp_path / "fn",
+        ]
+    )
     assert metrics["sanity_check"] == "passed"
     assert all(torch.isfinite(torch.tensor(e["train_loss"])) for e in metrics["history"])
     (rec,) = load_records(results_dir)
     assert rec["extra"]["feature_norm"] is True
     with pytest.raises(SystemExit):  # resuming must keep the head the same
-        _run(["--random-init", imagenet_mini, *FAST, "--epochs", 3, "--workers", 0, "--seed", 0,
-              "--output-dir", tmp_path / "fn", "--resume", "auto"])
+        _run(
+            [
+                "--random-init",
+                imagenet_mini,
+                *FAST,
+                "--epochs",
+                3,
+                "--workers",
+                0,
+                "--seed",
+                0,
+                "--output-dir",
+                tmp_path / "fn",
+                "--resume",
+                "auto",
+            ]
+        )
     assert "feature_norm=True" in capsys.readouterr().err

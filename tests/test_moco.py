@@ -1,5 +1,6 @@
 """Unit tests of the MoCo core (builder, augmentations, kNN, schedule, flags) against the papers' numbers and
 hand computations. CPU, tiny tensors; the training runs are in test_pretrain.py."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -16,30 +17,41 @@ import torchvision.transforms as T
 import yaml
 from PIL import Image, ImageFilter
 
-from mocoeval.runtime.errors import UserError
 from mocoeval.pretrain.augment import GaussianBlur, TwoCropsTransform, eval_transform, moco_transform
-from mocoeval.pretrain.builder import (MoCo, SplitBatchNorm, contrastive_loss, contrastive_top1, key_spread,
-                                       resnet_encoder, shuffle_batch, unshuffle_batch)
-from mocoeval.pretrain.residual_scaling import residual_branch_scales
+from mocoeval.pretrain.builder import (
+    MoCo,
+    SplitBatchNorm,
+    contrastive_loss,
+    contrastive_top1,
+    key_spread,
+    resnet_encoder,
+    shuffle_batch,
+    unshuffle_batch,
+)
 from mocoeval.pretrain.config import PretrainConfig, build_parser, parse_config, run_config
 from mocoeval.pretrain.engine import build_model, lr_at_step, resolve_bn_splits
-from mocoeval.runtime.schedule import lr_at_epoch
 from mocoeval.pretrain.knn import backbone_of, knn_predict, reestimate_bn_statistics
+from mocoeval.pretrain.residual_scaling import residual_branch_scales
+from mocoeval.runtime.errors import UserError
+from mocoeval.runtime.schedule import lr_at_epoch
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def linear_moco(dim=2, K=4, m=0.999, T=0.07, weight=None):
     """MoCo whose encoders are one bias-free Linear (per-sample, no BN): easy to compute by hand."""
+
     def enc():
         lin = nn.Linear(dim, dim, bias=False)
         if weight is not None:
             lin.weight.data.copy_(weight)
         return lin
+
     return MoCo(enc, dim=dim, K=K, m=m, T=T)
 
 
 # ------------------------------------------------------------------ InfoNCE, queue, momentum
+
 
 def test_infonce_matches_hand_computation():
     model = linear_moco(dim=2, K=2, T=0.5, weight=torch.eye(2))
@@ -76,11 +88,12 @@ def test_key_spread_is_one_for_uniform_keys_and_zero_for_collapsed_ones():
 
 def test_stage_grad_ratios_are_gradient_over_weight_norm_per_resnet_stage():
     from mocoeval.pretrain.engine import GRAD_STAGES, stage_grad_ratios
+
     encoder = resnet_encoder("resnet18", 8, mlp=True)
     for p in encoder.parameters():
         p.grad = None
     with torch.no_grad():
-        encoder.conv1.weight.fill_(1.0)   # stem: conv1 (1 x 9408) + bn1 (weight 1 x 64, bias 0 x 64)
+        encoder.conv1.weight.fill_(1.0)  # stem: conv1 (1 x 9408) + bn1 (weight 1 x 64, bias 0 x 64)
         encoder.bn1.weight.fill_(1.0)
         encoder.bn1.bias.zero_()
     encoder.conv1.weight.grad = torch.full_like(encoder.conv1.weight, 0.5)
@@ -120,10 +133,12 @@ def test_forward_enqueues_the_normalised_keys_of_two_steps():
 def test_momentum_update_value_and_bn_buffers_untouched():
     def enc():
         return nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2))
+
     model = MoCo(enc, dim=2, K=4, m=0.9)
     assert all(not p.requires_grad for p in model.encoder_k.parameters())
-    assert all(torch.equal(a, b) for a, b in zip(model.encoder_q.state_dict().values(),
-                                                 model.encoder_k.state_dict().values()))  # f_k = copy of f_q
+    assert all(
+        torch.equal(a, b) for a, b in zip(model.encoder_q.state_dict().values(), model.encoder_k.state_dict().values())
+    )  # f_k = copy of f_q
     with torch.no_grad():
         for p in model.encoder_q.parameters():
             p.fill_(1.0)
@@ -147,6 +162,7 @@ def test_gradients_reach_only_the_query_encoder():
 
 
 # ------------------------------------------------------------------ shuffling BN
+
 
 def test_shuffle_unshuffle_round_trip():
     torch.manual_seed(0)
@@ -172,8 +188,12 @@ def test_split_bn_normalises_each_split_with_its_own_statistics():
     xg = x.clone().requires_grad_(True)
     y = bn(xg)
     x1, x2 = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
-    ref = torch.cat([F.batch_norm(x1[:4], None, None, bn.weight, bn.bias, training=True, eps=bn.eps),
-                     F.batch_norm(x2[4:], None, None, bn.weight, bn.bias, training=True, eps=bn.eps)])
+    ref = torch.cat(
+        [
+            F.batch_norm(x1[:4], None, None, bn.weight, bn.bias, training=True, eps=bn.eps),
+            F.batch_norm(x2[4:], None, None, bn.weight, bn.bias, training=True, eps=bn.eps),
+        ]
+    )
     assert torch.allclose(y, ref, atol=1e-5)
     for half in (y[:4], y[4:]):  # each split on its own: per-channel mean = bias, std = weight
         assert torch.allclose(half.mean((0, 2, 3)), bn.bias, atol=1e-4)
@@ -229,6 +249,7 @@ def test_zero_init_residual_starts_every_block_as_the_identity_and_tames_early_g
     so each block passes its input on; the stem's first gradient shrinks by an order of magnitude (the
     lab notes' first-step table: 9.7 -> 0.39 at 64 px; here a smaller ResNet-50 problem of the same kind)."""
     from mocoeval.pretrain.engine import GRAD_STAGES, stage_grad_ratios
+
     torch.manual_seed(0)
     zero = resnet_encoder("resnet50", 16, mlp=True, residual_bn_init=0.0)
     torch.manual_seed(0)
@@ -255,8 +276,11 @@ def test_zero_init_residual_starts_every_block_as_the_identity_and_tames_early_g
         return dict(zip(GRAD_STAGES, stage_grad_ratios(encoder).tolist()))["stem"]
 
     assert first_stem_ratio(zero) < first_stem_ratio(plain) / 5
-    moco = build_model(PretrainConfig.defaults(arch="resnet18", moco_dim=8, mlp=False, moco_k=16, moco_m=0.99,
-                                               moco_t=0.2, residual_bn_init=0.0))
+    moco = build_model(
+        PretrainConfig.defaults(
+            arch="resnet18", moco_dim=8, mlp=False, moco_k=16, moco_m=0.99, moco_t=0.2, residual_bn_init=0.0
+        )
+    )
     assert torch.equal(moco.encoder_k.layer1[0].bn2.weight, torch.zeros(64))  # BasicBlock: bn2 is the last
     assert torch.equal(moco.encoder_q.layer4[1].bn2.weight, torch.zeros(512))
     # the readout of inspect_collapse.py: per stage, the mean |scale| of the branches' last BN
@@ -280,14 +304,21 @@ def test_bn_splits_default_emulates_eight_gpus_of_32():
 
 # ------------------------------------------------------------------ augmentations: the protocol's numbers, in order
 
+
 def _ops(compose):
     return compose.transforms
 
 
 def test_v1_augmentation_parameters_and_order():
     ops = _ops(moco_transform(224, aug_plus=False))
-    assert [type(o) for o in ops] == [T.RandomResizedCrop, T.RandomGrayscale, T.ColorJitter,
-                                      T.RandomHorizontalFlip, T.ToTensor, T.Normalize]
+    assert [type(o) for o in ops] == [
+        T.RandomResizedCrop,
+        T.RandomGrayscale,
+        T.ColorJitter,
+        T.RandomHorizontalFlip,
+        T.ToTensor,
+        T.Normalize,
+    ]
     rrc, gray, jitter, flip, _, norm = ops
     assert rrc.size == (224, 224) and rrc.scale == (0.2, 1.0)
     assert rrc.ratio == pytest.approx((3 / 4, 4 / 3))
@@ -300,8 +331,15 @@ def test_v1_augmentation_parameters_and_order():
 
 def test_aug_plus_parameters_and_order():
     ops = _ops(moco_transform(64, aug_plus=True))
-    assert [type(o) for o in ops] == [T.RandomResizedCrop, T.RandomApply, T.RandomGrayscale, T.RandomApply,
-                                      T.RandomHorizontalFlip, T.ToTensor, T.Normalize]
+    assert [type(o) for o in ops] == [
+        T.RandomResizedCrop,
+        T.RandomApply,
+        T.RandomGrayscale,
+        T.RandomApply,
+        T.RandomHorizontalFlip,
+        T.ToTensor,
+        T.Normalize,
+    ]
     rrc, jitter_apply, gray, blur_apply, flip, _, norm = ops
     assert rrc.size == (64, 64) and rrc.scale == (0.2, 1.0)
     assert jitter_apply.p == 0.8 and len(jitter_apply.transforms) == 1
@@ -338,6 +376,7 @@ def test_two_crops_gives_two_different_views_of_the_right_size():
 
 # ------------------------------------------------------------------ kNN monitor
 
+
 def test_reestimated_bn_statistics_are_the_average_over_the_batches():
     torch.manual_seed(0)
     conv = nn.Conv2d(3, 4, 3)
@@ -356,6 +395,7 @@ def test_reestimated_bn_statistics_are_the_average_over_the_batches():
 def test_knn_weights_votes_by_similarity():
     def unit(deg):
         return torch.tensor([math.cos(math.radians(deg)), math.sin(math.radians(deg))])
+
     train = torch.stack([unit(8), unit(60), unit(63)])  # cos sims with the test point: 0.99, 0.50, 0.45
     labels = torch.tensor([0, 1, 1])
     test = unit(0)[None]
@@ -370,27 +410,36 @@ def test_knn_weights_votes_by_similarity():
 
 # ------------------------------------------------------------------ schedule and flags
 
+
 def test_lr_schedules():
     args = PretrainConfig.defaults("d")
     assert [args.epoch_lr(e) for e in (0, 119, 120, 159, 160, 199)] == pytest.approx(
-        [0.03, 0.03, 0.003, 0.003, 0.0003, 0.0003])
+        [0.03, 0.03, 0.003, 0.003, 0.0003, 0.0003]
+    )
     args.cos = True
     assert args.epoch_lr(0) == pytest.approx(0.03)
     assert args.epoch_lr(100) == pytest.approx(0.015)
     assert args.epoch_lr(150) == pytest.approx(0.03 * 0.5 * (1 + math.cos(math.pi * 0.75)))
     # the shared schedule, as the linear protocol uses it: x0.1 at epochs 60 and 80 (0-based), bit for bit
     assert [lr_at_epoch(30.0, e, schedule=[60, 80]) for e in (0, 59, 60, 80, 99)] == [
-        30.0, 30.0, 30.0 * 0.1 ** 1, 30.0 * 0.1 ** 2, 30.0 * 0.1 ** 2]
+        30.0,
+        30.0,
+        30.0 * 0.1**1,
+        30.0 * 0.1**2,
+        30.0 * 0.1**2,
+    ]
     assert lr_at_epoch(1.0, 5, schedule=[2, 4], decay=0.5) == 0.25
-    assert lr_at_epoch(0.03, 150, epochs=200, cos=True, schedule=[120]) == 0.03 * 0.5 * (1.0 + math.cos(
-        math.pi * 150 / 200))  # cosine ignores the milestones
+    assert lr_at_epoch(0.03, 150, epochs=200, cos=True, schedule=[120]) == 0.03 * 0.5 * (
+        1.0 + math.cos(math.pi * 150 / 200)
+    )  # cosine ignores the milestones
 
 
 def test_warmup_ramps_linearly_per_step_then_follows_the_schedule(tmp_path):
     args = PretrainConfig.defaults("d", cos=True, epochs=10)
     assert args.warmup_epochs == 0  # the recipe has none: every step takes the epoch's lr
-    assert [lr_at_step(args, e, s, 4) for e in (0, 3) for s in range(4)] == [args.epoch_lr(e) for e in (0, 3)
-                                                                            for _ in range(4)]
+    assert [lr_at_step(args, e, s, 4) for e in (0, 3) for s in range(4)] == [
+        args.epoch_lr(e) for e in (0, 3) for _ in range(4)
+    ]
     args.warmup_epochs = 2
     ramp = [lr_at_step(args, e, s, 4) for e in range(3) for s in range(4)]
     # 8 warm-up steps: step i (1-based) gets i/8 of its epoch's scheduled lr, the first one already > 0
@@ -407,27 +456,55 @@ def test_warmup_ramps_linearly_per_step_then_follows_the_schedule(tmp_path):
 def test_flag_defaults_are_the_official_ones():
     a = build_parser().parse_args(["DATA"])
     assert (a.arch, a.lr, a.batch_size, a.epochs, a.schedule, a.momentum, a.weight_decay) == (
-        "resnet50", 0.03, 256, 200, [120, 160], 0.9, 1e-4)
+        "resnet50",
+        0.03,
+        256,
+        200,
+        [120, 160],
+        0.9,
+        1e-4,
+    )
     assert (a.moco_dim, a.moco_k, a.moco_m, a.moco_t, a.mlp, a.aug_plus, a.cos) == (
-        128, 65536, 0.999, 0.07, False, False, False)
+        128,
+        65536,
+        0.999,
+        0.07,
+        False,
+        False,
+        False,
+    )
     assert a.image_size == 224 and a.precision == "fp32" and a.print_freq == 10
     assert a.warmup_epochs == 0 and a.residual_bn_init == 1.0  # extensions are off: torchvision's init
     assert build_parser().parse_args(["DATA", "--zero-init-residual"]).residual_bn_init == 0.0
 
 
-@pytest.mark.parametrize("name,mlp,aug,cos,t,epochs", [
-    ("moco_v1", False, False, False, 0.07, 200), ("a", True, False, False, 0.2, 200),
-    ("b", False, True, False, 0.07, 200), ("c", True, True, False, 0.2, 200),
-    ("d", True, True, True, 0.2, 200), ("e", True, True, True, 0.2, 800)])
+@pytest.mark.parametrize(
+    "name,mlp,aug,cos,t,epochs",
+    [
+        ("moco_v1", False, False, False, 0.07, 200),
+        ("a", True, False, False, 0.2, 200),
+        ("b", False, True, False, 0.07, 200),
+        ("c", True, True, False, 0.2, 200),
+        ("d", True, True, True, 0.2, 200),
+        ("e", True, True, True, 0.2, 800),
+    ],
+)
 def test_presets_are_the_paper_rows(name, mlp, aug, cos, t, epochs, tmp_path):
     cfg_file = REPO / "configs" / "pretrain" / f"{name}.yaml"
     args, ckpt = parse_config([str(tmp_path), "--config", str(cfg_file)])
     assert ckpt is None
     assert (args.mlp, args.aug_plus, args.cos, args.moco_t, args.epochs) == (mlp, aug, cos, t, epochs)
     assert (args.arch, args.lr, args.batch_size, args.moco_k, args.moco_m, args.moco_dim) == (
-        "resnet50", 0.03, 256, 65536, 0.999, 128)
+        "resnet50",
+        0.03,
+        256,
+        65536,
+        0.999,
+        128,
+    )
     assert (args.momentum, args.weight_decay, args.schedule, args.image_size) == (0.9, 1e-4, [120, 160], 224)
     from mocoeval.results.store import pretrain_variant
+
     assert pretrain_variant(vars(args)).name == name
     assert args.output_dir == str(Path("output") / "pretrain" / name)
 
@@ -456,13 +533,16 @@ def test_explicit_flags_win_over_the_config(tmp_path):
     assert (args.moco_k, args.batch_size, args.mlp, args.lr) == (4096, 64, False, 0.01)
 
 
-@pytest.mark.parametrize("content,match", [
-    ({"moco_q": 3}, "unknown key 'moco_q'"),
-    ({"batch_size": "many"}, "bad value 'many'"),
-    ({"mlp": "yes"}, "expected true or false"),
-    ({"arch": "vgg16"}, "choose from"),
-    ("- a list", "must be a mapping"),
-])
+@pytest.mark.parametrize(
+    "content,match",
+    [
+        ({"moco_q": 3}, "unknown key 'moco_q'"),
+        ({"batch_size": "many"}, "bad value 'many'"),
+        ({"mlp": "yes"}, "expected true or false"),
+        ({"arch": "vgg16"}, "choose from"),
+        ("- a list", "must be a mapping"),
+    ],
+)
 def test_bad_config_files(tmp_path, content, match):
     cfg = tmp_path / "x.yaml"
     cfg.write_text(content if isinstance(content, str) else yaml.safe_dump(content))
@@ -470,13 +550,16 @@ def test_bad_config_files(tmp_path, content, match):
         parse_config([str(tmp_path), "--config", str(cfg)])
 
 
-@pytest.mark.parametrize("argv,match", [
-    (["--moco-k", "1000", "-b", "256"], "not divisible by the \\(global\\) --batch-size 256"),
-    (["--moco-m", "1.0"], "--moco-m"),
-    (["--epochs", "0"], "--epochs"),
-    (["--config", "/nonexistent.yaml"], "does not exist"),
-    (["--resume", "/nonexistent.pth.tar"], "checkpoint not found: /nonexistent.pth.tar"),
-])
+@pytest.mark.parametrize(
+    "argv,match",
+    [
+        (["--moco-k", "1000", "-b", "256"], "not divisible by the \\(global\\) --batch-size 256"),
+        (["--moco-m", "1.0"], "--moco-m"),
+        (["--epochs", "0"], "--epochs"),
+        (["--config", "/nonexistent.yaml"], "does not exist"),
+        (["--resume", "/nonexistent.pth.tar"], "checkpoint not found: /nonexistent.pth.tar"),
+    ],
+)
 def test_bad_flags_are_one_line_errors(tmp_path, argv, match):
     with pytest.raises(UserError, match=match) as e:
         parse_config([str(tmp_path)] + argv)
@@ -493,7 +576,16 @@ def test_resume_rejects_files_that_are_not_moco_checkpoints(tmp_path):
     with pytest.raises(UserError, match="not a MoCo pretraining checkpoint"):
         parse_config([str(tmp_path), "--resume", str(tv)])
     no_opt = tmp_path / "no_opt.pth.tar"
-    torch.save({"state_dict": {"module.encoder_q.a": torch.zeros(1), "module.encoder_k.a": torch.zeros(1),
-                               "module.queue": torch.zeros(4, 8), "module.queue_ptr": torch.zeros(1)}}, no_opt)
+    torch.save(
+        {
+            "state_dict": {
+                "module.encoder_q.a": torch.zeros(1),
+                "module.encoder_k.a": torch.zeros(1),
+                "module.queue": torch.zeros(4, 8),
+                "module.queue_ptr": torch.zeros(1),
+            }
+        },
+        no_opt,
+    )
     with pytest.raises(UserError, match="cannot be resumed: it has no epoch or optimizer"):
         parse_config([str(tmp_path), "--resume", str(no_opt)])

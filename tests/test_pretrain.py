@@ -1,6 +1,7 @@
 """End-to-end tests of pretrain/train_moco.py on a tiny ImageFolder (CPU, 32 px): checkpoint layout, run
 record, resume equivalence (ours and official checkpoints), NaN handling, one-line errors, bf16 vs fp32,
 deterministic data, and the multi-process (torchrun, gloo) shuffle BN."""
+
 from __future__ import annotations
 
 import copy
@@ -18,14 +19,14 @@ import pytest
 import torch
 from PIL import Image
 
-from mocoeval.runtime.errors import UserError
-from mocoeval.runtime.fileio import sha256_file
 from mocoeval.pretrain.augment import TwoCropsTransform, moco_transform
 from mocoeval.pretrain.checkpoint import strip_prefix
 from mocoeval.pretrain.config import parse_config
 from mocoeval.pretrain.data import EpochSampler, TwoViewImageFolder
 from mocoeval.pretrain.engine import build_model, compile_encoders, train_step
 from mocoeval.results.store import load_records
+from mocoeval.runtime.errors import UserError
+from mocoeval.runtime.fileio import sha256_file
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "pretrain" / "train_moco.py"
@@ -86,12 +87,30 @@ def error_line(capsys, argv) -> str:
 
 # ------------------------------------------------------------------ the default ResNet-50, two epochs
 
+
 def test_two_epochs_resnet50_official_layout_record_and_monitoring(mini_data_root, tmp_path, results_dir):
     """The default architecture on imagenet-mini (80 images): 2 epochs of 2 steps of 40 pairs at 32 px."""
     data = mini_data_root / "imagenet-mini"
     out = tmp_path / "r50"
-    summary = run_cli([data, *TINY, *V2, "-b", "40", "--moco-k", "120", "--epochs", "2", "--save-every", "2",
-                       "--output-dir", out, "--knn-data", data])
+    summary = run_cli(
+        [
+            data,
+            *TINY,
+            *V2,
+            "-b",
+            "40",
+            "--moco-k",
+            "120",
+            "--epochs",
+            "2",
+            "--save-every",
+            "2",
+            "--output-dir",
+            out,
+            "--knn-data",
+            data,
+        ]
+    )
     ckpt_path = out / "checkpoint_0001.pth.tar"  # official naming: index of the last epoch, 0-based
     assert ckpt_path.is_file() and not (out / "checkpoint_0000.pth.tar").exists()  # --save-every 2
     final = out / "final.pth.tar"
@@ -100,16 +119,19 @@ def test_two_epochs_resnet50_official_layout_record_and_monitoring(mini_data_roo
     assert {"epoch", "arch", "state_dict", "optimizer", "config", "variant", "seed"} <= set(ckpt)
     assert ckpt["epoch"] == 2 and ckpt["arch"] == "resnet50" and ckpt["seed"] == 7
     sd = ckpt["state_dict"]
-    assert all(k.startswith(("module.encoder_q.", "module.encoder_k.")) or k in ("module.queue", "module.queue_ptr")
-               for k in sd)
+    assert all(
+        k.startswith(("module.encoder_q.", "module.encoder_k.")) or k in ("module.queue", "module.queue_ptr")
+        for k in sd
+    )
     assert sd["module.queue"].shape == (128, 120) and sd["module.queue_ptr"].item() == (4 * 40) % 120
     assert sd["module.encoder_q.fc.0.weight"].shape == (2048, 2048)
     assert sd["module.encoder_q.fc.2.weight"].shape == (128, 2048)
     assert sd["module.encoder_q.conv1.weight"].shape == (64, 3, 7, 7)
-    q_keys = {k[len("module.encoder_q."):] for k in sd if k.startswith("module.encoder_q.")}
-    k_keys = {k[len("module.encoder_k."):] for k in sd if k.startswith("module.encoder_k.")}
+    q_keys = {k[len("module.encoder_q.") :] for k in sd if k.startswith("module.encoder_q.")}
+    k_keys = {k[len("module.encoder_k.") :] for k in sd if k.startswith("module.encoder_k.")}
     assert q_keys == k_keys
     import torchvision
+
     tv = torchvision.models.resnet50().state_dict()
     assert q_keys - {"fc.0.weight", "fc.0.bias", "fc.2.weight", "fc.2.bias"} == set(tv) - {"fc.weight", "fc.bias"}
     assert ckpt["config"]["mlp"] and ckpt["config"]["aug_plus"] and ckpt["config"]["cos"]
@@ -122,8 +144,11 @@ def test_two_epochs_resnet50_official_layout_record_and_monitoring(mini_data_roo
     assert [h["epoch"] for h in metrics["history"]] == [1, 2]
     assert all(np.isfinite(h["loss"]) and 0 <= h["knn_top1"] <= 100 for h in metrics["history"])
     assert all(0 <= h["key_spread"] <= 1.5 for h in metrics["history"])
-    assert all(set(h["grad_ratio"]) == {"stem", "layer1", "layer2", "layer3", "layer4", "fc"}
-               and all(np.isfinite(r) and r > 0 for r in h["grad_ratio"].values()) for h in metrics["history"])
+    assert all(
+        set(h["grad_ratio"]) == {"stem", "layer1", "layer2", "layer3", "layer4", "fc"}
+        and all(np.isfinite(r) and r > 0 for r in h["grad_ratio"].values())
+        for h in metrics["history"]
+    )
     assert metrics["history"][1]["lr"] == pytest.approx(0.03 * 0.5 * (1 + np.cos(np.pi / 2)))
     assert list((out / "tb").glob("events.out.tfevents.*"))
     log = (out / "log.txt").read_text()
@@ -148,14 +173,30 @@ def test_two_epochs_resnet50_official_layout_record_and_monitoring(mini_data_roo
 
 # ------------------------------------------------------------------ resume
 
+
 @pytest.fixture(scope="module")
 def uninterrupted(tiny_data, tmp_path_factory):
     """ResNet-18, MoCo v2 switches, 2 epochs in one go, with 2 loader workers; checkpoint every epoch."""
     out = tmp_path_factory.mktemp("uninterrupted")
     os.environ["MOCOEVAL_RESULTS_DIR"] = str(out / "runs")
     try:
-        run_cli([tiny_data, *TINY, *V2, "--arch", "resnet18", "--epochs", "2", "--workers", "2",
-                 "--output-dir", out, "--bn-splits", "2"])
+        run_cli(
+            [
+                tiny_data,
+                *TINY,
+                *V2,
+                "--arch",
+                "resnet18",
+                "--epochs",
+                "2",
+                "--workers",
+                "2",
+                "--output-dir",
+                out,
+                "--bn-splits",
+                "2",
+            ]
+        )
     finally:
         del os.environ["MOCOEVAL_RESULTS_DIR"]
     return out
@@ -223,14 +264,24 @@ def _train_step_that(patch, at_call: int, action):
 UNINTERRUPTED_FLAGS = [*TINY, *V2, "--arch", "resnet18", "--epochs", "2", "--bn-splits", "2"]  # 3 steps per epoch
 
 
-@pytest.mark.parametrize("sig, at_call, extra, left, said", [
-    # during epoch 2's first step (its log window not yet read): a resume point after it
-    (signal.SIGINT, 4, [], "resume_epoch0002_step000001.pth.tar", "stopped after step 1/3 of epoch 2, resume point"),
-    # during epoch 1's last step: the epoch's checkpoint, written although --save-every 5 would skip it
-    (signal.SIGTERM, 3, ["--save-every", "5"], "checkpoint_0000.pth.tar", "stopped after epoch 1 of 2, checkpoint"),
-])
+@pytest.mark.parametrize(
+    "sig, at_call, extra, left, said",
+    [
+        # during epoch 2's first step (its log window not yet read): a resume point after it
+        (
+            signal.SIGINT,
+            4,
+            [],
+            "resume_epoch0002_step000001.pth.tar",
+            "stopped after step 1/3 of epoch 2, resume point",
+        ),
+        # during epoch 1's last step: the epoch's checkpoint, written although --save-every 5 would skip it
+        (signal.SIGTERM, 3, ["--save-every", "5"], "checkpoint_0000.pth.tar", "stopped after epoch 1 of 2, checkpoint"),
+    ],
+)
 def test_a_signal_saves_and_stops_and_resume_auto_ends_like_the_uninterrupted_run(
-        uninterrupted, tiny_data, tmp_path, monkeypatch, capsys, sig, at_call, extra, left, said):
+    uninterrupted, tiny_data, tmp_path, monkeypatch, capsys, sig, at_call, extra, left, said
+):
     out = tmp_path / "stopped"
     before = signal.getsignal(sig)
     with monkeypatch.context() as patch, pytest.raises(SystemExit) as e:
@@ -249,8 +300,9 @@ def test_a_signal_saves_and_stops_and_resume_auto_ends_like_the_uninterrupted_ru
     assert not list(out.glob("resume_*"))  # resume points go once the run is done
 
 
-def test_timed_resume_points_survive_a_crash_and_keep_only_the_newest(uninterrupted, tiny_data, tmp_path,
-                                                                     monkeypatch, capsys):
+def test_timed_resume_points_survive_a_crash_and_keep_only_the_newest(
+    uninterrupted, tiny_data, tmp_path, monkeypatch, capsys
+):
     """--checkpoint-minutes tiny: a resume point after every step but an epoch's last; the epoch's checkpoint
     removes them and each new one its predecessor. A crash in epoch 2's last step leaves step 2's, from which
     --resume auto ends exactly like the run that never stopped."""
@@ -262,8 +314,10 @@ def test_timed_resume_points_survive_a_crash_and_keep_only_the_newest(uninterrup
     with monkeypatch.context() as patch, pytest.raises(RuntimeError, match="simulated crash"):
         _train_step_that(patch, 6, crash)
         run_cli([tiny_data, *UNINTERRUPTED_FLAGS, "--checkpoint-minutes", "1e-9", "--output-dir", out])
-    assert sorted(p.name for p in out.glob("*.pth.tar")) == ["checkpoint_0000.pth.tar",
-                                                              "resume_epoch0002_step000002.pth.tar"]
+    assert sorted(p.name for p in out.glob("*.pth.tar")) == [
+        "checkpoint_0000.pth.tar",
+        "resume_epoch0002_step000002.pth.tar",
+    ]
     point = torch.load(out / "resume_epoch0002_step000002.pth.tar", map_location="cpu", weights_only=True)
     assert point["epoch"] == 1 and point["step_in_epoch"] == 2 and point["epoch_progress"]["steps_per_epoch"] == 3
     # on other data its step means nothing: refused in one line (an epoch checkpoint could be resumed there)
@@ -279,8 +333,13 @@ def test_timed_resume_points_survive_a_crash_and_keep_only_the_newest(uninterrup
 def test_resume_auto_takes_the_furthest_checkpoint_or_resume_point(tmp_path):
     from mocoeval.pretrain.checkpoint import find_resume_checkpoint
 
-    for name in ("checkpoint_0000.pth.tar", "checkpoint_0001.pth.tar", "resume_epoch0003_step000007.pth.tar",
-                 "resume_epoch0002_step000009.pth.tar", "final.pth.tar"):
+    for name in (
+        "checkpoint_0000.pth.tar",
+        "checkpoint_0001.pth.tar",
+        "resume_epoch0003_step000007.pth.tar",
+        "resume_epoch0002_step000009.pth.tar",
+        "final.pth.tar",
+    ):
         (tmp_path / name).touch()
     assert find_resume_checkpoint(tmp_path).name == "resume_epoch0003_step000007.pth.tar"
     (tmp_path / "checkpoint_0002.pth.tar").touch()  # the end of epoch 3 lies beyond any step in it
@@ -292,8 +351,24 @@ def test_extensions_warmup_and_zero_init_set_the_lr_are_recorded_and_resume(tiny
     """--warmup-epochs 1.5 over 2 epochs of 3 steps: the optimizer trains at 1/4.5 ... of the scheduled lr;
     the variant records both extensions (also for the resumed run, which inherits them from the checkpoint);
     a run resumed inside the warm-up ends like the uninterrupted one."""
-    flags = [tiny_data, *TINY, *V2, "--arch", "resnet18", "--epochs", "2", "--bn-splits", "2", "-p", "1",
-             "--warmup-epochs", "1.5", "--zero-init-residual", "--workers", "0"]
+    flags = [
+        tiny_data,
+        *TINY,
+        *V2,
+        "--arch",
+        "resnet18",
+        "--epochs",
+        "2",
+        "--bn-splits",
+        "2",
+        "-p",
+        "1",
+        "--warmup-epochs",
+        "1.5",
+        "--zero-init-residual",
+        "--workers",
+        "0",
+    ]
     run_cli([*flags, "--output-dir", tmp_path / "a"])
     history = json.loads((tmp_path / "a" / "metrics.json").read_text())["history"]
     # epoch 1 ends at 3/4.5 of the warm-up (lr 0.03 * 2/3); epoch 2 ends past it: the cosine's 0.015
@@ -312,8 +387,9 @@ def test_extensions_warmup_and_zero_init_set_the_lr_are_recorded_and_resume(tiny
     assert len(records) == 2 and all(r["variant"]["residual_bn_init"] == 0.0 for r in records)
     # the init is the run's history: a resume may not restate it differently
     with pytest.raises(UserError, match="whose run started with residual_bn_init=0$"):
-        parse_config([str(tiny_data), "--resume", str(tmp_path / "b" / "checkpoint_0000.pth.tar"),
-                      "--residual-bn-init", "0.5"])
+        parse_config(
+            [str(tiny_data), "--resume", str(tmp_path / "b" / "checkpoint_0000.pth.tar"), "--residual-bn-init", "0.5"]
+        )
     # a checkpoint written before --residual-bn-init stored zero_init_residual: read as 0
     legacy = torch.load(tmp_path / "a" / "checkpoint_0000.pth.tar", map_location="cpu", weights_only=True)
     del legacy["config"]["residual_bn_init"]
@@ -327,12 +403,28 @@ def test_residual_bn_ramp_raises_quiet_branches_to_full_scale_and_resumes(tiny_d
     """--residual-bn-init 0.1 --residual-bn-ramp 0.5 1.5 over 2 epochs of 3 steps: the branches are multiplied
     geometrically, step by step, by 10 in all — √10 by the end of epoch 1 (halfway), 10 from 1.5 on — in both
     encoders; the ramp is recorded as an extension, and a run resumed halfway up ends like the uninterrupted one."""
-    flags = [tiny_data, *TINY, *V2, "--arch", "resnet18", "--epochs", "2", "--bn-splits", "2", "--workers", "0",
-             "--residual-bn-init", "0.1", "--residual-bn-ramp", "0.5", "1.5"]
+    flags = [
+        tiny_data,
+        *TINY,
+        *V2,
+        "--arch",
+        "resnet18",
+        "--epochs",
+        "2",
+        "--bn-splits",
+        "2",
+        "--workers",
+        "0",
+        "--residual-bn-init",
+        "0.1",
+        "--residual-bn-ramp",
+        "0.5",
+        "1.5",
+    ]
     run_cli([*flags, "--output-dir", tmp_path / "a"])
     history = json.loads((tmp_path / "a" / "metrics.json").read_text())["history"]
     stages = ("layer1", "layer2", "layer3", "layer4")
-    for entry, gain in zip(history, (10 ** 0.5, 10.0)):  # the learnt drift of 3-6 steps is a few percent at most
+    for entry, gain in zip(history, (10**0.5, 10.0)):  # the learnt drift of 3-6 steps is a few percent at most
         assert [entry["residual_branch_scale"][s] for s in stages] == pytest.approx([0.1 * gain] * 4, rel=0.05)
     final = torch.load(tmp_path / "a" / "final.pth.tar", map_location="cpu", weights_only=True)
     sd = strip_prefix(final["state_dict"])
@@ -340,7 +432,10 @@ def test_residual_bn_ramp_raises_quiet_branches_to_full_scale_and_resumes(tiny_d
         for block in range(2):
             q, k = (sd[f"encoder_{e}.{s}.{block}.bn2.{p}"] for e in ("q", "k") for p in ("weight",))
             assert k.abs().mean() == pytest.approx(q.abs().mean().item(), rel=0.05)
-    assert list(final["variant"]["residual_bn_ramp"]) == [0.5, 1.5] and final["config"]["residual_bn_ramp"] == [0.5, 1.5]
+    assert list(final["variant"]["residual_bn_ramp"]) == [0.5, 1.5] and final["config"]["residual_bn_ramp"] == [
+        0.5,
+        1.5,
+    ]
     assert {tuple(r["variant"]["residual_bn_ramp"]) for r in load_records(results_dir)} == {(0.5, 1.5)}
 
     (tmp_path / "b").mkdir()
@@ -348,8 +443,16 @@ def test_residual_bn_ramp_raises_quiet_branches_to_full_scale_and_resumes(tiny_d
     run_cli([tiny_data, "--resume", "auto", "--output-dir", tmp_path / "b", "--workers", "0"])
     assert_same_state(tmp_path / "a" / "final.pth.tar", tmp_path / "b" / "final.pth.tar")
     with pytest.raises(UserError, match="whose run started with residual_bn_ramp=0.5-1.5$"):
-        parse_config([str(tiny_data), "--resume", str(tmp_path / "b" / "checkpoint_0000.pth.tar"),
-                      "--residual-bn-ramp", "1", "2"])
+        parse_config(
+            [
+                str(tiny_data),
+                "--resume",
+                str(tmp_path / "b" / "checkpoint_0000.pth.tar"),
+                "--residual-bn-ramp",
+                "1",
+                "2",
+            ]
+        )
     # nor may it add a ramp the run did not have (the weights hold no ramp's progress)
     unramped = torch.load(tmp_path / "a" / "checkpoint_0000.pth.tar", map_location="cpu", weights_only=True)
     del unramped["config"]["residual_bn_ramp"]  # as written before the flag
@@ -358,12 +461,15 @@ def test_residual_bn_ramp_raises_quiet_branches_to_full_scale_and_resumes(tiny_d
         parse_config([str(tiny_data), "--resume", str(tmp_path / "unramped.pth.tar"), "--residual-bn-ramp", "0", "1"])
 
 
-@pytest.mark.parametrize("flags, message", [
-    (["--residual-bn-ramp", "1", "3"], "needs 0 <= START < END <= --epochs 2, got 1 3"),
-    (["--residual-bn-ramp", "1", "1"], "needs 0 <= START < END <= --epochs 2, got 1 1"),
-    (["--residual-bn-ramp", "0", "1"], "needs --residual-bn-init strictly between 0 and 1, got 1"),
-    (["--residual-bn-ramp", "0", "1", "--zero-init-residual"], "strictly between 0 and 1, got 0"),
-])
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--residual-bn-ramp", "1", "3"], "needs 0 <= START < END <= --epochs 2, got 1 3"),
+        (["--residual-bn-ramp", "1", "1"], "needs 0 <= START < END <= --epochs 2, got 1 1"),
+        (["--residual-bn-ramp", "0", "1"], "needs --residual-bn-init strictly between 0 and 1, got 1"),
+        (["--residual-bn-ramp", "0", "1", "--zero-init-residual"], "strictly between 0 and 1, got 0"),
+    ],
+)
 def test_residual_bn_ramp_bad_input_is_one_line(tiny_data, flags, message):
     with pytest.raises(UserError, match=message):
         parse_config([str(tiny_data), "--epochs", "2", *flags])
@@ -376,8 +482,23 @@ def test_official_checkpoint_resumes(uninterrupted, tiny_data, tmp_path):
     official = tmp_path / "moco_official.pth.tar"
     torch.save({k: ours[k] for k in ("epoch", "arch", "state_dict", "optimizer")}, official)
     out = tmp_path / "from_official"
-    run_cli([tiny_data, *TINY, *V2, "--epochs", "2", "--bn-splits", "2", "--resume", official, "--output-dir", out,
-             "--keep-checkpoints", "1"])
+    run_cli(
+        [
+            tiny_data,
+            *TINY,
+            *V2,
+            "--epochs",
+            "2",
+            "--bn-splits",
+            "2",
+            "--resume",
+            official,
+            "--output-dir",
+            out,
+            "--keep-checkpoints",
+            "1",
+        ]
+    )
     assert_same_state(uninterrupted / "final.pth.tar", out / "final.pth.tar")
     assert sorted(p.name for p in out.glob("*.pth.tar")) == ["checkpoint_0001.pth.tar", "final.pth.tar"]
     ckpt = torch.load(out / "final.pth.tar", map_location="cpu", weights_only=True)
@@ -396,8 +517,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(uninterrupted, tiny_d
     assert sorted(p.name for p in out.glob("*.pth.tar")) == ["checkpoint_0000.pth.tar"]
 
 
-def test_finished_run_resumes_to_nothing_and_contradictions_are_refused(uninterrupted, tiny_data, capsys,
-                                                                        results_dir):
+def test_finished_run_resumes_to_nothing_and_contradictions_are_refused(uninterrupted, tiny_data, capsys, results_dir):
     summary = run_cli([tiny_data, "--resume", str(uninterrupted / "final.pth.tar"), "--workers", "0"])
     assert summary["checkpoint"] == str(uninterrupted / "final.pth.tar")
     assert not results_dir.exists() or not list(results_dir.glob("*.json"))  # no second record
@@ -409,9 +529,13 @@ def test_finished_run_resumes_to_nothing_and_contradictions_are_refused(uninterr
 
 # ------------------------------------------------------------------ bad input: one line each
 
+
 def test_bad_data_folders_are_one_line_errors(tmp_path, capsys):
     """Each is one line, and nothing is created (no default output folder) for bad input."""
-    assert error_line(capsys, [tmp_path / "missing", *TINY]) == f"error: {tmp_path / 'missing'}: missing dataset root folder"
+    assert (
+        error_line(capsys, [tmp_path / "missing", *TINY])
+        == f"error: {tmp_path / 'missing'}: missing dataset root folder"
+    )
     (tmp_path / "no_train").mkdir()
     assert f"{tmp_path / 'no_train' / 'train'}: missing" in error_line(capsys, [tmp_path / "no_train", *TINY])
     (tmp_path / "no_classes" / "train").mkdir(parents=True)
@@ -443,17 +567,22 @@ def test_unreadable_images_are_counted_and_stop_the_run(tmp_path, capsys):
 def test_errors_from_loader_workers_keep_only_their_message():
     from mocoeval.runtime.errors import last_line
 
-    worker = UserError("Caught UserError in DataLoader worker process 0.\nOriginal Traceback (most recent call "
-                       "last):\n  File \"x.py\", line 1, in f\nmocoeval.runtime.errors.UserError: 5 unreadable images")
+    worker = UserError(
+        "Caught UserError in DataLoader worker process 0.\nOriginal Traceback (most recent call "
+        'last):\n  File "x.py", line 1, in f\nmocoeval.runtime.errors.UserError: 5 unreadable images'
+    )
     assert last_line(worker) == "5 unreadable images"
-    assert last_line(RuntimeError("Error(s) in loading state_dict:\n\tMissing key(s): queue")) == "Missing key(s): queue"
+    assert (
+        last_line(RuntimeError("Error(s) in loading state_dict:\n\tMissing key(s): queue")) == "Missing key(s): queue"
+    )
     assert last_line(KeyError()) == "KeyError"
 
 
 def test_cli_prints_one_line_and_exits_2(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    res = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path / "nope")], capture_output=True, text=True,
-                         env=env, timeout=120)
+    res = subprocess.run(
+        [sys.executable, str(SCRIPT), str(tmp_path / "nope")], capture_output=True, text=True, env=env, timeout=120
+    )
     assert res.returncode == 2
     assert res.stderr == f"error: {tmp_path / 'nope'}: missing dataset root folder\n"
 
@@ -463,16 +592,29 @@ def bad_checkpoints(folder: Path) -> dict[str, tuple[Path, str]]:
     import pickle
 
     folder.mkdir(parents=True, exist_ok=True)
-    moco = {"epoch": 1, "arch": "resnet18", "optimizer": {},
-            "state_dict": {"module.encoder_q.w": torch.randn(4000), "module.encoder_k.w": torch.randn(4000),
-                           "module.queue": torch.randn(8, 16), "module.queue_ptr": torch.zeros(1)}}
+    moco = {
+        "epoch": 1,
+        "arch": "resnet18",
+        "optimizer": {},
+        "state_dict": {
+            "module.encoder_q.w": torch.randn(4000),
+            "module.encoder_k.w": torch.randn(4000),
+            "module.queue": torch.randn(8, 16),
+            "module.queue_ptr": torch.zeros(1),
+        },
+    }
     torch.save(moco, folder / "full.pth.tar")
     torch.save(moco, folder / "full_legacy.pth.tar", _use_new_zipfile_serialization=False)
     zipped, legacy = (folder / "full.pth.tar").read_bytes(), (folder / "full_legacy.pth.tar").read_bytes()
     # legacy files cut inside their pickles raise IndexError, struct.error (4 and 2 bytes): raw PyTorch text before
-    contents = {"truncated": zipped[:len(zipped) // 2], "truncated_legacy": legacy[:len(legacy) // 2],
-                **{f"legacy_cut{n}": legacy[:n] for n in (22, 28, 51)},
-                "empty": b"", "text": b"hello\n", "pickle": pickle.dumps({"not": "torch"}, protocol=2)}
+    contents = {
+        "truncated": zipped[: len(zipped) // 2],
+        "truncated_legacy": legacy[: len(legacy) // 2],
+        **{f"legacy_cut{n}": legacy[:n] for n in (22, 28, 51)},
+        "empty": b"",
+        "text": b"hello\n",
+        "pickle": pickle.dumps({"not": "torch"}, protocol=2),
+    }
     messages = {"empty": "empty file", "text": "not a PyTorch checkpoint", "pickle": "a plain Python pickle"}
     out = {}
     for case, data in contents.items():
@@ -502,8 +644,10 @@ def test_bad_resume_files_are_the_loaders_one_line_errors_and_create_nothing(tmp
 def test_output_dir_that_is_a_file_is_one_line_error(tmp_path, tiny_data, capsys):
     taken = tmp_path / "taken"
     taken.write_text("a file")
-    for out, message in [(taken, f"--output-dir {taken} exists and is not a directory"),
-                         (taken / "run", f"--output-dir {taken / 'run'}: {taken} exists and is not a directory")]:
+    for out, message in [
+        (taken, f"--output-dir {taken} exists and is not a directory"),
+        (taken / "run", f"--output-dir {taken / 'run'}: {taken} exists and is not a directory"),
+    ]:
         capsys.readouterr()
         with pytest.raises(SystemExit) as e:
             run_cli([tiny_data, *TINY, "--arch", "resnet18", "--output-dir", out])
@@ -514,6 +658,7 @@ def test_output_dir_that_is_a_file_is_one_line_error(tmp_path, tiny_data, capsys
 
 def test_inspect_collapse_bad_weights_are_the_loaders_one_line_errors(tmp_path, tiny_data, capsys):
     from mocoeval.pretrain import inspect_collapse as mod
+
     for case, (path, message) in bad_checkpoints(tmp_path / "bad").items():
         capsys.readouterr()
         with pytest.raises(SystemExit) as e:
@@ -524,6 +669,7 @@ def test_inspect_collapse_bad_weights_are_the_loaders_one_line_errors(tmp_path, 
 
 # ------------------------------------------------------------------ numerics and determinism
 
+
 def test_fast_paths_match_fp32(tiny_data):
     """Same batch, same shuffle: channels_last alone is exact up to summation order; bf16 autocast +
     channels_last stays within bf16's precision (measured here: 0.1-3.4% of the loss over seeds)."""
@@ -531,8 +677,11 @@ def test_fast_paths_match_fp32(tiny_data):
     args, _ = parse_config([str(tiny_data), "--arch", "resnet18", "--moco-k", "64", "-b", "8", *V2])
     model = build_model(args, bn_splits=2)
     cl = torch.channels_last
-    models = {"fp32": model, "cl": copy.deepcopy(model).to(memory_format=cl),
-              "bf16_cl": copy.deepcopy(model).to(memory_format=cl)}
+    models = {
+        "fp32": model,
+        "cl": copy.deepcopy(model).to(memory_format=cl),
+        "bf16_cl": copy.deepcopy(model).to(memory_format=cl),
+    }
     x_q, x_k = torch.randn(8, 3, 32, 32), torch.randn(8, 3, 32, 32)
     losses = {}
     for name, m in models.items():
@@ -569,15 +718,21 @@ def test_compiled_encoders_match_eager_and_keep_checkpoint_keys(tiny_data):
         # measured: 1e-6 at step 1, then ~3e-5 relative
         assert losses[1] == pytest.approx(losses[0], rel=1e-3), f"step {i + 1}"
         if i == 0:  # one update from equal weights: only rounding apart (measured 5e-5)
-            diff = max((a - b).abs().max().item()
-                       for a, b in zip(eager.encoder_q.parameters(), compiled.encoder_q.parameters()))
+            diff = max(
+                (a - b).abs().max().item()
+                for a, b in zip(eager.encoder_q.parameters(), compiled.encoder_q.parameters())
+            )
             assert diff < 1e-3
     assert torch.allclose(compiled.queue, eager.queue, atol=1e-3)  # measured 1e-5
 
 
 def _inspect(*args):
-    return subprocess.run([sys.executable, str(REPO / "pretrain" / "inspect_collapse.py"), *map(str, args)],
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, str(REPO / "pretrain" / "inspect_collapse.py"), *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def test_inspect_collapse_reports_a_checkpoint_and_a_random_init(uninterrupted, tiny_data):
@@ -586,8 +741,9 @@ def test_inspect_collapse_reports_a_checkpoint_and_a_random_init(uninterrupted, 
         assert proc.returncode == 0, proc.stderr[-2000:]
         stats = json.loads(proc.stdout)
         assert stats["arch"] == "resnet18" and stats["bn_splits"] == 2 and stats["image_size"] == 32
-        assert all(-1 <= stats[k] <= 1 for k in ("positive_cos", "negative_cos", "other_batch_cos",
-                                                 "output_pairwise_cos"))  # 24 images, batches of 8: a second one
+        assert all(
+            -1 <= stats[k] <= 1 for k in ("positive_cos", "negative_cos", "other_batch_cos", "output_pairwise_cos")
+        )  # 24 images, batches of 8: a second one
         assert 0 <= stats["key_spread"] <= 1.5 and stats["collapsed"] == (stats["key_spread"] < 0.1)
         assert ("knn_top1" in stats) == ("--knn" in source) and 0 <= stats.get("knn_top1", 0) <= 100
         assert stats.get("knn_stage", "layer4") == "layer4"
@@ -595,8 +751,23 @@ def test_inspect_collapse_reports_a_checkpoint_and_a_random_init(uninterrupted, 
         assert list(scales) == ["layer1", "layer2", "layer3", "layer4"]
         assert all(0 < v for v in scales.values()) and (scales["layer1"] == 1.0) == ("--random-init" in source)
         assert ("queue_cos" in stats) == ("--weights" in source) and -1 <= stats.get("queue_cos", 0) <= 1
-    proc = _inspect(tiny_data, "--random-init", "0", "-a", "resnet18", "-b", "8", "--image-size", "32", "--json",
-                    "--knn", "--knn-stage", "layer2", "--knn-bn", "data")
+    proc = _inspect(
+        tiny_data,
+        "--random-init",
+        "0",
+        "-a",
+        "resnet18",
+        "-b",
+        "8",
+        "--image-size",
+        "32",
+        "--json",
+        "--knn",
+        "--knn-stage",
+        "layer2",
+        "--knn-bn",
+        "data",
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     stats = json.loads(proc.stdout)
     assert stats["knn_stage"] == "layer2" and stats["knn_bn"] == "data" and 0 <= stats["knn_top1"] <= 100
@@ -613,6 +784,7 @@ def test_inspect_collapse_reports_a_checkpoint_and_a_random_init(uninterrupted, 
     torch.nn.init.constant_(model.encoder_k.fc[2].bias, 1.0)
     torch.nn.init.constant_(model.encoder_q.fc[2].bias, 1.0)
     from mocoeval.pretrain import inspect_collapse as mod
+
     x = torch.randn(8, 3, 32, 32)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     stats = mod.view_similarities(model, x, x.clone())
@@ -627,11 +799,13 @@ def test_inspect_collapse_reports_a_checkpoint_and_a_random_init(uninterrupted, 
 
 def test_inspect_collapse_bad_input_is_one_line(tmp_path, tiny_data):
     (tmp_path / "not_a_checkpoint.pth").write_bytes(b"junk")
-    for args in ([tmp_path / "missing", "--random-init", "0"],
-                 [tiny_data, "--weights", tmp_path / "not_a_checkpoint.pth"],
-                 [tiny_data, "--weights", tmp_path / "not_a_checkpoint.pth", "--zero-init-residual"],
-                 [tiny_data, "--random-init", "0", "--residual-bn-init", "2"],
-                 [tiny_data, "--random-init", "0", "--knn-bn", "data"]):
+    for args in (
+        [tmp_path / "missing", "--random-init", "0"],
+        [tiny_data, "--weights", tmp_path / "not_a_checkpoint.pth"],
+        [tiny_data, "--weights", tmp_path / "not_a_checkpoint.pth", "--zero-init-residual"],
+        [tiny_data, "--random-init", "0", "--residual-bn-init", "2"],
+        [tiny_data, "--random-init", "0", "--knn-bn", "data"],
+    ):
         proc = _inspect(*args)
         assert proc.returncode == 2 and proc.stderr.startswith("error: ") and proc.stderr.count("\n") == 1, proc.stderr
         if "--zero-init-residual" in args:
@@ -664,12 +838,18 @@ def test_views_and_order_depend_only_on_seed_epoch_index(tiny_data):
 
 # ------------------------------------------------------------------ several processes (torchrun, gloo on CPU)
 
+
 def torchrun_2(args, timeout=300) -> subprocess.CompletedProcess:
     """torchrun --standalone --nproc_per_node 2 (gloo on CPU); on a timeout the whole process group dies."""
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
-    proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                             *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        start_new_session=True,
+    )
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -681,7 +861,8 @@ def torchrun_2(args, timeout=300) -> subprocess.CompletedProcess:
 
 def test_shuffle_bn_across_two_processes(tmp_path):
     script = tmp_path / "check_shuffle.py"
-    script.write_text(textwrap.dedent("""
+    script.write_text(
+        textwrap.dedent("""
         import sys, torch, torch.distributed as dist, torch.nn as nn
         from mocoeval.pretrain.builder import MoCo, gather_from_all, shuffle_batch, unshuffle_batch
         dist.init_process_group("gloo")
@@ -700,7 +881,8 @@ def test_shuffle_bn_across_two_processes(tmp_path):
         assert torch.equal(queues[0], queues[1])  # identical queues everywhere
         open(sys.argv[1] + f".{rank}", "w").write("ok")
         dist.destroy_process_group()
-    """))
+    """)
+    )
     res = torchrun_2([str(script), str(tmp_path / "done")])
     assert res.returncode == 0, res.stderr[-3000:]
     assert (tmp_path / "done.0").read_text() == "ok" and (tmp_path / "done.1").read_text() == "ok"
@@ -709,8 +891,22 @@ def test_shuffle_bn_across_two_processes(tmp_path):
 @pytest.mark.slow
 def test_torchrun_two_processes_train_and_checkpoint(tiny_data, tmp_path, results_dir):
     out = tmp_path / "ddp"
-    res = torchrun_2([str(SCRIPT), str(tiny_data), *TINY, *V2, "--arch", "resnet18", "--epochs", "1",
-                      "--device", "cpu", "--output-dir", str(out)])
+    res = torchrun_2(
+        [
+            str(SCRIPT),
+            str(tiny_data),
+            *TINY,
+            *V2,
+            "--arch",
+            "resnet18",
+            "--epochs",
+            "1",
+            "--device",
+            "cpu",
+            "--output-dir",
+            str(out),
+        ]
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     ckpt = torch.load(out / "final.pth.tar", map_location="cpu", weights_only=True)
     assert ckpt["config"]["world_size"] == 2 and ckpt["config"]["bn_splits_effective"] == 1
@@ -725,7 +921,8 @@ def test_torchrun_a_signal_to_one_process_stops_both_at_the_same_step(tiny_data,
     the resume point, both stop; a single process then finishes the run from it."""
     out = tmp_path / "ddp"
     wrapper = tmp_path / "signal_rank1.py"
-    wrapper.write_text(textwrap.dedent(f"""
+    wrapper.write_text(
+        textwrap.dedent(f"""
         import os, runpy, signal, sys
         from mocoeval.pretrain import engine
         real, calls = engine.train_step, [0]
@@ -737,13 +934,30 @@ def test_torchrun_a_signal_to_one_process_stops_both_at_the_same_step(tiny_data,
         engine.train_step = train_step
         sys.argv = [{str(SCRIPT)!r}, *sys.argv[1:]]
         runpy.run_path({str(SCRIPT)!r}, run_name="__main__")
-    """))
-    res = torchrun_2([str(wrapper), str(tiny_data), *TINY, *V2, "--arch", "resnet18", "--epochs", "2", "-p", "1",
-                      "--device", "cpu", "--output-dir", str(out)])
-    assert res.returncode != 0 and "interrupted: SIGINT: stopped after step 2/3 of epoch 1" in res.stderr, \
-        res.stderr[-3000:]
+    """)
+    )
+    res = torchrun_2(
+        [
+            str(wrapper),
+            str(tiny_data),
+            *TINY,
+            *V2,
+            "--arch",
+            "resnet18",
+            "--epochs",
+            "2",
+            "-p",
+            "1",
+            "--device",
+            "cpu",
+            "--output-dir",
+            str(out),
+        ]
+    )
+    assert res.returncode != 0 and "interrupted: SIGINT: stopped after step 2/3 of epoch 1" in res.stderr, res.stderr[
+        -3000:
+    ]
     assert [p.name for p in out.glob("*.pth.tar")] == ["resume_epoch0001_step000002.pth.tar"]
     run_cli([tiny_data, "--resume", "auto", "--output-dir", out, "--workers", "0", "--device", "cpu"])
     history = json.loads((out / "metrics.json").read_text())["history"]
     assert [h["epoch"] for h in history] == [1, 2] and (out / "final.pth.tar").exists()
-

@@ -1,6 +1,7 @@
 """transfer/run_voc.py and mocoeval.transfer.detection: seeds, config building, planning, summary, the VOC
 evaluator, one-line errors, and (slow) real tiny trials on the mini VOC data: two trials, a re-run that
 skips them, a killed trial that resumes, a failed trial that does not lose the others."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -17,10 +18,13 @@ import pytest
 import torch
 
 from mocoeval.results import identity as protocol_identity
-from mocoeval.transfer.detection import benchmark, config as voc_config, run as voc_run, trial as voc_trial
-from mocoeval.transfer.detection.modeling import DEFAULT_VOC_CONFIG
 from mocoeval.runtime.errors import UserError
 from mocoeval.runtime.stop_request import Interrupted
+from mocoeval.transfer.detection import benchmark
+from mocoeval.transfer.detection import config as voc_config
+from mocoeval.transfer.detection import run as voc_run
+from mocoeval.transfer.detection import trial as voc_trial
+from mocoeval.transfer.detection.modeling import DEFAULT_VOC_CONFIG
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "transfer" / "run_voc.py"
@@ -28,11 +32,28 @@ SCRIPT = REPO / "transfer" / "run_voc.py"
 # A tiny schedule for CPU tests. R50-C4 on CPU is dominated by res5 on every RoI (~1.6 GFLOP per RoI at
 # the protocol's 14x14 pooler), so the tests shrink the pooler, the RoI batch and the images.
 TINY_OPTS = [
-    "SOLVER.MAX_ITER", "2", "SOLVER.IMS_PER_BATCH", "2",
-    "INPUT.MIN_SIZE_TRAIN", "(64,)", "INPUT.MIN_SIZE_TEST", "64",
-    "MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION", "4", "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE", "16",
-    "MODEL.RPN.POST_NMS_TOPK_TRAIN", "64", "MODEL.RPN.PRE_NMS_TOPK_TEST", "100", "MODEL.RPN.POST_NMS_TOPK_TEST", "16",
-    "TEST.PRECISE_BN.NUM_ITER", "1", "DATALOADER.NUM_WORKERS", "0",
+    "SOLVER.MAX_ITER",
+    "2",
+    "SOLVER.IMS_PER_BATCH",
+    "2",
+    "INPUT.MIN_SIZE_TRAIN",
+    "(64,)",
+    "INPUT.MIN_SIZE_TEST",
+    "64",
+    "MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION",
+    "4",
+    "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE",
+    "16",
+    "MODEL.RPN.POST_NMS_TOPK_TRAIN",
+    "64",
+    "MODEL.RPN.PRE_NMS_TOPK_TEST",
+    "100",
+    "MODEL.RPN.POST_NMS_TOPK_TEST",
+    "16",
+    "TEST.PRECISE_BN.NUM_ITER",
+    "1",
+    "DATALOADER.NUM_WORKERS",
+    "0",
 ]
 
 
@@ -77,15 +98,23 @@ def test_build_config_scales_lr_and_schedule_with_batch():
     assert cfg.SOLVER.BASE_LR == pytest.approx(0.01) and notes.lr_scaled == (0.02, pytest.approx(0.01))
     assert cfg.SOLVER.MAX_ITER == 48000 and tuple(cfg.SOLVER.STEPS) == (36000, 44000)
     assert cfg.SOLVER.WARMUP_ITERS == 200
-    assert notes.schedule_scaled == {"factor": 2.0, "MAX_ITER": [24000, 48000],
-                                     "STEPS": [[18000, 22000], [36000, 44000]], "WARMUP_ITERS": [100, 200]}
+    assert notes.schedule_scaled == {
+        "factor": 2.0,
+        "MAX_ITER": [24000, 48000],
+        "STEPS": [[18000, 22000], [36000, 44000]],
+        "WARMUP_ITERS": [100, 200],
+    }
     text = " ".join(notes.messages)
     assert "0.02 -> 0.01" in text and "MAX_ITER 24000 -> 48000" in text and "(36000, 44000)" in text
     assert "WARMUP_ITERS 100 -> 200" in text
 
     cfg, notes = voc_config.build_config(DEFAULT_VOC_CONFIG, ["SOLVER.IMS_PER_BATCH", "32"])
-    assert (cfg.SOLVER.BASE_LR, cfg.SOLVER.MAX_ITER, tuple(cfg.SOLVER.STEPS), cfg.SOLVER.WARMUP_ITERS) == \
-        (pytest.approx(0.04), 12000, (9000, 11000), 50)
+    assert (cfg.SOLVER.BASE_LR, cfg.SOLVER.MAX_ITER, tuple(cfg.SOLVER.STEPS), cfg.SOLVER.WARMUP_ITERS) == (
+        pytest.approx(0.04),
+        12000,
+        (9000, 11000),
+        50,
+    )
 
     # keys that --opts sets win (the demo sets all three); the others are still scaled, with a note if past the end
     demo = ["SOLVER.IMS_PER_BATCH", "2", "SOLVER.MAX_ITER", "10", "SOLVER.STEPS", "(8,)", "SOLVER.WARMUP_ITERS", "2"]
@@ -108,14 +137,17 @@ def test_build_config_scales_lr_and_schedule_with_batch():
     assert cfg.MODEL.RESNETS.NORM == "SyncBN" and cfg.MODEL.DEVICE == "cpu"
 
 
-@pytest.mark.parametrize("opts, message", [
-    (["SOLVER.MAX_ITER"], "odd number"),
-    (["SOLVER.NO_SUCH_KEY", "1"], "NO_SUCH_KEY"),
-    (["SOLVER.MAX_ITER", "abc"], "--opts"),
-    (["MODEL.WEIGHTS", "x.pkl"], "--weights"),
-    (["SEED", "3"], "--seeds"),
-    (["SOLVER.IMS_PER_BATCH", "0"], "IMS_PER_BATCH"),
-])
+@pytest.mark.parametrize(
+    "opts, message",
+    [
+        (["SOLVER.MAX_ITER"], "odd number"),
+        (["SOLVER.NO_SUCH_KEY", "1"], "NO_SUCH_KEY"),
+        (["SOLVER.MAX_ITER", "abc"], "--opts"),
+        (["MODEL.WEIGHTS", "x.pkl"], "--weights"),
+        (["SEED", "3"], "--seeds"),
+        (["SOLVER.IMS_PER_BATCH", "0"], "IMS_PER_BATCH"),
+    ],
+)
 def test_build_config_bad_opts_are_user_errors(opts, message):
     with pytest.raises(UserError, match=message):
         voc_config.build_config(DEFAULT_VOC_CONFIG, opts)
@@ -123,13 +155,15 @@ def test_build_config_bad_opts_are_user_errors(opts, message):
 
 def test_config_hash_ignores_result_neutral_keys_only():
     base, _ = voc_config.build_config(DEFAULT_VOC_CONFIG, [], device="cpu", weights="")
-    neutral, _ = voc_config.build_config(DEFAULT_VOC_CONFIG,
-                                         ["DATALOADER.NUM_WORKERS", "0", "SOLVER.CHECKPOINT_PERIOD", "7"],
-                                         device="cuda")
+    neutral, _ = voc_config.build_config(
+        DEFAULT_VOC_CONFIG, ["DATALOADER.NUM_WORKERS", "0", "SOLVER.CHECKPOINT_PERIOD", "7"], device="cuda"
+    )
     other, _ = voc_config.build_config(DEFAULT_VOC_CONFIG, ["SOLVER.WARMUP_ITERS", "200"])
     assert protocol_identity.config_hash(base) == protocol_identity.config_hash(neutral)
     assert protocol_identity.config_hash(base) != protocol_identity.config_hash(other)
-    diff = voc_config.config_differences(protocol_identity.config_identity(base), protocol_identity.config_identity(other))
+    diff = voc_config.config_differences(
+        protocol_identity.config_identity(base), protocol_identity.config_identity(other)
+    )
     assert diff == "SOLVER.WARMUP_ITERS (100 -> 200)"
 
 
@@ -142,9 +176,13 @@ def test_voc_splits_of_the_protocol_and_non_voc_refused():
 
 
 def test_loaded_key_check_allows_only_new_detection_layers():
-    missing_ok = ["proposal_generator.rpn_head.conv.weight", "roi_heads.box_predictor.cls_score.weight",
-                  "roi_heads.res5.norm.weight", "roi_heads.res5.norm.running_mean",
-                  "backbone.res2.0.conv1.norm.num_batches_tracked"]
+    missing_ok = [
+        "proposal_generator.rpn_head.conv.weight",
+        "roi_heads.box_predictor.cls_score.weight",
+        "roi_heads.res5.norm.weight",
+        "roi_heads.res5.norm.running_mean",
+        "backbone.res2.0.conv1.norm.num_batches_tracked",
+    ]
     assert voc_trial.check_loaded_keys(missing_ok, ["fc.0.weight"], "w.pkl") == ["fc.0.weight"]
     with pytest.raises(UserError, match=r"backbone\.res4\.5\.conv3\.weight"):
         voc_trial.check_loaded_keys(missing_ok + ["backbone.res4.5.conv3.weight"], [], "w.pkl")
@@ -170,12 +208,15 @@ def test_preflight_reports_unused_projection_head(random_r50_pkl, tmp_path):
     assert "RPN (6), box predictor (4), res5 norm (4)" in report and "unused in the file: 1" in report
 
 
-@pytest.mark.parametrize("options, message", [
-    (dict(num_machines=2, machine_rank=1), "--dist-url"),
-    (dict(num_machines=2, machine_rank=2, dist_url="tcp://h:1"), "--machine-rank"),
-    (dict(trials=3, seeds=[1, 2]), "one seed per trial"),
-    (dict(checkpoint_minutes=-1.0), "--checkpoint-minutes"),
-])
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (dict(num_machines=2, machine_rank=1), "--dist-url"),
+        (dict(num_machines=2, machine_rank=2, dist_url="tcp://h:1"), "--machine-rank"),
+        (dict(trials=3, seeds=[1, 2]), "one seed per trial"),
+        (dict(checkpoint_minutes=-1.0), "--checkpoint-minutes"),
+    ],
+)
 def test_bad_flag_combinations_are_user_errors(options, message, tmp_path):
     with pytest.raises(UserError, match=message):
         voc_run.run(voc_run.RunOptions(weights=str(tmp_path / "w.pkl"), output_dir=str(tmp_path / "o"), **options))
@@ -205,11 +246,18 @@ def test_a_fresh_process_unpickling_a_trial_has_the_detector_registered(tmp_path
     spec = voc_trial.TrialSpec(index=1, n_trials=1, seed=0, cfg=cfg, identity={}, dataset_root="/data")
     job_file = tmp_path / "job.pkl"
     job_file.write_bytes(pickle.dumps(voc_trial.SlurmTrialJob(spec)))
-    code = ("import pickle, sys; job = pickle.load(open(sys.argv[1], 'rb')); "
-            "from detectron2.modeling import ROI_HEADS_REGISTRY; "
-            "assert job.spec.cfg.MODEL.ROI_HEADS.NAME in ROI_HEADS_REGISTRY, job.spec.cfg.MODEL.ROI_HEADS.NAME")
-    proc = subprocess.run([sys.executable, "-c", code, str(job_file)], capture_output=True, text=True,
-                          env=_subprocess_env(tmp_path / "store"), cwd=tmp_path)
+    code = (
+        "import pickle, sys; job = pickle.load(open(sys.argv[1], 'rb')); "
+        "from detectron2.modeling import ROI_HEADS_REGISTRY; "
+        "assert job.spec.cfg.MODEL.ROI_HEADS.NAME in ROI_HEADS_REGISTRY, job.spec.cfg.MODEL.ROI_HEADS.NAME"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(job_file)],
+        capture_output=True,
+        text=True,
+        env=_subprocess_env(tmp_path / "store"),
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr
 
 
@@ -230,8 +278,12 @@ def _trainer_with_resume_points(tmp_path, data, minutes: float, period: int, max
     model = _Quadratic()
     trainer = SimpleTrainer(model, data, torch.optim.SGD(model.parameters(), lr=0.01))
     trainer.checkpointer = DetectionCheckpointer(model, str(tmp_path), trainer=trainer)
-    trainer.register_hooks([hooks.PeriodicCheckpointer(trainer.checkpointer, period, max_iter=max_iter),
-                            voc_trial.ResumePoints(minutes, period=period, stop_on_signal=stop_on_signal)])
+    trainer.register_hooks(
+        [
+            hooks.PeriodicCheckpointer(trainer.checkpointer, period, max_iter=max_iter),
+            voc_trial.ResumePoints(minutes, period=period, stop_on_signal=stop_on_signal),
+        ]
+    )
     return trainer
 
 
@@ -248,7 +300,11 @@ def test_timed_resume_points_keep_only_the_newest_and_never_a_periodic_one(tmp_p
     trainer.train(0, 7)
     # timed: iterations 0, 1, 3, 4 (2 and 5 are periodic, 6 is the last) -> only model_0000004 stays
     assert sorted(p.name for p in tmp_path.glob("model_*.pth")) == [
-        "model_0000002.pth", "model_0000004.pth", "model_0000005.pth", "model_final.pth"]
+        "model_0000002.pth",
+        "model_0000004.pth",
+        "model_0000005.pth",
+        "model_final.pth",
+    ]
     assert _saved_iteration(tmp_path / "model_0000004.pth") == 4
 
 
@@ -269,13 +325,15 @@ def _data_signalling(sig, at_item: int, times: int = 1, then_fail: bool = False)
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_a_signal_stops_the_trial_after_the_iteration_with_a_resume_point(tmp_path, sig):
     before = signal.getsignal(sig)
-    trainer = _trainer_with_resume_points(tmp_path, _data_signalling(sig, at_item=4), 0, period=100, max_iter=10,
-                                          stop_on_signal=True)
+    trainer = _trainer_with_resume_points(
+        tmp_path, _data_signalling(sig, at_item=4), 0, period=100, max_iter=10, stop_on_signal=True
+    )
     with pytest.raises(Interrupted) as e:
         trainer.train(0, 10)
     # the signal came while iteration 3 fetched its batch: iteration 3 completes, is saved, and training stops
-    assert e.value.exit_code == 128 + sig and str(e.value).startswith(f"{signal.Signals(sig).name}: trial stopped "
-                                                                      "after iteration 4 of 10, resume point ")
+    assert e.value.exit_code == 128 + sig and str(e.value).startswith(
+        f"{signal.Signals(sig).name}: trial stopped after iteration 4 of 10, resume point "
+    )
     assert sorted(p.name for p in tmp_path.glob("model_*.pth")) == ["model_0000003.pth"]
     assert (tmp_path / "last_checkpoint").read_text().strip() == "model_0000003.pth"
     assert _saved_iteration(tmp_path / "model_0000003.pth") == 3
@@ -285,8 +343,14 @@ def test_a_signal_stops_the_trial_after_the_iteration_with_a_resume_point(tmp_pa
 def test_a_stop_request_survives_a_loader_that_died_of_the_same_ctrl_c(tmp_path):
     """Ctrl-C reaches the loader's worker processes too; when the next fetch fails before the iteration ends,
     the last completed iteration is saved and the trial still stops as interrupted."""
-    trainer = _trainer_with_resume_points(tmp_path, _data_signalling(signal.SIGINT, at_item=4, then_fail=True), 0,
-                                          period=100, max_iter=10, stop_on_signal=True)
+    trainer = _trainer_with_resume_points(
+        tmp_path,
+        _data_signalling(signal.SIGINT, at_item=4, then_fail=True),
+        0,
+        period=100,
+        max_iter=10,
+        stop_on_signal=True,
+    )
     with pytest.raises(Interrupted, match="after iteration 3 of 10") as e:
         trainer.train(0, 10)
     assert isinstance(e.value.__context__, RuntimeError)
@@ -295,8 +359,9 @@ def test_a_stop_request_survives_a_loader_that_died_of_the_same_ctrl_c(tmp_path)
 
 def test_a_second_signal_stops_at_once_and_the_last_iteration_is_not_interrupted(tmp_path):
     before = signal.getsignal(signal.SIGINT)
-    trainer = _trainer_with_resume_points(tmp_path, _data_signalling(signal.SIGINT, at_item=4, times=2), 0,
-                                          period=100, max_iter=10, stop_on_signal=True)
+    trainer = _trainer_with_resume_points(
+        tmp_path, _data_signalling(signal.SIGINT, at_item=4, times=2), 0, period=100, max_iter=10, stop_on_signal=True
+    )
     with pytest.raises(KeyboardInterrupt) as e:
         trainer.train(0, 10)
     assert type(e.value) is KeyboardInterrupt and not list(tmp_path.glob("model_*.pth"))
@@ -304,8 +369,9 @@ def test_a_second_signal_stops_at_once_and_the_last_iteration_is_not_interrupted
     # a request during the last iteration lets the trial finish (model_final.pth; evaluation would follow)
     final = tmp_path / "last"
     final.mkdir()
-    trainer = _trainer_with_resume_points(final, _data_signalling(signal.SIGINT, at_item=10), 0,
-                                          period=100, max_iter=10, stop_on_signal=True)
+    trainer = _trainer_with_resume_points(
+        final, _data_signalling(signal.SIGINT, at_item=10), 0, period=100, max_iter=10, stop_on_signal=True
+    )
     trainer.train(0, 10)
     assert sorted(p.name for p in final.glob("model_*.pth")) == ["model_final.pth"]
     assert signal.getsignal(signal.SIGINT) is before
@@ -335,11 +401,14 @@ def test_plan_skips_finished_resumes_checkpointed_and_starts_new(tmp_path):
     assert plans[0].metrics["AP50"] == 50.0
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"seed": 5}, "seed 0, not 5"),
-    ({"config_hash": "h2"}, "different config"),
-    ({"weights_sha256": "w2"}, "other weights"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"seed": 5}, "seed 0, not 5"),
+        ({"config_hash": "h2"}, "different config"),
+        ({"weights_sha256": "w2"}, "other weights"),
+    ],
+)
 def test_plan_refuses_to_mix_setups(tmp_path, change, message):
     _finished(tmp_path / "trial_1", seed=0)
     base = {"config_hash": "h1", "weights": "/w.pkl", "weights_sha256": "w1"}
@@ -364,8 +433,10 @@ def test_plan_refuses_foreign_checkpoints_and_corrupt_metrics(tmp_path):
 
 
 def test_summary_population_std_csv_and_table(tmp_path):
-    trials = [{"trial": i + 1, "seed": i, "AP50": a, "AP": b, "AP75": c, "wall_time_s": 1.0}
-              for i, (a, b, c) in enumerate([(81.5, 55.9, 62.6), (82.0, 56.4, 62.6), (82.2, 56.8, 63.2)])]
+    trials = [
+        {"trial": i + 1, "seed": i, "AP50": a, "AP": b, "AP75": c, "wall_time_s": 1.0}
+        for i, (a, b, c) in enumerate([(81.5, 55.9, 62.6), (82.0, 56.4, 62.6), (82.2, 56.8, 63.2)])
+    ]
     summary, table = voc_run.summarize(tmp_path, trials, requested=3, failed=[])
     ap50 = np.array([81.5, 82.0, 82.2])
     s = summary["metrics"]["AP50"]
@@ -376,8 +447,16 @@ def test_summary_population_std_csv_and_table(tmp_path):
     assert on_disk["metrics"]["AP75"]["values"] == [62.6, 62.6, 63.2]
     lines = (tmp_path / "summary.csv").read_text().splitlines()
     assert lines[0] == "row,trial,seed,AP50,AP,AP75,wall_time_s"
-    assert [ln.split(",")[0] for ln in lines[1:]] == ["trial_1", "trial_2", "trial_3", "mean", "std (ddof=0)",
-                                                     "min", "max", "n"]
+    assert [ln.split(",")[0] for ln in lines[1:]] == [
+        "trial_1",
+        "trial_2",
+        "trial_3",
+        "mean",
+        "std (ddof=0)",
+        "min",
+        "max",
+        "n",
+    ]
     std_row = lines[5].split(",")
     assert float(std_row[3]) == pytest.approx(ap50.std(ddof=0), abs=1e-4)
     assert "std (ddof=0)" in table and "81.90" in table
@@ -403,8 +482,16 @@ def _twenty_class_voc07_test(root: Path) -> None:
         objects = [VocObject(name, 11, 11, 30, 30)]
         if k == 0:
             objects.append(VocObject("dog", 40, 20, 60, 40, difficult=1))  # ignored by the VOC metric
-        (voc / "Annotations" / f"{image_id}.xml").write_text(annotation_xml(
-            "VOC2007", f"{image_id}.jpg", 64, 48, objects, {"database": "test", "annotation": "test", "image": "test"}))
+        (voc / "Annotations" / f"{image_id}.xml").write_text(
+            annotation_xml(
+                "VOC2007",
+                f"{image_id}.jpg",
+                64,
+                48,
+                objects,
+                {"database": "test", "annotation": "test", "image": "test"},
+            )
+        )
     (voc / "ImageSets" / "Main" / "test.txt").write_text("\n".join(ids) + "\n")
 
 
@@ -431,21 +518,30 @@ def test_evaluator_ground_truth_as_predictions_scores_100(tmp_path):
     _twenty_class_voc07_test(tmp_path)
     register_voc_datasets(tmp_path)
     try:
+
         def every_box(a):
             return not (a["category_id"] == 11 and a["bbox"][0] > 30)  # not the difficult dog
+
         every_box.shift = torch.zeros(4)
-        assert _evaluate(every_box) == {"AP50": pytest.approx(100.0), "AP": pytest.approx(100.0),
-                                        "AP75": pytest.approx(100.0)}
+        assert _evaluate(every_box) == {
+            "AP50": pytest.approx(100.0),
+            "AP": pytest.approx(100.0),
+            "AP75": pytest.approx(100.0),
+        }
 
         def all_but_cats(a):
             return every_box(a) and a["category_id"] != 7
+
         all_but_cats.shift = torch.zeros(4)
         assert _evaluate(all_but_cats)["AP50"] == pytest.approx(95.0)  # one class of 20 at AP 0
 
         # Shift by 4 px: IoU = 16*20 / (2*400 - 320) = 0.667, a hit at IoU 0.50..0.65 only (4 of 10 thresholds)
         every_box.shift = torch.tensor([4.0, 0.0, 4.0, 0.0])
-        assert _evaluate(every_box) == {"AP50": pytest.approx(100.0), "AP": pytest.approx(40.0),
-                                        "AP75": pytest.approx(0.0)}
+        assert _evaluate(every_box) == {
+            "AP50": pytest.approx(100.0),
+            "AP": pytest.approx(40.0),
+            "AP75": pytest.approx(0.0),
+        }
     finally:
         register_voc_datasets(os.environ.get("DETECTRON2_DATASETS", "datasets"))
 
@@ -454,8 +550,14 @@ def test_evaluator_ground_truth_as_predictions_scores_100(tmp_path):
 
 
 def _run_cli(args, store_dir, timeout=300):
-    return subprocess.run([sys.executable, str(SCRIPT), *map(str, args)], capture_output=True, text=True,
-                          env=_subprocess_env(store_dir), cwd=REPO, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=_subprocess_env(store_dir),
+        cwd=REPO,
+        timeout=timeout,
+    )
 
 
 def _assert_one_line_error(proc, *fragments):
@@ -469,16 +571,18 @@ def _assert_one_line_error(proc, *fragments):
 
 def test_cli_bad_weights_one_line_error(tmp_path, mini_data_root, capsys):
     missing = tmp_path / "nope.pkl"
-    proc = _run_cli(["--weights", missing, "--dataset-root", mini_data_root, "--output-dir", tmp_path / "o"],
-                    tmp_path / "store")
+    proc = _run_cli(
+        ["--weights", missing, "--dataset-root", mini_data_root, "--output-dir", tmp_path / "o"], tmp_path / "store"
+    )
     _assert_one_line_error(proc, str(missing))
     # in-process too (same cli_main path, no interpreter start-up): a file that is not a pickle
     garbage = tmp_path / "garbage.pkl"
     garbage.write_bytes(b"not a pickle at all")
     capsys.readouterr()
     with pytest.raises(SystemExit) as e:
-        _load_script().main(["--weights", str(garbage), "--dataset-root", str(mini_data_root),
-                          "--output-dir", str(tmp_path / "o")])
+        _load_script().main(
+            ["--weights", str(garbage), "--dataset-root", str(mini_data_root), "--output-dir", str(tmp_path / "o")]
+        )
     err = capsys.readouterr().err.strip()
     assert e.value.code == 2 and "\n" not in err and err.startswith("error: ") and str(garbage) in err
     assert not (tmp_path / "o").exists()
@@ -487,16 +591,34 @@ def test_cli_bad_weights_one_line_error(tmp_path, mini_data_root, capsys):
 def test_cli_bad_dataset_root_one_line_error(tmp_path, random_r50_pkl):
     empty = tmp_path / "empty_root"
     empty.mkdir()
-    proc = _run_cli(["--weights", random_r50_pkl, "--dataset-root", empty, "--output-dir", tmp_path / "o"],
-                    tmp_path / "store")
+    proc = _run_cli(
+        ["--weights", random_r50_pkl, "--dataset-root", empty, "--output-dir", tmp_path / "o"], tmp_path / "store"
+    )
     _assert_one_line_error(proc, "VOC2007")
     assert not (tmp_path / "o").exists()
 
 
 def test_dry_run_checks_and_prints_plan(tmp_path, random_r50_pkl, mini_data_root, store):
     out = tmp_path / "run"
-    proc = _run_cli(["--weights", random_r50_pkl, "--trials", "2", "--output-dir", out, "--dataset-root",
-                     mini_data_root, "--dry-run", "--device", "cpu", "--opts", "SOLVER.IMS_PER_BATCH", "4"], store)
+    proc = _run_cli(
+        [
+            "--weights",
+            random_r50_pkl,
+            "--trials",
+            "2",
+            "--output-dir",
+            out,
+            "--dataset-root",
+            mini_data_root,
+            "--dry-run",
+            "--device",
+            "cpu",
+            "--opts",
+            "SOLVER.IMS_PER_BATCH",
+            "4",
+        ],
+        store,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     log = proc.stdout + proc.stderr
     assert "BASE_LR scaled linearly 0.02 -> 0.005" in log
@@ -505,7 +627,8 @@ def test_dry_run_checks_and_prints_plan(tmp_path, random_r50_pkl, mini_data_root
 
 
 def test_the_weights_recorded_input_normalisation_sets_the_config_or_refuses_a_contradiction(
-        tmp_path, mini_data_root, store):
+    tmp_path, mini_data_root, store
+):
     """Weights converted with --input-norm none (0..1 inputs, no mean/std) train with that normalisation; the
     ImageNet config given explicitly is refused in one line."""
     import torchvision
@@ -514,9 +637,12 @@ def test_the_weights_recorded_input_normalisation_sets_the_config_or_refuses_a_c
     from mocoeval.convert.resnet50 import INPUT_NORMS
 
     pkl = tmp_path / "no_norm.pkl"
-    save_d2_pickle(pkl, torchvision_to_d2(torchvision.models.resnet50().state_dict()),
-                   {"path": "x", "sha256": "1" * 64, "format": "torchvision", "variant": {"name": "simclr"}},
-                   input_norm=INPUT_NORMS["none"])
+    save_d2_pickle(
+        pkl,
+        torchvision_to_d2(torchvision.models.resnet50().state_dict()),
+        {"path": "x", "sha256": "1" * 64, "format": "torchvision", "variant": {"name": "simclr"}},
+        input_norm=INPUT_NORMS["none"],
+    )
     cfg, _ = voc_config.build_config(DEFAULT_VOC_CONFIG, input_settings=input_settings(INPUT_NORMS["none"]))
     assert (cfg.INPUT.FORMAT, list(cfg.MODEL.PIXEL_MEAN), list(cfg.MODEL.PIXEL_STD)) == ("RGB", [0.0] * 3, [255.0] * 3)
     common = ["--weights", pkl, "--trials", "1", "--dataset-root", mini_data_root, "--dry-run", "--device", "cpu"]
@@ -531,8 +657,10 @@ def test_the_weights_recorded_input_normalisation_sets_the_config_or_refuses_a_c
 def test_output_dir_that_is_a_file_is_one_line_error(tmp_path, random_r50_pkl, mini_data_root):
     not_a_dir = tmp_path / "taken"
     not_a_dir.write_text("a file")
-    proc = _run_cli(["--weights", random_r50_pkl, "--dataset-root", mini_data_root, "--output-dir", not_a_dir,
-                     "--device", "cpu"], tmp_path / "store")
+    proc = _run_cli(
+        ["--weights", random_r50_pkl, "--dataset-root", mini_data_root, "--output-dir", not_a_dir, "--device", "cpu"],
+        tmp_path / "store",
+    )
     _assert_one_line_error(proc, f"--output-dir {not_a_dir} exists and is not a directory")
     assert not_a_dir.read_text() == "a file"
 
@@ -559,13 +687,18 @@ def test_branch_scales_reads_every_kind_of_weights_file(tmp_path, random_r50_pkl
     cli = _branch_scales()
     assert cli.branch_scales_of(random_r50_pkl) == pytest.approx({s: 1.0 for s in ("res2", "res3", "res4", "res5")})
     assert cli.branch_scales_of(tmp_path / "tv.pth") == pytest.approx(
-        {"res2": 1.0, "res3": 1.0, "res4": (5 + 0.5) / 6, "res5": 1.0})
+        {"res2": 1.0, "res3": 1.0, "res4": (5 + 0.5) / 6, "res5": 1.0}
+    )
     assert cli.main([str(random_r50_pkl), str(tmp_path / "tv.pth")]) == 0
     assert capsys.readouterr().out.splitlines()[-1].endswith("1.000   1.000   0.917   1.000")
     (tmp_path / "cut.pth").write_bytes((tmp_path / "tv.pth").read_bytes()[:1000])
     (tmp_path / "cut.pkl").write_bytes(random_r50_pkl.read_bytes()[:1000])
-    for bad, message in [("missing.pth", "no such file"), ("cut.pth", "truncated or corrupted PyTorch checkpoint"),
-                         ("cut.pkl", "truncated or corrupted pickle"), ("", "is a directory")]:
+    for bad, message in [
+        ("missing.pth", "no such file"),
+        ("cut.pth", "truncated or corrupted PyTorch checkpoint"),
+        ("cut.pkl", "truncated or corrupted pickle"),
+        ("", "is a directory"),
+    ]:
         with pytest.raises(SystemExit) as e:
             cli.main([str(tmp_path / bad)])
         err = capsys.readouterr().err
@@ -576,8 +709,16 @@ def test_branch_scales_reads_every_kind_of_weights_file(tmp_path, random_r50_pkl
 def test_trials_summary_rerun_kill_resume_and_failure(tmp_path, random_r50_pkl, mini_data_root, store):
     cli = _load_script()
     out = tmp_path / "run"
-    common = ["--weights", str(random_r50_pkl), "--output-dir", str(out), "--dataset-root", str(mini_data_root),
-              "--device", "cpu"]
+    common = [
+        "--weights",
+        str(random_r50_pkl),
+        "--output-dir",
+        str(out),
+        "--dataset-root",
+        str(mini_data_root),
+        "--device",
+        "cpu",
+    ]
 
     # 1. Two trials: metrics per trial, a summary with n=2, one results record.
     assert cli.main([*common, "--trials", "2", "--opts", *TINY_OPTS]) == 0
@@ -590,7 +731,8 @@ def test_trials_summary_rerun_kill_resume_and_failure(tmp_path, random_r50_pkl, 
         assert json.loads((out / f"trial_{i}" / "trial.json").read_text())["seed"] == seed
         # the fine-tuned detector's residual branch scales, as transfer/branch_scales.py reads them from the file
         assert m["residual_branch_scale"] == pytest.approx(
-            _branch_scales().branch_scales_of(out / f"trial_{i}" / "model_final.pth"))
+            _branch_scales().branch_scales_of(out / f"trial_{i}" / "model_final.pth")
+        )
         assert list(m["residual_branch_scale"]) == ["res2", "res3", "res4", "res5"]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["n_trials"] == 2 and summary["metrics"]["AP50"]["n"] == 2 and summary["std_ddof"] == 0
@@ -604,11 +746,19 @@ def test_trials_summary_rerun_kill_resume_and_failure(tmp_path, random_r50_pkl, 
     assert [t["seed"] for t in rec["trials"]] == [0, 1]
 
     # 2. The same command again: both trials skipped, nothing rewritten, no second record.
-    before = {i: ((out / f"trial_{i}" / "metrics.json").read_bytes(),
-                  (out / f"trial_{i}" / "metrics.json").stat().st_mtime_ns) for i in (1, 2)}
+    before = {
+        i: (
+            (out / f"trial_{i}" / "metrics.json").read_bytes(),
+            (out / f"trial_{i}" / "metrics.json").stat().st_mtime_ns,
+        )
+        for i in (1, 2)
+    }
     assert cli.main([*common, "--trials", "2", "--opts", *TINY_OPTS]) == 0
-    assert all(((out / f"trial_{i}" / "metrics.json").read_bytes(),
-                (out / f"trial_{i}" / "metrics.json").stat().st_mtime_ns) == before[i] for i in (1, 2))
+    assert all(
+        ((out / f"trial_{i}" / "metrics.json").read_bytes(), (out / f"trial_{i}" / "metrics.json").stat().st_mtime_ns)
+        == before[i]
+        for i in (1, 2)
+    )
     log = (out / "log.txt").read_text()
     assert "trial 1/2 (seed 0): finished earlier, skipped" in log and "trial 2/2 (seed 1): finished earlier" in log
     assert len(list(store.glob("*_voc_*.json"))) == 1
@@ -621,9 +771,13 @@ def test_trials_summary_rerun_kill_resume_and_failure(tmp_path, random_r50_pkl, 
     # 4. --trials 3, killed after trial 3's first checkpoint (a subprocess, SIGKILL: no clean-up at all).
     t3 = out / "trial_3"
     # The resume point is a timed one (--checkpoint-minutes; the periodic one is at 5,000 iterations).
-    proc = subprocess.Popen([sys.executable, str(SCRIPT), *common, "--trials", "3", "--checkpoint-minutes", "1e-9",
-                             "--opts", *TINY_OPTS],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_subprocess_env(store), cwd=REPO)
+    proc = subprocess.Popen(
+        [sys.executable, str(SCRIPT), *common, "--trials", "3", "--checkpoint-minutes", "1e-9", "--opts", *TINY_OPTS],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=_subprocess_env(store),
+        cwd=REPO,
+    )
     try:
         kill_when(proc, (t3 / "last_checkpoint").exists, "trial 3's checkpoint")
     finally:
@@ -661,17 +815,38 @@ def test_trials_summary_rerun_kill_resume_and_failure(tmp_path, random_r50_pkl, 
 
 
 @pytest.mark.slow
-def test_ctrl_c_saves_the_iteration_and_the_same_command_resumes_from_it(tmp_path, random_r50_pkl, mini_data_root,
-                                                                        store):
+def test_ctrl_c_saves_the_iteration_and_the_same_command_resumes_from_it(
+    tmp_path, random_r50_pkl, mini_data_root, store
+):
     """SIGINT to run_voc.py (as Ctrl-C; no timed resume points): exit 130 with a one-line message naming the
     resume point, and running the same command again resumes right after that iteration and finishes."""
     cli = _load_script()
     out = tmp_path / "run"
     opts = [*TINY_OPTS, "SOLVER.MAX_ITER", "12"]
-    command = ["--weights", str(random_r50_pkl), "--output-dir", str(out), "--dataset-root", str(mini_data_root),
-               "--device", "cpu", "--trials", "1", "--checkpoint-minutes", "0", "--opts", *opts]
-    proc = subprocess.Popen([sys.executable, str(SCRIPT), *command], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True, env=_subprocess_env(store), cwd=REPO)
+    command = [
+        "--weights",
+        str(random_r50_pkl),
+        "--output-dir",
+        str(out),
+        "--dataset-root",
+        str(mini_data_root),
+        "--device",
+        "cpu",
+        "--trials",
+        "1",
+        "--checkpoint-minutes",
+        "0",
+        "--opts",
+        *opts,
+    ]
+    proc = subprocess.Popen(
+        [sys.executable, str(SCRIPT), *command],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_subprocess_env(store),
+        cwd=REPO,
+    )
     trial_log = out / "trial_1" / "log.txt"
     try:
         deadline = time.time() + 600
@@ -697,22 +872,44 @@ def test_ctrl_c_saves_the_iteration_and_the_same_command_resumes_from_it(tmp_pat
     assert not list((out / "trial_1").glob("model_0*.pth"))  # the resume point is pruned with the others
 
 
-
 @pytest.mark.slow
 def test_two_cpu_processes_run_a_trial_through_detectron2s_launcher(tmp_path, random_r50_pkl, mini_data_root, store):
     """--num-gpus 2 --device cpu: two gloo processes (naiveSyncBN synchronised across them), as on 2 GPUs."""
     cli = _load_script()
     out = tmp_path / "run"
-    assert cli.main(["--weights", str(random_r50_pkl), "--output-dir", str(out), "--dataset-root",
-                     str(mini_data_root), "--device", "cpu", "--num-gpus", "2", "--trials", "1",
-                     "--checkpoint-minutes", "0", "--opts", *TINY_OPTS]) == 0
+    assert (
+        cli.main(
+            [
+                "--weights",
+                str(random_r50_pkl),
+                "--output-dir",
+                str(out),
+                "--dataset-root",
+                str(mini_data_root),
+                "--device",
+                "cpu",
+                "--num-gpus",
+                "2",
+                "--trials",
+                "1",
+                "--checkpoint-minutes",
+                "0",
+                "--opts",
+                *TINY_OPTS,
+            ]
+        )
+        == 0
+    )
     m = _metrics(out, 1)
     assert m["world_size"] == 2 and m["iterations"] == 2 and all(0.0 <= m[k] <= 100.0 for k in ("AP50", "AP", "AP75"))
     assert (out / "trial_1" / "log.txt.rank1").exists() and (out / "trial_1" / "model_final.pth").exists()
     # the batch rule's record: TINY_OPTS sets batch 2 and MAX_ITER, so lr, STEPS and WARMUP_ITERS were scaled
     (record,) = store.glob("*_voc_*.json")
     extra = json.loads(record.read_text())["extra"]
-    assert extra["lr_scaled"] == [0.02, pytest.approx(0.0025)] and extra["schedule_scaled"]["WARMUP_ITERS"] == [100, 800]
+    assert extra["lr_scaled"] == [0.02, pytest.approx(0.0025)] and extra["schedule_scaled"]["WARMUP_ITERS"] == [
+        100,
+        800,
+    ]
 
 
 def _children(pid: int) -> list[int]:
@@ -728,9 +925,9 @@ def _children(pid: int) -> list[int]:
 
 
 @pytest.mark.slow
-def test_slurm_path_through_submitits_local_executor_requeues_on_timeout_and_resumes(tmp_path, random_r50_pkl,
-                                                                                    mini_data_root, store,
-                                                                                    monkeypatch):
+def test_slurm_path_through_submitits_local_executor_requeues_on_timeout_and_resumes(
+    tmp_path, random_r50_pkl, mini_data_root, store, monkeypatch
+):
     """--launcher slurm for real, on submitit's local executor (same pickling, job folders, signal handling and
     requeue as on Slurm): the job gets the time-limit signal (USR2, here sent as soon as it has a resume point),
     submitit calls SlurmTrialJob.checkpoint and requeues it, and the requeued job resumes and finishes."""
@@ -755,10 +952,20 @@ def test_slurm_path_through_submitits_local_executor_requeues_on_timeout_and_res
     watcher = threading.Thread(target=send_time_limit_signal, daemon=True)
     watcher.start()
     # time_min 2: submitit counts any signal as the time limit's (it "guarantees" max(0.8 t, t - 10 min))
-    code = voc_run.run(voc_run.RunOptions(
-        weights=str(random_r50_pkl), output_dir=str(out), dataset_root=str(mini_data_root), device="cpu",
-        trials=1, launcher="slurm", slurm_cluster="local", time_min=2, checkpoint_minutes=1e-9,
-        opts=[*TINY_OPTS, "SOLVER.MAX_ITER", "6"]))
+    code = voc_run.run(
+        voc_run.RunOptions(
+            weights=str(random_r50_pkl),
+            output_dir=str(out),
+            dataset_root=str(mini_data_root),
+            device="cpu",
+            trials=1,
+            launcher="slurm",
+            slurm_cluster="local",
+            time_min=2,
+            checkpoint_minutes=1e-9,
+            opts=[*TINY_OPTS, "SOLVER.MAX_ITER", "6"],
+        )
+    )
     watcher.join(timeout=5)
     assert code == 0 and signalled
     m = _metrics(out, 1)

@@ -1,6 +1,7 @@
 """Table 1's supervised row: Detectron2's MSRA Caffe2 R-50.pkl with the official supervised config, and
 torchvision's supervised ResNet-50 with the MoCo config; a config whose input settings contradict the weights
 is refused. The Caffe2 file here is randomly initialised with R-50.pkl's blob names."""
+
 from __future__ import annotations
 
 import json
@@ -11,22 +12,36 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from mocoeval.transfer.detection import modeling as d2_modeling
-from mocoeval.convert.detectron2_weights import (C2_CLASSIFIER, C2_RESNET50_SHAPES, D2_RESNET50_SHAPES, check_input_settings,
-                                                  read_weights)
-from mocoeval.transfer.detection.verify import load_into_detector
-from mocoeval.runtime.errors import UserError
-from mocoeval.transfer.detection import config as voc_config, trial as voc_trial
 from test_run_voc import REPO, TINY_OPTS, _load_script, _subprocess_env
 
-CAFFE2_INPUT = {"FORMAT": "BGR", "PIXEL_MEAN": [103.530, 116.280, 123.675], "PIXEL_STD": [1.0, 1.0, 1.0],
-                "STRIDE_IN_1X1": True}
+from mocoeval.convert.detectron2_weights import (
+    C2_CLASSIFIER,
+    C2_RESNET50_SHAPES,
+    D2_RESNET50_SHAPES,
+    check_input_settings,
+    read_weights,
+)
+from mocoeval.runtime.errors import UserError
+from mocoeval.transfer.detection import config as voc_config
+from mocoeval.transfer.detection import modeling as d2_modeling
+from mocoeval.transfer.detection import trial as voc_trial
+from mocoeval.transfer.detection.verify import load_into_detector
+
+CAFFE2_INPUT = {
+    "FORMAT": "BGR",
+    "PIXEL_MEAN": [103.530, 116.280, 123.675],
+    "PIXEL_STD": [1.0, 1.0, 1.0],
+    "STRIDE_IN_1X1": True,
+}
 
 
 def _inputs(cfg) -> dict:
-    return {"FORMAT": cfg.INPUT.FORMAT, "PIXEL_MEAN": list(cfg.MODEL.PIXEL_MEAN),
-            "PIXEL_STD": list(cfg.MODEL.PIXEL_STD), "STRIDE_IN_1X1": cfg.MODEL.RESNETS.STRIDE_IN_1X1}
+    return {
+        "FORMAT": cfg.INPUT.FORMAT,
+        "PIXEL_MEAN": list(cfg.MODEL.PIXEL_MEAN),
+        "PIXEL_STD": list(cfg.MODEL.PIXEL_STD),
+        "STRIDE_IN_1X1": cfg.MODEL.RESNETS.STRIDE_IN_1X1,
+    }
 
 
 def _caffe2_blobs(seed: int = 0) -> dict:
@@ -62,16 +77,27 @@ def test_supervised_config_pins_the_official_constants():
     assert tuple(cfg.INPUT.MIN_SIZE_TRAIN) == tuple(range(480, 801, 32)) and cfg.INPUT.MIN_SIZE_TEST == 800
     assert tuple(cfg.DATASETS.TRAIN) == ("voc_2007_trainval", "voc_2012_trainval")
     assert tuple(cfg.DATASETS.TEST) == ("voc_2007_test",)
-    assert (cfg.SOLVER.IMS_PER_BATCH, cfg.SOLVER.BASE_LR, tuple(cfg.SOLVER.STEPS), cfg.SOLVER.MAX_ITER,
-            cfg.SOLVER.WARMUP_ITERS) == (16, 0.02, (18000, 22000), 24000, 100)
+    assert (
+        cfg.SOLVER.IMS_PER_BATCH,
+        cfg.SOLVER.BASE_LR,
+        tuple(cfg.SOLVER.STEPS),
+        cfg.SOLVER.MAX_ITER,
+        cfg.SOLVER.WARMUP_ITERS,
+    ) == (16, 0.02, (18000, 22000), 24000, 100)
     # the MoCo config is this one plus exactly the four input overrides
     moco = d2_modeling.load_config(d2_modeling.DEFAULT_VOC_CONFIG)
-    for key, value in [("INPUT.FORMAT", "RGB"), ("MODEL.PIXEL_MEAN", [123.675, 116.280, 103.530]),
-                       ("MODEL.PIXEL_STD", [58.395, 57.120, 57.375]), ("MODEL.RESNETS.STRIDE_IN_1X1", False)]:
+    for key, value in [
+        ("INPUT.FORMAT", "RGB"),
+        ("MODEL.PIXEL_MEAN", [123.675, 116.280, 103.530]),
+        ("MODEL.PIXEL_STD", [58.395, 57.120, 57.375]),
+        ("MODEL.RESNETS.STRIDE_IN_1X1", False),
+    ]:
         cfg.merge_from_list([key, value])
     assert cfg.dump() == moco.dump()
-    assert d2_modeling.VOC_CONFIG_FOR_LAYOUT == {"torchvision": d2_modeling.DEFAULT_VOC_CONFIG,
-                                                 "caffe2": d2_modeling.SUPERVISED_VOC_CONFIG}
+    assert d2_modeling.VOC_CONFIG_FOR_LAYOUT == {
+        "torchvision": d2_modeling.DEFAULT_VOC_CONFIG,
+        "caffe2": d2_modeling.SUPERVISED_VOC_CONFIG,
+    }
 
 
 def test_caffe2_names_are_what_detectron2_renames_to_the_r50():
@@ -79,8 +105,16 @@ def test_caffe2_names_are_what_detectron2_renames_to_the_r50():
 
     names = list(C2_RESNET50_SHAPES)
     assert len(names) == 53 + 53 * 2  # 53 convs, 53 frozen BNs as scale + bias
-    assert {"conv1_w", "res_conv1_bn_s", "res_conv1_bn_b", "res2_0_branch2a_w", "res2_0_branch2a_bn_s",
-            "res2_0_branch1_w", "res2_0_branch1_bn_b", "res5_2_branch2c_bn_s"} <= set(names)
+    assert {
+        "conv1_w",
+        "res_conv1_bn_s",
+        "res_conv1_bn_b",
+        "res2_0_branch2a_w",
+        "res2_0_branch2a_bn_s",
+        "res2_0_branch1_w",
+        "res2_0_branch1_bn_b",
+        "res5_2_branch2c_bn_s",
+    } <= set(names)
     renamed = dict(zip(names, convert_basic_c2_names(names)))
     assert set(renamed.values()) == {k for k in D2_RESNET50_SHAPES if not k.endswith(("running_mean", "running_var"))}
     assert all(C2_RESNET50_SHAPES[c2] == D2_RESNET50_SHAPES[d2] for c2, d2 in renamed.items())
@@ -126,8 +160,9 @@ def test_incomplete_caffe2_pkl_refused(tmp_path):
         voc_trial.check_weights(path)
 
 
-@pytest.mark.parametrize("layout, config", [("caffe2", d2_modeling.DEFAULT_VOC_CONFIG),
-                                            ("torchvision", d2_modeling.SUPERVISED_VOC_CONFIG)])
+@pytest.mark.parametrize(
+    "layout, config", [("caffe2", d2_modeling.DEFAULT_VOC_CONFIG), ("torchvision", d2_modeling.SUPERVISED_VOC_CONFIG)]
+)
 def test_config_contradicting_the_layout_refused(layout, config):
     cfg, _ = voc_config.build_config(config, [], device="cpu")
     with pytest.raises(UserError) as e:
@@ -168,9 +203,22 @@ def store(tmp_path, monkeypatch):
 
 def _dry_run(*args, store) -> str:
     """run_voc.py --dry-run in its own process (Detectron2 caches its loggers' streams per process): its output."""
-    proc = subprocess.run([sys.executable, str(REPO / "transfer" / "run_voc.py"), *map(str, args), "--trials", "1",
-                           "--dry-run", "--device", "cpu"], capture_output=True, text=True,
-                          env=_subprocess_env(store), timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "transfer" / "run_voc.py"),
+            *map(str, args),
+            "--trials",
+            "1",
+            "--dry-run",
+            "--device",
+            "cpu",
+        ],
+        capture_output=True,
+        text=True,
+        env=_subprocess_env(store),
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     return proc.stdout + proc.stderr
 
@@ -187,20 +235,44 @@ def test_torchvision_supervised_keeps_the_moco_config(tmp_path, random_r50_pkl, 
     weights = voc_trial.check_weights(random_r50_pkl, "supervised")
     assert weights.layout == "torchvision" and weights.variant["name"] == "supervised"
     out = tmp_path / "run"
-    log = _dry_run("--weights", random_r50_pkl, "--variant", "supervised", "--output-dir", out,
-                   "--dataset-root", mini_data_root, store=store)
+    log = _dry_run(
+        "--weights",
+        random_r50_pkl,
+        "--variant",
+        "supervised",
+        "--output-dir",
+        out,
+        "--dataset-root",
+        mini_data_root,
+        store=store,
+    )
     assert not out.exists()
     assert f"variant supervised, config {d2_modeling.DEFAULT_VOC_CONFIG} (hash" in log
     assert "BN running statistics" not in log
 
 
 @pytest.mark.slow
-def test_caffe2_weights_train_two_iterations_and_record_the_supervised_row(tmp_path, caffe2_pkl, mini_data_root,
-                                                                           store):
+def test_caffe2_weights_train_two_iterations_and_record_the_supervised_row(tmp_path, caffe2_pkl, mini_data_root, store):
     out = tmp_path / "run"
-    assert _load_script().main(["--weights", str(caffe2_pkl), "--trials", "1", "--output-dir", str(out),
-                                "--dataset-root", str(mini_data_root), "--device", "cpu",
-                                "--opts", *TINY_OPTS]) == 0
+    assert (
+        _load_script().main(
+            [
+                "--weights",
+                str(caffe2_pkl),
+                "--trials",
+                "1",
+                "--output-dir",
+                str(out),
+                "--dataset-root",
+                str(mini_data_root),
+                "--device",
+                "cpu",
+                "--opts",
+                *TINY_OPTS,
+            ]
+        )
+        == 0
+    )
     config = (out / "trial_1" / "config.yaml").read_text()
     assert "FORMAT: BGR" in config and "STRIDE_IN_1X1: true" in config
     records = [json.loads(p.read_text()) for p in store.glob("*.json")]

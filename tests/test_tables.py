@@ -1,4 +1,5 @@
 """Ablation tables and plots from fixture run records (results/make_tables.py, mocoeval.results.tables)."""
+
 from __future__ import annotations
 
 import csv
@@ -12,11 +13,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mocoeval.results import paper as paper_numbers
-from mocoeval.results import statistics
 from mocoeval.results import identity as protocol_identity
+from mocoeval.results import paper as paper_numbers
 from mocoeval.results import rows as table_rows
-from mocoeval.results import tables
+from mocoeval.results import statistics, tables
 from mocoeval.results.store import REPO_ROOT, load_records, pretrain_variant, special_variant, write_run_record
 from mocoeval.runtime.errors import UserError
 from mocoeval.runtime.fileio import atomic_write_json
@@ -26,17 +26,32 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 # The variants as records carry them (dicts: the tests spread and edit them).
 V1 = pretrain_variant(dict(mlp=False, aug_plus=False, cos=False, epochs=200, moco_t=0.07)).to_record()
 A = pretrain_variant(dict(mlp=True, aug_plus=False, cos=False, epochs=200, moco_t=0.2)).to_record()
-D = pretrain_variant(dict(mlp=True, aug_plus=True, cos=True, epochs=200, batch_size=256, moco_k=65536,
-                          moco_t=0.2, moco_m=0.999)).to_record()
-K4096 = pretrain_variant(dict(mlp=True, aug_plus=True, cos=True, epochs=200, moco_k=4096),
-                         name="k4096").to_record()
-TAU = pretrain_variant(dict(mlp=True, aug_plus=False, cos=False, epochs=200, moco_t=0.07),
-                       name="tau0.07").to_record()
+D = pretrain_variant(
+    dict(mlp=True, aug_plus=True, cos=True, epochs=200, batch_size=256, moco_k=65536, moco_t=0.2, moco_m=0.999)
+).to_record()
+K4096 = pretrain_variant(dict(mlp=True, aug_plus=True, cos=True, epochs=200, moco_k=4096), name="k4096").to_record()
+TAU = pretrain_variant(dict(mlp=True, aug_plus=False, cos=False, epochs=200, moco_t=0.07), name="tau0.07").to_record()
 SUP, RAND = special_variant("supervised").to_record(), special_variant("random-init").to_record()
 # run_linear.py's argparse values under the official protocol (with the result-neutral keys a record carries).
-LINEAR_CONFIG = dict(epochs=100, lr=30.0, schedule=[60, 80], batch_size=256, image_size=224, feature_norm=False,
-                     weight_decay=0.0, momentum=0.9, precision="fp32", data="/data/imagenet", output_dir="out",
-                     workers=4, print_freq=10, resume=None, device="cuda", seed=0, channels_last=False)
+LINEAR_CONFIG = dict(
+    epochs=100,
+    lr=30.0,
+    schedule=[60, 80],
+    batch_size=256,
+    image_size=224,
+    feature_norm=False,
+    weight_decay=0.0,
+    momentum=0.9,
+    precision="fp32",
+    data="/data/imagenet",
+    output_dir="out",
+    workers=4,
+    print_freq=10,
+    resume=None,
+    device="cuda",
+    seed=0,
+    channels_last=False,
+)
 
 
 class Store:
@@ -52,8 +67,17 @@ class Store:
             config = LINEAR_CONFIG
         if stage == "voc" and config_hash is None:
             config_hash = protocol_identity.official_config_hash(variant["name"])
-        path = write_run_record(stage, variant=variant, metrics=metrics or {}, source_sha256=sha, trials=trials,
-                                store_dir=self.root, extra=extra, config=config, config_hash=config_hash)
+        path = write_run_record(
+            stage,
+            variant=variant,
+            metrics=metrics or {},
+            source_sha256=sha,
+            trials=trials,
+            store_dir=self.root,
+            extra=extra,
+            config=config,
+            config_hash=config_hash,
+        )
         rec = json.loads(path.read_text())
         self.n += 1
         rec["date"] = f"2025-01-01T00:{self.n // 60:02d}:{self.n % 60:02d}+00:00"
@@ -63,8 +87,10 @@ class Store:
     def voc(self, variant, sha, *aps, seeds=None, opts=None):
         """A VOC record; `opts` (Detectron2 KEY VALUE list) builds its config as run_voc.py's --opts would."""
         seeds = seeds if seeds is not None else range(len(aps))
-        trials = [{"trial": i, "seed": s, "AP50": ap[0], "AP": ap[1], "AP75": ap[2]}
-                  for i, (s, ap) in enumerate(zip(seeds, aps))]
+        trials = [
+            {"trial": i, "seed": s, "AP50": ap[0], "AP": ap[1], "AP75": ap[2]}
+            for i, (s, ap) in enumerate(zip(seeds, aps))
+        ]
         config = config_hash = None
         if opts is not None:
             from mocoeval.transfer.detection import config as voc_config
@@ -140,8 +166,10 @@ def test_csv_columns_and_values(store, tmp_path):
     build(store, tmp_path / "out")
     text = (tmp_path / "out" / "ablation.csv").read_text()
     lines = list(csv.DictReader(io.StringIO(text)))
-    assert text.splitlines()[0] == ("case,mlp,aug_plus,cos,epochs,extensions,linear_protocol,voc_protocol,linear_top1,"
-                                    "linear_best_top1,AP50_mean,AP50_std,AP_mean,AP_std,AP75_mean,AP75_std,n_trials")
+    assert text.splitlines()[0] == (
+        "case,mlp,aug_plus,cos,epochs,extensions,linear_protocol,voc_protocol,linear_top1,"
+        "linear_best_top1,AP50_mean,AP50_std,AP_mean,AP_std,AP75_mean,AP75_std,n_trials"
+    )
     assert [ln["case"] for ln in lines] == ["random-init", "supervised", "moco_v1", "a", "d", "k4096", "tau0.07"]
     d = lines[4]
     assert (d["mlp"], d["aug_plus"], d["cos"], d["epochs"], d["n_trials"]) == ("True", "True", "True", "200", "5")
@@ -163,16 +191,31 @@ def test_comparison_with_paper_numbers(store, tmp_path):
     assert lines[0].startswith("| case | epochs (paper) | epochs (ours) | ImageNet acc. paper | ImageNet acc. ours |")
     # Every published case appears in table order; ours "—" where we have nothing.
     assert [ln.split(" | ")[0][2:] for ln in lines[2:]] == [
-        "random init", "supervised", "MoCo v1", "(a)", "(b)", "(c)", "(d)", "(e)"]
+        "random init",
+        "supervised",
+        "MoCo v1",
+        "(a)",
+        "(b)",
+        "(c)",
+        "(d)",
+        "(e)",
+    ]
     assert "| random init |  |  | — | — | — | 60.2 | 60.2 | +0.0 | 33.8 | 33.8 | +0.0 | 33.1 | 33.1 | +0.0 |" in lines
-    assert "| supervised |  |  | 76.5 | 76.1 | -0.4 | 81.3 | 81.4 | +0.1 | 53.5 | 53.4 | -0.1 | 58.8 | 58.8 | +0.0 |" in lines
+    assert (
+        "| supervised |  |  | 76.5 | 76.1 | -0.4 | 81.3 | 81.4 | +0.1 | 53.5 | 53.4 | -0.1 | 58.8 | 58.8 | +0.0 |"
+        in lines
+    )
     # Noise marks (rows with a published spread), by hand: s = ± * sqrt(5/4), bound = t(0.975, 4) * s *
     # sqrt(1/n + 1/5) with t(0.975, 4) = 2.7764: (a), n 2: AP50/AP 0.519, AP75 1.039; (d), n 5: AP50/AP 0.393,
     # AP75 0.785, linear (± 0.1, n 2) 0.260; MoCo v1 linear (± 0.2, n 1) 0.680.
-    assert ("| (a) | 200 | 200 | 66.2 | — | — | 82.0 | 81.9 | -0.1 (within noise) | 56.4 | 53.8 | -2.6 (beyond noise) "
-            "| 62.6 | 60.5 | -2.1 (beyond noise) |") in lines
-    assert ("| (d) | 200 | 200 | 67.5 | 67.6 | +0.1 (within noise) | 82.4 | 82.4 | +0.0 (within noise) | 57.0 | 57.2 "
-            "| +0.2 (within noise) | 63.6 | 63.6 | +0.0 (within noise) |") in lines
+    assert (
+        "| (a) | 200 | 200 | 66.2 | — | — | 82.0 | 81.9 | -0.1 (within noise) | 56.4 | 53.8 | -2.6 (beyond noise) "
+        "| 62.6 | 60.5 | -2.1 (beyond noise) |"
+    ) in lines
+    assert (
+        "| (d) | 200 | 200 | 67.5 | 67.6 | +0.1 (within noise) | 82.4 | 82.4 | +0.0 (within noise) | 57.0 | 57.2 "
+        "| +0.2 (within noise) | 63.6 | 63.6 | +0.0 (within noise) |"
+    ) in lines
     assert "| MoCo v1 | 200 | 200 | 60.6 | 60.6 | +0.0 (within noise) | 81.5 | — | — |" in md
     assert "| (e) | 800 |  | 71.1 | — | — | 82.5 | — | — | 57.4 | — | — | 64.0 | — | — |" in lines
     noise = comp.set_index("case")[["AP50_within_noise", "AP_within_noise", "linear_top1_within_noise"]]
@@ -194,16 +237,41 @@ def test_no_supervised_row_means_no_gaps(store):
     store.add("linear", D, "d" * 64, {"top1": 67.25})
     rows = table_rows.collect_rows(load_records(store.root))
     assert tables.render_markdown_table(table_rows.ablation_frame(rows)).splitlines()[2] == (
-        "| (d) | ✓ | ✓ | ✓ | 200 | 67.2 | 82.0 (1) | 57.0 (1) | 63.0 (1) |")
+        "| (d) | ✓ | ✓ | ✓ | 200 | 67.2 | 82.0 (1) | 57.0 (1) | 63.0 (1) |"
+    )
 
 
 def test_row_order_is_fixed():
-    keys = [table_rows.VariantKey(c, None, None, None, e) for c, e in
-            [("zeta", 1), ("e", 800), ("a", 200), ("supervised", None), ("d", 200), ("alpha", 5), ("moco_v1", 200),
-             ("c", 200), ("random-init", None), ("d", 100), ("b", 200)]]
+    keys = [
+        table_rows.VariantKey(c, None, None, None, e)
+        for c, e in [
+            ("zeta", 1),
+            ("e", 800),
+            ("a", 200),
+            ("supervised", None),
+            ("d", 200),
+            ("alpha", 5),
+            ("moco_v1", 200),
+            ("c", 200),
+            ("random-init", None),
+            ("d", 100),
+            ("b", 200),
+        ]
+    ]
     ordered = [(k.case, k.epochs) for k in sorted(keys, key=table_rows.VariantKey.sort_key)]
-    assert ordered == [("random-init", None), ("supervised", None), ("moco_v1", 200), ("a", 200), ("b", 200),
-                       ("c", 200), ("d", 100), ("d", 200), ("e", 800), ("alpha", 5), ("zeta", 1)]
+    assert ordered == [
+        ("random-init", None),
+        ("supervised", None),
+        ("moco_v1", 200),
+        ("a", 200),
+        ("b", 200),
+        ("c", 200),
+        ("d", 100),
+        ("d", 200),
+        ("e", 800),
+        ("alpha", 5),
+        ("zeta", 1),
+    ]
 
 
 def test_pretrain_variant_wins_for_a_source(store):
@@ -242,10 +310,14 @@ def test_extensions_get_their_own_rows_not_compared_with_the_paper(store, tmp_pa
         tables.build_outputs(store.root, tmp_path / "out")
     with open(tmp_path / "out" / "ablation.csv", newline="") as f:
         lines = [(r["case"], r["extensions"], r["linear_top1"], r["AP50_mean"]) for r in csv.DictReader(f)]
-    assert lines == [("random-init", "", "", "22"), ("random-init", "residual_bn_init 0.1", "", "20"),
-                     ("d", "", "67", "82"), ("d", "residual_bn_init 0.1", "61", "8"),
-                     ("d", "residual_bn_init 0.1, residual_bn_ramp 6-16", "63", ""),
-                     ("d", "warmup_epochs 5", "68", "")]
+    assert lines == [
+        ("random-init", "", "", "22"),
+        ("random-init", "residual_bn_init 0.1", "", "20"),
+        ("d", "", "67", "82"),
+        ("d", "residual_bn_init 0.1", "61", "8"),
+        ("d", "residual_bn_init 0.1, residual_bn_ramp 6-16", "63", ""),
+        ("d", "warmup_epochs 5", "68", ""),
+    ]
     md = (tmp_path / "out" / "ablation.md").read_text()
     assert "| random init [residual_bn_init 0.1] |" in md
     assert "| (d) [warmup_epochs 5] | ✓ | ✓ | ✓ | 200 | 68.0 |" in md
@@ -277,13 +349,21 @@ def test_voc_short_check_gets_its_own_row_and_leaves_the_full_one_unchanged(stor
 
 def test_linear_short_probe_does_not_replace_the_full_one(store):
     store.add("linear", D, "d" * 64, {"top1": 60.0})
-    store.add("linear", D, "d" * 64, {"top1": 67.4, "best_top1": 67.6},  # same protocol: replaces the 60.0
-              config={**LINEAR_CONFIG, "workers": 1, "output_dir": "elsewhere", "seed": 3, "lr": 30})
-    store.add("linear", D, "d" * 64, {"top1": 40.0},
-              config={**LINEAR_CONFIG, "epochs": 10, "lr": 0.01, "feature_norm": True})
+    store.add(
+        "linear",
+        D,
+        "d" * 64,
+        {"top1": 67.4, "best_top1": 67.6},  # same protocol: replaces the 60.0
+        config={**LINEAR_CONFIG, "workers": 1, "output_dir": "elsewhere", "seed": 3, "lr": 30},
+    )
+    store.add(
+        "linear", D, "d" * 64, {"top1": 40.0}, config={**LINEAR_CONFIG, "epochs": 10, "lr": 0.01, "feature_norm": True}
+    )
     rows = _rows(store)
     assert [(r.label, r.linear_values) for r in rows] == [
-        ("(d)", [67.4]), ("(d) [linear: 10 ep, lr 0.01, feature-norm]", [40.0])]
+        ("(d)", [67.4]),
+        ("(d) [linear: 10 ep, lr 0.01, feature-norm]", [40.0]),
+    ]
     assert [r.official for r in rows] == [True, False]
 
 
@@ -296,12 +376,19 @@ def test_source_with_one_identity_per_stage_is_one_row_and_sources_pool_by_ident
     store.add("linear", D, "s" * 64, {"top1": 67.0})  # official: a row of its own
     rows = _rows(store)
     assert [(r.label, sorted(r.linear_values), len(r.trials)) for r in rows] == [
-        ("(d)", [67.0], 0), ("(d) [linear: 10 ep; VOC: MAX_ITER 200]", [50.0, 52.0], 2)]
+        ("(d)", [67.0], 0),
+        ("(d) [linear: 10 ep; VOC: MAX_ITER 200]", [50.0, 52.0], 2),
+    ]
 
 
 def test_labels_show_three_departures_the_notes_and_csv_all(store, tmp_path):
-    store.add("linear", D, "d" * 64, {"top1": 40.0, "best_top1": 41.5, "num_classes": 20},
-              config={**LINEAR_CONFIG, "epochs": 10, "lr": 0.01, "feature_norm": True, "image_size": 64})
+    store.add(
+        "linear",
+        D,
+        "d" * 64,
+        {"top1": 40.0, "best_top1": 41.5, "num_classes": 20},
+        config={**LINEAR_CONFIG, "epochs": 10, "lr": 0.01, "feature_norm": True, "image_size": 64},
+    )
     tables.build_outputs(store.root, tmp_path / "out", plots=False)
     md = (tmp_path / "out" / "ablation.md").read_text()
     assert "| (d) [linear: 10 ep, lr 0.01, feature-norm, +2 more] | ✓ | ✓ | ✓ | 200 | 40.0 |" in md
@@ -316,8 +403,7 @@ def test_labels_show_three_departures_the_notes_and_csv_all(store, tmp_path):
 
 def test_records_without_a_protocol_are_labelled_unknown(store):
     store.add("linear", D, "d" * 64, {"top1": 67.0}, config={})  # write_run_record stores no empty config
-    store.add("voc", D, "d" * 64, trials=[{"seed": 0, "AP50": 80.0, "AP": 50.0, "AP75": 55.0}],
-              config_hash="")
+    store.add("voc", D, "d" * 64, trials=[{"seed": 0, "AP50": 80.0, "AP": 50.0, "AP75": 55.0}], config_hash="")
     assert [r.label for r in _rows(store)] == ["(d) [linear: protocol unknown; VOC: config unknown]"]
 
 
@@ -382,8 +468,10 @@ def test_latex_table(store, tmp_path):
     store.add("linear", pretrain_variant(dict(epochs=10), name="my_run&co"), "m" * 64, {"top1": 1.0})
     build(store, tmp_path / "out")
     tex = (tmp_path / "out" / "ablation.tex").read_text()
-    assert ("(d) & \\checkmark & \\checkmark & \\checkmark & 200 & 67.6 $\\pm$ 0.2 (2) & "
-            "82.4 $\\pm$ 0.3 (5) \\textcolor{green!50!black}{(+1.0)} & ") in tex
+    assert (
+        "(d) & \\checkmark & \\checkmark & \\checkmark & 200 & 67.6 $\\pm$ 0.2 (2) & "
+        "82.4 $\\pm$ 0.3 (5) \\textcolor{green!50!black}{(+1.0)} & "
+    ) in tex
     assert "60.2 (1) ($-$21.2)" in tex
     assert "53.8 $\\pm$ 0.1 (2) (+0.4) &" in tex  # below +0.5: not coloured
     assert "my\\_run\\&co &  &  &  & 10 & 1.0 & -- & -- & -- \\\\" in tex
@@ -392,9 +480,14 @@ def test_latex_table(store, tmp_path):
 
 # Published numbers (protocol.md, "Published numbers"): case -> (linear top-1, AP50, AP, AP75).
 PROTOCOL_TABLE1 = {
-    "random-init": (None, 60.2, 33.8, 33.1), "supervised": (76.5, 81.3, 53.5, 58.8),
-    "moco_v1": (60.6, 81.5, 55.9, 62.6), "a": (66.2, 82.0, 56.4, 62.6), "b": (63.4, 82.2, 56.8, 63.2),
-    "c": (67.3, 82.5, 57.2, 63.9), "d": (67.5, 82.4, 57.0, 63.6), "e": (71.1, 82.5, 57.4, 64.0),
+    "random-init": (None, 60.2, 33.8, 33.1),
+    "supervised": (76.5, 81.3, 53.5, 58.8),
+    "moco_v1": (60.6, 81.5, 55.9, 62.6),
+    "a": (66.2, 82.0, 56.4, 62.6),
+    "b": (63.4, 82.2, 56.8, 63.2),
+    "c": (67.3, 82.5, 57.2, 63.9),
+    "d": (67.5, 82.4, 57.0, 63.6),
+    "e": (71.1, 82.5, 57.4, 64.0),
 }
 
 
@@ -409,7 +502,11 @@ def test_paper_numbers_csv_matches_protocol():
         assert got == expected, case
     assert "MoCo v1" in by_case["random-init"]["source"] and "Table 1" in by_case["d"]["source"]
     assert (by_case["d"]["mlp"], by_case["d"]["aug_plus"], by_case["d"]["cos"], by_case["d"]["epochs"]) == (
-        True, True, True, 200)
+        True,
+        True,
+        True,
+        200,
+    )
     assert by_case["e"]["epochs"] == 800
     labels = dict(zip(paper["label"], zip(paper["AP50"], paper["AP"], paper["AP75"])))
     assert labels["MoCo IG-1B"] == (82.2, 57.2, 63.7)
@@ -418,14 +515,33 @@ def test_paper_numbers_csv_matches_protocol():
     assert tuple(v1_sup[["AP50", "AP", "AP75"]].iloc[0]) == (81.3, 53.5, 58.8)
     linear = dict(zip(paper["label"], paper["linear_top1"]))
     assert [linear[f"w/o MLP tau {t}"] for t in ("0.07", "0.1", "0.2", "0.3", "0.4", "0.5")] == [
-        60.6, 60.7, 59.0, 58.2, 57.2, 56.4]
+        60.6,
+        60.7,
+        59.0,
+        58.2,
+        57.2,
+        56.4,
+    ]
     assert [linear[f"w/ MLP tau {t}"] for t in ("0.07", "0.1", "0.2", "0.3", "0.4", "0.5")] == [
-        62.9, 64.9, 66.2, 65.7, 65.0, 64.3]
+        62.9,
+        64.9,
+        66.2,
+        65.7,
+        65.0,
+        64.3,
+    ]
     assert [linear[f"momentum {m}"] for m in ("0.9", "0.99", "0.999", "0.9999")] == [55.2, 57.8, 59.0, 58.9]
-    assert (linear["SimCLR 200 ep batch 256"], linear["SimCLR 200 ep batch 8192"],
-            linear["SimCLR 1000 ep batch 4096"], linear["MoCo v2 800 ep"]) == (61.9, 66.6, 69.3, 71.1)
-    assert (linear["moco_v1_200ep_pretrain.pth.tar"], linear["moco_v2_200ep_pretrain.pth.tar"],
-            linear["moco_v2_800ep_pretrain.pth.tar"]) == (60.6, 67.7, 71.1)
+    assert (
+        linear["SimCLR 200 ep batch 256"],
+        linear["SimCLR 200 ep batch 8192"],
+        linear["SimCLR 1000 ep batch 4096"],
+        linear["MoCo v2 800 ep"],
+    ) == (61.9, 66.6, 69.3, 71.1)
+    assert (
+        linear["moco_v1_200ep_pretrain.pth.tar"],
+        linear["moco_v2_200ep_pretrain.pth.tar"],
+        linear["moco_v2_800ep_pretrain.pth.tar"],
+    ) == (60.6, 67.7, 71.1)
 
 
 def test_bad_paper_numbers_file_is_a_user_error(tmp_path):
@@ -486,8 +602,10 @@ def coco_configs(tmp_path, monkeypatch):
     for path in (REPO_ROOT / "configs").glob("*.yaml"):  # the VOC ones and their base
         (configs / path.name).write_text(path.read_text())
     for name in ("coco_R_50_C4_2x.yaml", "coco_R_50_C4_2x_moco.yaml"):
-        (configs / name).write_text('_BASE_: "Base-RCNN-C4-BN.yaml"\nMODEL:\n  MASK_ON: True\n'
-                                    + ("  PIXEL_STD: [58.395, 57.120, 57.375]\n" if "moco" in name else ""))
+        (configs / name).write_text(
+            '_BASE_: "Base-RCNN-C4-BN.yaml"\nMODEL:\n  MASK_ON: True\n'
+            + ("  PIXEL_STD: [58.395, 57.120, 57.375]\n" if "moco" in name else "")
+        )
     monkeypatch.setattr(protocol_identity, "CONFIG_DIR", configs)
     protocol_identity._official_detection.cache_clear()
     yield configs
@@ -497,8 +615,19 @@ def coco_configs(tmp_path, monkeypatch):
 def _coco(store, variant, sha, *aps, seeds=None, config_hash=None):
     """A COCO record: per trial (box AP, mask AP); the other four metrics derived from them."""
     seeds = seeds if seeds is not None else range(len(aps))
-    trials = [{"trial": i, "seed": s, "box_AP": b, "box_AP50": b + 20, "box_AP75": b + 2, "mask_AP": m,
-               "mask_AP50": m + 20, "mask_AP75": m + 1} for i, (s, (b, m)) in enumerate(zip(seeds, aps))]
+    trials = [
+        {
+            "trial": i,
+            "seed": s,
+            "box_AP": b,
+            "box_AP50": b + 20,
+            "box_AP75": b + 2,
+            "mask_AP": m,
+            "mask_AP50": m + 20,
+            "mask_AP75": m + 1,
+        }
+        for i, (s, (b, m)) in enumerate(zip(seeds, aps))
+    ]
     h = config_hash or protocol_identity.official_config_hash(variant["name"], "coco")
     return store.add("coco", variant, sha, {}, trials=trials, config_hash=h)
 
@@ -511,11 +640,14 @@ def test_coco_records_get_their_own_table_and_columns(store, coco_configs, tmp_p
     _coco(store, SUP, "s" * 64, (40.0, 34.0))
     rows = table_rows.collect_rows(load_records(store.root))
     assert [(r.key.case, r.official, len(r.trials), len(r.coco_trials)) for r in rows] == [
-        ("supervised", True, 0, 1), ("d", True, 1, 3)]
+        ("supervised", True, 0, 1),
+        ("d", True, 1, 3),
+    ]
     frame = table_rows.ablation_frame(rows)
     d = frame.iloc[1]
     assert (d["box_AP_mean"], d["box_AP_n"], d["mask_AP_mean"], d["coco_n_trials"]) == pytest.approx(
-        (125 / 3, 3, 110 / 3, 3))
+        (125 / 3, 3, 110 / 3, 3)
+    )
     assert d["box_AP_std"] == pytest.approx(math.sqrt(14 / 9))  # population std of 40, 42, 43
 
     tables.build_outputs(store.root, tmp_path / "out", plots=False)

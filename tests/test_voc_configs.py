@@ -1,5 +1,6 @@
 """Every value of the three detection configs against the protocol (protocol.md, "VOC detection fine-tuning":
 the official MoCo detection configs, facebookresearch/moco detection/configs/)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -115,8 +116,11 @@ def _get(cfg, dotted: str):
     return node
 
 
-@pytest.mark.parametrize("path, expected", [(BASE, BASE_VALUES), (VOC_24K, VOC_24K_VALUES),
-                                            (VOC_24K_MOCO, VOC_24K_MOCO_VALUES)], ids=lambda x: getattr(x, "name", ""))
+@pytest.mark.parametrize(
+    "path, expected",
+    [(BASE, BASE_VALUES), (VOC_24K, VOC_24K_VALUES), (VOC_24K_MOCO, VOC_24K_MOCO_VALUES)],
+    ids=lambda x: getattr(x, "name", ""),
+)
 def test_yaml_sets_exactly_the_official_values(path, expected):
     raw = _flatten(yaml.safe_load(path.read_text()))
     assert raw == expected

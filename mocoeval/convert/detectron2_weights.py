@@ -10,16 +10,26 @@ The other layout `run_voc.py` accepts is Detectron's Caffe2 one (the MSRA ``R-50
 baseline): ``{'blobs': {conv1_w, res_conv1_bn_s, res2_0_branch2a_w, ...}}``, frozen BN as scale/bias only,
 BGR input with std 1 and the stride in the 1x1 conv; Detectron2 reads it as "Caffe2" and renames it.
 """
+
 from __future__ import annotations
 
 import pickle
 import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
-from mocoeval.convert.resnet50 import IMAGENET_PIXEL_MEAN, IMAGENET_PIXEL_STD, INPUT_NORMS, NUM_BN, NUM_CONV, RESNET50_SHAPES, first_few
+from mocoeval.convert.resnet50 import (
+    IMAGENET_PIXEL_MEAN,
+    IMAGENET_PIXEL_STD,
+    INPUT_NORMS,
+    NUM_BN,
+    NUM_CONV,
+    RESNET50_SHAPES,
+    first_few,
+)
 from mocoeval.runtime.errors import UserError
 from mocoeval.runtime.fileio import atomic_write
 
@@ -33,7 +43,10 @@ _RULES = [
     (re.compile(r"^layer(\d)\.(\d+)\.conv(\d)\.weight$"), lambda m: f"res{int(m[1]) + 1}.{m[2]}.conv{m[3]}.weight"),
     (re.compile(r"^layer(\d)\.(\d+)\.bn(\d)\.(\w+)$"), lambda m: f"res{int(m[1]) + 1}.{m[2]}.conv{m[3]}.norm.{m[4]}"),
     (re.compile(r"^layer(\d)\.(\d+)\.downsample\.0\.weight$"), lambda m: f"res{int(m[1]) + 1}.{m[2]}.shortcut.weight"),
-    (re.compile(r"^layer(\d)\.(\d+)\.downsample\.1\.(\w+)$"), lambda m: f"res{int(m[1]) + 1}.{m[2]}.shortcut.norm.{m[3]}"),
+    (
+        re.compile(r"^layer(\d)\.(\d+)\.downsample\.1\.(\w+)$"),
+        lambda m: f"res{int(m[1]) + 1}.{m[2]}.shortcut.norm.{m[3]}",
+    ),
 ]
 
 
@@ -80,10 +93,18 @@ C2_CLASSIFIER = ("fc1000_w", "fc1000_b")  # the ImageNet classifier, in R-50.pkl
 
 # The input settings each weights layout was trained with; a config that feeds anything else is refused.
 INPUT_SETTINGS = {
-    "torchvision": {"INPUT.FORMAT": "RGB", "MODEL.PIXEL_MEAN": IMAGENET_PIXEL_MEAN,
-                    "MODEL.PIXEL_STD": IMAGENET_PIXEL_STD, "MODEL.RESNETS.STRIDE_IN_1X1": False},
-    "caffe2": {"INPUT.FORMAT": "BGR", "MODEL.PIXEL_MEAN": (103.530, 116.280, 123.675),
-               "MODEL.PIXEL_STD": (1.0, 1.0, 1.0), "MODEL.RESNETS.STRIDE_IN_1X1": True},
+    "torchvision": {
+        "INPUT.FORMAT": "RGB",
+        "MODEL.PIXEL_MEAN": IMAGENET_PIXEL_MEAN,
+        "MODEL.PIXEL_STD": IMAGENET_PIXEL_STD,
+        "MODEL.RESNETS.STRIDE_IN_1X1": False,
+    },
+    "caffe2": {
+        "INPUT.FORMAT": "BGR",
+        "MODEL.PIXEL_MEAN": (103.530, 116.280, 123.675),
+        "MODEL.PIXEL_STD": (1.0, 1.0, 1.0),
+        "MODEL.RESNETS.STRIDE_IN_1X1": True,
+    },
 }
 LAYOUT_NAMES = {"torchvision": "converted torchvision/MoCo weights", "caffe2": "Caffe2 (MSRA R-50.pkl) weights"}
 
@@ -92,8 +113,12 @@ def input_settings(input_norm: Mapping[str, Any] | None = None) -> dict:
     """The input settings converted weights need: the normalisation they record (`mocoeval_input`), ImageNet RGB
     for files written before it was recorded."""
     norm = input_norm or INPUT_NORMS["imagenet"]
-    return {**INPUT_SETTINGS["torchvision"], "INPUT.FORMAT": norm["channels"],
-            "MODEL.PIXEL_MEAN": tuple(norm["pixel_mean"]), "MODEL.PIXEL_STD": tuple(norm["pixel_std"])}
+    return {
+        **INPUT_SETTINGS["torchvision"],
+        "INPUT.FORMAT": norm["channels"],
+        "MODEL.PIXEL_MEAN": tuple(norm["pixel_mean"]),
+        "MODEL.PIXEL_STD": tuple(norm["pixel_std"]),
+    }
 
 
 def input_mismatches(cfg, layout: str | Mapping[str, Any]) -> list[str]:
@@ -104,12 +129,14 @@ def input_mismatches(cfg, layout: str | Mapping[str, Any]) -> list[str]:
         node = cfg
         for part in key.split("."):
             node = node[part]
-        same = (np.allclose(node, want, atol=1e-3) if isinstance(want, tuple) and len(node) == len(want)
-                else node == want)
+        same = (
+            np.allclose(node, want, atol=1e-3) if isinstance(want, tuple) and len(node) == len(want) else node == want
+        )
         if not same:
             shown = list(node) if isinstance(node, (list, tuple)) else node
             out.append(f"{key} {shown} (needs {list(want) if isinstance(want, tuple) else want})")
     return out
+
 
 # The last BN of a Bottleneck's residual branch, under any prefix (backbone., roi_heads., DDP's module.).
 
@@ -118,9 +145,14 @@ def _check_complete(model: Mapping[str, Any], where: str) -> None:
     """All 53 conv + 53 BN layers of R50 present with their shapes; else UserError naming what is off."""
     missing = [k for k in D2_RESNET50_SHAPES if k not in model]
     if missing:
-        raise UserError(f"{where}: {len(missing)} of {len(D2_RESNET50_SHAPES)} ResNet-50 tensors missing: {first_few(missing)}")
-    wrong = [f"{k} {tuple(np.shape(model[k]))} (expected {s})" for k, s in D2_RESNET50_SHAPES.items()
-             if tuple(np.shape(model[k])) != s]
+        raise UserError(
+            f"{where}: {len(missing)} of {len(D2_RESNET50_SHAPES)} ResNet-50 tensors missing: {first_few(missing)}"
+        )
+    wrong = [
+        f"{k} {tuple(np.shape(model[k]))} (expected {s})"
+        for k, s in D2_RESNET50_SHAPES.items()
+        if tuple(np.shape(model[k])) != s
+    ]
     if wrong:
         raise UserError(f"{where}: wrong shapes for a ResNet-50: {first_few(wrong, 3)}")
     convs = sum(1 for k in D2_RESNET50_SHAPES if np.ndim(model[k]) == 4)
@@ -145,7 +177,11 @@ def torchvision_to_d2(state_dict: Mapping[str, Any]) -> dict[str, np.ndarray]:
         if k not in RESNET50_SHAPES:
             unknown.append(k)
             continue
-        t = v.detach().to(device="cpu", dtype=torch.float32) if isinstance(v, torch.Tensor) else torch.as_tensor(v, dtype=torch.float32)
+        t = (
+            v.detach().to(device="cpu", dtype=torch.float32)
+            if isinstance(v, torch.Tensor)
+            else torch.as_tensor(v, dtype=torch.float32)
+        )
         out[d2_key(k)] = t.contiguous().numpy()
     if unknown:
         raise UserError(f"not a torchvision ResNet-50 state dict: unexpected keys {first_few(unknown)}")
@@ -165,18 +201,24 @@ def check_output_pkl(out_path) -> Path:
     return out_path
 
 
-def save_d2_pickle(out_path, d2_model: Mapping[str, np.ndarray], source: Mapping[str, Any],
-                   input_norm: Mapping[str, Any] | None = None) -> Path:
+def save_d2_pickle(
+    out_path, d2_model: Mapping[str, np.ndarray], source: Mapping[str, Any], input_norm: Mapping[str, Any] | None = None
+) -> Path:
     """Write the Detectron2 .pkl atomically; refuses an incomplete model (never an empty or partial file).
 
     `input_norm` ({"channels", "pixel_mean", "pixel_std"} on a 0..255 scale, default ImageNet RGB) is recorded as
     "mocoeval_input": the normalisation the weights were trained with travels with them."""
     out_path = check_output_pkl(out_path)
     _check_complete(d2_model, "converted model")
-    data = {"model": dict(d2_model), "__author__": AUTHOR, "matching_heuristics": True,
-            "mocoeval_source": dict(source),
-            "mocoeval_input": {k: list(v) if isinstance(v, tuple) else v
-                               for k, v in (input_norm or INPUT_NORMS["imagenet"]).items()}}
+    data = {
+        "model": dict(d2_model),
+        "__author__": AUTHOR,
+        "matching_heuristics": True,
+        "mocoeval_source": dict(source),
+        "mocoeval_input": {
+            k: list(v) if isinstance(v, tuple) else v for k, v in (input_norm or INPUT_NORMS["imagenet"]).items()
+        },
+    }
     return atomic_write(out_path, lambda f: pickle.dump(data, f, protocol=4))
 
 
@@ -187,11 +229,16 @@ class _ForeignObject(pickle.UnpicklingError):
 class _NumpyOnlyUnpickler(pickle.Unpickler):
     """Unpickles dicts/lists/numbers/strings and numpy arrays only: reading a .pkl never runs foreign code."""
 
-    _ALLOWED = {("numpy", "ndarray"), ("numpy", "dtype"), ("collections", "OrderedDict"),
-                ("numpy._core.multiarray", "_reconstruct"), ("numpy.core.multiarray", "_reconstruct"),
-                # Python 3's protocol-2 pickles (e.g. a re-saved R-50.pkl) store array bytes as
-                # _codecs.encode(str, "latin1"): a string conversion, no foreign code (torch allows it too)
-                ("_codecs", "encode")}
+    _ALLOWED = {
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("collections", "OrderedDict"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.multiarray", "_reconstruct"),
+        # Python 3's protocol-2 pickles (e.g. a re-saved R-50.pkl) store array bytes as
+        # _codecs.encode(str, "latin1"): a string conversion, no foreign code (torch allows it too)
+        ("_codecs", "encode"),
+    }
 
     def find_class(self, module, name):
         if (module, name) not in self._ALLOWED:
@@ -208,15 +255,16 @@ def check_input_settings(cfg, layout: str, config_file, input_norm: Mapping[str,
     if layout == "torchvision" and input_norm:
         wrong = input_mismatches(cfg, input_settings(input_norm))
         if wrong:
-            raise UserError(f"{config_file} does not fit the weights' recorded input normalisation: "
-                            f"{'; '.join(wrong)}")
+            raise UserError(f"{config_file} does not fit the weights' recorded input normalisation: {'; '.join(wrong)}")
         return
     wrong = input_mismatches(cfg, layout)
     if wrong:
         other = next(k for k in INPUT_SETTINGS if k != layout)
         hint = " (the settings of " + LAYOUT_NAMES[other] + ")" if not input_mismatches(cfg, other) else ""
-        raise UserError(f"{config_file} does not fit {LAYOUT_NAMES[layout]}: {'; '.join(wrong)}{hint}; "
-                        f"leave out --config-file to get the matching config")
+        raise UserError(
+            f"{config_file} does not fit {LAYOUT_NAMES[layout]}: {'; '.join(wrong)}{hint}; "
+            f"leave out --config-file to get the matching config"
+        )
 
 
 def _read_weights_pickle(path) -> Any:
@@ -227,15 +275,25 @@ def _read_weights_pickle(path) -> Any:
     if path.is_dir():
         raise UserError(f"{path} is a directory, expected a converted .pkl")
     if path.suffix != ".pkl":
-        raise UserError(f"{path}: Detectron2 reads converted weights only from .pkl files "
-                        f"(convert a .pth first: python convert/to_d2.py CKPT OUT.pkl)")
+        raise UserError(
+            f"{path}: Detectron2 reads converted weights only from .pkl files "
+            f"(convert a .pth first: python convert/to_d2.py CKPT OUT.pkl)"
+        )
     try:
         with open(path, "rb") as f:
             return _NumpyOnlyUnpickler(f, encoding="latin1").load()
     except _ForeignObject as e:
         raise UserError(f"{path}: not a converted weights file ({e})") from None
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError,
-            OSError) as e:
+    except (
+        pickle.UnpicklingError,
+        EOFError,
+        ValueError,
+        TypeError,
+        AttributeError,
+        IndexError,
+        KeyError,
+        OSError,
+    ) as e:
         raise UserError(f"{path}: truncated or corrupted pickle ({type(e).__name__}: {e})") from None
 
 
@@ -279,8 +337,10 @@ def _check_caffe2_blobs(blobs: dict, where: str) -> dict:
         raise UserError(f"{where}: Caffe2 blobs that are not numpy arrays")
     missing = [k for k in C2_RESNET50_SHAPES if k not in blobs]
     if missing:
-        raise UserError(f"{where}: Caffe2 weights (conv1_w, res2_0_branch2a_w, ...) but {len(missing)} of "
-                        f"{len(C2_RESNET50_SHAPES)} ResNet-50 blobs missing: {first_few(missing)}")
+        raise UserError(
+            f"{where}: Caffe2 weights (conv1_w, res2_0_branch2a_w, ...) but {len(missing)} of "
+            f"{len(C2_RESNET50_SHAPES)} ResNet-50 blobs missing: {first_few(missing)}"
+        )
     wrong = [f"{k} {blobs[k].shape} (expected {s})" for k, s in C2_RESNET50_SHAPES.items() if blobs[k].shape != s]
     if wrong:
         raise UserError(f"{where}: Caffe2 weights of the wrong shapes for a ResNet-50: {first_few(wrong, 3)}")
@@ -303,11 +363,15 @@ def _check_d2_data(data: Any, path: Path) -> dict:
     if not isinstance(data, dict) or not isinstance(data.get("model"), dict):
         raise UserError(f"{path}: not a converted weights file (no 'model' dict inside)")
     if "__author__" not in data:
-        raise UserError(f"{path}: no '__author__' entry, so Detectron2 would read it as a Caffe2 model; "
-                        f"convert with convert/to_d2.py")
+        raise UserError(
+            f"{path}: no '__author__' entry, so Detectron2 would read it as a Caffe2 model; "
+            f"convert with convert/to_d2.py"
+        )
     if not data.get("matching_heuristics"):
-        raise UserError(f"{path}: 'matching_heuristics' is not set, so Detectron2 would not map res5.* to "
-                        f"roi_heads.res5.*; convert with convert/to_d2.py")
+        raise UserError(
+            f"{path}: 'matching_heuristics' is not set, so Detectron2 would not map res5.* to "
+            f"roi_heads.res5.*; convert with convert/to_d2.py"
+        )
     model = data["model"]
     not_arrays = [k for k in D2_RESNET50_SHAPES if k in model and not isinstance(model[k], np.ndarray)]
     if not_arrays:

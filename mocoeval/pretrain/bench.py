@@ -10,6 +10,7 @@ One line per (mode, precision, implementation); with --json one JSON object per 
 not timed; implementations are timed in alternating rounds. Loop mode reads DATA_DIR/train (default: a
 generated imagenet-mini of --images images in a temporary folder). Keep the machine otherwise idle.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,9 +23,12 @@ from mocoeval.runtime.errors import UserError, cli_main
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="bench.py", description=__doc__.split("\n\n")[0],
-                                epilog=__doc__.split("\n\n", 1)[1],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="bench.py",
+        description=__doc__.split("\n\n")[0],
+        epilog=__doc__.split("\n\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("-a", "--arch", default="resnet50", help="torchvision ResNet (default resnet50)")
     p.add_argument("--image-size", type=int, default=64, help="crop size (default 64)")
     p.add_argument("-b", "--batch-size", type=int, default=32, help="batch (default 32)")
@@ -32,22 +36,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--moco-m", type=float, default=0.999, help="key encoder momentum (default 0.999)")
     p.add_argument("--moco-t", type=float, default=0.2, help="temperature (default 0.2)")
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (default cpu)")
-    p.add_argument("--precision", nargs="+", choices=("fp32", "bf16"), default=["fp32"],
-                   help="one or more (default fp32)")
+    p.add_argument(
+        "--precision", nargs="+", choices=("fp32", "bf16"), default=["fp32"], help="one or more (default fp32)"
+    )
     p.add_argument("--channels-last", action="store_true", help="channels_last memory format")
-    p.add_argument("--compile", action="store_true",
-                   help="torch.compile our encoders, as train_moco.py --compile (warm-up then includes compiling)")
-    p.add_argument("--modes", nargs="+", choices=("step", "loop"), default=["step", "loop"],
-                   help="step: model step on an in-memory batch; loop: data loader + step (default both)")
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile our encoders, as train_moco.py --compile (warm-up then includes compiling)",
+    )
+    p.add_argument(
+        "--modes",
+        nargs="+",
+        choices=("step", "loop"),
+        default=["step", "loop"],
+        help="step: model step on an in-memory batch; loop: data loader + step (default both)",
+    )
     p.add_argument("--steps", type=int, default=6, help="timed steps per round (default 6)")
     p.add_argument("--rounds", type=int, default=2, help="alternating rounds per implementation (default 2)")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first (default 2)")
     p.add_argument("-j", "--workers", type=int, default=2, help="loader workers in loop mode (default 2)")
-    p.add_argument("--data", metavar="DIR", default=None,
-                   help="ImageFolder root with train/ for loop mode (default: generate imagenet-mini)")
+    p.add_argument(
+        "--data",
+        metavar="DIR",
+        default=None,
+        help="ImageFolder root with train/ for loop mode (default: generate imagenet-mini)",
+    )
     p.add_argument("--images", type=int, default=400, help="images to generate when --data is not given")
-    p.add_argument("--compare", choices=("lightly",), default=None,
-                   help="also run lightly's MoCo v2 (pip install -e .[bench]) and add ours/lightly 'ratio'")
+    p.add_argument(
+        "--compare",
+        choices=("lightly",),
+        default=None,
+        help="also run lightly's MoCo v2 (pip install -e .[bench]) and add ours/lightly 'ratio'",
+    )
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     return p
 
@@ -55,11 +76,13 @@ def build_parser() -> argparse.ArgumentParser:
 def _line(r: dict) -> str:
     ratio = f"  ours/lightly {r['ratio']:.2f}" if "ratio" in r else ""
     mem = "peak GPU mem" if r["device"].startswith("cuda") else "peak RSS"
-    return (f"{r['impl']:8s} {r['mode']:4s} {r['arch']} {r['image_size']}px b{r['batch_size']} K{r['moco_k']} "
-            f"{r['device']} {r['precision']}{' CL' if r['channels_last'] else ''}"
-            f"{' compiled' if r['compile'] else ''} threads {r['threads']}"
-            f"{' workers ' + str(r['workers']) if r['mode'] == 'loop' else ''}: {r['pairs_per_s']:7.1f} pairs/s "
-            f"({r['steps_timed']} steps)  {mem} {r['peak_memory_mib']:.0f} MiB{ratio}")
+    return (
+        f"{r['impl']:8s} {r['mode']:4s} {r['arch']} {r['image_size']}px b{r['batch_size']} K{r['moco_k']} "
+        f"{r['device']} {r['precision']}{' CL' if r['channels_last'] else ''}"
+        f"{' compiled' if r['compile'] else ''} threads {r['threads']}"
+        f"{' workers ' + str(r['workers']) if r['mode'] == 'loop' else ''}: {r['pairs_per_s']:7.1f} pairs/s "
+        f"({r['steps_timed']} steps)  {mem} {r['peak_memory_mib']:.0f} MiB{ratio}"
+    )
 
 
 @cli_main
@@ -89,19 +112,37 @@ def main(argv=None) -> int:
             from mocoeval.data.make_mini_data import generate
 
             per_class = max(1, -(-args.images // 20))
-            generate(tmp, seed=0, workers=args.workers or 1, voc2007_trainval=4, voc2007_test=2,
-                     voc2012_trainval=4, imagenet_train_per_class=per_class, imagenet_val_per_class=1,
-                     imagenet_size=max(args.image_size, 64))
+            generate(
+                tmp,
+                seed=0,
+                workers=args.workers or 1,
+                voc2007_trainval=4,
+                voc2007_test=2,
+                voc2012_trainval=4,
+                imagenet_train_per_class=per_class,
+                imagenet_val_per_class=1,
+                imagenet_size=max(args.image_size, 64),
+            )
             data = tmp + "/imagenet-mini"
         elif data is not None and not (Path(data) / "train").is_dir():
             raise UserError(f"--data {data}: expected an ImageFolder root holding train/<class>/<image>")
         for mode in args.modes:
             for precision in args.precision:
-                cfg = BenchConfig(arch=args.arch, image_size=args.image_size, batch_size=args.batch_size,
-                                  moco_k=args.moco_k, moco_m=args.moco_m, moco_t=args.moco_t, device=args.device,
-                                  precision=precision, channels_last=args.channels_last, compile=args.compile,
-                                  mode=mode,
-                                  workers=args.workers, data=data)
+                cfg = BenchConfig(
+                    arch=args.arch,
+                    image_size=args.image_size,
+                    batch_size=args.batch_size,
+                    moco_k=args.moco_k,
+                    moco_m=args.moco_m,
+                    moco_t=args.moco_t,
+                    device=args.device,
+                    precision=precision,
+                    channels_last=args.channels_last,
+                    compile=args.compile,
+                    mode=mode,
+                    workers=args.workers,
+                    data=data,
+                )
                 for r in benchmark(cfg, impls, steps=args.steps, warmup=args.warmup, rounds=args.rounds):
                     print(json.dumps(r) if args.json else _line(r), flush=True)
     return 0

@@ -20,6 +20,7 @@ do exactly that (gather, permutation from rank 0, unshuffle). On one device we e
 own statistics (as each GPU normalises its own queries), and the key batch is randomly permuted before it is
 split (as the keys are shuffled across GPUs) -- the official scheme on `num_splits` GPUs.
 """
+
 from __future__ import annotations
 
 import functools
@@ -53,8 +54,9 @@ class SplitBatchNorm(nn.BatchNorm2d):
         if x.shape[0] % s:
             raise ValueError(f"SplitBatchNorm: batch {x.shape[0]} is not divisible by num_splits {s}")
         if not self.track_running_stats:
-            return torch.cat([F.batch_norm(c, None, None, self.weight, self.bias, True, 0.0, self.eps)
-                              for c in x.chunk(s)])
+            return torch.cat(
+                [F.batch_norm(c, None, None, self.weight, self.bias, True, 0.0, self.eps) for c in x.chunk(s)]
+            )
         self.num_batches_tracked.add_(1)
         factor = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
         # Every call moves its own copy of the running statistics; the update being linear, the mean of the
@@ -151,6 +153,7 @@ def key_spread(queue: torch.Tensor) -> torch.Tensor:
 
 
 # ---- shuffling BN across processes (one process: a random permutation, the split BN does the rest) ----
+
 
 def _world() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1

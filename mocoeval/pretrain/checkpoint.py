@@ -12,6 +12,7 @@ The `module.` prefix is written even without DistributedDataParallel: official t
 written for them) expect it, and a checkpoint without it was silently converted to nothing by the
 official converter. Files are written atomically: a crash leaves the previous checkpoint intact.
 """
+
 from __future__ import annotations
 
 import re
@@ -44,16 +45,33 @@ def prefixed_state_dict(model: torch.nn.Module) -> dict:
 
 
 def strip_prefix(state_dict: dict) -> dict:
-    return {(k[len(PREFIX):] if k.startswith(PREFIX) else k): v for k, v in state_dict.items()}
+    return {(k[len(PREFIX) :] if k.startswith(PREFIX) else k): v for k, v in state_dict.items()}
 
 
-def save_checkpoint(path: str | Path, *, model, optimizer, epochs_done: int, arch: str, config: dict,
-                    variant: dict, seed: int, history: list, mid_epoch: dict | None = None) -> Path:
+def save_checkpoint(
+    path: str | Path,
+    *,
+    model,
+    optimizer,
+    epochs_done: int,
+    arch: str,
+    config: dict,
+    variant: dict,
+    seed: int,
+    history: list,
+    mid_epoch: dict | None = None,
+) -> Path:
     """An epoch checkpoint; with `mid_epoch` ({"step_in_epoch", "epoch_progress"}) a resume point."""
     state = {
-        "epoch": epochs_done, "arch": arch, "state_dict": prefixed_state_dict(model),
+        "epoch": epochs_done,
+        "arch": arch,
+        "state_dict": prefixed_state_dict(model),
         "optimizer": optimizer.state_dict(),
-        "config": config, "variant": variant, "seed": seed, "history": history, **(mid_epoch or {}),
+        "config": config,
+        "variant": variant,
+        "seed": seed,
+        "history": history,
+        **(mid_epoch or {}),
     }
     return atomic_torch_save(state, path)
 
@@ -64,10 +82,15 @@ def load_moco_checkpoint(path: str | Path) -> dict:
     ckpt = torch_load_safely(path)  # the converter's loader: one line for every unreadable file
     sd = ckpt.get("state_dict") if isinstance(ckpt, dict) else None
     keys = set(strip_prefix(sd)) if isinstance(sd, dict) else set()
-    if not ({"queue", "queue_ptr"} <= keys and any(k.startswith("encoder_q.") for k in keys)
-            and any(k.startswith("encoder_k.") for k in keys)):
-        raise UserError(f"{path} is not a MoCo pretraining checkpoint "
-                        "(expected state_dict with module.encoder_q.*, module.encoder_k.*, module.queue, module.queue_ptr)")
+    if not (
+        {"queue", "queue_ptr"} <= keys
+        and any(k.startswith("encoder_q.") for k in keys)
+        and any(k.startswith("encoder_k.") for k in keys)
+    ):
+        raise UserError(
+            f"{path} is not a MoCo pretraining checkpoint "
+            "(expected state_dict with module.encoder_q.*, module.encoder_k.*, module.queue, module.queue_ptr)"
+        )
     missing = [k for k in ("epoch", "optimizer") if k not in ckpt]
     if missing:
         raise UserError(f"{path} cannot be resumed: it has no {' or '.join(missing)}")
@@ -79,8 +102,12 @@ def structure_of(ckpt: dict) -> dict:
     carry no config, so these are read off the tensors)."""
     sd = strip_prefix(ckpt["state_dict"])
     dim, k = sd["queue"].shape
-    return {"arch": ckpt.get("arch") or "resnet50", "mlp": "encoder_q.fc.0.weight" in sd,
-            "moco_dim": int(dim), "moco_k": int(k)}
+    return {
+        "arch": ckpt.get("arch") or "resnet50",
+        "mlp": "encoder_q.fc.0.weight" in sd,
+        "moco_dim": int(dim),
+        "moco_k": int(k),
+    }
 
 
 def find_latest_checkpoint(output_dir: str | Path) -> Path | None:
@@ -114,4 +141,3 @@ def remove_resume_points(output_dir: str | Path, keep: Path | None = None) -> No
     for path in Path(output_dir).iterdir():
         if RESUME_POINT_RE.match(path.name) and path != keep:
             path.unlink(missing_ok=True)
-

@@ -5,6 +5,7 @@ The official main_moco.py names and defaults are kept (--arch resnet50 --lr 0.03
 Precedence, highest first: flags on the command line > `--config X.yaml` > the config stored in the
 `--resume` checkpoint (so `--resume` alone continues the same run) > the defaults below.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,8 +27,17 @@ from mocoeval.runtime.distributed import launched_world_size
 from mocoeval.runtime.errors import UserError
 from mocoeval.runtime.schedule import lr_at_epoch
 
-ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d",
-         "resnext101_32x8d", "wide_resnet50_2", "wide_resnet101_2")
+ARCHS = (
+    "resnet18",
+    "resnet34",
+    "resnet50",
+    "resnet101",
+    "resnet152",
+    "resnext50_32x4d",
+    "resnext101_32x8d",
+    "wide_resnet50_2",
+    "wide_resnet101_2",
+)
 # Flags that describe how to run this process, not the run itself: never taken from a resumed checkpoint.
 RUNTIME_KEYS = {"data", "config", "resume", "device", "workers", "print_freq", "compile", "checkpoint_minutes"}
 # What the checkpoint's tensors fix: a flag that contradicts them cannot resume that checkpoint.
@@ -40,6 +50,7 @@ INIT_KEYS = ("residual_bn_init", "residual_bn_ramp")  # the ramp's progress live
 class PretrainConfig:
     """The resolved flags of one run; the fields are the argparse dest names (`cfg.lr` is `--lr`). The
     defaults live in `build_parser` only: `parse_config` builds one from a command line, `defaults` without."""
+
     data: str
     config: str | None
     arch: str
@@ -120,41 +131,98 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="train_moco.py",
         description="MoCo v1/v2 self-supervised pretraining of a ResNet on an ImageFolder (labels ignored). "
-                    "Single process (CPU or one GPU) or several GPUs/machines with torchrun.",
-        epilog=EPILOG, formatter_class=_HelpFormatter)
+        "Single process (CPU or one GPU) or several GPUs/machines with torchrun.",
+        epilog=EPILOG,
+        formatter_class=_HelpFormatter,
+    )
     A = p.add_argument
     A("data", metavar="DATA_DIR", help="ImageFolder root holding train/<class>/<image> (labels are ignored)")
     A("--config", metavar="YAML", help="preset whose keys (flag names) fill the flags; explicit flags win")
-    A("-a", "--arch", default="resnet50", choices=ARCHS, metavar="ARCH",
-      help=f"torchvision ResNet backbone: {', '.join(ARCHS)}")
-    A("-j", "--workers", type=int, default=None, metavar="N",
-      help="data loading workers per process (default: CPU cores / processes on this machine, at most 32)")
+    A(
+        "-a",
+        "--arch",
+        default="resnet50",
+        choices=ARCHS,
+        metavar="ARCH",
+        help=f"torchvision ResNet backbone: {', '.join(ARCHS)}",
+    )
+    A(
+        "-j",
+        "--workers",
+        type=int,
+        default=None,
+        metavar="N",
+        help="data loading workers per process (default: CPU cores / processes on this machine, at most 32)",
+    )
     A("--epochs", type=int, default=200, help="total epochs")
     A("-b", "--batch-size", type=int, default=256, metavar="N", help="global batch size (all processes together)")
     A("--lr", "--learning-rate", type=float, default=0.03, dest="lr", metavar="LR", help="initial learning rate")
-    A("--schedule", type=int, nargs="*", default=[120, 160], metavar="EPOCH",
-      help="epochs at which lr is multiplied by 0.1 (ignored with --cos)")
-    A("--warmup-epochs", type=float, default=0.0, metavar="E",
-      help="ramp the lr linearly, step by step, from ~0 to the schedule's value over the first E epochs "
-           "(0 = none, as the v1/v2 recipe; an extension, as MoCo v3 warms up its ResNet-50 for 10)")
-    A("--residual-bn-init", type=float, default=1.0, metavar="G",
-      help="start the last BN scale of every residual branch at G (an extension: 1 is torchvision's init, the "
-           "recipe's; 0 starts every block as the identity). Below 1 it tames a ResNet-50's early gradients on "
-           "small images and short runs")
-    A("--zero-init-residual", action="store_const", const=0.0, dest="residual_bn_init",
-      help="the same as --residual-bn-init 0 (torchvision's zero_init_residual)")
-    A("--residual-bn-ramp", type=float, nargs=2, default=None, metavar=("START", "END"),
-      help="from epoch START to END make every residual branch louder, step by step and geometrically, by "
-           "1 / --residual-bn-init in all, so branches started quiet end at about torchvision's scale (an extension; "
-           "the branch scales are logged per epoch)")
+    A(
+        "--schedule",
+        type=int,
+        nargs="*",
+        default=[120, 160],
+        metavar="EPOCH",
+        help="epochs at which lr is multiplied by 0.1 (ignored with --cos)",
+    )
+    A(
+        "--warmup-epochs",
+        type=float,
+        default=0.0,
+        metavar="E",
+        help="ramp the lr linearly, step by step, from ~0 to the schedule's value over the first E epochs "
+        "(0 = none, as the v1/v2 recipe; an extension, as MoCo v3 warms up its ResNet-50 for 10)",
+    )
+    A(
+        "--residual-bn-init",
+        type=float,
+        default=1.0,
+        metavar="G",
+        help="start the last BN scale of every residual branch at G (an extension: 1 is torchvision's init, the "
+        "recipe's; 0 starts every block as the identity). Below 1 it tames a ResNet-50's early gradients on "
+        "small images and short runs",
+    )
+    A(
+        "--zero-init-residual",
+        action="store_const",
+        const=0.0,
+        dest="residual_bn_init",
+        help="the same as --residual-bn-init 0 (torchvision's zero_init_residual)",
+    )
+    A(
+        "--residual-bn-ramp",
+        type=float,
+        nargs=2,
+        default=None,
+        metavar=("START", "END"),
+        help="from epoch START to END make every residual branch louder, step by step and geometrically, by "
+        "1 / --residual-bn-init in all, so branches started quiet end at about torchvision's scale (an extension; "
+        "the branch scales are logged per epoch)",
+    )
     A("--momentum", type=float, default=0.9, help="SGD momentum")
-    A("--wd", "--weight-decay", type=float, default=1e-4, dest="weight_decay", metavar="W",
-      help="weight decay (all parameters, as in the official recipe)")
+    A(
+        "--wd",
+        "--weight-decay",
+        type=float,
+        default=1e-4,
+        dest="weight_decay",
+        metavar="W",
+        help="weight decay (all parameters, as in the official recipe)",
+    )
     A("-p", "--print-freq", type=int, default=10, metavar="N", help="log every N steps (the only host syncs)")
-    A("--resume", metavar="PATH", default=None,
-      help="checkpoint or resume point to continue (ours or an official MoCo checkpoint); 'auto' = the furthest "
-           "in --output-dir, if any")
-    A("--seed", type=int, default=None, help="seed of model init, data order and augmentations (default: drawn and recorded)")
+    A(
+        "--resume",
+        metavar="PATH",
+        default=None,
+        help="checkpoint or resume point to continue (ours or an official MoCo checkpoint); 'auto' = the furthest "
+        "in --output-dir, if any",
+    )
+    A(
+        "--seed",
+        type=int,
+        default=None,
+        help="seed of model init, data order and augmentations (default: drawn and recorded)",
+    )
     g = p.add_argument_group("MoCo")
     g.add_argument("--moco-dim", type=int, default=128, help="feature dimension")
     g.add_argument("--moco-k", type=int, default=65536, help="queue size (negative keys); divisible by the batch")
@@ -163,30 +231,65 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--mlp", action=argparse.BooleanOptionalAction, default=False, help="MLP projection head (v2)")
     g.add_argument("--aug-plus", action=argparse.BooleanOptionalAction, default=False, help="aug+ augmentations (v2)")
     g.add_argument("--cos", action=argparse.BooleanOptionalAction, default=False, help="cosine lr schedule (v2)")
-    g.add_argument("--bn-splits", type=int, default=0, metavar="S",
-                   help="BN sub-batches per process (split BN, emulating shuffle BN across S GPUs). 0 = auto: "
-                        "per-process batch / 32 like the 8x32 recipe, at least 2 in a single-process run")
+    g.add_argument(
+        "--bn-splits",
+        type=int,
+        default=0,
+        metavar="S",
+        help="BN sub-batches per process (split BN, emulating shuffle BN across S GPUs). 0 = auto: "
+        "per-process batch / 32 like the 8x32 recipe, at least 2 in a single-process run",
+    )
     r = p.add_argument_group("run")
     r.add_argument("--image-size", type=int, default=224, help="crop size of the views")
-    r.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
-                   help="bf16 = bfloat16 autocast (CPU and CUDA); the contrastive head stays float32")
-    r.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=False,
-                   help="channels_last memory format (faster with bf16 on CPUs with AMX and on GPUs)")
-    r.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False,
-                   help="torch.compile both encoders (inductor fuses BN/ReLU; the first steps are slow while it "
-                        "compiles; on CPU it needs a C++ compiler). Same results, checkpoints and keys")
+    r.add_argument(
+        "--precision",
+        choices=("fp32", "bf16"),
+        default="fp32",
+        help="bf16 = bfloat16 autocast (CPU and CUDA); the contrastive head stays float32",
+    )
+    r.add_argument(
+        "--channels-last",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="channels_last memory format (faster with bf16 on CPUs with AMX and on GPUs)",
+    )
+    r.add_argument(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="torch.compile both encoders (inductor fuses BN/ReLU; the first steps are slow while it "
+        "compiles; on CPU it needs a C++ compiler). Same results, checkpoints and keys",
+    )
     r.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (torchrun: cuda:LOCAL_RANK)")
-    r.add_argument("--output-dir", default=None, metavar="DIR",
-                   help="checkpoints, log.txt, metrics.json, tensorboard events (default: output/pretrain/<variant>)")
+    r.add_argument(
+        "--output-dir",
+        default=None,
+        metavar="DIR",
+        help="checkpoints, log.txt, metrics.json, tensorboard events (default: output/pretrain/<variant>)",
+    )
     r.add_argument("--save-every", type=int, default=1, metavar="N", help="checkpoint every N epochs (and the last)")
-    r.add_argument("--checkpoint-minutes", type=float, default=30.0, metavar="MIN",
-                   help="also save a mid-epoch resume point every MIN minutes (0: off), so that a killed run loses at "
-                        "most MIN minutes; Ctrl-C / SIGTERM always saves one after the current step, then stops. "
-                        "Only the newest is kept, and none once the next checkpoint_XXXX is written")
-    r.add_argument("--keep-checkpoints", type=int, default=0, metavar="N",
-                   help="keep only the N newest checkpoint_XXXX files (0 = keep all, as the official code)")
-    r.add_argument("--knn-data", default=None, metavar="DIR",
-                   help="labelled ImageFolder with train/ and val/ for a kNN monitor of f_q's backbone features")
+    r.add_argument(
+        "--checkpoint-minutes",
+        type=float,
+        default=30.0,
+        metavar="MIN",
+        help="also save a mid-epoch resume point every MIN minutes (0: off), so that a killed run loses at "
+        "most MIN minutes; Ctrl-C / SIGTERM always saves one after the current step, then stops. "
+        "Only the newest is kept, and none once the next checkpoint_XXXX is written",
+    )
+    r.add_argument(
+        "--keep-checkpoints",
+        type=int,
+        default=0,
+        metavar="N",
+        help="keep only the N newest checkpoint_XXXX files (0 = keep all, as the official code)",
+    )
+    r.add_argument(
+        "--knn-data",
+        default=None,
+        metavar="DIR",
+        help="labelled ImageFolder with train/ and val/ for a kNN monitor of f_q's backbone features",
+    )
     r.add_argument("--knn-every", type=int, default=1, metavar="N", help="kNN monitor every N epochs (and the last)")
     r.add_argument("--knn-k", type=int, default=200, help="kNN neighbours")
     r.add_argument("--knn-t", type=float, default=0.1, help="kNN temperature of the similarity weights")
@@ -290,6 +393,7 @@ def validate(cfg: PretrainConfig, world_size: int = 1, checkpoint_settings: dict
     """The one place that checks a run's settings: one-line errors for values that cannot work, for a global
     batch that `world_size` processes cannot share, and (resuming) for flags that contradict what the
     checkpoint's tensors fix or how its run began (`checkpoint_settings`, from `_checkpoint_settings`)."""
+
     def need(ok: bool, msg: str):
         if not ok:
             raise UserError(msg)
@@ -297,42 +401,59 @@ def validate(cfg: PretrainConfig, world_size: int = 1, checkpoint_settings: dict
     settings = checkpoint_settings or {}
     for key in STRUCTURE_KEYS:
         if key in settings and getattr(cfg, key) != settings[key]:
-            raise UserError(f"--{key.replace('_', '-')} {getattr(cfg, key)} contradicts checkpoint "
-                            f"{cfg.resume}, which was trained with {key}={settings[key]}")
+            raise UserError(
+                f"--{key.replace('_', '-')} {getattr(cfg, key)} contradicts checkpoint "
+                f"{cfg.resume}, which was trained with {key}={settings[key]}"
+            )
     for key in INIT_KEYS:
         if key in settings and getattr(cfg, key) != settings[key]:
-            raise UserError(f"--{key.replace('_', '-')} {describe_value(getattr(cfg, key))} contradicts "
-                            f"checkpoint {cfg.resume}, whose run started with {key}="
-                            f"{describe_value(settings[key])}")
+            raise UserError(
+                f"--{key.replace('_', '-')} {describe_value(getattr(cfg, key))} contradicts "
+                f"checkpoint {cfg.resume}, whose run started with {key}="
+                f"{describe_value(settings[key])}"
+            )
 
     need(cfg.epochs > 0, f"--epochs must be positive, got {cfg.epochs}")
     need(cfg.batch_size > 0, f"--batch-size must be positive, got {cfg.batch_size}")
     need(cfg.lr > 0, f"--lr must be positive, got {cfg.lr}")
-    need(0 <= cfg.warmup_epochs <= cfg.epochs,
-         f"--warmup-epochs must be between 0 and --epochs {cfg.epochs}, got {cfg.warmup_epochs:g}")
+    need(
+        0 <= cfg.warmup_epochs <= cfg.epochs,
+        f"--warmup-epochs must be between 0 and --epochs {cfg.epochs}, got {cfg.warmup_epochs:g}",
+    )
     check_residual_bn_init(cfg.residual_bn_init)
     if cfg.residual_bn_ramp:
         start, end = cfg.residual_bn_ramp
-        need(0 <= start < end <= cfg.epochs,
-             f"--residual-bn-ramp START END needs 0 <= START < END <= --epochs {cfg.epochs}, got {start:g} {end:g}")
-        need(0 < cfg.residual_bn_init < 1, "--residual-bn-ramp raises branches started below torchvision's scale: "
-             f"it needs --residual-bn-init strictly between 0 and 1, got {cfg.residual_bn_init:g}")
+        need(
+            0 <= start < end <= cfg.epochs,
+            f"--residual-bn-ramp START END needs 0 <= START < END <= --epochs {cfg.epochs}, got {start:g} {end:g}",
+        )
+        need(
+            0 < cfg.residual_bn_init < 1,
+            "--residual-bn-ramp raises branches started below torchvision's scale: "
+            f"it needs --residual-bn-init strictly between 0 and 1, got {cfg.residual_bn_init:g}",
+        )
     need(cfg.moco_k > 0, f"--moco-k must be positive, got {cfg.moco_k}")
     need(cfg.moco_dim > 0, f"--moco-dim must be positive, got {cfg.moco_dim}")
     need(0.0 <= cfg.moco_m < 1.0, f"--moco-m must be in [0, 1), got {cfg.moco_m}")
     need(cfg.moco_t > 0, f"--moco-t must be positive, got {cfg.moco_t}")
-    need(cfg.moco_k % cfg.batch_size == 0,
-         f"--moco-k {cfg.moco_k} is not divisible by the (global) --batch-size {cfg.batch_size}: "
-         "the queue must hold a whole number of batches")
+    need(
+        cfg.moco_k % cfg.batch_size == 0,
+        f"--moco-k {cfg.moco_k} is not divisible by the (global) --batch-size {cfg.batch_size}: "
+        "the queue must hold a whole number of batches",
+    )
     need(cfg.image_size >= 8, f"--image-size must be at least 8, got {cfg.image_size}")
     need(cfg.bn_splits >= 0, f"--bn-splits must be >= 0 (0 = auto), got {cfg.bn_splits}")
     need(cfg.save_every > 0, f"--save-every must be positive, got {cfg.save_every}")
-    need(cfg.checkpoint_minutes >= 0 and math.isfinite(cfg.checkpoint_minutes),
-         f"--checkpoint-minutes must be >= 0 (0: off), got {cfg.checkpoint_minutes}")
+    need(
+        cfg.checkpoint_minutes >= 0 and math.isfinite(cfg.checkpoint_minutes),
+        f"--checkpoint-minutes must be >= 0 (0: off), got {cfg.checkpoint_minutes}",
+    )
     need(cfg.knn_every > 0, f"--knn-every must be positive, got {cfg.knn_every}")
     need(cfg.knn_k > 0 and cfg.knn_t > 0, "--knn-k and --knn-t must be positive")
     need(cfg.print_freq > 0, f"--print-freq must be positive, got {cfg.print_freq}")
     need(cfg.keep_checkpoints >= 0, f"--keep-checkpoints must be >= 0, got {cfg.keep_checkpoints}")
     need(cfg.workers is None or cfg.workers >= 0, f"--workers must be >= 0, got {cfg.workers}")
-    need(cfg.batch_size % world_size == 0,
-         f"--batch-size {cfg.batch_size} is not divisible by the {world_size} processes")
+    need(
+        cfg.batch_size % world_size == 0,
+        f"--batch-size {cfg.batch_size} is not divisible by the {world_size} processes",
+    )

@@ -4,6 +4,7 @@ whose order, like every sample's augmentation, is a pure function of (seed, epoc
 That makes a run independent of the number of loader workers and of interruptions: an epoch started
 after `--resume` sees exactly the batches and views an uninterrupted run would have seen.
 """
+
 from __future__ import annotations
 
 from pathlib import Path

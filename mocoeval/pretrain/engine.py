@@ -5,6 +5,7 @@ train_epochs -> summary, its mid-epoch resume points a `ResumePoints`.
 One training step (`train_step`) is shared with the throughput benchmark. It never waits for the device:
 loss and accuracy are accumulated on the device and read back every `--print-freq` steps only.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -77,10 +78,16 @@ class TrainingDiverged(UserError):
 
 # ---------------------------------------------------------------- building blocks (shared with the benchmark)
 
+
 def build_model(cfg: PretrainConfig, bn_splits: int = 1) -> MoCo:
     """MoCo with the config's architecture; BN layers split into `bn_splits` sub-batches in training."""
-    return MoCo(lambda: resnet_encoder(cfg.arch, cfg.moco_dim, cfg.mlp, bn_splits, cfg.residual_bn_init),
-                dim=cfg.moco_dim, K=cfg.moco_k, m=cfg.moco_m, T=cfg.moco_t)
+    return MoCo(
+        lambda: resnet_encoder(cfg.arch, cfg.moco_dim, cfg.mlp, bn_splits, cfg.residual_bn_init),
+        dim=cfg.moco_dim,
+        K=cfg.moco_k,
+        m=cfg.moco_m,
+        T=cfg.moco_t,
+    )
 
 
 def compile_encoders(model: MoCo) -> MoCo:
@@ -97,16 +104,32 @@ def build_optimizer(model: torch.nn.Module, cfg: PretrainConfig, device: torch.d
     return build_sgd(model.parameters(), cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, device=device)
 
 
-def build_loader(data_dir, image_size: int, aug_plus: bool, seed: int, batch: int, workers: int,
-                 device: torch.device, rank: int = 0, world: int = 1) -> torch.utils.data.DataLoader:
+def build_loader(
+    data_dir,
+    image_size: int,
+    aug_plus: bool,
+    seed: int,
+    batch: int,
+    workers: int,
+    device: torch.device,
+    rank: int = 0,
+    world: int = 1,
+) -> torch.utils.data.DataLoader:
     """Two augmented views per image of DATA_DIR/train, batches of `batch` per process; the sampler
     (`loader.sampler.set_epoch`) fixes the order and every view from (seed, epoch, index)."""
-    dataset = TwoViewImageFolder(check_train_folder(data_dir),
-                                 TwoCropsTransform(moco_transform(image_size, aug_plus)), seed)
+    dataset = TwoViewImageFolder(
+        check_train_folder(data_dir), TwoCropsTransform(moco_transform(image_size, aug_plus)), seed
+    )
     return torch.utils.data.DataLoader(
-        dataset, batch_size=batch, sampler=EpochSampler(len(dataset), seed, rank, world), num_workers=workers,
-        drop_last=True, pin_memory=device.type == "cuda", persistent_workers=workers > 0,
-        generator=torch.Generator().manual_seed(seed))  # its own generator: the global one stays per-epoch seeded
+        dataset,
+        batch_size=batch,
+        sampler=EpochSampler(len(dataset), seed, rank, world),
+        num_workers=workers,
+        drop_last=True,
+        pin_memory=device.type == "cuda",
+        persistent_workers=workers > 0,
+        generator=torch.Generator().manual_seed(seed),
+    )  # its own generator: the global one stays per-epoch seeded
 
 
 def lr_at_step(cfg: PretrainConfig, epoch: int, step: int, steps_per_epoch: int) -> float:
@@ -187,13 +210,22 @@ class StepMonitor:
 
     def read(self, queue: torch.Tensor, grad_ratios: torch.Tensor) -> dict:
         loss_sum, acc_sum, nonfinite, spread, *ratios = torch.cat(
-            [self.window, key_spread(queue).reshape(1), grad_ratios.to(self.window)]).tolist()
+            [self.window, key_spread(queue).reshape(1), grad_ratios.to(self.window)]
+        ).tolist()
         now = time.time()
-        out = {"loss": loss_sum / self.steps, "acc1": 100 * acc_sum / self.steps, "nonfinite": nonfinite,
-               "key_spread": spread, "grad_ratio": dict(zip(GRAD_STAGES, ratios)),
-               "images_per_s": self.steps * self.images_per_step / max(now - self.start, 1e-9)}
-        self.epoch_totals = [self.epoch_totals[0] + loss_sum, self.epoch_totals[1] + acc_sum,
-                             self.epoch_totals[2] + self.steps]
+        out = {
+            "loss": loss_sum / self.steps,
+            "acc1": 100 * acc_sum / self.steps,
+            "nonfinite": nonfinite,
+            "key_spread": spread,
+            "grad_ratio": dict(zip(GRAD_STAGES, ratios)),
+            "images_per_s": self.steps * self.images_per_step / max(now - self.start, 1e-9),
+        }
+        self.epoch_totals = [
+            self.epoch_totals[0] + loss_sum,
+            self.epoch_totals[1] + acc_sum,
+            self.epoch_totals[2] + self.steps,
+        ]
         self.window.zero_()
         self.steps, self.start = 0, now
         return out
@@ -208,6 +240,7 @@ class StepMonitor:
 
 
 # ---------------------------------------------------------------- processes
+
 
 def default_workers(local_world: int) -> int:
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
@@ -232,12 +265,20 @@ def train(cfg: PretrainConfig, resume_ckpt: dict | None = None) -> dict:
     if procs.is_main:
         out.mkdir(parents=True, exist_ok=True)
     bar_active = procs.is_main and sys.stderr.isatty()
-    with log_to("mocoeval", out if procs.is_main else None, procs.is_main, console_format=CONSOLE_FORMAT,
-                file_format=FILE_FORMAT, bar_active=bar_active):
+    with log_to(
+        "mocoeval",
+        out if procs.is_main else None,
+        procs.is_main,
+        console_format=CONSOLE_FORMAT,
+        file_format=FILE_FORMAT,
+        bar_active=bar_active,
+    ):
         try:
             if resume_ckpt is None and procs.is_main and find_resume_checkpoint(out) is not None:
-                raise UserError(f"{out} already holds checkpoints of a run: continue it with --resume auto, "
-                                "or choose another --output-dir")
+                raise UserError(
+                    f"{out} already holds checkpoints of a run: continue it with --resume auto, "
+                    "or choose another --output-dir"
+                )
             run = PretrainRun(cfg, procs, out)
             run.build()
             run.resume(resume_ckpt)
@@ -251,6 +292,7 @@ def train(cfg: PretrainConfig, resume_ckpt: dict | None = None) -> dict:
 @dataclasses.dataclass
 class EpochState:
     """One epoch in progress: where it started, its monitor, and what its last log line said."""
+
     index: int  # 0-based
     first_step: int  # > 0: resumed mid-epoch
     start: float  # time.time() at its start (earlier by the time it had run before a resume point)
@@ -279,9 +321,11 @@ class PretrainRun:
         self.workers = cfg.workers if cfg.workers is not None else default_workers(procs.local_world_size)
         self.autocast_dtype = torch.bfloat16 if cfg.precision == "bf16" else None
         if self.autocast_dtype is not None and device.type == "cpu" and not cpu_has_fast_bf16():
-            log.warning("WARNING: --precision bf16 on a CPU without AVX-512-bf16/AMX: oneDNN cannot run bf16 "
-                        "convolutions here and PyTorch falls back to a slow path (measured ~8x slower than fp32 "
-                        "on an AVX2 EPYC). Use --precision fp32 on this machine.")
+            log.warning(
+                "WARNING: --precision bf16 on a CPU without AVX-512-bf16/AMX: oneDNN cannot run bf16 "
+                "convolutions here and PyTorch falls back to a slow path (measured ~8x slower than fp32 "
+                "on an AVX2 EPYC). Use --precision fp32 on this machine."
+            )
         self.config = run_config(cfg, self.bn_splits, world)
         self.variant = pretrain_variant(self.config).to_record()  # a dict: checkpoints and metrics.json carry it
         self.ln_k1 = math.log(cfg.moco_k + 1)
@@ -293,18 +337,24 @@ class PretrainRun:
     def build(self):
         """The loader, the model (same initial weights and queue on every process) and the optimizer."""
         cfg, world, device = self.cfg, self.procs.world_size, self.device
-        self.loader = build_loader(cfg.data, cfg.image_size, cfg.aug_plus, self.seed, self.batch, self.workers,
-                                   device, self.procs.rank, world)
+        self.loader = build_loader(
+            cfg.data, cfg.image_size, cfg.aug_plus, self.seed, self.batch, self.workers, device, self.procs.rank, world
+        )
         self.n_images = len(self.loader.dataset)
         if self.n_images // world < self.batch:
-            raise UserError(f"{cfg.data}/train has {self.n_images} images, fewer than the batch size "
-                            f"{cfg.batch_size}")
+            raise UserError(f"{cfg.data}/train has {self.n_images} images, fewer than the batch size {cfg.batch_size}")
         if cfg.moco_k > K_FRACTION_WARN * self.n_images:
-            log.warning("WARNING: --moco-k %d is %.0f%% of the %d training images (more than %.0f%%): the queue "
-                        "then holds older keys of the same images as negatives and training tends to stall at "
-                        "loss ~ ln(K+1) = %.2f. Use K <= %d or more images.", cfg.moco_k,
-                        100 * cfg.moco_k / self.n_images, self.n_images, 100 * K_FRACTION_WARN, self.ln_k1,
-                        int(K_FRACTION_WARN * self.n_images))
+            log.warning(
+                "WARNING: --moco-k %d is %.0f%% of the %d training images (more than %.0f%%): the queue "
+                "then holds older keys of the same images as negatives and training tends to stall at "
+                "loss ~ ln(K+1) = %.2f. Use K <= %d or more images.",
+                cfg.moco_k,
+                100 * cfg.moco_k / self.n_images,
+                self.n_images,
+                100 * K_FRACTION_WARN,
+                self.ln_k1,
+                int(K_FRACTION_WARN * self.n_images),
+            )
         self.steps_per_epoch = len(self.loader)
         torch.manual_seed(self.seed)  # same initial weights and queue on every process
         self.model = build_model(cfg, self.bn_splits).to(device)
@@ -312,8 +362,9 @@ class PretrainRun:
             self.model = self.model.to(memory_format=torch.channels_last)
         if cfg.compile:
             if device.type == "cpu" and not any(shutil.which(c) for c in ("g++", "c++", "clang++")):
-                raise UserError("--compile on CPU needs a C++ compiler (g++ or clang++) on PATH: "
-                                "install one or drop --compile")
+                raise UserError(
+                    "--compile on CPU needs a C++ compiler (g++ or clang++) on PATH: install one or drop --compile"
+                )
             compile_encoders(self.model)
         self.optimizer = build_optimizer(self.model, cfg, device)
 
@@ -334,17 +385,31 @@ class PretrainRun:
             if self.start_step:
                 self.epoch_progress = ckpt["epoch_progress"]
                 if self.epoch_progress["steps_per_epoch"] != spe:
-                    raise UserError(f"{cfg.resume} stopped at step {self.start_step} of "
-                                    f"{self.epoch_progress['steps_per_epoch']} steps per epoch but this run has {spe} "
-                                    f"(other data or batch size): resume from a checkpoint_XXXX.pth.tar instead")
-            log.info("resumed %s: %d of %d epochs done%s", cfg.resume, self.start_epoch, cfg.epochs,
-                     f", and step {self.start_step}/{spe} of epoch {self.start_epoch + 1}" if self.start_step else "")
+                    raise UserError(
+                        f"{cfg.resume} stopped at step {self.start_step} of "
+                        f"{self.epoch_progress['steps_per_epoch']} steps per epoch but this run has {spe} "
+                        f"(other data or batch size): resume from a checkpoint_XXXX.pth.tar instead"
+                    )
+            log.info(
+                "resumed %s: %d of %d epochs done%s",
+                cfg.resume,
+                self.start_epoch,
+                cfg.epochs,
+                f", and step {self.start_step}/{spe} of epoch {self.start_epoch + 1}" if self.start_step else "",
+            )
             if "config" not in ckpt:
-                log.warning("WARNING: %s has no stored config (an official checkpoint): arch, MLP, dim and K were "
-                            "read off its tensors; aug+, cos, T, lr and epochs come from the flags", cfg.resume)
-        self.model_ddp = (torch.nn.parallel.DistributedDataParallel(
-            self.model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False)
-            if self.procs.distributed else self.model)
+                log.warning(
+                    "WARNING: %s has no stored config (an official checkpoint): arch, MLP, dim and K were "
+                    "read off its tensors; aug+, cos, T, lr and epochs come from the flags",
+                    cfg.resume,
+                )
+        self.model_ddp = (
+            torch.nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False
+            )
+            if self.procs.distributed
+            else self.model
+        )
 
     def open_monitoring(self):
         """kNN loaders; on the main process the tensorboard writer, the run's first log line and config.json."""
@@ -352,21 +417,43 @@ class PretrainRun:
         self.knn = knn_loaders(cfg.knn_data, cfg.image_size, self.batch, self.workers) if cfg.knn_data else None
         if self.is_main:
             from torch.utils.tensorboard import SummaryWriter
-            self.writer = SummaryWriter(str(self.out / "tb"),
-                                        purge_step=self.start_epoch * self.steps_per_epoch + self.start_step + 1)
-            log.info("MoCo %s: %s, %d images, %d steps/epoch of %d (%d per process x %d), K %d, m %g, T %g, "
-                     "BN splits %d, %s%s, seed %d, device %s, %d workers -> %s", self.variant["name"], cfg.arch,
-                     self.n_images, self.steps_per_epoch, cfg.batch_size, self.batch, self.procs.world_size,
-                     cfg.moco_k, cfg.moco_m, cfg.moco_t, self.bn_splits, cfg.precision,
-                     (" channels_last" if cfg.channels_last else "") + (" compiled" if cfg.compile else ""),
-                     self.seed, self.device, self.workers, self.out)
+
+            self.writer = SummaryWriter(
+                str(self.out / "tb"), purge_step=self.start_epoch * self.steps_per_epoch + self.start_step + 1
+            )
+            log.info(
+                "MoCo %s: %s, %d images, %d steps/epoch of %d (%d per process x %d), K %d, m %g, T %g, "
+                "BN splits %d, %s%s, seed %d, device %s, %d workers -> %s",
+                self.variant["name"],
+                cfg.arch,
+                self.n_images,
+                self.steps_per_epoch,
+                cfg.batch_size,
+                self.batch,
+                self.procs.world_size,
+                cfg.moco_k,
+                cfg.moco_m,
+                cfg.moco_t,
+                self.bn_splits,
+                cfg.precision,
+                (" channels_last" if cfg.channels_last else "") + (" compiled" if cfg.compile else ""),
+                self.seed,
+                self.device,
+                self.workers,
+                self.out,
+            )
             atomic_write_json(self.out / "config.json", self.config)
         self.last_ckpt = find_latest_checkpoint(self.out) if self.is_main else None
 
     def train_epochs(self, bar_active: bool):
         cfg, spe = self.cfg, self.steps_per_epoch
-        self.bar = tqdm(total=(cfg.epochs - self.start_epoch) * spe - self.start_step, unit="step",
-                        dynamic_ncols=True, disable=not bar_active, smoothing=0.05)
+        self.bar = tqdm(
+            total=(cfg.epochs - self.start_epoch) * spe - self.start_step,
+            unit="step",
+            dynamic_ncols=True,
+            disable=not bar_active,
+            smoothing=0.05,
+        )
         self.run_start, self.steps_done = time.time(), 0
         # what the (resumed) weights already hold
         self.branch_gain = residual_branch_gain(cfg, self.start_epoch + self.start_step / spe)
@@ -459,12 +546,27 @@ class PretrainRun:
         _check_finite(w, ep.index, step + 1, self.last_ckpt)
         remaining = (cfg.epochs - ep.index) * spe - step - 1
         eta = (time.time() - self.run_start) / self.steps_done * remaining
-        self.bar.set_postfix_str(f"loss {w['loss']:.3f} (ln(K+1) {ln_k1:.2f}) acc1 {w['acc1']:.1f}% "
-                                 f"lr {ep.lr:.4g} {w['images_per_s']:.1f} img/s", refresh=False)
-        log.info("epoch %d/%d step %d/%d  loss %.4f (ln(K+1) = %.2f)  acc1 %.2f%%  key spread %.3f  "
-                 "lr %.5g  %.1f img/s  eta %s", ep.index + 1, cfg.epochs, step + 1, spe,
-                 w["loss"], ln_k1, w["acc1"], w["key_spread"], ep.lr, w["images_per_s"], format_seconds(eta),
-                 extra={"step_line": True})
+        self.bar.set_postfix_str(
+            f"loss {w['loss']:.3f} (ln(K+1) {ln_k1:.2f}) acc1 {w['acc1']:.1f}% "
+            f"lr {ep.lr:.4g} {w['images_per_s']:.1f} img/s",
+            refresh=False,
+        )
+        log.info(
+            "epoch %d/%d step %d/%d  loss %.4f (ln(K+1) = %.2f)  acc1 %.2f%%  key spread %.3f  "
+            "lr %.5g  %.1f img/s  eta %s",
+            ep.index + 1,
+            cfg.epochs,
+            step + 1,
+            spe,
+            w["loss"],
+            ln_k1,
+            w["acc1"],
+            w["key_spread"],
+            ep.lr,
+            w["images_per_s"],
+            format_seconds(eta),
+            extra={"step_line": True},
+        )
         ep.key_spread, ep.grad_ratio = w["key_spread"], w["grad_ratio"]
         if self.writer:
             gstep = ep.index * spe + step + 1
@@ -484,9 +586,16 @@ class PretrainRun:
             self._report_epoch(self.history[-1])
             if (epoch + 1) % cfg.save_every == 0 or epoch + 1 == cfg.epochs or stop_now:
                 self.last_ckpt = save_checkpoint(
-                    self.out / checkpoint_name(epoch + 1), model=self.model, optimizer=self.optimizer,
-                    epochs_done=epoch + 1, arch=cfg.arch, config=self.config, variant=self.variant, seed=self.seed,
-                    history=self.history)
+                    self.out / checkpoint_name(epoch + 1),
+                    model=self.model,
+                    optimizer=self.optimizer,
+                    epochs_done=epoch + 1,
+                    arch=cfg.arch,
+                    config=self.config,
+                    variant=self.variant,
+                    seed=self.seed,
+                    history=self.history,
+                )
                 _prune_checkpoints(self.out, cfg.keep_checkpoints)
                 self.points.superseded()
             _write_metrics(self.out, self.config, self.variant, self.history, self.last_ckpt, None)
@@ -494,38 +603,68 @@ class PretrainRun:
             barrier(self.procs.world_size)
             raise self.points.stop.interrupted(
                 f"stopped after epoch {epoch + 1} of {cfg.epochs}, checkpoint "
-                f"{self.last_ckpt or self.out / checkpoint_name(epoch + 1)}; continue with --resume auto")
+                f"{self.last_ckpt or self.out / checkpoint_name(epoch + 1)}; continue with --resume auto"
+            )
 
     def _epoch_entry(self, ep: EpochState) -> dict:
         cfg, epoch = self.cfg, ep.index
         loss_mean, acc1_mean = ep.monitor.epoch_means(self.procs.world_size)
-        entry = {"epoch": epoch + 1, "loss": loss_mean, "acc1": acc1_mean, "lr": ep.lr, "ln_k_plus_1": self.ln_k1,
-                 "key_spread": ep.key_spread, "grad_ratio": ep.grad_ratio,
-                 "images_per_s": self.steps_per_epoch * cfg.batch_size / (time.time() - ep.start),
-                 "unreadable_images": len(self.bad_files),
-                 "residual_branch_scale": residual_branch_scales(self.model.encoder_q)}
+        entry = {
+            "epoch": epoch + 1,
+            "loss": loss_mean,
+            "acc1": acc1_mean,
+            "lr": ep.lr,
+            "ln_k_plus_1": self.ln_k1,
+            "key_spread": ep.key_spread,
+            "grad_ratio": ep.grad_ratio,
+            "images_per_s": self.steps_per_epoch * cfg.batch_size / (time.time() - ep.start),
+            "unreadable_images": len(self.bad_files),
+            "residual_branch_scale": residual_branch_scales(self.model.encoder_q),
+        }
         if self.knn is not None and ((epoch + 1) % cfg.knn_every == 0 or epoch + 1 == cfg.epochs):
-            entry["knn_top1"] = knn_top1(self.model.encoder_q, self.knn["train"], self.knn["val"],
-                                         self.knn["num_classes"], self.device, cfg.knn_k, cfg.knn_t,
-                                         self.autocast_dtype, cfg.channels_last)
+            entry["knn_top1"] = knn_top1(
+                self.model.encoder_q,
+                self.knn["train"],
+                self.knn["val"],
+                self.knn["num_classes"],
+                self.device,
+                cfg.knn_k,
+                cfg.knn_t,
+                self.autocast_dtype,
+                cfg.channels_last,
+            )
         entry["time_s"] = time.time() - ep.start
         return entry
 
     def _report_epoch(self, entry: dict):
         """The epoch's log lines and tensorboard scalars (main process)."""
         cfg, ln_k1, epoch = self.cfg, self.ln_k1, entry["epoch"] - 1
-        log.info("epoch %d/%d done in %s: loss %.4f (ln(K+1) = %.2f), acc1 %.2f%%%s, %.1f img/s",
-                 epoch + 1, cfg.epochs, format_seconds(entry["time_s"]), entry["loss"], ln_k1, entry["acc1"],
-                 f", kNN top-1 {entry['knn_top1']:.2f}%" if "knn_top1" in entry else "", entry["images_per_s"])
+        log.info(
+            "epoch %d/%d done in %s: loss %.4f (ln(K+1) = %.2f), acc1 %.2f%%%s, %.1f img/s",
+            epoch + 1,
+            cfg.epochs,
+            format_seconds(entry["time_s"]),
+            entry["loss"],
+            ln_k1,
+            entry["acc1"],
+            f", kNN top-1 {entry['knn_top1']:.2f}%" if "knn_top1" in entry else "",
+            entry["images_per_s"],
+        )
         if cfg.residual_bn_ramp:
-            log.info("residual branch scale (mean |last BN scale|) %s",
-                     "  ".join(f"{k} {v:.3f}" for k, v in entry["residual_branch_scale"].items()))
+            log.info(
+                "residual branch scale (mean |last BN scale|) %s",
+                "  ".join(f"{k} {v:.3f}" for k, v in entry["residual_branch_scale"].items()),
+            )
         if entry["key_spread"] < COLLAPSED_SPREAD:
-            log.warning("epoch %d: the keys have collapsed (key spread %.3f; 1 = uniform, 0 = one point): "
-                        "the projection maps nearly every image to the same direction, so the loss stays "
-                        "near ln(K+1) = %.2f and a high acc1 only means the fresh positive beats older "
-                        "queue keys. See results/claim-in-miniature/lab-notes.md, 'Collapse'.",
-                        epoch + 1, entry["key_spread"], ln_k1)
+            log.warning(
+                "epoch %d: the keys have collapsed (key spread %.3f; 1 = uniform, 0 = one point): "
+                "the projection maps nearly every image to the same direction, so the loss stays "
+                "near ln(K+1) = %.2f and a high acc1 only means the fresh positive beats older "
+                "queue keys. See results/claim-in-miniature/lab-notes.md, 'Collapse'.",
+                epoch + 1,
+                entry["key_spread"],
+                ln_k1,
+            )
         for tag in ("loss", "acc1", "key_spread", "images_per_s", "knn_top1"):
             if tag in entry:
                 self.writer.add_scalar(f"epoch/{tag}", entry[tag], epoch + 1)
@@ -540,8 +679,10 @@ class PretrainRun:
         if self.start_epoch >= cfg.epochs:
             log.info("%s is already at epoch %d of %d: nothing to train", cfg.resume, self.start_epoch, cfg.epochs)
             if _already_finished(self.out) or not self.history:  # (no history: an official checkpoint, not our run)
-                return {"checkpoint": str(self.out / FINAL_NAME) if (self.out / FINAL_NAME).is_file() else cfg.resume,
-                        "history": self.history}
+                return {
+                    "checkpoint": str(self.out / FINAL_NAME) if (self.out / FINAL_NAME).is_file() else cfg.resume,
+                    "history": self.history,
+                }
             last_ckpt = Path(cfg.resume)  # finish what an interrupted run left undone (final link, record)
         return _finish(self.out, last_ckpt, self.config, self.variant, self.history, self.seed)
 
@@ -581,18 +722,35 @@ class ResumePoints:
         by the main process; the path there, None elsewhere)."""
         run, epoch, done = self.run, ep.index, ep.done
         if ep.monitor.steps:  # fold the steps since the last log line into the epoch totals (one process only)
-            _check_finite(ep.monitor.read(run.model.queue, stage_grad_ratios(run.model.encoder_q)), epoch, done,
-                          run.last_ckpt)
+            _check_finite(
+                ep.monitor.read(run.model.queue, stage_grad_ratios(run.model.encoder_q)), epoch, done, run.last_ckpt
+            )
         if not run.is_main:
             return None
         path = save_checkpoint(
-            run.out / resume_point_name(epoch, done), model=run.model, optimizer=run.optimizer, epochs_done=epoch,
-            arch=run.cfg.arch, config=run.config, variant=run.variant, seed=run.seed, history=run.history,
-            mid_epoch={"step_in_epoch": done, "epoch_progress": {
-                "steps_per_epoch": run.steps_per_epoch, "totals": list(ep.monitor.epoch_totals),
-                "elapsed_s": time.time() - ep.start, "key_spread": ep.key_spread, "grad_ratio": ep.grad_ratio,
-                "bad_files": sorted(run.bad_files), "rng_cpu": torch.get_rng_state(),
-                "rng_cuda": torch.cuda.get_rng_state(run.device) if run.device.type == "cuda" else None}})
+            run.out / resume_point_name(epoch, done),
+            model=run.model,
+            optimizer=run.optimizer,
+            epochs_done=epoch,
+            arch=run.cfg.arch,
+            config=run.config,
+            variant=run.variant,
+            seed=run.seed,
+            history=run.history,
+            mid_epoch={
+                "step_in_epoch": done,
+                "epoch_progress": {
+                    "steps_per_epoch": run.steps_per_epoch,
+                    "totals": list(ep.monitor.epoch_totals),
+                    "elapsed_s": time.time() - ep.start,
+                    "key_spread": ep.key_spread,
+                    "grad_ratio": ep.grad_ratio,
+                    "bad_files": sorted(run.bad_files),
+                    "rng_cpu": torch.get_rng_state(),
+                    "rng_cuda": torch.cuda.get_rng_state(run.device) if run.device.type == "cuda" else None,
+                },
+            },
+        )
         remove_resume_points(run.out, keep=path)
         log.info("resume point %s (epoch %d, step %d/%d)", path, epoch + 1, done, run.steps_per_epoch)
         return path
@@ -605,21 +763,26 @@ class ResumePoints:
     def stop_after_epoch(self, epoch: int) -> bool:
         """Whether any process was signalled and epochs remain (then the epoch's checkpoint is the stop's)."""
         run = self.run
-        stop_now = any_process([self.stop.requested], run.procs.world_size, run.device)[0] \
-            and epoch + 1 < run.cfg.epochs
+        stop_now = (
+            any_process([self.stop.requested], run.procs.world_size, run.device)[0] and epoch + 1 < run.cfg.epochs
+        )
         if self.stop.requested and epoch + 1 == run.cfg.epochs and run.is_main:
             log.warning("that was the last epoch: the run finishes (send the signal again to stop at once)")
         return stop_now
 
     def stopped_mid_epoch(self, ep: EpochState, path) -> BaseException:
-        return self.stop.interrupted(f"stopped after step {ep.done}/{self.run.steps_per_epoch} of epoch "
-                                     f"{ep.index + 1}, resume point {path}; continue with --resume auto")
+        return self.stop.interrupted(
+            f"stopped after step {ep.done}/{self.run.steps_per_epoch} of epoch "
+            f"{ep.index + 1}, resume point {path}; continue with --resume auto"
+        )
 
 
 def _check_finite(window: dict, epoch: int, step: int, last_ckpt):
     if window["nonfinite"]:
-        raise TrainingDiverged(f"loss became NaN/Inf in epoch {epoch + 1} (step {step}); stopped. "
-                               f"Last good checkpoint: {last_ckpt or 'none yet'}. Try a lower --lr or --precision fp32")
+        raise TrainingDiverged(
+            f"loss became NaN/Inf in epoch {epoch + 1} (step {step}); stopped. "
+            f"Last good checkpoint: {last_ckpt or 'none yet'}. Try a lower --lr or --precision fp32"
+        )
 
 
 def _count_unreadable(unreadable: torch.Tensor, bad_files: set, dataset, n_local: int):
@@ -633,8 +796,10 @@ def _count_unreadable(unreadable: torch.Tensor, bad_files: set, dataset, n_local
     bad_files |= new
     if len(bad_files) > MAX_UNREADABLE_FRACTION * n_local:
         first = dataset.samples[min(bad_files)][0]
-        raise UserError(f"{len(bad_files)} unreadable images (more than {MAX_UNREADABLE_FRACTION:.0%} of "
-                        f"{n_local}), e.g. {first}: fix or remove them")
+        raise UserError(
+            f"{len(bad_files)} unreadable images (more than {MAX_UNREADABLE_FRACTION:.0%} of "
+            f"{n_local}), e.g. {first}: fix or remove them"
+        )
 
 
 def knn_loaders(knn_data, image_size: int, batch: int, workers: int) -> dict:
@@ -644,8 +809,11 @@ def knn_loaders(knn_data, image_size: int, batch: int, workers: int) -> dict:
     train_set = LabelledImageFolder(root / "train", tf)
     val_set = LabelledImageFolder(root / "val", tf, class_names=train_set.classes)
     kw = dict(batch_size=max(batch, 64), shuffle=False, num_workers=workers, drop_last=False)
-    return {"train": torch.utils.data.DataLoader(train_set, **kw), "val": torch.utils.data.DataLoader(val_set, **kw),
-            "num_classes": len(train_set.classes)}
+    return {
+        "train": torch.utils.data.DataLoader(train_set, **kw),
+        "val": torch.utils.data.DataLoader(val_set, **kw),
+        "num_classes": len(train_set.classes),
+    }
 
 
 def _prune_checkpoints(out: Path, keep: int):
@@ -666,10 +834,18 @@ def _already_finished(out: Path) -> bool:
 
 def _write_metrics(out: Path, config, variant, history, checkpoint, run_record):
     final = history[-1] if history else {}
-    atomic_write_json(out / "metrics.json", {
-        "variant": variant, "config": config, "epochs_done": len(history) and history[-1]["epoch"],
-        "final": final, "history": history, "checkpoint": str(checkpoint) if checkpoint else None,
-        "run_record": str(run_record) if run_record else None})
+    atomic_write_json(
+        out / "metrics.json",
+        {
+            "variant": variant,
+            "config": config,
+            "epochs_done": len(history) and history[-1]["epoch"],
+            "final": final,
+            "history": history,
+            "checkpoint": str(checkpoint) if checkpoint else None,
+            "run_record": str(run_record) if run_record else None,
+        },
+    )
 
 
 def _link_final(src: Path, out: Path) -> Path:
@@ -693,16 +869,35 @@ def _finish(out: Path, last_ckpt: Path, config, variant, history, seed) -> dict:
     remove_resume_points(out)
     sha = sha256_file(final)
     last = history[-1] if history else {}
-    metrics = {"final_loss": last.get("loss"), "final_acc1": last.get("acc1"), "epochs": config["epochs"],
-               "ln_k_plus_1": math.log(config["moco_k"] + 1), "images_per_s": last.get("images_per_s")}
+    metrics = {
+        "final_loss": last.get("loss"),
+        "final_acc1": last.get("acc1"),
+        "epochs": config["epochs"],
+        "ln_k_plus_1": math.log(config["moco_k"] + 1),
+        "images_per_s": last.get("images_per_s"),
+    }
     if "knn_top1" in last:
         metrics["final_knn_top1"] = last["knn_top1"]
     wall = sum(h.get("time_s", 0.0) for h in history)
-    record = write_run_record("pretrain", variant=variant, metrics=metrics, source_sha256=sha, weights=str(final),
-                              weights_sha256=sha, config=config, seeds=[seed], wall_time_s=wall,
-                              extra={"output_dir": str(out), "checkpoint": str(last_ckpt)})
+    record = write_run_record(
+        "pretrain",
+        variant=variant,
+        metrics=metrics,
+        source_sha256=sha,
+        weights=str(final),
+        weights_sha256=sha,
+        config=config,
+        seeds=[seed],
+        wall_time_s=wall,
+        extra={"output_dir": str(out), "checkpoint": str(last_ckpt)},
+    )
     _write_metrics(out, config, variant, history, final, record)
-    log.info("done: %s (sha256 %s), loss %s, acc1 %s%%; run record %s", final, sha[:12],
-             _fmt(metrics["final_loss"], ".4f"), _fmt(metrics["final_acc1"], ".2f"), record)
-    return {"checkpoint": str(final), "sha256": sha, "metrics": metrics, "run_record": str(record),
-            "history": history}
+    log.info(
+        "done: %s (sha256 %s), loss %s, acc1 %s%%; run record %s",
+        final,
+        sha[:12],
+        _fmt(metrics["final_loss"], ".4f"),
+        _fmt(metrics["final_acc1"], ".2f"),
+        record,
+    )
+    return {"checkpoint": str(final), "sha256": sha, "metrics": metrics, "run_record": str(record), "history": history}

@@ -19,6 +19,7 @@ zero init: a stage whose branches stay near 0 is its projection shortcut alone);
 the backbone on DATA/val (the random-init baseline of train_moco.py's monitor), with --knn-stage of an earlier
 stage's pooled features, with --knn-bn data after re-estimating the BN statistics on DATA/train.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,52 +29,79 @@ import sys
 import torch
 import torch.nn.functional as F
 
-from mocoeval.pretrain.residual_scaling import check_residual_bn_init
 from mocoeval.data.layout import check_imagefolder
-from mocoeval.runtime.errors import UserError, cli_main
 from mocoeval.pretrain.builder import key_spread, shuffle_batch, unshuffle_batch
-from mocoeval.pretrain.residual_scaling import residual_branch_scales
 from mocoeval.pretrain.checkpoint import load_moco_checkpoint, strip_prefix
 from mocoeval.pretrain.config import ARCHS, PretrainConfig
 from mocoeval.pretrain.engine import COLLAPSED_SPREAD, build_loader, build_model, knn_loaders, resolve_bn_splits
 from mocoeval.pretrain.knn import STAGES, knn_top1, reestimate_bn_statistics
+from mocoeval.pretrain.residual_scaling import check_residual_bn_init, residual_branch_scales
+from mocoeval.runtime.errors import UserError, cli_main
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="inspect_collapse.py", description=__doc__.split("\n\n")[0],
-                                epilog=__doc__.split("\n\n", 1)[1],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="inspect_collapse.py",
+        description=__doc__.split("\n\n")[0],
+        epilog=__doc__.split("\n\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("data", metavar="DATA_DIR", help="ImageFolder root holding train/<class>/<image>")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--weights", metavar="CKPT", help="MoCo pretraining checkpoint (ours or official)")
     src.add_argument("--random-init", type=int, metavar="SEED", help="a freshly initialised MoCo model instead")
     p.add_argument("-a", "--arch", choices=ARCHS, default=None, help="with --random-init (default resnet50)")
     p.add_argument("--no-mlp", action="store_true", help="with --random-init: the v1 linear projection")
-    p.add_argument("--residual-bn-init", type=float, default=None, metavar="G",
-                   help="with --random-init: the residual branches' last BN scale starts at G (train_moco.py's "
-                        "flag; default 1, torchvision's init)")
-    p.add_argument("--zero-init-residual", action="store_const", const=0.0, dest="residual_bn_init",
-                   help="with --random-init: the same as --residual-bn-init 0")
+    p.add_argument(
+        "--residual-bn-init",
+        type=float,
+        default=None,
+        metavar="G",
+        help="with --random-init: the residual branches' last BN scale starts at G (train_moco.py's "
+        "flag; default 1, torchvision's init)",
+    )
+    p.add_argument(
+        "--zero-init-residual",
+        action="store_const",
+        const=0.0,
+        dest="residual_bn_init",
+        help="with --random-init: the same as --residual-bn-init 0",
+    )
     p.add_argument("--image-size", type=int, default=None, help="view size (default: the checkpoint's, else 64)")
     p.add_argument("-b", "--batch-size", type=int, default=64, help="images in the batch (default 64)")
     p.add_argument("--bn-splits", type=int, default=0, help="BN splits, 0 = auto as in pretraining (default 0)")
     p.add_argument("--seed", type=int, default=0, help="which images and views (default 0)")
-    p.add_argument("--knn", action="store_true",
-                   help="also the kNN top-1 of the query backbone on DATA/val (eval mode; as train_moco.py "
-                        "--knn-data)")
-    p.add_argument("--knn-stage", choices=STAGES, default="layer4",
-                   help="with --knn: pool the features after this stage (default layer4, the whole backbone)")
-    p.add_argument("--knn-bn", choices=("stored", "data"), default="stored",
-                   help="with --knn: BN running statistics as stored (default; a random init's are mean 0, var 1, "
-                        "so its BN layers pass activations through unnormalised) or re-estimated on DATA/train "
-                        "first (center crops, as Detectron2's precise BN)")
+    p.add_argument(
+        "--knn",
+        action="store_true",
+        help="also the kNN top-1 of the query backbone on DATA/val (eval mode; as train_moco.py --knn-data)",
+    )
+    p.add_argument(
+        "--knn-stage",
+        choices=STAGES,
+        default="layer4",
+        help="with --knn: pool the features after this stage (default layer4, the whole backbone)",
+    )
+    p.add_argument(
+        "--knn-bn",
+        choices=("stored", "data"),
+        default="stored",
+        help="with --knn: BN running statistics as stored (default; a random init's are mean 0, var 1, "
+        "so its BN layers pass activations through unnormalised) or re-estimated on DATA/train "
+        "first (center crops, as Detectron2's precise BN)",
+    )
     p.add_argument("--json", action="store_true", help="one JSON object instead of text")
     return p
 
 
 @torch.no_grad()
-def view_similarities(model, im_q: torch.Tensor, im_k: torch.Tensor, queue: torch.Tensor | None = None,
-                      im_k_other: torch.Tensor | None = None) -> dict:
+def view_similarities(
+    model,
+    im_q: torch.Tensor,
+    im_k: torch.Tensor,
+    queue: torch.Tensor | None = None,
+    im_k_other: torch.Tensor | None = None,
+) -> dict:
     """The cosine statistics of one batch, training-mode encoders, keys through the shuffle; optionally against
     the queued keys and the keys of another batch `im_k_other` (same weights). The model is left
     as it was: the BN running statistics this training-mode pass moves are put back (a later kNN sees the
@@ -109,8 +137,9 @@ def view_similarities(model, im_q: torch.Tensor, im_k: torch.Tensor, queue: torc
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if args.weights and (args.arch or args.no_mlp or args.residual_bn_init is not None):
-        raise UserError("--arch, --no-mlp and --residual-bn-init describe a --random-init model; "
-                        "--weights brings its own")
+        raise UserError(
+            "--arch, --no-mlp and --residual-bn-init describe a --random-init model; --weights brings its own"
+        )
     if args.residual_bn_init is not None:
         check_residual_bn_init(args.residual_bn_init)
     config = {}
@@ -131,9 +160,18 @@ def main(argv=None) -> int:
     check_imagefolder(args.data, splits=("train", "val") if args.knn else ("train",))  # before any work
     splits = resolve_bn_splits(args.bn_splits, args.batch_size, 1)
     torch.manual_seed(args.random_init if args.random_init is not None else 0)
-    model = build_model(PretrainConfig.defaults(arch=arch, moco_dim=dim, mlp=mlp, moco_k=K, moco_m=0.999, moco_t=0.2,
-                                                residual_bn_init=1.0 if args.residual_bn_init is None
-                                                else args.residual_bn_init), splits)
+    model = build_model(
+        PretrainConfig.defaults(
+            arch=arch,
+            moco_dim=dim,
+            mlp=mlp,
+            moco_k=K,
+            moco_m=0.999,
+            moco_t=0.2,
+            residual_bn_init=1.0 if args.residual_bn_init is None else args.residual_bn_init,
+        ),
+        splits,
+    )
     if args.weights:
         try:
             model.load_state_dict(sd)
@@ -148,9 +186,14 @@ def main(argv=None) -> int:
         raise UserError(f"{args.data}/train holds fewer than --batch-size {args.batch_size} images") from None
     (_, im_k_other), _ = next(batches, ((None, None), None))  # a second batch when the data holds one
     torch.manual_seed(args.seed)  # the key shuffle
-    stats = {"weights": args.weights or f"random-init:{args.random_init}", "arch": arch, "image_size": size,
-             "batch_size": args.batch_size, "bn_splits": splits,
-             **view_similarities(model, im_q, im_k, model.queue if args.weights else None, im_k_other)}
+    stats = {
+        "weights": args.weights or f"random-init:{args.random_init}",
+        "arch": arch,
+        "image_size": size,
+        "batch_size": args.batch_size,
+        "bn_splits": splits,
+        **view_similarities(model, im_q, im_k, model.queue if args.weights else None, im_k_other),
+    }
     stats["collapsed"] = stats["key_spread"] < COLLAPSED_SPREAD
     stats["residual_branch_scale"] = residual_branch_scales(model.encoder_q)
     if args.knn:
@@ -158,22 +201,34 @@ def main(argv=None) -> int:
         stats["knn_stage"], stats["knn_bn"] = args.knn_stage, args.knn_bn
         if args.knn_bn == "data":
             reestimate_bn_statistics(model.encoder_q, knn["train"], torch.device("cpu"))
-        stats["knn_top1"] = knn_top1(model.encoder_q, knn["train"], knn["val"], knn["num_classes"],
-                                     torch.device("cpu"), stage=args.knn_stage)
+        stats["knn_top1"] = knn_top1(
+            model.encoder_q, knn["train"], knn["val"], knn["num_classes"], torch.device("cpu"), stage=args.knn_stage
+        )
     if args.json:
         print(json.dumps(stats))
     else:
-        labels = (("positive_cos", "cos(query, positive key)"), ("negative_cos", "cos(query, other images' keys)"),
-                  ("other_batch_cos", "cos(query, another batch's keys)"), ("queue_cos", "cos(query, queued keys)"),
-                  ("output_pairwise_cos", "outputs' pairwise cos"))
+        labels = (
+            ("positive_cos", "cos(query, positive key)"),
+            ("negative_cos", "cos(query, other images' keys)"),
+            ("other_batch_cos", "cos(query, another batch's keys)"),
+            ("queue_cos", "cos(query, queued keys)"),
+            ("output_pairwise_cos", "outputs' pairwise cos"),
+        )
         figures = [f"{label} {stats[key]:.4f}" for key, label in labels if key in stats]
-        print(f"{stats['weights']} ({arch}, {size} px, batch {args.batch_size}, BN splits {splits}): "
-              + ", ".join(figures) + f", key spread {stats['key_spread']:.3f}"
-              + (" -> COLLAPSED" if stats["collapsed"] else "")
-              + "; residual branch scale " + " / ".join(f"{v:.3f}" for v in stats["residual_branch_scale"].values())
-              + " (layer1-4)"
-              + (f"; kNN top-1 {stats['knn_top1']:.2f}% ({args.knn_stage}, BN statistics {args.knn_bn})"
-                 if args.knn else ""))
+        print(
+            f"{stats['weights']} ({arch}, {size} px, batch {args.batch_size}, BN splits {splits}): "
+            + ", ".join(figures)
+            + f", key spread {stats['key_spread']:.3f}"
+            + (" -> COLLAPSED" if stats["collapsed"] else "")
+            + "; residual branch scale "
+            + " / ".join(f"{v:.3f}" for v in stats["residual_branch_scale"].values())
+            + " (layer1-4)"
+            + (
+                f"; kNN top-1 {stats['knn_top1']:.2f}% ({args.knn_stage}, BN statistics {args.knn_bn})"
+                if args.knn
+                else ""
+            )
+        )
     return 0
 
 

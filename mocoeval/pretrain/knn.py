@@ -1,6 +1,7 @@
 """Weighted kNN monitor (Wu et al. 2018, as used to monitor MoCo): classify each val image by the labels of
 its k nearest train images in the L2-normalised backbone feature space of f_q, each neighbour voting with
 weight exp(cosine similarity / T). k = 200, T = 0.1 by default."""
+
 from __future__ import annotations
 
 import contextlib
@@ -8,7 +9,6 @@ import contextlib
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-
 
 STAGES = ("layer1", "layer2", "layer3", "layer4")
 
@@ -32,7 +32,7 @@ def backbone_of(resnet: nn.Module, stage: str = "layer4") -> nn.Module:
 def extract_features(backbone: nn.Module, loader, device, autocast_dtype=None, channels_last=False):
     """(L2-normalised float32 features [N, D], labels [N]) on `device`, in the loader's order."""
     feats, labels = [], []
-    amp = (torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else contextlib.nullcontext())
+    amp = torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else contextlib.nullcontext()
     for images, target in loader:
         images = images.to(device, non_blocking=True)
         if channels_last:
@@ -66,13 +66,14 @@ def reestimate_bn_statistics(model: nn.Module, loader, device) -> None:
 
 
 @torch.no_grad()
-def knn_predict(test_feats, train_feats, train_labels, num_classes: int, k: int = 200, t: float = 0.1,
-                chunk: int = 256) -> torch.Tensor:
+def knn_predict(
+    test_feats, train_feats, train_labels, num_classes: int, k: int = 200, t: float = 0.1, chunk: int = 256
+) -> torch.Tensor:
     """Predicted class per test feature (features already L2-normalised)."""
     k = min(k, train_feats.shape[0])
     preds = []
     for start in range(0, test_feats.shape[0], chunk):
-        sim = test_feats[start:start + chunk] @ train_feats.t()
+        sim = test_feats[start : start + chunk] @ train_feats.t()
         top_sim, top_idx = sim.topk(k, dim=1)
         votes = torch.zeros(sim.shape[0], num_classes, device=sim.device)
         votes.scatter_add_(1, train_labels[top_idx], (top_sim / t).exp())
@@ -80,8 +81,18 @@ def knn_predict(test_feats, train_feats, train_labels, num_classes: int, k: int 
     return torch.cat(preds)
 
 
-def knn_top1(encoder_q: nn.Module, train_loader, val_loader, num_classes: int, device, k: int = 200,
-             t: float = 0.1, autocast_dtype=None, channels_last=False, stage: str = "layer4") -> float:
+def knn_top1(
+    encoder_q: nn.Module,
+    train_loader,
+    val_loader,
+    num_classes: int,
+    device,
+    k: int = 200,
+    t: float = 0.1,
+    autocast_dtype=None,
+    channels_last=False,
+    stage: str = "layer4",
+) -> float:
     """kNN top-1 (%) of `encoder_q`'s backbone up to `stage`, in eval mode (BN running statistics)."""
     was_training = encoder_q.training
     encoder_q.eval()

@@ -5,10 +5,12 @@
 flag's check, setting / multiplying / measuring the branches of a torchvision ResNet, the ramp's gain, and the
 same measurement on Detectron2-named weights (a converted .pkl, a fine-tuned detector).
 """
+
 from __future__ import annotations
 
 import re
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -28,8 +30,10 @@ def check_residual_bn_init(value: float) -> float:
 
 def residual_branch_last_bns(encoder: nn.Module) -> dict:
     """Per stage, the last BN of each residual branch: a Bottleneck's bn3, a BasicBlock's bn2."""
-    return {stage: [b.bn3 if hasattr(b, "bn3") else b.bn2 for b in getattr(encoder, stage)]
-            for stage in ("layer1", "layer2", "layer3", "layer4")}
+    return {
+        stage: [b.bn3 if hasattr(b, "bn3") else b.bn2 for b in getattr(encoder, stage)]
+        for stage in ("layer1", "layer2", "layer3", "layer4")
+    }
 
 
 def set_residual_branch_scales(encoder: nn.Module, scale: float) -> None:
@@ -56,8 +60,10 @@ def residual_branch_scales(encoder: nn.Module) -> dict:
     """Per stage, the mean |scale| of its residual branches' last BN: how loud the blocks are against their
     shortcuts. 1 at torchvision's init, 0 with zero init; a branch whose scale stays near 0 through training
     leaves the stage to its projection shortcut alone."""
-    return {stage: sum(bn.weight.detach().abs().mean().item() for bn in bns) / len(bns)
-            for stage, bns in residual_branch_last_bns(encoder).items()}
+    return {
+        stage: sum(bn.weight.detach().abs().mean().item() for bn in bns) / len(bns)
+        for stage, bns in residual_branch_last_bns(encoder).items()
+    }
 
 
 def residual_branch_gain(cfg, progress: float) -> float:
@@ -69,7 +75,7 @@ def residual_branch_gain(cfg, progress: float) -> float:
         return 1.0
     start, end = cfg.residual_bn_ramp
     fraction = min(max((progress - start) / (end - start), 0.0), 1.0)
-    return cfg.residual_bn_init ** -fraction
+    return cfg.residual_bn_init**-fraction
 
 
 def d2_residual_branch_scales(model: Mapping[str, Any]) -> dict[str, float]:

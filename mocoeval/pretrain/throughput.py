@@ -8,6 +8,7 @@ Each implementation is built once and warmed up, then the implementations are ti
 (A B A B ...) so that drifts of the machine (turbo, other load) hit both alike. The clock is read after a
 device synchronisation only at the ends of a timed round.
 """
+
 from __future__ import annotations
 
 import copy
@@ -21,8 +22,14 @@ import torch.utils.data
 
 from mocoeval.pretrain.augment import IMAGENET_MEAN, IMAGENET_STD
 from mocoeval.pretrain.config import PretrainConfig
-from mocoeval.pretrain.engine import (build_loader, build_model, build_optimizer, compile_encoders, resolve_bn_splits,
-                                      train_step)
+from mocoeval.pretrain.engine import (
+    build_loader,
+    build_model,
+    build_optimizer,
+    compile_encoders,
+    resolve_bn_splits,
+    train_step,
+)
 from mocoeval.runtime.precision import autocast_context
 
 
@@ -70,19 +77,31 @@ def _batches(cfg: BenchConfig, device: torch.device, loader_factory):
             loader.sampler.set_epoch(epoch)
         for views in loader:
             im_q, im_k = views[0] if isinstance(views[0], (list, tuple)) else views[:2]
-            yield (im_q.to(device, non_blocking=True).contiguous(memory_format=fmt),
-                   im_k.to(device, non_blocking=True).contiguous(memory_format=fmt))
+            yield (
+                im_q.to(device, non_blocking=True).contiguous(memory_format=fmt),
+                im_k.to(device, non_blocking=True).contiguous(memory_format=fmt),
+            )
         epoch += 1
 
 
 class OursRunner:
     """Our pretrainer's step (`engine.train_step`) and loader (`engine.build_loader`), as train_moco.py runs them."""
+
     name = "ours"
 
     def __init__(self, cfg: BenchConfig, device: torch.device):
-        run_cfg = PretrainConfig.defaults(arch=cfg.arch, moco_dim=cfg.moco_dim, mlp=True, moco_k=cfg.moco_k,
-                                          moco_m=cfg.moco_m, moco_t=cfg.moco_t, lr=cfg.lr, momentum=0.9,
-                                          weight_decay=1e-4, residual_bn_init=1.0)
+        run_cfg = PretrainConfig.defaults(
+            arch=cfg.arch,
+            moco_dim=cfg.moco_dim,
+            mlp=True,
+            moco_k=cfg.moco_k,
+            moco_m=cfg.moco_m,
+            moco_t=cfg.moco_t,
+            lr=cfg.lr,
+            momentum=0.9,
+            weight_decay=1e-4,
+            residual_bn_init=1.0,
+        )
         self.bn_splits = resolve_bn_splits(0, cfg.batch_size, 1)
         torch.manual_seed(0)
         self.model = build_model(run_cfg, self.bn_splits).to(device)
@@ -92,8 +111,9 @@ class OursRunner:
             compile_encoders(self.model)
         self.optimizer = build_optimizer(self.model, run_cfg, device)
         self.dtype = _dtype(cfg.precision)
-        self.batches = _batches(cfg, device, lambda: build_loader(cfg.data, cfg.image_size, True, 0, cfg.batch_size,
-                                                                  cfg.workers, device))
+        self.batches = _batches(
+            cfg, device, lambda: build_loader(cfg.data, cfg.image_size, True, 0, cfg.batch_size, cfg.workers, device)
+        )
 
     def step(self):
         im_q, im_k = next(self.batches)
@@ -103,6 +123,7 @@ class OursRunner:
 class LightlyRunner:
     """The same MoCo v2 recipe from lightly's building blocks, as its MoCo example writes it: torchvision
     backbone, MoCoProjectionHead, update_momentum, NTXentLoss with a memory bank, MoCoV2Transform + DataLoader."""
+
     name = "lightly"
 
     def __init__(self, cfg: BenchConfig, device: torch.device):
@@ -130,12 +151,19 @@ class LightlyRunner:
         self.m, self.dtype, self.device = cfg.moco_m, _dtype(cfg.precision), device
 
         def loader():
-            transform = MoCoV2Transform(input_size=cfg.image_size,
-                                        normalize={"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)})
+            transform = MoCoV2Transform(
+                input_size=cfg.image_size, normalize={"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
+            )
             dataset = torchvision.datasets.ImageFolder(f"{cfg.data}/train", transform=transform)
-            return torch.utils.data.DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True, drop_last=True,
-                                               num_workers=cfg.workers, pin_memory=device.type == "cuda",
-                                               persistent_workers=cfg.workers > 0)
+            return torch.utils.data.DataLoader(
+                dataset,
+                batch_size=cfg.batch_size,
+                shuffle=True,
+                drop_last=True,
+                num_workers=cfg.workers,
+                pin_memory=device.type == "cuda",
+                persistent_workers=cfg.workers > 0,
+            )
 
         self.batches = _batches(cfg, device, loader)
 
@@ -164,8 +192,9 @@ def peak_memory_mib(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def benchmark(cfg: BenchConfig, implementations=("ours",), steps: int = 6, warmup: int = 2, rounds: int = 3,
-              on_round=None) -> list[dict]:
+def benchmark(
+    cfg: BenchConfig, implementations=("ours",), steps: int = 6, warmup: int = 2, rounds: int = 3, on_round=None
+) -> list[dict]:
     """Pairs/s of each implementation for one configuration, timed in alternation; one result dict each."""
     device = torch.device(cfg.device)
     runners = [RUNNERS[name](cfg, device) for name in implementations]
@@ -189,15 +218,26 @@ def benchmark(cfg: BenchConfig, implementations=("ours",), steps: int = 6, warmu
     results = []
     for r in runners:
         pairs = rounds * steps * cfg.batch_size
-        results.append({
-            "impl": r.name, "mode": cfg.mode, "arch": cfg.arch, "image_size": cfg.image_size,
-            "batch_size": cfg.batch_size, "moco_k": cfg.moco_k, "device": str(device), "precision": cfg.precision,
-            "channels_last": cfg.channels_last, "compile": cfg.compile and r.name == "ours",
-            "workers": cfg.workers if cfg.mode == "loop" else 0,
-            "threads": torch.get_num_threads(), "steps_timed": rounds * steps,
-            "pairs_per_s": pairs / elapsed[r.name], "peak_memory_mib": round(peak_memory_mib(device), 1),
-            "bn_splits": getattr(r, "bn_splits", 1),
-        })
+        results.append(
+            {
+                "impl": r.name,
+                "mode": cfg.mode,
+                "arch": cfg.arch,
+                "image_size": cfg.image_size,
+                "batch_size": cfg.batch_size,
+                "moco_k": cfg.moco_k,
+                "device": str(device),
+                "precision": cfg.precision,
+                "channels_last": cfg.channels_last,
+                "compile": cfg.compile and r.name == "ours",
+                "workers": cfg.workers if cfg.mode == "loop" else 0,
+                "threads": torch.get_num_threads(),
+                "steps_timed": rounds * steps,
+                "pairs_per_s": pairs / elapsed[r.name],
+                "peak_memory_mib": round(peak_memory_mib(device), 1),
+                "bn_splits": getattr(r, "bn_splits", 1),
+            }
+        )
     if {"ours", "lightly"} <= set(implementations):
         speed = {x["impl"]: x["pairs_per_s"] for x in results}
         for x in results:

@@ -9,11 +9,12 @@ Examples:
 Writes to --output-dir: checkpoint_XXXX.pth.tar (official layout), final.pth.tar, metrics.json, log.txt,
 tb/ (tensorboard); and one run record in results/runs/.
 """
+
 from __future__ import annotations
 
-from mocoeval.runtime.errors import cli_main
 from mocoeval.pretrain.config import parse_config
 from mocoeval.pretrain.engine import train
+from mocoeval.runtime.errors import cli_main
 
 
 @cli_main

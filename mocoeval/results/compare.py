@@ -19,6 +19,7 @@ Examples (results/compare.py):
   python results/compare.py d random-init             # Welch's t-test on each VOC metric (+ linear top-1)
   python results/compare.py "(d)" "(c)" --paired --metric AP50 AP --json
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,21 +27,27 @@ import json
 import re
 import sys
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from mocoeval.results import rows as table_rows
 from mocoeval.results import store as results_store
-from mocoeval.results.statistics import (ALPHA, MAX_TRIALS, POWER, VERDICT_NONE, Comparison, compare_values)
+from mocoeval.results.statistics import ALPHA, MAX_TRIALS, POWER, VERDICT_NONE, Comparison, compare_values
 from mocoeval.results.store import COCO_METRICS, LINEAR_METRIC, VOC_METRICS
 from mocoeval.runtime.errors import UserError, cli_main
 
 SHA_PREFIX_MIN = 4  # shorter hex texts ("d", "e") are case keys or label prefixes, not sha256 prefixes
 LINEAR = LINEAR_METRIC
 METRICS = (*VOC_METRICS, *COCO_METRICS, LINEAR)
-METRIC_TITLES = {"AP50": "VOC AP50", "AP": "VOC AP", "AP75": "VOC AP75", LINEAR: "linear top-1",
-                 **{m: "COCO " + m.replace("_", " ") for m in COCO_METRICS}}
+METRIC_TITLES = {
+    "AP50": "VOC AP50",
+    "AP": "VOC AP",
+    "AP75": "VOC AP75",
+    LINEAR: "linear top-1",
+    **{m: "COCO " + m.replace("_", " ") for m in COCO_METRICS},
+}
 TRIALS_ATTR = {**{m: "trials" for m in VOC_METRICS}, **{m: "coco_trials" for m in COCO_METRICS}}  # Source/Row
+
 
 # -------------------------------------------------------------------------------------- row selection
 def listed_labels(rows: Sequence[table_rows.Row]) -> list[str]:
@@ -72,17 +79,26 @@ def select_row(rows: Sequence[table_rows.Row], text: str, listed: Sequence[str] 
     tiers = [
         [i for i, name in enumerate(listed) if name == text],
         [i for i, r in enumerate(rows) if text in _aliases(r)],
-        [i for i, r in enumerate(rows) if any(n.startswith(text) for n in [listed[i], *_aliases(r)])
-         or (re.fullmatch(r"[0-9a-fA-F]{%d,}" % SHA_PREFIX_MIN, text)
-             and any(s.sha256 and s.sha256.startswith(text.lower()) for s in r.sources))],
+        [
+            i
+            for i, r in enumerate(rows)
+            if any(n.startswith(text) for n in [listed[i], *_aliases(r)])
+            or (
+                re.fullmatch(rf"[0-9a-fA-F]{{{SHA_PREFIX_MIN},}}", text)
+                and any(s.sha256 and s.sha256.startswith(text.lower()) for s in r.sources)
+            )
+        ],
     ]
     for found in tiers:
         found = list(dict.fromkeys(found))
         if len(found) == 1:
             return found[0]
         if len(found) > 1:
-            raise UserError(f"{text!r} matches {len(found)} rows: " + "; ".join(repr(listed[i]) for i in found)
-                            + " (pass one of these)")
+            raise UserError(
+                f"{text!r} matches {len(found)} rows: "
+                + "; ".join(repr(listed[i]) for i in found)
+                + " (pass one of these)"
+            )
     raise UserError(f"no row matches {text!r}; the rows are: " + "; ".join(map(repr, listed)))
 
 
@@ -118,8 +134,11 @@ def _values(row: table_rows.Row, metric: str) -> list[float]:
 def _paired_values(a: table_rows.Row, b: table_rows.Row, metric: str) -> tuple[list[float], list[float]]:
     attr = TRIALS_ATTR[metric]
     ta, tb = (getattr(_trial_sources(r, attr)[0], attr) for r in (a, b))
-    keys = [k for k in sorted(ta, key=lambda k: (len(k[1]), k[1]))
-            if ta[k][metric] is not None and tb[k][metric] is not None]
+    keys = [
+        k
+        for k in sorted(ta, key=lambda k: (len(k[1]), k[1]))
+        if ta[k][metric] is not None and tb[k][metric] is not None
+    ]
     return [ta[k][metric] for k in keys], [tb[k][metric] for k in keys]
 
 
@@ -131,8 +150,14 @@ def default_metrics(a: table_rows.Row, b: table_rows.Row) -> list[str]:
     return out
 
 
-def compare_rows(a: table_rows.Row, b: table_rows.Row, metrics: Sequence[str] | None = None, *, paired: bool = False,
-                 names: tuple[str, str] = ("A", "B")) -> list[Comparison]:
+def compare_rows(
+    a: table_rows.Row,
+    b: table_rows.Row,
+    metrics: Sequence[str] | None = None,
+    *,
+    paired: bool = False,
+    names: tuple[str, str] = ("A", "B"),
+) -> list[Comparison]:
     """One Comparison per metric (default_metrics when None). paired applies to the VOC and COCO metrics (the linear
     top-1 compares different networks: always Welch); UserError when the rows cannot be paired."""
     metrics = list(metrics) if metrics else default_metrics(a, b)
@@ -141,14 +166,25 @@ def compare_rows(a: table_rows.Row, b: table_rows.Row, metrics: Sequence[str] | 
         if problem:
             raise UserError(f"--paired: {problem}; drop --paired for Welch's test")
     if not metrics:
-        raise UserError("nothing to compare: the two rows share no VOC or COCO metric and do not both have several "
-                        "networks with a linear top-1")
+        raise UserError(
+            "nothing to compare: the two rows share no VOC or COCO metric and do not both have several "
+            "networks with a linear top-1"
+        )
     out = []
     for m in metrics:
         pair = paired and m != LINEAR
         va, vb = _paired_values(a, b, m) if pair else (_values(a, m), _values(b, m))
-        out.append(compare_values(va, vb, paired=pair, metric=m, a_name=names[0], b_name=names[1],
-                                  unit="network" if m == LINEAR else "trial"))
+        out.append(
+            compare_values(
+                va,
+                vb,
+                paired=pair,
+                metric=m,
+                a_name=names[0],
+                b_name=names[1],
+                unit="network" if m == LINEAR else "trial",
+            )
+        )
     return out
 
 
@@ -159,8 +195,7 @@ def _num(x: float | None, fmt: str = "{:.2f}") -> str:
 
 def format_comparison(c: Comparison) -> str:
     """One line per metric; a second one with the trials needed when the verdict is 'not detectable'."""
-    head = (f"{METRIC_TITLES.get(c.metric, c.metric)}: A {_num(c.mean_a)} (n {c.n_a}) vs B {_num(c.mean_b)} "
-            f"(n {c.n_b})")
+    head = f"{METRIC_TITLES.get(c.metric, c.metric)}: A {_num(c.mean_a)} (n {c.n_a}) vs B {_num(c.mean_b)} (n {c.n_b})"
     if c.delta is not None:
         head += f"; A − B = {c.delta:+.2f}"
     if c.ci95 is not None:
@@ -169,32 +204,59 @@ def format_comparison(c: Comparison) -> str:
         head += f"; {c.test} p = {c.p_value:.3g}"
     lines = [f"{head} -> {c.verdict}"]
     if c.verdict == VERDICT_NONE:
-        unit = "pairs" if c.test == "paired t-test" else ("networks" if c.metric == LINEAR else "trials") + \
-            " per side"
-        needed = (f"{c.trials_needed}" if c.trials_needed is not None else
-                  "none would do (no observed difference)" if c.delta == 0 else f"more than {MAX_TRIALS}")
-        lines.append(f"    {unit} needed to detect {c.delta:+.2f} at {ALPHA:.0%} with {POWER:.0%} power, "
-                     f"given the observed spread: {needed}")
+        unit = "pairs" if c.test == "paired t-test" else ("networks" if c.metric == LINEAR else "trials") + " per side"
+        needed = (
+            f"{c.trials_needed}"
+            if c.trials_needed is not None
+            else "none would do (no observed difference)"
+            if c.delta == 0
+            else f"more than {MAX_TRIALS}"
+        )
+        lines.append(
+            f"    {unit} needed to detect {c.delta:+.2f} at {ALPHA:.0%} with {POWER:.0%} power, "
+            f"given the observed spread: {needed}"
+        )
     return "\n".join(lines)
 
 
 # ---------------------------------------------------------------------------------------------- CLI
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="compare.py", description=__doc__.split("\n\n")[0],
-                                     epilog=__doc__.split("\n\n", 1)[1],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("a", nargs="?", metavar="A", help="a row: its label as --list prints it, a unique "
-                        "prefix of it, the case key (e.g. random-init, d) with its brackets, or a source sha256 "
-                        f"prefix ({SHA_PREFIX_MIN}+ hex digits)")
+    parser = argparse.ArgumentParser(
+        prog="compare.py",
+        description=__doc__.split("\n\n")[0],
+        epilog=__doc__.split("\n\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "a",
+        nargs="?",
+        metavar="A",
+        help="a row: its label as --list prints it, a unique "
+        "prefix of it, the case key (e.g. random-init, d) with its brackets, or a source sha256 "
+        f"prefix ({SHA_PREFIX_MIN}+ hex digits)",
+    )
     parser.add_argument("b", nargs="?", metavar="B", help="the row to compare A with (same forms)")
-    parser.add_argument("--metric", nargs="+", choices=METRICS, default=None,
-                        help="metrics to compare (default: the VOC and COCO metrics both rows have, and linear_top1 "
-                             "when both rows have several networks)")
-    parser.add_argument("--paired", action="store_true",
-                        help="paired t-test on the VOC (COCO) trials, matched by seed (both rows fine-tuned from one "
-                             "network each, with the same seeds)")
-    parser.add_argument("--runs", type=Path, default=None, metavar="DIR",
-                        help="folder of run records (default: $MOCOEVAL_RESULTS_DIR, else results/runs)")
+    parser.add_argument(
+        "--metric",
+        nargs="+",
+        choices=METRICS,
+        default=None,
+        help="metrics to compare (default: the VOC and COCO metrics both rows have, and linear_top1 "
+        "when both rows have several networks)",
+    )
+    parser.add_argument(
+        "--paired",
+        action="store_true",
+        help="paired t-test on the VOC (COCO) trials, matched by seed (both rows fine-tuned from one "
+        "network each, with the same seeds)",
+    )
+    parser.add_argument(
+        "--runs",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="folder of run records (default: $MOCOEVAL_RESULTS_DIR, else results/runs)",
+    )
     parser.add_argument("--json", action="store_true", help="print a JSON list, one object per metric")
     parser.add_argument("--list", action="store_true", help="print the selectable row labels, one per line")
     args = parser.parse_args(argv)

@@ -13,13 +13,15 @@ how they depart from the official protocol (what the tables key rows on and labe
 
 Detectron2 and torch are imported only when a record of their stage is looked at.
 """
+
 from __future__ import annotations
 
 import functools
 import math
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import yaml
 
@@ -31,18 +33,58 @@ from mocoeval.runtime.fileio import sha256_json
 # a repeat of the same protocol, like a VOC trial's SEED.
 # The official main_lincls defaults (MoCo v1/v2 papers' linear classification protocol): run_linear.py's
 # defaults, and what a linear record is compared with.
-LINCLS_DEFAULTS = dict(lr=30.0, momentum=0.9, weight_decay=0.0, batch_size=256, epochs=100, schedule=(60, 80),
-                       image_size=224, print_freq=10)
+LINCLS_DEFAULTS = dict(
+    lr=30.0,
+    momentum=0.9,
+    weight_decay=0.0,
+    batch_size=256,
+    epochs=100,
+    schedule=(60, 80),
+    image_size=224,
+    print_freq=10,
+)
 # Detectron2 keys that do not change a VOC result: left out of the config identity (and its hash).
-RESULT_NEUTRAL_KEYS = ("OUTPUT_DIR", "SEED", "MODEL.WEIGHTS", "MODEL.DEVICE", "DATALOADER.NUM_WORKERS",
-                       "SOLVER.CHECKPOINT_PERIOD", "VIS_PERIOD")
-LINEAR_NEUTRAL_KEYS = frozenset({
-    "data", "output_dir", "workers", "print_freq", "resume", "device", "channels_last", "seed", "weights",
-    "weights_format", "trust_pickle", "random_init", "residual_bn_init", "variant"})
+RESULT_NEUTRAL_KEYS = (
+    "OUTPUT_DIR",
+    "SEED",
+    "MODEL.WEIGHTS",
+    "MODEL.DEVICE",
+    "DATALOADER.NUM_WORKERS",
+    "SOLVER.CHECKPOINT_PERIOD",
+    "VIS_PERIOD",
+)
+LINEAR_NEUTRAL_KEYS = frozenset(
+    {
+        "data",
+        "output_dir",
+        "workers",
+        "print_freq",
+        "resume",
+        "device",
+        "channels_last",
+        "seed",
+        "weights",
+        "weights_format",
+        "trust_pickle",
+        "random_init",
+        "residual_bn_init",
+        "variant",
+    }
+)
 IMAGENET_CLASSES = 1000
 # Linear settings in the order a label shows them (what says most about a short probe first).
-LINEAR_KEY_ORDER = ("epochs", "lr", "feature_norm", "image_size", "num_classes", "batch_size", "schedule",
-                    "weight_decay", "momentum", "precision")
+LINEAR_KEY_ORDER = (
+    "epochs",
+    "lr",
+    "feature_norm",
+    "image_size",
+    "num_classes",
+    "batch_size",
+    "schedule",
+    "weight_decay",
+    "momentum",
+    "precision",
+)
 VOC_CONFIGS = {"supervised": "pascal_voc_R_50_C4_24k.yaml"}  # every other variant: the MoCo config
 VOC_MOCO_CONFIG = "pascal_voc_R_50_C4_24k_moco.yaml"
 COCO_CONFIGS = {"supervised": "coco_R_50_C4_2x.yaml"}  # the 2x schedule is the official protocol
@@ -88,9 +130,16 @@ def _fmt(v) -> str:
     return str(v)
 
 
-_LINEAR_TEXT = {"epochs": "{} ep", "lr": "lr {}", "schedule": "schedule {}", "batch_size": "batch {}",
-                "image_size": "{} px", "weight_decay": "wd {}", "momentum": "momentum {}",
-                "num_classes": "{} classes"}
+_LINEAR_TEXT = {
+    "epochs": "{} ep",
+    "lr": "lr {}",
+    "schedule": "schedule {}",
+    "batch_size": "batch {}",
+    "image_size": "{} px",
+    "weight_decay": "wd {}",
+    "momentum": "momentum {}",
+    "num_classes": "{} classes",
+}
 
 
 def _departure_text(stage: str, name: str, value) -> str:
@@ -134,7 +183,7 @@ def linear_identity(rec: Mapping) -> Identity:
     return Identity("linear", tuple(sorted(settings.items(), key=lambda kv: kv[0])), departures)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _official_detection(config_name: str) -> tuple[str, dict]:
     """(hash, flattened identity) of an official detection config, built as run_voc.py builds it."""
     with warnings.catch_warnings():  # torch/detectron2 import-time deprecation notices are not the tables' news
@@ -174,8 +223,9 @@ def detection_identity(rec: Mapping) -> Identity:
 
     ours = flatten_config(config_identity(CfgNode(rec["config"])))
     missing = "<unset>"
-    differing = [k for k in set(ours) | set(official)
-                 if _canonical(ours.get(k, missing)) != _canonical(official.get(k, missing))]
+    differing = [
+        k for k in set(ours) | set(official) if _canonical(ours.get(k, missing)) != _canonical(official.get(k, missing))
+    ]
     rank = {k: i for i, k in enumerate(VOC_KEY_ORDER)}
     differing.sort(key=lambda k: (rank.get(k, len(rank)), k))
     return Identity(stage, h, tuple((k, _canonical(ours.get(k, missing))) for k in differing))

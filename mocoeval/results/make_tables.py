@@ -17,6 +17,7 @@ atomically, into the output folder:
 run_voc.py and run_linear.py call the same code (mocoeval.results.tables.regenerate) when they finish.
 How records are joined into rows: see the docstring of mocoeval/results/rows.py.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,8 +25,8 @@ import sys
 import warnings
 from pathlib import Path
 
-from mocoeval.results import store as results_store
 from mocoeval import REPO_ROOT
+from mocoeval.results import store as results_store
 from mocoeval.results import tables
 from mocoeval.results.paper import PAPER_NUMBERS_CSV
 from mocoeval.runtime.errors import UserError, cli_main
@@ -33,16 +34,33 @@ from mocoeval.runtime.errors import UserError, cli_main
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="make_tables.py", description=__doc__.split("\n\n")[0],
-        epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--runs", type=Path, default=None, metavar="DIR",
-                        help="folder of run records (default: $MOCOEVAL_RESULTS_DIR, else results/runs)")
-    parser.add_argument("--out", type=Path, default=None, metavar="DIR",
-                        help="output folder (default: the parent of a runs folder named 'runs', i.e. results/; "
-                             "else the runs folder itself)")
-    parser.add_argument("--paper", type=Path, default=None, metavar="CSV",
-                        help="published numbers CSV (default: "
-                             f"{PAPER_NUMBERS_CSV.relative_to(REPO_ROOT)})")
+        prog="make_tables.py",
+        description=__doc__.split("\n\n")[0],
+        epilog=__doc__.split("\n\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--runs",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="folder of run records (default: $MOCOEVAL_RESULTS_DIR, else results/runs)",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="output folder (default: the parent of a runs folder named 'runs', i.e. results/; "
+        "else the runs folder itself)",
+    )
+    parser.add_argument(
+        "--paper",
+        type=Path,
+        default=None,
+        metavar="CSV",
+        help=f"published numbers CSV (default: {PAPER_NUMBERS_CSV.relative_to(REPO_ROOT)})",
+    )
     parser.add_argument("--no-plots", action="store_true", help="write the tables only (no matplotlib)")
     return parser.parse_args(argv)
 

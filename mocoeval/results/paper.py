@@ -1,5 +1,6 @@
 """The published numbers we compare against: results/paper_numbers.csv (MoCo v2 Table 1, MoCo v1, with sources),
 the paper's names for its rows, and the spread the papers report for them (for the "within noise" marks)."""
+
 from __future__ import annotations
 
 import os
@@ -11,11 +12,30 @@ from mocoeval import REPO_ROOT
 from mocoeval.results.store import LINEAR_METRIC, VOC_METRICS
 from mocoeval.runtime.errors import UserError
 
-CASE_LABELS = {"random-init": "random init", "supervised": "supervised", "moco_v1": "MoCo v1",
-               **{c: f"({c})" for c in "abcde"}}
+CASE_LABELS = {
+    "random-init": "random init",
+    "supervised": "supervised",
+    "moco_v1": "MoCo v1",
+    **{c: f"({c})" for c in "abcde"},
+}
 PAPER_NUMBERS_CSV = REPO_ROOT / "results" / "paper_numbers.csv"
-PAPER_COLUMNS = ["source", "label", "case", "mlp", "aug_plus", "cos", "epochs", "moco_t", "moco_m", "batch_size",
-                 "linear_top1", "AP50", "AP", "AP75", "note"]
+PAPER_COLUMNS = [
+    "source",
+    "label",
+    "case",
+    "mlp",
+    "aug_plus",
+    "cos",
+    "epochs",
+    "moco_t",
+    "moco_m",
+    "batch_size",
+    "linear_top1",
+    "AP50",
+    "AP",
+    "AP75",
+    "note",
+]
 
 # The paper's reported spread, (± as reported, number of trials), per (case, metric). The ± is the population
 # std (ddof 0; protocol.md: it matches the official trials), converted to the sample std before any t-test.
@@ -25,10 +45,14 @@ PAPER_COLUMNS = ["source", "label", "case", "mlp", "aug_plus", "cos", "epochs", 
 PAPER_TRIALS = 5
 VOC_PAPER_STD = dict(zip(VOC_METRICS, (0.2, 0.2, 0.4)))
 PAPER_SPREAD = {
-    **{(case, m): (std, PAPER_TRIALS) for case in ("moco_v1", "a", "b", "c", "d", "e")
-       for m, std in VOC_PAPER_STD.items()},
-    ("moco_v1", LINEAR_METRIC): (0.2, PAPER_TRIALS), ("d", LINEAR_METRIC): (0.1, PAPER_TRIALS)}
-
+    **{
+        (case, m): (std, PAPER_TRIALS)
+        for case in ("moco_v1", "a", "b", "c", "d", "e")
+        for m, std in VOC_PAPER_STD.items()
+    },
+    ("moco_v1", LINEAR_METRIC): (0.2, PAPER_TRIALS),
+    ("d", LINEAR_METRIC): (0.1, PAPER_TRIALS),
+}
 
 
 def load_paper_numbers(path: str | os.PathLike | None = None) -> pd.DataFrame:
@@ -47,15 +71,19 @@ def load_paper_numbers(path: str | os.PathLike | None = None) -> pd.DataFrame:
     for col in ("mlp", "aug_plus", "cos"):
         bad = ~raw[col].isin(["", "True", "False"])
         if bad.any():
-            raise UserError(f"paper numbers {path}: column {col} must be True/False/empty, "
-                            f"line {int(bad.idxmax()) + 2} has {raw[col][bad].iloc[0]!r}")
+            raise UserError(
+                f"paper numbers {path}: column {col} must be True/False/empty, "
+                f"line {int(bad.idxmax()) + 2} has {raw[col][bad].iloc[0]!r}"
+            )
         out[col] = raw[col].map({"": None, "True": True, "False": False}).astype("object")
     for col in ("epochs", "moco_t", "moco_m", "batch_size", "linear_top1", *VOC_METRICS):
         values = pd.to_numeric(raw[col].replace("", None), errors="coerce")
         bad = values.isna() & (raw[col] != "")
         if bad.any():
-            raise UserError(f"paper numbers {path}: column {col} line {int(bad.idxmax()) + 2} is not a number: "
-                            f"{raw[col][bad].iloc[0]!r}")
+            raise UserError(
+                f"paper numbers {path}: column {col} line {int(bad.idxmax()) + 2} is not a number: "
+                f"{raw[col][bad].iloc[0]!r}"
+            )
         out[col] = values.astype("Int64") if col in ("epochs", "batch_size") else values.astype("float64")
     return out[PAPER_COLUMNS]
 

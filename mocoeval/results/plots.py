@@ -3,11 +3,12 @@
 Figures are built with matplotlib's object API (`Figure`), never pyplot, so no GUI backend or global state
 is involved, and written atomically.
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import matplotlib
 
@@ -60,14 +61,26 @@ def plot_voc_trials(trials: pd.DataFrame, labels: Sequence[str], paper: pd.DataF
             sub = trials[trials["row"] == row]
             values = sub[metric].dropna().to_numpy(dtype=float)
             if values.size:
-                ax.boxplot([values], positions=[x], widths=0.5, showfliers=False,
-                           medianprops=dict(color="black"), boxprops=dict(color="0.4"),
-                           whiskerprops=dict(color="0.4"), capprops=dict(color="0.4"))
+                ax.boxplot(
+                    [values],
+                    positions=[x],
+                    widths=0.5,
+                    showfliers=False,
+                    medianprops=dict(color="black"),
+                    boxprops=dict(color="0.4"),
+                    whiskerprops=dict(color="0.4"),
+                    capprops=dict(color="0.4"),
+                )
             for si, (_, src) in enumerate(sub.groupby("source", sort=True)):
                 v = src[metric].dropna().to_numpy(dtype=float)
                 if v.size:
-                    ax.scatter(x + _jitter(v.size), v, color=colors(si % 10), **OURS_STYLE,
-                               label="ours (one trial)" if (x, si) == (0, 0) else None)
+                    ax.scatter(
+                        x + _jitter(v.size),
+                        v,
+                        color=colors(si % 10),
+                        **OURS_STYLE,
+                        label="ours (one trial)" if (x, si) == (0, 0) else None,
+                    )
             official = sub["official"].iloc[0]  # the paper ran the recipe under the official protocol
             pv = _paper_value(published.get(sub["case"].iloc[0]), sub["epochs"].iloc[0], metric) if official else None
             if pv is not None:
@@ -78,8 +91,15 @@ def plot_voc_trials(trials: pd.DataFrame, labels: Sequence[str], paper: pd.DataF
         ax.set_xlim(-0.7, len(rows_with_trials) - 0.3)
     handles, names = axes[0].get_legend_handles_labels()
     if handles:
-        fig.legend(handles, names, loc="lower center", ncol=len(handles), frameon=False, fontsize=8,
-                   bbox_to_anchor=(0.5, -0.04))
+        fig.legend(
+            handles,
+            names,
+            loc="lower center",
+            ncol=len(handles),
+            frameon=False,
+            fontsize=8,
+            bbox_to_anchor=(0.5, -0.04),
+        )
     fig.suptitle("Per-trial spread of VOC07 detection (Faster R-CNN R50-C4)")
     fig.tight_layout()
     return _save(fig, path)
@@ -120,8 +140,15 @@ def _draw_paper_points(ax, ours: np.ndarray, points: list[tuple[float, float]], 
         for x, v in outside:
             edge, marker, va = (y1, "^", "top") if v > y1 else (y0, "v", "bottom")
             ax.scatter([x], [edge], marker=marker, s=40, color="tab:red", clip_on=False, zorder=4)
-            ax.annotate(f"paper {v:.1f}", (x, edge), textcoords="offset points", xytext=(6, 0), fontsize=7,
-                        color="tab:red", va=va)
+            ax.annotate(
+                f"paper {v:.1f}",
+                (x, edge),
+                textcoords="offset points",
+                xytext=(6, 0),
+                fontsize=7,
+                color="tab:red",
+                va=va,
+            )
         ax.set_ylim(y0, y1)
 
 
@@ -135,13 +162,27 @@ def plot_linear_vs_voc(frame: pd.DataFrame, paper: pd.DataFrame | None, path) ->
     if not frame.empty:
         ours = frame[(frame["linear_n"] > 0) & (frame["AP50_n"] > 0)]
         if not ours.empty:
-            ax.errorbar(ours["linear_top1"], ours["AP50_mean"], yerr=ours["AP50_std"].fillna(0.0), fmt="o",
-                        color="tab:blue", ecolor="tab:blue", capsize=3, label="ours (mean ± std)", zorder=3)
+            ax.errorbar(
+                ours["linear_top1"],
+                ours["AP50_mean"],
+                yerr=ours["AP50_std"].fillna(0.0),
+                fmt="o",
+                color="tab:blue",
+                ecolor="tab:blue",
+                capsize=3,
+                label="ours (mean ± std)",
+                zorder=3,
+            )
             for line in ours.to_dict("records"):
-                ax.annotate(_short(line["case"], line["epochs"], line["extensions"])
-                            + ("" if line["official"] else " (non-protocol)"),
-                            (line["linear_top1"], line["AP50_mean"]),
-                            textcoords="offset points", xytext=(5, 4), fontsize=8, color="tab:blue")
+                ax.annotate(
+                    _short(line["case"], line["epochs"], line["extensions"])
+                    + ("" if line["official"] else " (non-protocol)"),
+                    (line["linear_top1"], line["AP50_mean"]),
+                    textcoords="offset points",
+                    xytext=(5, 4),
+                    fontsize=8,
+                    color="tab:blue",
+                )
             drawn += len(ours)
     if paper is not None:
         pts = paper[(paper["case"] != "") & paper["linear_top1"].notna() & paper["AP50"].notna()]
@@ -149,12 +190,24 @@ def plot_linear_vs_voc(frame: pd.DataFrame, paper: pd.DataFrame | None, path) ->
         if not pts.empty:
             ax.scatter(pts["linear_top1"], pts["AP50"], **PAPER_STYLE, label="paper")
             for line in pts.to_dict("records"):
-                ax.annotate(_short(line["case"], None), (line["linear_top1"], line["AP50"]),
-                            textcoords="offset points", xytext=(5, -10), fontsize=8, color="tab:red")
+                ax.annotate(
+                    _short(line["case"], None),
+                    (line["linear_top1"], line["AP50"]),
+                    textcoords="offset points",
+                    xytext=(5, -10),
+                    fontsize=8,
+                    color="tab:red",
+                )
             drawn += len(pts)
     if not drawn:
-        ax.text(0.5, 0.5, "no rows with both a linear and a VOC result yet", ha="center", va="center",
-                transform=ax.transAxes)
+        ax.text(
+            0.5,
+            0.5,
+            "no rows with both a linear and a VOC result yet",
+            ha="center",
+            va="center",
+            transform=ax.transAxes,
+        )
     ax.set_xlabel("ImageNet linear top-1 (%)")
     ax.set_ylabel("VOC07 AP50")
     ax.set_title("Linear classification vs detection transfer")

@@ -39,6 +39,7 @@ How records become table rows (the rules the tests pin down):
 7. **Order.** random-init, supervised, moco_v1, a, b, c, d, e, then other names alphabetically; within a
    case by epochs, then the switches (unknown first), extensions, then the official protocol before others.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -46,8 +47,9 @@ import datetime as _dt
 import math
 import os
 import warnings
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 import pandas as pd
 
@@ -58,9 +60,25 @@ from mocoeval.results.store import COCO_METRICS, TRIAL_METRICS
 from mocoeval.results.store import VOC_METRICS as METRICS
 from mocoeval.results.variants import Variant
 
-CSV_COLUMNS = ["case", "mlp", "aug_plus", "cos", "epochs", "extensions", "linear_protocol", "voc_protocol",
-               "linear_top1", "linear_best_top1", "AP50_mean", "AP50_std", "AP_mean", "AP_std", "AP75_mean",
-               "AP75_std", "n_trials"]
+CSV_COLUMNS = [
+    "case",
+    "mlp",
+    "aug_plus",
+    "cos",
+    "epochs",
+    "extensions",
+    "linear_protocol",
+    "voc_protocol",
+    "linear_top1",
+    "linear_best_top1",
+    "AP50_mean",
+    "AP50_std",
+    "AP_mean",
+    "AP_std",
+    "AP75_mean",
+    "AP75_std",
+    "n_trials",
+]
 # The COCO columns, written only when there are COCO results (so VOC-only tables keep their columns).
 COCO_CSV_COLUMNS = ["coco_protocol"] + [f"{m}_{s}" for m in COCO_METRICS for s in ("mean", "std")] + ["coco_n_trials"]
 STAGE_IDS = ("linear", "voc", "coco")  # the stages with a protocol identity (`Row.<stage>_id`)
@@ -70,6 +88,7 @@ LABEL_DEPARTURES = 3  # per stage in a row label; the CSV and the notes have the
 CASE_ORDER = ("random-init", "supervised", "moco_v1", "a", "b", "c", "d", "e")
 # The pretraining hyperparameters are outside the row key; sources pooled into one row should agree on them.
 POOLED_HYPERPARAMS = variants.HYPERPARAMS
+
 
 @dataclass(frozen=True)
 class VariantKey:
@@ -84,7 +103,7 @@ class VariantKey:
     extensions: tuple = ()
 
     @classmethod
-    def from_variant(cls, variant: Mapping[str, Any]) -> "VariantKey":
+    def from_variant(cls, variant: Mapping[str, Any]) -> VariantKey:
         name = variant.get("name")
         if not isinstance(name, str) or not name:
             raise ValueError(f"variant has no name: {variant!r}")
@@ -101,20 +120,32 @@ class VariantKey:
             epochs = int(epochs)
         for ext, recipe_value in variants.RECIPE_EXTENSIONS.items():
             value = variant.get(ext, recipe_value)
-            if not (is_number(value) or (recipe_value is None and value is None)  # e.g. no ramp
-                    or (isinstance(value, (list, tuple)) and len(value) == 2 and all(map(is_number, value)))):
+            if not (
+                is_number(value)
+                or (recipe_value is None and value is None)  # e.g. no ramp
+                or (isinstance(value, (list, tuple)) and len(value) == 2 and all(map(is_number, value)))
+            ):
                 raise ValueError(f"variant {ext} must be a number or a pair of numbers, got {variant[ext]!r}")
         return cls(name, *switches, epochs, variants.recipe_departures(variant))
 
     def sort_key(self) -> tuple:
         rank = CASE_ORDER.index(self.case) if self.case in CASE_ORDER else len(CASE_ORDER)
         unknown_first = lambda v: (v is not None, v if v is not None else 0)  # noqa: E731
-        return (rank, self.case, unknown_first(self.epochs), unknown_first(self.mlp), unknown_first(self.aug_plus),
-                unknown_first(self.cos), self.extensions)
+        return (
+            rank,
+            self.case,
+            unknown_first(self.epochs),
+            unknown_first(self.mlp),
+            unknown_first(self.aug_plus),
+            unknown_first(self.cos),
+            self.extensions,
+        )
 
     def describe(self) -> str:
-        flags = ", ".join([f"{k}={getattr(self, k)}" for k in ("mlp", "aug_plus", "cos", "epochs")]
-                          + [f"{k}={v}" for k, v in self.extensions])
+        flags = ", ".join(
+            [f"{k}={getattr(self, k)}" for k in ("mlp", "aug_plus", "cos", "epochs")]
+            + [f"{k}={v}" for k, v in self.extensions]
+        )
         return f"{self.case} ({flags})"
 
     def extensions_text(self) -> str:
@@ -160,8 +191,9 @@ class Row:
 
     def tag(self, limit: int | None = LABEL_DEPARTURES) -> str:
         """What the label's brackets say: extensions, then each stage's departures from the protocol."""
-        return "; ".join(filter(None, [self.key.extensions_text()] + [
-            i.describe(limit) for i in self.identities if i is not None]))
+        return "; ".join(
+            filter(None, [self.key.extensions_text()] + [i.describe(limit) for i in self.identities if i is not None])
+        )
 
     @property
     def label(self) -> str:
@@ -275,8 +307,10 @@ def collect_rows(records: Iterable[Mapping]) -> list[Row]:
         for rec, key in recs:  # oldest -> newest: later records overwrite
             src.record_paths.append(rec.get("_path"))
             if key != ref_key:
-                _warn(f"run record {rec.get('_path')} names variant {key.describe()} but its source "
-                      f"{(src.sha256 or '')[:12]} is {ref_key.describe()}; counted as the latter")
+                _warn(
+                    f"run record {rec.get('_path')} names variant {key.describe()} but its source "
+                    f"{(src.sha256 or '')[:12]} is {ref_key.describe()}; counted as the latter"
+                )
             stage = rec["stage"]
             if stage == "pretrain":
                 src.pretrain = rec
@@ -289,8 +323,11 @@ def collect_rows(records: Iterable[Mapping]) -> list[Row]:
                 for i, t in enumerate(rec["trials"]):
                     seed = t.get("seed")
                     merge_key = ("seed", str(seed)) if seed is not None else ("unseeded", rec.get("_path"), i)
-                    trials[merge_key] = {"seed": seed, **{m: t.get(m) for m in TRIAL_METRICS[stage]},
-                                         "record": rec.get("_path")}
+                    trials[merge_key] = {
+                        "seed": seed,
+                        **{m: t.get(m) for m in TRIAL_METRICS[stage]},
+                        "record": rec.get("_path"),
+                    }
         units += _split_source(src, {"linear": linear, **detection})
 
     # Units with every stage first, so that a unit missing a stage finds the rows it may join.
@@ -302,14 +339,17 @@ def collect_rows(records: Iterable[Mapping]) -> list[Row]:
         row.sources.sort(key=lambda s: s.source_id)
         differing = row.differing_hyperparams()
         if differing:
-            _warn(f"row {row.key.describe()} {row.tag(None)} pools sources with different hyperparameters "
-                  f"{differing}; give such runs their own variant name to get separate rows")
+            _warn(
+                f"row {row.key.describe()} {row.tag(None)} pools sources with different hyperparameters "
+                f"{differing}; give such runs their own variant name to get separate rows"
+            )
     return ordered
 
 
 def _split_source(src: Source, by_stage: Mapping[str, dict]) -> list[Source]:
     """The source's units (rule 4): its main unit, then one per further identity of a stage.
     `by_stage`: stage -> identity key -> (Identity, the stage's result for `_RESULT_ATTR`)."""
+
     def primary(by_id: dict):
         if len(by_id) == 1:
             return next(iter(by_id))
@@ -334,8 +374,9 @@ def _row_for(rows: list[Row], unit: Source) -> Row:
     exact = [r for r in rows if r.key == unit.key and all(getattr(r, f"{st}_id") == i for st, i in ids.items())]
     if exact:
         return exact[0]
-    candidates = [r for r in rows if r.key == unit.key
-                  and all(i is None or getattr(r, f"{st}_id") == i for st, i in ids.items())]
+    candidates = [
+        r for r in rows if r.key == unit.key and all(i is None or getattr(r, f"{st}_id") == i for st, i in ids.items())
+    ]
     official = [r for r in candidates if r.official]
     if official or len(candidates) == 1:
         return (official or candidates)[0]
@@ -356,10 +397,17 @@ def ablation_frame(rows: Sequence[Row]) -> pd.DataFrame:
     lines = []
     for row in rows:
         k = row.key
-        line = {"case": k.case, "mlp": k.mlp, "aug_plus": k.aug_plus, "cos": k.cos, "epochs": k.epochs,
-                "extensions": k.extensions_text(), "tag": row.tag(), "official": row.official,
-                **{f"{st}_protocol": "" if i is None else i.departures_text() for st, i in
-                   zip(STAGE_IDS, row.identities)}}
+        line = {
+            "case": k.case,
+            "mlp": k.mlp,
+            "aug_plus": k.aug_plus,
+            "cos": k.cos,
+            "epochs": k.epochs,
+            "extensions": k.extensions_text(),
+            "tag": row.tag(),
+            "official": row.official,
+            **{f"{st}_protocol": "" if i is None else i.departures_text() for st, i in zip(STAGE_IDS, row.identities)},
+        }
         line["linear_top1"], line["linear_std"], line["linear_n"] = _stats(row.linear_values)
         line["linear_best_top1"] = _stats(row.linear_best_values)[0]
         trials = row.trials
@@ -371,8 +419,12 @@ def ablation_frame(rows: Sequence[Row]) -> pd.DataFrame:
             line[f"{m}_mean"], line[f"{m}_std"], line[f"{m}_n"] = _stats([t[m] for t in coco])
         line["coco_n_trials"] = len(coco)
         lines.append(line)
-    columns = (CSV_COLUMNS + COCO_CSV_COLUMNS + ["tag", "official", "linear_std", "linear_n"]
-               + [f"{m}_n" for m in (*METRICS, *COCO_METRICS)])
+    columns = (
+        CSV_COLUMNS
+        + COCO_CSV_COLUMNS
+        + ["tag", "official", "linear_std", "linear_n"]
+        + [f"{m}_n" for m in (*METRICS, *COCO_METRICS)]
+    )
     frame = pd.DataFrame(lines, columns=columns)
     for col in ("mlp", "aug_plus", "cos"):
         frame[col] = frame[col].astype("object")
@@ -389,9 +441,18 @@ def trials_frame(rows: Sequence[Row]) -> pd.DataFrame:
     for i, row in enumerate(rows):
         for src in row.sources:
             for t in src.trials.values():
-                lines.append({"row": i, "label": row.label, "case": row.key.case, "epochs": row.key.epochs,
-                              "official": row.official, "source": src.sha256 or "",
-                              "seed": t["seed"], **{m: t[m] for m in METRICS}})
+                lines.append(
+                    {
+                        "row": i,
+                        "label": row.label,
+                        "case": row.key.case,
+                        "epochs": row.key.epochs,
+                        "official": row.official,
+                        "source": src.sha256 or "",
+                        "seed": t["seed"],
+                        **{m: t[m] for m in METRICS},
+                    }
+                )
     return pd.DataFrame(lines, columns=["row", "label", "case", "epochs", "official", "source", "seed", *METRICS])
 
 
@@ -404,4 +465,3 @@ def case_label(case: str, tag: str = "") -> str:
 def epochs_suffix(key: VariantKey, sep: str = " ") -> str:
     """' 200 ep' after a row's label where the epochs column is not beside it (plots, Sources, compare.py)."""
     return "" if key.epochs is None else f"{sep}{key.epochs} ep"
-

@@ -1,12 +1,13 @@
 """The statistics behind compare.py and the tables' "within noise" marks: Welch / paired t-tests with a 95%
 interval of the difference, the trials a difference needs (80% power at 5%), and the gap to the paper's number
 under the paper's own reported spread. Pure functions of numbers; scipy is imported only when a test runs."""
+
 from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from mocoeval.results.paper import CASE_LABELS, PAPER_SPREAD, PAPER_TRIALS, VOC_PAPER_STD
 from mocoeval.results.store import LINEAR_METRIC, VOC_METRICS
@@ -69,8 +70,16 @@ def _verdict(delta: float, p: float) -> str:
     return VERDICT_NONE
 
 
-def compare_values(a: Sequence[float], b: Sequence[float], *, paired: bool = False, metric: str = "",
-                   a_name: str = "A", b_name: str = "B", unit: str = "trial") -> Comparison:
+def compare_values(
+    a: Sequence[float],
+    b: Sequence[float],
+    *,
+    paired: bool = False,
+    metric: str = "",
+    a_name: str = "A",
+    b_name: str = "B",
+    unit: str = "trial",
+) -> Comparison:
     """Welch's t-test of a against b (paired: the paired t-test of a[i] against b[i]) at level ALPHA.
 
     Fewer than 2 values on a side (pairs when paired) gives the verdict "n too small: ..." and no test; no
@@ -82,27 +91,35 @@ def compare_values(a: Sequence[float], b: Sequence[float], *, paired: bool = Fal
         raise ValueError(f"a paired test needs as many values on each side, got {len(a)} and {len(b)}")
     (mean_a, sd_a), (mean_b, sd_b) = _mean_sd(a), _mean_sd(b)
     delta = None if mean_a is None or mean_b is None else mean_a - mean_b
-    out = Comparison(metric, a_name, b_name, len(a), len(b), mean_a, mean_b, sd_a, sd_b, delta, None, None,
-                     None, None, "")
+    out = Comparison(
+        metric, a_name, b_name, len(a), len(b), mean_a, mean_b, sd_a, sd_b, delta, None, None, None, None, ""
+    )
     small = [(side, n) for side, n in (("A", len(a)), ("B", len(b))) if n < 2]
     if small:
         unit_ = "pair" if paired else unit
-        out.verdict = "n too small: " + ", ".join(f"{s} has {n} {unit_}{'' if n == 1 else 's'}" for s, n in small) \
-            + f"; a t-test needs at least 2 {unit_}s" + ("" if paired else " per side")
+        out.verdict = (
+            "n too small: "
+            + ", ".join(f"{s} has {n} {unit_}{'' if n == 1 else 's'}" for s, n in small)
+            + f"; a t-test needs at least 2 {unit_}s"
+            + ("" if paired else " per side")
+        )
         return out
     if paired:
         diffs = [x - y for x, y in zip(a, b)]
         _, sd_d = _mean_sd(diffs)
         se, df, test = sd_d / math.sqrt(len(diffs)), len(diffs) - 1, "paired t-test"
     else:
-        va, vb = sd_a ** 2 / len(a), sd_b ** 2 / len(b)
+        va, vb = sd_a**2 / len(a), sd_b**2 / len(b)
         se, test = math.sqrt(va + vb), "Welch t-test"
         # Welch–Satterthwaite degrees of freedom
-        df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1)) if se > 0 else None
+        df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1)) if se > 0 else None
     out.test = test
     if se == 0:
-        out.verdict = ("undefined: every paired difference is the same (no spread to test against)" if paired
-                       else "undefined: every value is identical on both sides (no spread to test against)")
+        out.verdict = (
+            "undefined: every paired difference is the same (no spread to test against)"
+            if paired
+            else "undefined: every value is identical on both sides (no spread to test against)"
+        )
         return out
     t = _t_dist()
     half = t.ppf(1 - ALPHA / 2, df) * se
@@ -120,8 +137,8 @@ def _power(delta: float, sd_a: float, sd_b: float | None, n: int) -> float:
     if sd_b is None:
         se, df = sd_a / math.sqrt(n), n - 1
     else:
-        va, vb = sd_a ** 2, sd_b ** 2
-        se, df = math.sqrt((va + vb) / n), (va + vb) ** 2 * (n - 1) / (va ** 2 + vb ** 2)
+        va, vb = sd_a**2, sd_b**2
+        se, df = math.sqrt((va + vb) / n), (va + vb) ** 2 * (n - 1) / (va**2 + vb**2)
     crit, nc = stats.t.ppf(1 - ALPHA / 2, df), abs(delta) / se
     return float(stats.nct.sf(crit, df, nc) + stats.nct.cdf(-crit, df, nc))
 
@@ -169,13 +186,16 @@ def paper_gap_within_noise(case: str, metric: str, ours: float, n_ours: int, pap
 def paper_noise_note() -> str:
     """The tables' note on the within / beyond noise marks (built from PAPER_SPREAD, so it cannot drift)."""
     voc = " / ".join(f"{VOC_PAPER_STD[m]}" for m in VOC_METRICS)
-    linear = ", ".join(f"{CASE_LABELS[c]} ± {s} ({n} trials)"
-                       for (c, m), (s, n) in PAPER_SPREAD.items() if m == LINEAR_METRIC)
-    return (f"Within / beyond noise: whether Δ lies inside the {1 - ALPHA:.0%} interval of a two-sample t-test "
-            "that gives both sides the paper's reported spread: VOC ± "
-            f"{voc} ({' / '.join(VOC_METRICS)}, {PAPER_TRIALS} trials; MoCo detection README) for the MoCo "
-            f"rows, linear {linear} (MoCo README). The paper's ± is the population std of its n_p trials, "
-            "converted to the sample std s = ± · √(n_p/(n_p − 1)) before the test. The gap of our mean of n "
-            "trials (networks for the linear cell) and the paper's of n_p has standard error s · √(1/n + 1/n_p), with n_p − 1 degrees of freedom; tested on our "
-            "unrounded mean. Unmarked: no published spread. Two of our rows on their own trials: "
-            "`python results/compare.py A B`.")
+    linear = ", ".join(
+        f"{CASE_LABELS[c]} ± {s} ({n} trials)" for (c, m), (s, n) in PAPER_SPREAD.items() if m == LINEAR_METRIC
+    )
+    return (
+        f"Within / beyond noise: whether Δ lies inside the {1 - ALPHA:.0%} interval of a two-sample t-test "
+        "that gives both sides the paper's reported spread: VOC ± "
+        f"{voc} ({' / '.join(VOC_METRICS)}, {PAPER_TRIALS} trials; MoCo detection README) for the MoCo "
+        f"rows, linear {linear} (MoCo README). The paper's ± is the population std of its n_p trials, "
+        "converted to the sample std s = ± · √(n_p/(n_p − 1)) before the test. The gap of our mean of n "
+        "trials (networks for the linear cell) and the paper's of n_p has standard error s · √(1/n + 1/n_p), with n_p − 1 degrees of freedom; tested on our "
+        "unrounded mean. Unmarked: no published spread. Two of our rows on their own trials: "
+        "`python results/compare.py A B`."
+    )

@@ -3,6 +3,7 @@
 Records of the same pretrained weights join across stages (pretrain, linear, voc, coco) through
 `source_sha256`: the sha256 of the source checkpoint (the converter writes it into the .pkl it makes).
 """
+
 from __future__ import annotations
 
 import datetime as _dt
@@ -11,8 +12,9 @@ import os
 import subprocess
 import uuid
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from mocoeval import REPO_ROOT
 from mocoeval.results.variants import HYPERPARAMS, Variant, recipe_departures
@@ -74,18 +76,33 @@ def special_variant(name: str, **extensions) -> Variant:
 
 def git_commit() -> str | None:
     try:
-        out = subprocess.run(["git", "-C", str(REPO_ROOT), "describe", "--always", "--dirty", "--abbrev=12"],
-                             capture_output=True, text=True, timeout=10)
+        out = subprocess.run(
+            ["git", "-C", str(REPO_ROOT), "describe", "--always", "--dirty", "--abbrev=12"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
         return out.stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         return None
 
 
-def write_run_record(stage: str, *, variant: Variant | Mapping, metrics: Mapping, source_sha256: str | None,
-                     weights: str | None = None, weights_sha256: str | None = None, seeds=None,
-                     config: Mapping | None = None, config_hash: str | None = None, trials=None,
-                     wall_time_s: float | None = None, extra: Mapping | None = None,
-                     store_dir: str | os.PathLike | None = None) -> Path:
+def write_run_record(
+    stage: str,
+    *,
+    variant: Variant | Mapping,
+    metrics: Mapping,
+    source_sha256: str | None,
+    weights: str | None = None,
+    weights_sha256: str | None = None,
+    seeds=None,
+    config: Mapping | None = None,
+    config_hash: str | None = None,
+    trials=None,
+    wall_time_s: float | None = None,
+    extra: Mapping | None = None,
+    store_dir: str | os.PathLike | None = None,
+) -> Path:
     """Append one record (its own file, written atomically) and return its path."""
     if stage not in STAGES:
         raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
@@ -93,12 +110,21 @@ def write_run_record(stage: str, *, variant: Variant | Mapping, metrics: Mapping
     store.mkdir(parents=True, exist_ok=True)
     now = _dt.datetime.now(_dt.timezone.utc)
     record = {
-        "schema": SCHEMA_VERSION, "stage": stage, "variant": variant.to_record() if isinstance(variant, Variant) else dict(variant), "metrics": dict(metrics),
-        "source_sha256": source_sha256, "weights": str(weights) if weights else None,
-        "weights_sha256": weights_sha256, "seeds": list(seeds) if seeds is not None else None,
-        "trials": list(trials) if trials is not None else None, "config": dict(config) if config else None,
-        "config_hash": config_hash, "commit": git_commit(), "date": now.isoformat(timespec="seconds"),
-        "wall_time_s": wall_time_s, "extra": dict(extra) if extra else None,
+        "schema": SCHEMA_VERSION,
+        "stage": stage,
+        "variant": variant.to_record() if isinstance(variant, Variant) else dict(variant),
+        "metrics": dict(metrics),
+        "source_sha256": source_sha256,
+        "weights": str(weights) if weights else None,
+        "weights_sha256": weights_sha256,
+        "seeds": list(seeds) if seeds is not None else None,
+        "trials": list(trials) if trials is not None else None,
+        "config": dict(config) if config else None,
+        "config_hash": config_hash,
+        "commit": git_commit(),
+        "date": now.isoformat(timespec="seconds"),
+        "wall_time_s": wall_time_s,
+        "extra": dict(extra) if extra else None,
     }
     fname = f"{now:%Y%m%dT%H%M%S}_{stage}_{variant.get('name', 'unnamed')}_{uuid.uuid4().hex[:8]}.json"
     return atomic_write_json(store / fname, record)

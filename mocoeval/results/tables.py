@@ -3,6 +3,7 @@
 `build_outputs` reads the store and writes every table and plot; `regenerate` is the same for the commands
 that finish a run, never raising.
 """
+
 from __future__ import annotations
 
 import io
@@ -10,16 +11,29 @@ import logging
 import math
 import os
 import warnings
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import pandas as pd
 
 from mocoeval.results import store as results_store
 from mocoeval.results.paper import CASE_LABELS, load_paper_numbers, paper_by_case
-from mocoeval.results.rows import (COCO_CSV_COLUMNS, COCO_METRICS, CSV_COLUMNS, METRICS, Row, VariantKey, ablation_frame, case_label, collect_rows,
-                                   epochs_suffix, is_number, trials_frame)
+from mocoeval.results.rows import (
+    COCO_CSV_COLUMNS,
+    COCO_METRICS,
+    CSV_COLUMNS,
+    METRICS,
+    Row,
+    VariantKey,
+    ablation_frame,
+    case_label,
+    collect_rows,
+    epochs_suffix,
+    is_number,
+    trials_frame,
+)
 from mocoeval.results.statistics import paper_gap_within_noise, paper_noise_note
 from mocoeval.runtime.fileio import atomic_write_text
 
@@ -67,13 +81,34 @@ class _Style:
     escape: Any
 
 
-_MARKDOWN = _Style(pm="±", check="✓", missing=MISSING, highlight=lambda s: f"**{s}**", minus="-",
-                   escape=lambda s: s.replace("|", "\\|"))
-_LATEX_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
-_LATEX = _Style(pm="$\\pm$", check="\\checkmark", missing="--",
-                highlight=lambda s: "\\textcolor{green!50!black}{" + s + "}",
-                minus="$-$", escape=lambda s: "".join(_LATEX_ESCAPES.get(c, c) for c in s))
+_MARKDOWN = _Style(
+    pm="±",
+    check="✓",
+    missing=MISSING,
+    highlight=lambda s: f"**{s}**",
+    minus="-",
+    escape=lambda s: s.replace("|", "\\|"),
+)
+_LATEX_ESCAPES = {
+    "\\": r"\textbackslash{}",
+    "&": r"\&",
+    "%": r"\%",
+    "$": r"\$",
+    "#": r"\#",
+    "_": r"\_",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+}
+_LATEX = _Style(
+    pm="$\\pm$",
+    check="\\checkmark",
+    missing="--",
+    highlight=lambda s: "\\textcolor{green!50!black}{" + s + "}",
+    minus="$-$",
+    escape=lambda s: "".join(_LATEX_ESCAPES.get(c, c) for c in s),
+)
 
 
 def _fmt_signed(x: float, style: _Style) -> str:
@@ -115,9 +150,17 @@ def _table_cells(frame: pd.DataFrame, style: _Style) -> list[list[str]]:
     for ln in lines:
         epochs = "" if _missing(ln["epochs"]) else str(int(ln["epochs"]))
         linear = _stat_cell(ln["linear_top1"], ln["linear_std"], ln["linear_n"], style, show_n_when_single=False)
-        out.append([style.escape(case_label(ln["case"], ln["tag"])), _flag(ln["mlp"], style),
-                    _flag(ln["aug_plus"], style), _flag(ln["cos"], style), epochs, linear,
-                    *(_trial_cell(ln, m, supervised, style) for m in METRICS)])
+        out.append(
+            [
+                style.escape(case_label(ln["case"], ln["tag"])),
+                _flag(ln["mlp"], style),
+                _flag(ln["aug_plus"], style),
+                _flag(ln["cos"], style),
+                epochs,
+                linear,
+                *(_trial_cell(ln, m, supervised, style) for m in METRICS),
+            ]
+        )
     return out
 
 
@@ -130,14 +173,22 @@ def _coco_cells(frame: pd.DataFrame, style: _Style) -> list[list[str]]:
     """The rows with COCO results: label, epochs, box and mask AP / AP50 / AP75 with the gap to supervised."""
     lines = [ln for ln in frame.to_dict("records") if ln["coco_n_trials"] > 0]
     supervised = next((ln for ln in lines if ln["case"] == "supervised"), None)
-    return [[style.escape(case_label(ln["case"], ln["tag"])), "" if _missing(ln["epochs"]) else str(int(ln["epochs"])),
-             *(_trial_cell(ln, m, supervised, style) for m in COCO_METRICS)] for ln in lines]
+    return [
+        [
+            style.escape(case_label(ln["case"], ln["tag"])),
+            "" if _missing(ln["epochs"]) else str(int(ln["epochs"])),
+            *(_trial_cell(ln, m, supervised, style) for m in COCO_METRICS),
+        ]
+        for ln in lines
+    ]
 
 
 COCO_HEADER = ["case", "epochs", "box AP", "box AP50", "box AP75", "mask AP", "mask AP50", "mask AP75"]
-COCO_NOTE = ("COCO: Mask R-CNN R50-C4 fine-tuned on COCO train2017, evaluated on val2017 (COCOeval box and mask "
-             "AP); the official protocol is the 2× schedule. Cells and gaps to the supervised row as in the VOC "
-             "table.")
+COCO_NOTE = (
+    "COCO: Mask R-CNN R50-C4 fine-tuned on COCO train2017, evaluated on val2017 (COCOeval box and mask "
+    "AP); the official protocol is the 2× schedule. Cells and gaps to the supervised row as in the VOC "
+    "table."
+)
 
 
 def render_coco_markdown(frame: pd.DataFrame) -> str:
@@ -179,9 +230,12 @@ def _comparison_lines(frame: pd.DataFrame, paper: pd.DataFrame | None) -> list[d
 
 
 # (paper column, our mean column, our count column, title)
-COMPARISON_METRICS = (("linear_top1", "linear_top1", "linear_n", "ImageNet acc."),
-                      ("AP50", "AP50_mean", "AP50_n", "AP50"), ("AP", "AP_mean", "AP_n", "AP"),
-                      ("AP75", "AP75_mean", "AP75_n", "AP75"))
+COMPARISON_METRICS = (
+    ("linear_top1", "linear_top1", "linear_n", "ImageNet acc."),
+    ("AP50", "AP50_mean", "AP50_n", "AP50"),
+    ("AP", "AP_mean", "AP_n", "AP"),
+    ("AP75", "AP75_mean", "AP75_n", "AP75"),
+)
 
 
 def comparison_frame(frame: pd.DataFrame, paper: pd.DataFrame | None) -> pd.DataFrame:
@@ -191,19 +245,27 @@ def comparison_frame(frame: pd.DataFrame, paper: pd.DataFrame | None) -> pd.Data
     lines = []
     for item in _comparison_lines(frame, paper):
         p, o = item["paper"], item["ours"]
-        line = {"case": item["case"], "paper_source": p["source"], "paper_epochs": p["epochs"],
-                "epochs": None if o is None else o["epochs"]}
+        line = {
+            "case": item["case"],
+            "paper_source": p["source"],
+            "paper_epochs": p["epochs"],
+            "epochs": None if o is None else o["epochs"],
+        }
         for name, ours_col, n_col, _ in COMPARISON_METRICS:
             pv = p[name]
             ov = None if o is None or o[n_col] == 0 else o[ours_col]
             line[f"{name}_paper"] = None if _missing(pv) else float(pv)
             line[f"{name}_ours"] = None if _missing(ov) else float(ov)
-            line[f"{name}_diff"] = (None if _missing(pv) or _missing(ov) else _gap(ov, pv))
-            line[f"{name}_within_noise"] = (None if line[f"{name}_diff"] is None else paper_gap_within_noise(
-                item["case"], name, float(ov), int(o[n_col]), float(pv)))
+            line[f"{name}_diff"] = None if _missing(pv) or _missing(ov) else _gap(ov, pv)
+            line[f"{name}_within_noise"] = (
+                None
+                if line[f"{name}_diff"] is None
+                else paper_gap_within_noise(item["case"], name, float(ov), int(o[n_col]), float(pv))
+            )
         lines.append(line)
     columns = ["case", "paper_source", "paper_epochs", "epochs"] + [
-        f"{n}_{w}" for n, _, _, _ in COMPARISON_METRICS for w in ("paper", "ours", "diff", "within_noise")]
+        f"{n}_{w}" for n, _, _, _ in COMPARISON_METRICS for w in ("paper", "ours", "diff", "within_noise")
+    ]
     out = pd.DataFrame(lines, columns=columns)
     for n, _, _, _ in COMPARISON_METRICS:
         out[f"{n}_within_noise"] = out[f"{n}_within_noise"].astype("object")  # True / False / empty
@@ -221,19 +283,22 @@ def _comparison_cells(comp: pd.DataFrame, style: _Style) -> list[list[str]]:
 
     cells = []
     for ln in comp.to_dict("records"):
-        line = [style.escape(CASE_LABELS.get(ln["case"], ln["case"])), epochs(ln["paper_epochs"]),
-                epochs(ln["epochs"])]
+        line = [style.escape(CASE_LABELS.get(ln["case"], ln["case"])), epochs(ln["paper_epochs"]), epochs(ln["epochs"])]
         for name, _, _, _ in COMPARISON_METRICS:
             diff, within = ln[f"{name}_diff"], ln[f"{name}_within_noise"]
             mark = "" if _missing(within) else " (within noise)" if within else " (beyond noise)"
-            line += [num(ln[f"{name}_paper"]), num(ln[f"{name}_ours"]),
-                     style.missing if _missing(diff) else _fmt_signed(diff, style) + mark]
+            line += [
+                num(ln[f"{name}_paper"]),
+                num(ln[f"{name}_ours"]),
+                style.missing if _missing(diff) else _fmt_signed(diff, style) + mark,
+            ]
         cells.append(line)
     return cells
 
 
 COMPARISON_HEADER = ["case", "epochs (paper)", "epochs (ours)"] + [
-    f"{title} {w}" for _, _, _, title in COMPARISON_METRICS for w in ("paper", "ours", "Δ")]
+    f"{title} {w}" for _, _, _, title in COMPARISON_METRICS for w in ("paper", "ours", "Δ")
+]
 
 
 def render_comparison_markdown(comp: pd.DataFrame) -> str:
@@ -254,26 +319,44 @@ def _sources_markdown(rows: Sequence[Row]) -> str:
             trials = ", ".join(map(str, seeds)) + (f" (+{unseeded} without seed)" if unseeded else "")
             loss = (src.pretrain or {}).get("metrics", {}).get("final_loss")
             top1 = src.linear["metrics"]["top1"] if src.linear else None
-            cells.append([_MARKDOWN.escape(row.label + epochs_suffix(row.key)),
-                          f"`{src.sha256[:12]}`" if src.sha256 else MISSING,
-                          val(v.get("batch_size")), val(v.get("moco_k")), val(v.get("moco_t")), val(v.get("moco_m")),
-                          val(loss if is_number(loss) else None, "{:.4f}"), val(top1, "{:.2f}"),
-                          f"{len(src.trials)}" + (f": {trials}" if trials else "")])
+            cells.append(
+                [
+                    _MARKDOWN.escape(row.label + epochs_suffix(row.key)),
+                    f"`{src.sha256[:12]}`" if src.sha256 else MISSING,
+                    val(v.get("batch_size")),
+                    val(v.get("moco_k")),
+                    val(v.get("moco_t")),
+                    val(v.get("moco_m")),
+                    val(loss if is_number(loss) else None, "{:.4f}"),
+                    val(top1, "{:.2f}"),
+                    f"{len(src.trials)}" + (f": {trials}" if trials else ""),
+                ]
+            )
     header = ["row", "source sha256", "batch", "K", "T", "m", "pretrain loss", "linear top-1", "VOC trials: seeds"]
     return _md_table(header, [":--", ":--"] + ["--:"] * 7, cells)
 
 
-def render_markdown(rows: Sequence[Row], frame: pd.DataFrame, paper: pd.DataFrame | None, *,
-                    n_records: int, runs_dir: str | os.PathLike | None = None,
-                    images: Sequence[str] = ()) -> str:
+def render_markdown(
+    rows: Sequence[Row],
+    frame: pd.DataFrame,
+    paper: pd.DataFrame | None,
+    *,
+    n_records: int,
+    runs_dir: str | os.PathLike | None = None,
+    images: Sequence[str] = (),
+) -> str:
     """The whole ablation.md: the table, its notes, ours vs the paper, the sources, the plots."""
-    parts = ["# MoCo v2 transfer ablation\n",
-             "Generated by `python results/make_tables.py` from the run records (do not edit by hand).\n"]
+    parts = [
+        "# MoCo v2 transfer ablation\n",
+        "Generated by `python results/make_tables.py` from the run records (do not edit by hand).\n",
+    ]
     parts.append("## Our results (MoCo v2 Table 1 layout)\n")
     if frame.empty:
         where = f" in `{runs_dir}`" if runs_dir is not None else ""
-        parts.append(f"No run records found{where} yet: pretrain, run `transfer/run_linear.py` and "
-                     "`transfer/run_voc.py`, and this table fills in. The published numbers are below.\n")
+        parts.append(
+            f"No run records found{where} yet: pretrain, run `transfer/run_linear.py` and "
+            "`transfer/run_voc.py`, and this table fills in. The published numbers are below.\n"
+        )
     else:
         parts.append(render_markdown_table(frame))
         notes = [
@@ -307,9 +390,11 @@ def render_markdown(rows: Sequence[Row], frame: pd.DataFrame, paper: pd.DataFram
         parts.append(coco)
     parts.append("## Ours vs the published numbers\n")
     parts.append(render_comparison_markdown(comparison_frame(frame, paper)))
-    parts.append("- Paper: MoCo v2 (Chen et al. 2020) Table 1; random init: MoCo v1 (He et al. 2020) R50-C4 VOC "
-                 "table. Δ = ours − paper (displayed values). All published numbers, with sources: "
-                 "`results/paper_numbers.csv`.")
+    parts.append(
+        "- Paper: MoCo v2 (Chen et al. 2020) Table 1; random init: MoCo v1 (He et al. 2020) R50-C4 VOC "
+        "table. Δ = ours − paper (displayed values). All published numbers, with sources: "
+        "`results/paper_numbers.csv`."
+    )
 
     parts.append(f"- {paper_noise_note()}\n")
     if rows:
@@ -333,36 +418,64 @@ def _latex_tabular(header: Sequence[str], align: str, cells: Sequence[Sequence[s
 
 def render_latex(frame: pd.DataFrame, paper: pd.DataFrame | None) -> str:
     """ablation.tex: the ablation table and ours-vs-paper, as two table environments to \\input."""
-    header = ["case", "MLP", "aug+", "cos", "epochs", "ImageNet acc.", "VOC AP$_{50}$", "VOC AP",
-              "VOC AP$_{75}$"]
+    header = ["case", "MLP", "aug+", "cos", "epochs", "ImageNet acc.", "VOC AP$_{50}$", "VOC AP", "VOC AP$_{75}$"]
     comp_header = ["case", "ep. (paper)", "ep. (ours)"] + [
         f"{t.replace('AP50', 'AP$_{50}$').replace('AP75', 'AP$_{75}$')} {w}"
-        for _, _, _, t in COMPARISON_METRICS for w in ("paper", "ours", "$\\Delta$")]
-    return "\n".join([
-        "% Generated by results/make_tables.py from the run records; do not edit by hand.",
-        "% Needs \\usepackage{booktabs}, \\usepackage{amssymb} (\\checkmark), \\usepackage{xcolor} (gap highlight).",
-        "% VOC cells: mean $\\pm$ std (n trials), std = population std (ddof=0); in brackets the gap to the",
-        f"% supervised row, coloured when >= +{HIGHLIGHT_GAP}.",
-        "\\begin{table}[t]", "\\centering", "\\small",
-        _latex_tabular(header, "lccccrrrr", _table_cells(frame, _LATEX), "no run records yet"),
-        "\\caption{MoCo v2 ablation: ImageNet linear top-1 and VOC07 detection (Faster R-CNN R50-C4, "
-        "mean $\\pm$ std over n trials, population std). In brackets: gap to supervised.}",
-        "\\label{tab:mocoeval-ablation}", "\\end{table}", "",
-        "\\begin{table}[t]", "\\centering", "\\scriptsize",
-        _latex_tabular(comp_header, "lrr" + "rrr" * len(COMPARISON_METRICS),
-                       _comparison_cells(comparison_frame(frame, paper), _LATEX), "no published numbers"),
-        "\\caption{Ours beside the published numbers (MoCo v2 Table 1; random init from MoCo v1). "
-        "$\\Delta$ = ours $-$ paper; within / beyond noise: inside / outside the 95\\% interval of a t-test "
-        "with the paper's reported spread (ablation.md says how).}",
-        "\\label{tab:mocoeval-vs-paper}", "\\end{table}", "",
-    ] + ([] if not has_coco(frame) else [
-        "\\begin{table}[t]", "\\centering", "\\small",
-        _latex_tabular([h.replace("AP50", "AP$_{50}$").replace("AP75", "AP$_{75}$") for h in COCO_HEADER],
-                       "lr" + "r" * len(COCO_METRICS), _coco_cells(frame, _LATEX), "no COCO results"),
-        "\\caption{COCO transfer: Mask R-CNN R50-C4 (box and mask AP on val2017, mean $\\pm$ std over n trials, "
-        "population std). In brackets: gap to supervised.}",
-        "\\label{tab:mocoeval-coco}", "\\end{table}", "",
-    ]))
+        for _, _, _, t in COMPARISON_METRICS
+        for w in ("paper", "ours", "$\\Delta$")
+    ]
+    return "\n".join(
+        [
+            "% Generated by results/make_tables.py from the run records; do not edit by hand.",
+            "% Needs \\usepackage{booktabs}, \\usepackage{amssymb} (\\checkmark), \\usepackage{xcolor} (gap highlight).",
+            "% VOC cells: mean $\\pm$ std (n trials), std = population std (ddof=0); in brackets the gap to the",
+            f"% supervised row, coloured when >= +{HIGHLIGHT_GAP}.",
+            "\\begin{table}[t]",
+            "\\centering",
+            "\\small",
+            _latex_tabular(header, "lccccrrrr", _table_cells(frame, _LATEX), "no run records yet"),
+            "\\caption{MoCo v2 ablation: ImageNet linear top-1 and VOC07 detection (Faster R-CNN R50-C4, "
+            "mean $\\pm$ std over n trials, population std). In brackets: gap to supervised.}",
+            "\\label{tab:mocoeval-ablation}",
+            "\\end{table}",
+            "",
+            "\\begin{table}[t]",
+            "\\centering",
+            "\\scriptsize",
+            _latex_tabular(
+                comp_header,
+                "lrr" + "rrr" * len(COMPARISON_METRICS),
+                _comparison_cells(comparison_frame(frame, paper), _LATEX),
+                "no published numbers",
+            ),
+            "\\caption{Ours beside the published numbers (MoCo v2 Table 1; random init from MoCo v1). "
+            "$\\Delta$ = ours $-$ paper; within / beyond noise: inside / outside the 95\\% interval of a t-test "
+            "with the paper's reported spread (ablation.md says how).}",
+            "\\label{tab:mocoeval-vs-paper}",
+            "\\end{table}",
+            "",
+        ]
+        + (
+            []
+            if not has_coco(frame)
+            else [
+                "\\begin{table}[t]",
+                "\\centering",
+                "\\small",
+                _latex_tabular(
+                    [h.replace("AP50", "AP$_{50}$").replace("AP75", "AP$_{75}$") for h in COCO_HEADER],
+                    "lr" + "r" * len(COCO_METRICS),
+                    _coco_cells(frame, _LATEX),
+                    "no COCO results",
+                ),
+                "\\caption{COCO transfer: Mask R-CNN R50-C4 (box and mask AP on val2017, mean $\\pm$ std over n trials, "
+                "population std). In brackets: gap to supervised.}",
+                "\\label{tab:mocoeval-coco}",
+                "\\end{table}",
+                "",
+            ]
+        )
+    )
 
 
 def render_csv(frame: pd.DataFrame) -> str:
@@ -387,8 +500,13 @@ def default_out_dir(runs_dir: Path) -> Path:
     return runs_dir.parent if runs_dir.name == "runs" else runs_dir
 
 
-def build_outputs(runs_dir: str | os.PathLike | None = None, out_dir: str | os.PathLike | None = None,
-                  paper_csv: str | os.PathLike | None = None, *, plots: bool = True) -> list[Path]:
+def build_outputs(
+    runs_dir: str | os.PathLike | None = None,
+    out_dir: str | os.PathLike | None = None,
+    paper_csv: str | os.PathLike | None = None,
+    *,
+    plots: bool = True,
+) -> list[Path]:
     """Read the store, write every table and plot atomically, return the written paths.
 
     Corrupt records are skipped with warnings; a bad paper-numbers file raises UserError.
@@ -408,13 +526,24 @@ def build_outputs(runs_dir: str | os.PathLike | None = None, out_dir: str | os.P
         from mocoeval.results import plots as plots_mod  # matplotlib is imported only when plotting
 
         # plot labels: one departure per stage, one line per part (the table has the longer labels)
-        labels = ["\n".join([case_label(r.key.case, r.key.extensions_text())]
-                             + [i.describe(1) for i in r.identities if i is not None and not i.official])
-                  + epochs_suffix(r.key, "\n") for r in rows]
+        labels = [
+            "\n".join(
+                [case_label(r.key.case, r.key.extensions_text())]
+                + [i.describe(1) for i in r.identities if i is not None and not i.official]
+            )
+            + epochs_suffix(r.key, "\n")
+            for r in rows
+        ]
         images.append(plots_mod.plot_voc_trials(trials_frame(rows), labels, paper, out_dir / OUT_TRIALS_PNG))
         images.append(plots_mod.plot_linear_vs_voc(frame, paper, out_dir / OUT_LINEAR_VS_VOC_PNG))
-    written.append(atomic_write_text(out_dir / OUT_MARKDOWN, render_markdown(
-        rows, frame, paper, n_records=len(records), runs_dir=runs_dir, images=[i.name for i in images])))
+    written.append(
+        atomic_write_text(
+            out_dir / OUT_MARKDOWN,
+            render_markdown(
+                rows, frame, paper, n_records=len(records), runs_dir=runs_dir, images=[i.name for i in images]
+            ),
+        )
+    )
     written.append(atomic_write_text(out_dir / OUT_LATEX, render_latex(frame, paper)))
     written.append(atomic_write_text(out_dir / OUT_CSV, render_csv(frame)))
     written.append(atomic_write_text(out_dir / OUT_PAPER_CSV, render_comparison_csv(comp)))

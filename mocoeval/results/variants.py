@@ -4,11 +4,13 @@ extensions beyond the MoCo v1/v2 recipe (`RECIPE_EXTENSIONS`) a variant departs 
 Run records, checkpoints and the converter's .pkl carry `Variant.to_record()`, a plain dict, so what is on disk
 does not depend on this class; `Variant.from_record` reads one back.
 """
+
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 # Pretraining extensions beyond the v1/v2 recipe (train_moco.py flags) and the recipe's value of each.
 RECIPE_EXTENSIONS = {"warmup_epochs": 0, "residual_bn_init": 1.0, "residual_bn_ramp": None}
@@ -20,9 +22,11 @@ CORE_KEYS = ("name", "mlp", "aug_plus", "cos", "epochs")
 
 def recipe_departures(values: Mapping[str, Any]) -> tuple[tuple[str, Any], ...]:
     """(name, value) of each extension in which `values` departs from the recipe, in RECIPE_EXTENSIONS order."""
-    return tuple((k, tuple(v) if isinstance(v, list) else v)  # hashable: part of the tables' row key
-                 for k, recipe in RECIPE_EXTENSIONS.items()
-                 if (v := values.get(k, recipe)) != recipe and not (recipe is None and not v))
+    return tuple(
+        (k, tuple(v) if isinstance(v, list) else v)  # hashable: part of the tables' row key
+        for k, recipe in RECIPE_EXTENSIONS.items()
+        if (v := values.get(k, recipe)) != recipe and not (recipe is None and not v)
+    )
 
 
 def describe_value(value) -> str:
@@ -58,10 +62,11 @@ class Variant:
         return {**{k: getattr(self, k) for k in CORE_KEYS}, **dict(self.settings)}
 
     @classmethod
-    def from_record(cls, record: Mapping[str, Any]) -> "Variant":
+    def from_record(cls, record: Mapping[str, Any]) -> Variant:
         """The variant a record's (or checkpoint's) dict describes; `to_record()` gives that dict back."""
-        return cls(*(record.get(k) for k in CORE_KEYS),
-                   settings=tuple((k, v) for k, v in record.items() if k not in CORE_KEYS))
+        return cls(
+            *(record.get(k) for k in CORE_KEYS), settings=tuple((k, v) for k, v in record.items() if k not in CORE_KEYS)
+        )
 
     def get(self, key: str, default=None):
         """A recorded value by its record key (a core key or a setting), as `to_record().get` would give it."""
@@ -74,5 +79,5 @@ class Variant:
         """Its departures from the recipe (`recipe_departures`); empty for the recipe."""
         return recipe_departures(dict(self.settings))
 
-    def renamed(self, name: str) -> "Variant":
+    def renamed(self, name: str) -> Variant:
         return dataclasses.replace(self, name=name)

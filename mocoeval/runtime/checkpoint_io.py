@@ -3,6 +3,7 @@
 `torch.load` with `weights_only=True` (no pickled code runs) after cheap checks on the file's first bytes, so that
 a missing, empty, truncated or foreign file is one line naming it instead of PyTorch's multi-line text.
 """
+
 from __future__ import annotations
 
 import pickle
@@ -27,16 +28,20 @@ def _sniff(path: Path) -> str:
         raise UserError(f"{path}: empty file (0 bytes), not a checkpoint")
     if head.startswith(b"PK\x03\x04"):
         if not zipfile.is_zipfile(path):
-            raise UserError(f"{path}: truncated or corrupted PyTorch checkpoint (zip archive without its "
-                            f"central directory; was the download or copy interrupted?)")
+            raise UserError(
+                f"{path}: truncated or corrupted PyTorch checkpoint (zip archive without its "
+                f"central directory; was the download or copy interrupted?)"
+            )
         return "zip"
     if head[:1] == b"\x80" and _LEGACY_TORCH_MAGIC[2:] in head:  # any pickle protocol
         return "legacy"
     if tarfile.is_tarfile(path):  # torch.save's format before PyTorch 0.4 (still readable by torch.load)
         return "legacy"
     if head[:1] == b"\x80":
-        raise UserError(f"{path}: a plain Python pickle, not a PyTorch checkpoint (an already converted "
-                        f"Detectron2 .pkl? those are inputs for transfer/run_voc.py, not for this converter)")
+        raise UserError(
+            f"{path}: a plain Python pickle, not a PyTorch checkpoint (an already converted "
+            f"Detectron2 .pkl? those are inputs for transfer/run_voc.py, not for this converter)"
+        )
     raise UserError(f"{path}: not a PyTorch checkpoint (neither a torch.save zip archive nor a legacy torch pickle)")
 
 
@@ -71,16 +76,22 @@ def torch_load_safely(path: str | Path, trust_pickle: bool = False) -> Any:
             raise UserError(f"{path}: corrupted PyTorch checkpoint ({describe_exception(e)})") from None
         found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", msg)
         operand = re.search(r"Unsupported operand \d+", msg)
-        what = (f"a pickled {found.group(1)} object" if found else
-                f"pickle instructions the safe loader does not support ({operand.group(0) if operand else 'unknown'})")
+        what = (
+            f"a pickled {found.group(1)} object"
+            if found
+            else f"pickle instructions the safe loader does not support ({operand.group(0) if operand else 'unknown'})"
+        )
         if not trust_pickle:
             raise UserError(
                 f"{path}: refusing to load: the file contains {what}, which only a full unpickle can "
                 f"rebuild, and unpickling can run arbitrary code; if you trust where the file comes from, "
-                f"rerun with --trust-pickle") from None
+                f"rerun with --trust-pickle"
+            ) from None
     except Exception as e:  # noqa: BLE001 - weights_only runs no pickled code, so any failure is the file's
         # (a truncated legacy file: struct.error, IndexError 'pop from empty list', ...)
-        raise UserError(f"{path}: unreadable PyTorch checkpoint, truncated or corrupted ({describe_exception(e)})") from None
+        raise UserError(
+            f"{path}: unreadable PyTorch checkpoint, truncated or corrupted ({describe_exception(e)})"
+        ) from None
     # The user vouched for the file: full unpickling.
     try:
         return torch.load(path, map_location="cpu", weights_only=False)

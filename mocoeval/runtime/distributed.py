@@ -3,6 +3,7 @@
 A single process never creates a process group: synchronised BN then behaves as plain BN (on CPU it would
 raise once a group exists). With WORLD_SIZE > 1, NCCL on GPUs and gloo on CPU (the path CI tests).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -51,8 +52,7 @@ def setup_processes(device_arg: str | None = "auto") -> Processes:
             torch.cuda.set_device(device)
         if not dist.is_initialized():
             dist.init_process_group("nccl" if want_cuda else "gloo", device_id=device if want_cuda else None)
-        return Processes(device, dist.get_rank(), dist.get_world_size(),
-                         int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+        return Processes(device, dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     device = torch.device("cuda" if device_arg == "auto" else device_arg) if want_cuda else torch.device("cpu")
     if device.type == "cuda":
         torch.cuda.set_device(device)

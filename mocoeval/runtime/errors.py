@@ -1,4 +1,5 @@
 """One-line errors for users: raise UserError for bad input, wrap CLIs with `cli_main`."""
+
 from __future__ import annotations
 
 import functools

@@ -1,12 +1,14 @@
 """Atomic writes (temp file in the same folder + rename) and hashing: a crash never leaves a half file."""
+
 from __future__ import annotations
 
 import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from mocoeval.runtime.errors import UserError
 
@@ -58,7 +60,9 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], mode: st
 
 
 def atomic_write_json(path, obj, indent: int = 2) -> Path:
-    return atomic_write(path, lambda f: f.write(json.dumps(obj, indent=indent, sort_keys=True, default=str) + "\n"), "w")
+    return atomic_write(
+        path, lambda f: f.write(json.dumps(obj, indent=indent, sort_keys=True, default=str) + "\n"), "w"
+    )
 
 
 def atomic_write_text(path, text: str) -> Path:
@@ -92,6 +96,9 @@ def check_output_dir(path, flag: str = "--output-dir") -> Path:
         if p.is_dir():
             return path
         if p.exists() or p.is_symlink():  # a file, or a dangling link, where a folder must go
-            raise UserError(f"{flag} {path} exists and is not a directory" if p == path else
-                            f"{flag} {path}: {p} exists and is not a directory")
+            raise UserError(
+                f"{flag} {path} exists and is not a directory"
+                if p == path
+                else f"{flag} {path}: {p} exists and is not a directory"
+            )
     return path

@@ -1,5 +1,6 @@
 """Logging shared by the training loops: console lines that do not break a live tqdm bar, the same lines in
 OUTPUT_DIR/log.txt, only the main process on the console, and durations as H:MM:SS."""
+
 from __future__ import annotations
 
 import contextlib
@@ -38,8 +39,16 @@ class TqdmHandler(logging.StreamHandler):
 
 
 @contextlib.contextmanager
-def log_to(name: str, output_dir: Path | None, is_main: bool, *, console_format: logging.Formatter,
-           file_format: logging.Formatter | None = None, stream: TextIO | None = None, bar_active: bool = False):
+def log_to(
+    name: str,
+    output_dir: Path | None,
+    is_main: bool,
+    *,
+    console_format: logging.Formatter,
+    file_format: logging.Formatter | None = None,
+    stream: TextIO | None = None,
+    bar_active: bool = False,
+):
     """Route logger `name` to the console (main process only) and to output_dir/log.txt while the block runs;
     other processes log warnings and errors only. Handlers and levels are restored afterwards."""
     handlers: list[logging.Handler] = []

@@ -1,4 +1,5 @@
 """Mixed precision: whether this CPU runs bf16 natively, and the autocast context both training loops use."""
+
 from __future__ import annotations
 
 import contextlib

@@ -4,6 +4,7 @@ A training loop installs a `StopRequest` around its work and asks `requested` at
 (after an optimizer step); once it has saved, it raises `Interrupted`, which `errors.cli_main` turns into one line
 on stderr and the exit status 128 + signal (130 for Ctrl-C, 143 for SIGTERM), as the shell would report.
 """
+
 from __future__ import annotations
 
 import logging
@@ -41,7 +42,7 @@ class StopRequest:
         self._previous: dict = {}
         self._at_once = False
 
-    def install(self) -> "StopRequest":
+    def install(self) -> StopRequest:
         if threading.current_thread() is threading.main_thread():
             self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
         return self
@@ -73,8 +74,7 @@ class StopRequest:
             self.aborted = True
             raise KeyboardInterrupt
         self.signum = signum
-        logger.warning(f"{signal.Signals(signum).name} received: {self.what_happens} "
-                       "(send it again to stop at once)")
+        logger.warning(f"{signal.Signals(signum).name} received: {self.what_happens} (send it again to stop at once)")
 
 
 def any_process(flags: list[bool], world: int, device: torch.device) -> list[bool]:
@@ -85,4 +85,3 @@ def any_process(flags: list[bool], world: int, device: torch.device) -> list[boo
     t = torch.tensor([float(f) for f in flags], device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return [bool(v) for v in t.tolist()]
-

@@ -9,23 +9,27 @@ a checkpoint before and after fine-tuning shows whether the detector kept the pr
 Reads a pretraining or torchvision checkpoint (what convert/to_d2.py reads), a converted .pkl, or a
 Detectron2 checkpoint written by transfer/run_voc.py (model_final.pth). Loads tensors only.
 """
+
 from __future__ import annotations
 
 import argparse
 import json
 from pathlib import Path
 
-from mocoeval.convert.formats import load_resnet50
-from mocoeval.runtime.checkpoint_io import torch_load_safely
 from mocoeval.convert.detectron2_weights import check_d2_pickle, torchvision_to_d2
+from mocoeval.convert.formats import load_resnet50
 from mocoeval.pretrain.residual_scaling import d2_residual_branch_scales
+from mocoeval.runtime.checkpoint_io import torch_load_safely
 from mocoeval.runtime.errors import UserError, cli_main
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="transfer/branch_scales.py", description=__doc__.split("\n\n")[0],
-                                epilog=__doc__.split("\n\n", 1)[1],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="transfer/branch_scales.py",
+        description=__doc__.split("\n\n")[0],
+        epilog=__doc__.split("\n\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("files", nargs="+", metavar="FILE", help=".pth / .pth.tar / .pkl weights")
     p.add_argument("--json", action="store_true", help="one JSON object per file instead of a table")
     return p

@@ -4,6 +4,7 @@ Field names are run_linear.py's argparse destinations, and `as_record()` is the 
 (`args`) and results records (`config`) have always stored, so old checkpoints resume and the results
 identity reads the same keys. No torch import here: `--help` and validation stay fast.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -53,15 +54,18 @@ class LinearConfig:
             raise UserError("give exactly one of --weights CKPT or --random-init")
         if self.residual_bn_init is not None:
             if not self.random_init:
-                raise UserError("--residual-bn-init describes a --random-init network; a checkpoint has its own "
-                                "scales")
+                raise UserError("--residual-bn-init describes a --random-init network; a checkpoint has its own scales")
             from mocoeval.pretrain.residual_scaling import (
                 check_residual_bn_init,  # imports torch: only when used
             )
 
             check_residual_bn_init(self.residual_bn_init)
-        for flag, value in (("--epochs", self.epochs), ("--batch-size", self.batch_size),
-                            ("--image-size", self.image_size), ("--print-freq", self.print_freq)):
+        for flag, value in (
+            ("--epochs", self.epochs),
+            ("--batch-size", self.batch_size),
+            ("--image-size", self.image_size),
+            ("--print-freq", self.print_freq),
+        ):
             if value < 1:
                 raise UserError(f"{flag} must be >= 1, got {value}")
         if self.workers < 0:
@@ -76,9 +80,11 @@ class LinearConfig:
     @classmethod
     def defaults(cls) -> dict[str, Any]:
         """Field defaults, for the command-line parser (one source for both)."""
-        return {f.name: f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-                for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING
-                or f.default_factory is not dataclasses.MISSING}
+        return {
+            f.name: f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            for f in dataclasses.fields(cls)
+            if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
+        }
 
     @classmethod
     def from_namespace(cls, args) -> LinearConfig:
@@ -87,8 +93,9 @@ class LinearConfig:
 
     def as_record(self) -> dict[str, Any]:
         """The settings as checkpoints and results records store them (field order, lists for tuples)."""
-        return {f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v)
-                for f in dataclasses.fields(self)}
+        return {
+            f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v) for f in dataclasses.fields(self)
+        }
 
 
 def default_output_dir(config: LinearConfig) -> Path:

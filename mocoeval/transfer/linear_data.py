@@ -1,5 +1,6 @@
 """Linear evaluation's data: the protocol's transforms, crops seeded per (seed, epoch, image) so that a resumed
 run or any number of workers sees the same batches, the val split numbered like train, and val shards."""
+
 from __future__ import annotations
 
 import hashlib
@@ -31,15 +32,18 @@ def input_mean_std(input_norm: Mapping[str, Any] | None) -> tuple[tuple[float, .
         return IMAGENET_MEAN, IMAGENET_STD
     if input_norm.get("channels") != "RGB":
         raise UserError(f"the weights expect {input_norm.get('channels')} input; linear evaluation feeds RGB images")
-    return (tuple(round(float(m) / 255, 6) for m in input_norm["pixel_mean"]),
-            tuple(round(float(s) / 255, 6) for s in input_norm["pixel_std"]))
+    return (
+        tuple(round(float(m) / 255, 6) for m in input_norm["pixel_mean"]),
+        tuple(round(float(s) / 255, 6) for s in input_norm["pixel_std"]),
+    )
 
 
 def build_transforms(image_size: int, input_norm: Mapping[str, Any] | None = None) -> tuple[T.Compose, T.Compose]:
     mean, std = input_mean_std(input_norm)
     normalize = T.Normalize(mean=mean, std=std)
-    train = T.Compose([T.RandomResizedCrop(image_size, scale=RRC_SCALE), T.RandomHorizontalFlip(),
-                       T.ToTensor(), normalize])
+    train = T.Compose(
+        [T.RandomResizedCrop(image_size, scale=RRC_SCALE), T.RandomHorizontalFlip(), T.ToTensor(), normalize]
+    )
     val = T.Compose([T.Resize(val_resize_size(image_size)), T.CenterCrop(image_size), T.ToTensor(), normalize])
     return train, val
 
@@ -89,8 +93,10 @@ class ImageFolderWithClasses(datasets.ImageFolder):
         present = sorted(e.name for e in os.scandir(directory) if e.is_dir())
         unknown = [c for c in present if c not in self._given_class_to_idx]
         if unknown:
-            raise UserError(f"{directory}: class folder(s) not in the train split: {', '.join(unknown[:5])}"
-                            + (f" (+{len(unknown) - 5} more)" if len(unknown) > 5 else ""))
+            raise UserError(
+                f"{directory}: class folder(s) not in the train split: {', '.join(unknown[:5])}"
+                + (f" (+{len(unknown) - 5} more)" if len(unknown) > 5 else "")
+            )
         classes = sorted(self._given_class_to_idx, key=self._given_class_to_idx.get)
         return classes, self._given_class_to_idx
 

@@ -1,5 +1,6 @@
 """Linear evaluation's model: torchvision's ResNet-50 with a frozen, always-eval backbone and a trainable fc,
 the backbone read from a checkpoint (or a seeded random init), and the official frozen-backbone sanity check."""
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -75,8 +76,9 @@ def load_backbone_source(config: LinearConfig) -> tuple[dict[str, torch.Tensor],
     if config.random_init:
         return random_init_resnet50(config.seed, 1.0 if config.residual_bn_init is None else config.residual_bn_init)
 
-    state, info = load_resnet50(config.weights, fmt=config.weights_format, trust_pickle=config.trust_pickle,
-                                variant=config.variant)
+    state, info = load_resnet50(
+        config.weights, fmt=config.weights_format, trust_pickle=config.trust_pickle, variant=config.variant
+    )
     return {k: v for k, v in state.items() if not k.startswith("fc.")}, dict(info)
 
 
@@ -85,8 +87,9 @@ def load_backbone(model: FrozenBackboneResNet50, state: Mapping[str, torch.Tenso
     result = model.load_state_dict(dict(state), strict=False)
     missing = [k for k in result.missing_keys if not k.startswith("fc.") and not k.endswith("num_batches_tracked")]
     if missing or result.unexpected_keys:
-        raise UserError(f"{source}: not a ResNet-50 backbone (missing {missing[:3]}, "
-                        f"unexpected {result.unexpected_keys[:3]})")
+        raise UserError(
+            f"{source}: not a ResNet-50 backbone (missing {missing[:3]}, unexpected {result.unexpected_keys[:3]})"
+        )
 
 
 def backbone_mismatch(model_state: Mapping[str, torch.Tensor], reference: Mapping[str, torch.Tensor]) -> str | None:
@@ -111,10 +114,10 @@ def backbone_mismatch(model_state: Mapping[str, torch.Tensor], reference: Mappin
     return None
 
 
-def check_backbone_unchanged(model_state: Mapping[str, torch.Tensor], reference: Mapping[str, torch.Tensor],
-                             source: str = "the checkpoint") -> None:
+def check_backbone_unchanged(
+    model_state: Mapping[str, torch.Tensor], reference: Mapping[str, torch.Tensor], source: str = "the checkpoint"
+) -> None:
     """The official sanity check: raise SanityCheckError (one line) if any backbone tensor changed."""
     problem = backbone_mismatch(model_state, reference)
     if problem:
         raise SanityCheckError(f"sanity check failed against {source}: {problem}; the backbone must stay frozen")
-

@@ -1,6 +1,7 @@
 """Linear evaluation's steps: the lr schedule and optimizer over fc, the Runner (frozen backbone forward, fc
 possibly in DDP), one training epoch with its progress (a bar on a terminal, else step lines with an ETA), and
 the evaluation."""
+
 from __future__ import annotations
 
 import logging
@@ -11,10 +12,10 @@ import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
-from mocoeval.runtime.schedule import build_sgd
-from mocoeval.runtime.schedule import lr_at_epoch as schedule_lr
 from mocoeval.runtime.logger import format_seconds
 from mocoeval.runtime.precision import autocast_context, cpu_has_fast_bf16
+from mocoeval.runtime.schedule import build_sgd
+from mocoeval.runtime.schedule import lr_at_epoch as schedule_lr
 from mocoeval.runtime.stop_request import StopRequest, any_process
 from mocoeval.transfer.linear_model import FrozenBackboneResNet50
 
@@ -40,26 +41,35 @@ def topk_correct(logits: torch.Tensor, targets: torch.Tensor, ks=(1, 5)) -> list
     maxk = min(max(ks), logits.shape[1])
     pred = logits.topk(maxk, dim=1).indices
     hit = pred.eq(targets.view(-1, 1))
-    return [int(hit[:, :min(k, maxk)].any(dim=1).sum().item()) for k in ks]
+    return [int(hit[:, : min(k, maxk)].any(dim=1).sum().item()) for k in ks]
 
 
 class Runner:
     """Everything a linear-eval step needs: model, the (possibly DDP-wrapped) fc, device, precision."""
 
-    def __init__(self, model: FrozenBackboneResNet50, device: torch.device, precision: str = "fp32",
-                 channels_last: bool = False, distributed: bool = False):
+    def __init__(
+        self,
+        model: FrozenBackboneResNet50,
+        device: torch.device,
+        precision: str = "fp32",
+        channels_last: bool = False,
+        distributed: bool = False,
+    ):
         self.model, self.device, self.precision, self.channels_last = model, device, precision, channels_last
         self.autocast_dtype = AUTOCAST_DTYPES[precision]  # LinearConfig validated the name
         if precision == "bf16" and device.type == "cpu" and not cpu_has_fast_bf16():
-            logger.warning("--precision bf16 on a CPU without AVX-512-BF16/AMX is emulated and usually several "
-                           "times slower than fp32 (measured 4x on an AVX2 EPYC); consider fp32 --channels-last")
+            logger.warning(
+                "--precision bf16 on a CPU without AVX-512-BF16/AMX is emulated and usually several "
+                "times slower than fp32 (measured 4x on an AVX2 EPYC); consider fp32 --channels-last"
+            )
         model.to(device)
         if channels_last:
             model.to(memory_format=torch.channels_last)
         self.head: nn.Module = model.fc
         if distributed:  # only fc has gradients to synchronise
             self.head = nn.parallel.DistributedDataParallel(
-                model.fc, device_ids=[device.index] if device.type == "cuda" else None)
+                model.fc, device_ids=[device.index] if device.type == "cuda" else None
+            )
 
     def to_input(self, images: torch.Tensor) -> torch.Tensor:
         fmt = torch.channels_last if self.channels_last else torch.contiguous_format
@@ -87,9 +97,22 @@ class RunEta:
         return (time.perf_counter() - self.start) / self.done * self.left if self.done else None
 
 
-def train_one_epoch(runner: Runner, loader, optimizer, epoch: int, *, print_freq: int = 10, writer=None,
-                    progress: bool = True, desc: str = "", start_iter: int = 0, carried: list | None = None,
-                    stop: StopRequest | None = None, world: int = 1, eta: RunEta | None = None) -> dict:
+def train_one_epoch(
+    runner: Runner,
+    loader,
+    optimizer,
+    epoch: int,
+    *,
+    print_freq: int = 10,
+    writer=None,
+    progress: bool = True,
+    desc: str = "",
+    start_iter: int = 0,
+    carried: list | None = None,
+    stop: StopRequest | None = None,
+    world: int = 1,
+    eta: RunEta | None = None,
+) -> dict:
     """One pass over `loader` updating fc only; returns train loss, top-1 and throughput.
 
     `progress` draws a bar (a terminal); every `print_freq` iterations a step line with images/s and the
@@ -123,25 +146,40 @@ def train_one_epoch(runner: Runner, loader, optimizer, epoch: int, *, print_freq
             bar.set_postfix(loss=f"{loss_sum / seen:.3f}", top1=f"{100 * correct1 / seen:.1f}")
             if writer is not None:
                 writer.add_scalar("train/loss_iter", loss.item(), epoch * n_iters + it)
-            logger.info("%s iter %d/%d  loss %.4f  top-1 %.2f  lr %.4g  %.1f img/s  eta %s",
-                        desc or f"epoch {epoch + 1}", it + 1, n_iters, loss_sum / seen, 100 * correct1 / seen,
-                        optimizer.param_groups[0]["lr"], seen_here * world / (time.perf_counter() - start),
-                        format_seconds(eta.seconds_left() if eta else None), extra={"step_line": True})
-        if stop is not None and it + 1 < n_iters and (world == 1 or at_log) \
-                and any_process([stop.requested], world, runner.device)[0]:
+            logger.info(
+                "%s iter %d/%d  loss %.4f  top-1 %.2f  lr %.4g  %.1f img/s  eta %s",
+                desc or f"epoch {epoch + 1}",
+                it + 1,
+                n_iters,
+                loss_sum / seen,
+                100 * correct1 / seen,
+                optimizer.param_groups[0]["lr"],
+                seen_here * world / (time.perf_counter() - start),
+                format_seconds(eta.seconds_left() if eta else None),
+                extra={"step_line": True},
+            )
+        if (
+            stop is not None
+            and it + 1 < n_iters
+            and (world == 1 or at_log)
+            and any_process([stop.requested], world, runner.device)[0]
+        ):
             sums = torch.tensor([loss_sum, correct1, seen], dtype=torch.float64, device=runner.device)
             if world > 1:
                 dist.all_reduce(sums)  # the checkpoint carries the totals; rank 0 alone resumes with them
             bar.close()
-            return {"stopped_after": it + 1,
-                    "carried": [*sums.tolist(), elapsed_before + time.perf_counter() - start]}
+            return {"stopped_after": it + 1, "carried": [*sums.tolist(), elapsed_before + time.perf_counter() - start]}
     elapsed = elapsed_before + time.perf_counter() - start
     stats = torch.tensor([loss_sum, correct1, seen], dtype=torch.float64, device=runner.device)
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(stats)
     loss_sum, correct1, seen = stats.tolist()
-    return {"train_loss": loss_sum / max(seen, 1), "train_top1": 100 * correct1 / max(seen, 1),
-            "train_images_per_s": seen / elapsed if elapsed > 0 else float("nan"), "train_time_s": elapsed}
+    return {
+        "train_loss": loss_sum / max(seen, 1),
+        "train_top1": 100 * correct1 / max(seen, 1),
+        "train_images_per_s": seen / elapsed if elapsed > 0 else float("nan"),
+        "train_time_s": elapsed,
+    }
 
 
 @torch.no_grad()
@@ -160,6 +198,9 @@ def evaluate(runner: Runner, loader, *, progress: bool = True, desc: str = "val"
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(stats)
     loss_sum, c1, c5, seen = stats.tolist()
-    return {"val_loss": loss_sum / max(seen, 1), "top1": 100 * c1 / max(seen, 1), "top5": 100 * c5 / max(seen, 1),
-            "val_images": int(seen)}
-
+    return {
+        "val_loss": loss_sum / max(seen, 1),
+        "top1": 100 * c1 / max(seen, 1),
+        "top5": 100 * c5 / max(seen, 1),
+        "val_images": int(seen),
+    }

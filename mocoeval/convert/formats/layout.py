@@ -3,16 +3,18 @@
 Keys are matched on the checkpoint flattened to dotted paths ('state_dict.module.encoder_q.conv1.weight',
 'teacher.backbone.layer1.0.bn1.bias'), so nesting and prefixes are one mechanism.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 
 @dataclass(frozen=True)
 class Candidate:
     """A place where a layout may keep a ResNet-50: `pattern` (a regex anchored at the key's start) matches the
     prefix; what follows is a torchvision name, after `rename` when the framework uses other names."""
+
     name: str  # what --select takes and the report shows
     pattern: str
     role: str  # why it is (or is not) the one to convert

@@ -7,21 +7,33 @@ encoder_q / encoder_k) and mmcv's save_checkpoint ({'meta', 'state_dict' of the 
 mmengine's ImgDataPreprocessor (mmengine/model/base_model/data_preprocessor.py at 009091600ead) registers its
 mean/std as non-persistent buffers: checkpoints do not carry the normalisation; mmselfsup's ResNet-50 configs use
 ImageNet mean/std on RGB, the layout's default. mmcv's ResNet uses torchvision names (bn1, downsample.0/1)."""
+
 from mocoeval.convert.formats.layout import Candidate, Layout
 
 LAYOUTS = (
     Layout(
-        name="mmselfsup", source="open-mmlab/mmselfsup: mmselfsup/models/algorithms/moco.py, mocov3.py;"
-                                 " WXinlong/DenseCL: openselfsup/models/densecl.py",
+        name="mmselfsup",
+        source="open-mmlab/mmselfsup: mmselfsup/models/algorithms/moco.py, mocov3.py;"
+        " WXinlong/DenseCL: openselfsup/models/densecl.py",
         description="mmselfsup / mmpretrain / OpenSelfSup / DenseCL checkpoint (backbone kept; neck, head and "
-                    "momentum copies dropped)",
+        "momentum copies dropped)",
         markers=(r"^meta$|^meta\.", r"^state_dict\.backbone\."),
-        candidates=(Candidate("backbone", r"state_dict\.backbone\.", "the online backbone, which mmselfsup's "
-                                                                     "benchmarks extract"),
-                    Candidate("momentum", r"state_dict\.(?:encoder_k|momentum_encoder|target_net)\.(?:module\.)?0\.",
-                              "the momentum copy")),
-        groups=((r"^state_dict\.(encoder_k|momentum_encoder|target_net)\.", "momentum copy"),
-                (r"^state_dict\.(encoder_q|base_encoder)\.0\.", "query encoder (the backbone's tensors again)"),
-                (r"^state_dict\.((encoder_q|base_encoder)\.1|neck)\.", "neck"), (r"^state_dict\.head\.", "head"),
-                (r"^state_dict\.queue", "queue"))),
+        candidates=(
+            Candidate(
+                "backbone", r"state_dict\.backbone\.", "the online backbone, which mmselfsup's benchmarks extract"
+            ),
+            Candidate(
+                "momentum",
+                r"state_dict\.(?:encoder_k|momentum_encoder|target_net)\.(?:module\.)?0\.",
+                "the momentum copy",
+            ),
+        ),
+        groups=(
+            (r"^state_dict\.(encoder_k|momentum_encoder|target_net)\.", "momentum copy"),
+            (r"^state_dict\.(encoder_q|base_encoder)\.0\.", "query encoder (the backbone's tensors again)"),
+            (r"^state_dict\.((encoder_q|base_encoder)\.1|neck)\.", "neck"),
+            (r"^state_dict\.head\.", "head"),
+            (r"^state_dict\.queue", "queue"),
+        ),
+    ),
 )

@@ -4,12 +4,15 @@ and Barlow Twins (resnet50.pth). Read from pytorch/vision torchvision/models/res
 timm/models/resnet.py (same names: conv1, bn1, layerN, fc), tonylins/simclr-converter convert.py
 ({'state_dict': ...}), facebookresearch/dino hubconf.py and facebookresearch/barlowtwins main.py. The fallback:
 tried last."""
+
 from mocoeval.convert.formats.layout import CONTAINER, Candidate, Layout
 
 LAYOUTS = (
     Layout(
-        name="torchvision", source="pytorch/vision: torchvision/models/resnet.py (timm, SimCLR-converted, DINO and "
-                                   "Barlow Twins backbone-only files use the same names)",
+        name="torchvision",
+        source="pytorch/vision: torchvision/models/resnet.py (timm, SimCLR-converted, DINO and "
+        "Barlow Twins backbone-only files use the same names)",
         description="torchvision names: torchvision, timm, SimCLR converted, DINO/Barlow Twins backbone-only (fc dropped)",
-        candidates=(Candidate("model", CONTAINER, "the only network"),)),
+        candidates=(Candidate("model", CONTAINER, "the only network"),),
+    ),
 )

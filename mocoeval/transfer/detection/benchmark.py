@@ -4,6 +4,7 @@ The harness (config, trial, run and the command) is shared; a benchmark only nam
 config per schedule and weights layout, and how to check and register its data, evaluate and read the result.
 Importing this module does not import Detectron2 (the command's --help uses the config names).
 """
+
 from __future__ import annotations
 
 import logging
@@ -40,8 +41,10 @@ class Benchmark:
         """The default config for weights of `layout` ("torchvision": converted MoCo, "caffe2": MSRA R-50.pkl)."""
         schedule = schedule or self.default_schedule
         if schedule not in self.configs:
-            raise UserError(f"--schedule {schedule}: {self.name} has " + (
-                f"the schedules {', '.join(self.schedules)}" if self.schedules else "one schedule (no --schedule)"))
+            raise UserError(
+                f"--schedule {schedule}: {self.name} has "
+                + (f"the schedules {', '.join(self.schedules)}" if self.schedules else "one schedule (no --schedule)")
+            )
         return self.configs[schedule][layout]
 
     def check_dataset(self, cfg, root: str | os.PathLike) -> None:
@@ -69,8 +72,12 @@ class VOC(Benchmark):
     name, title = "voc", "VOC07 test"
     metrics = ("AP50", "AP", "AP75")
     # the official MoCo configs: MoCo (torchvision-converted) weights; the MSRA Caffe2 R-50.pkl (supervised row)
-    configs = {None: {"torchvision": CONFIG_DIR / "pascal_voc_R_50_C4_24k_moco.yaml",
-                      "caffe2": CONFIG_DIR / "pascal_voc_R_50_C4_24k.yaml"}}
+    configs = {
+        None: {
+            "torchvision": CONFIG_DIR / "pascal_voc_R_50_C4_24k_moco.yaml",
+            "caffe2": CONFIG_DIR / "pascal_voc_R_50_C4_24k.yaml",
+        }
+    }
     dataset = "voc_2007_test (PascalVOCDetectionEvaluator, VOC07 11-point AP)"
 
     def _check(self, cfg, root):
@@ -98,16 +105,22 @@ class COCO(Benchmark):
     # box and mask AP at IoU .50:.95, .50, .75 (COCOeval), as the MoCo v1 paper's COCO tables
     metrics = ("box_AP", "box_AP50", "box_AP75", "mask_AP", "mask_AP50", "mask_AP75")
     # the official MoCo COCO config is the 2x one; 1x is the MoCo v1 paper's shorter schedule
-    configs = {schedule: {"torchvision": CONFIG_DIR / f"coco_R_50_C4_{schedule}_moco.yaml",
-                          "caffe2": CONFIG_DIR / f"coco_R_50_C4_{schedule}.yaml"} for schedule in ("2x", "1x")}
+    configs = {
+        schedule: {
+            "torchvision": CONFIG_DIR / f"coco_R_50_C4_{schedule}_moco.yaml",
+            "caffe2": CONFIG_DIR / f"coco_R_50_C4_{schedule}.yaml",
+        }
+        for schedule in ("2x", "1x")
+    }
     dataset = "coco_2017_val (COCOEvaluator: COCOeval box and mask AP)"
 
     def _check(self, cfg, root):
         from mocoeval.data.coco import COCO_SPLITS
         from mocoeval.data.layout import check_coco_root
 
-        names = dataset_names(cfg, "run_coco.py", f"Detectron2's builtin {' and '.join(COCO_SPLITS)}",
-                              COCO_SPLITS.__contains__)
+        names = dataset_names(
+            cfg, "run_coco.py", f"Detectron2's builtin {' and '.join(COCO_SPLITS)}", COCO_SPLITS.__contains__
+        )
         if not cfg.MODEL.MASK_ON:
             raise UserError("MODEL.MASK_ON is False: the COCO protocol trains Mask R-CNN and reports mask AP")
         check_coco_root(root, splits=tuple(dict.fromkeys(names)))
@@ -122,6 +135,7 @@ class COCO(Benchmark):
 
         try:  # Detectron2's compiled COCOeval (same numbers, faster) exists only in a build with its C++ ops
             from detectron2 import _C  # noqa: F401
+
             fast = True
         except ImportError:
             fast = False
@@ -129,8 +143,13 @@ class COCO(Benchmark):
 
     def extract_metrics(self, results):
         """box_* from {"bbox": {...}}, mask_* from {"segm": {...}} (COCOEvaluator's percentages)."""
-        out = _pick(results, {task: {f"{prefix}_{m}": m for m in ("AP", "AP50", "AP75")}
-                              for task, prefix in (("bbox", "box"), ("segm", "mask"))})
+        out = _pick(
+            results,
+            {
+                task: {f"{prefix}_{m}": m for m in ("AP", "AP50", "AP75")}
+                for task, prefix in (("bbox", "box"), ("segm", "mask"))
+            },
+        )
         if any(math.isnan(v) for v in out.values()):
             # COCOEvaluator reports NaN when the model predicted nothing; against ground truth that is AP 0
             logger.warning("the detector predicted nothing on %s: AP 0", self.title)
@@ -156,8 +175,9 @@ def dataset_names(cfg, command: str, supported: str, known) -> list[str]:
 
 def voc_splits(cfg) -> list[tuple[str, str]]:
     """(year, split) of every dataset the config uses; only Pascal VOC splits are supported."""
-    names = dataset_names(cfg, "run_voc.py", "Pascal VOC splits (voc_YYYY_split, e.g. voc_2007_test)",
-                          VOC_DATASET_RE.match)
+    names = dataset_names(
+        cfg, "run_voc.py", "Pascal VOC splits (voc_YYYY_split, e.g. voc_2007_test)", VOC_DATASET_RE.match
+    )
     return list(dict.fromkeys(VOC_DATASET_RE.match(n).groups() for n in names))
 
 

@@ -1,31 +1,38 @@
 """The Detectron2 config of a trial: built from YAML + --opts, its identity (hash)."""
+
 from __future__ import annotations
 
 import dataclasses
 import logging
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import yaml
 from detectron2.config import CfgNode
 
-from mocoeval.transfer.detection import modeling as d2_modeling
 from mocoeval.results.identity import flatten_config
 from mocoeval.runtime.errors import UserError, one_line
+from mocoeval.transfer.detection import modeling as d2_modeling
 
 logger = logging.getLogger("mocoeval.voc")
 
 # Config keys that do not change what a trial computes; left out of the config hash so that e.g. a
 # resumed run may use another checkpoint period or device. SEED and weights are checked separately.
 # Keys owned by command-line flags; setting them through --opts would bypass the bookkeeping.
-FLAG_OWNED_KEYS = {"MODEL.WEIGHTS": "--weights", "SEED": "--seeds", "OUTPUT_DIR": "--output-dir",
-                   "MODEL.DEVICE": "--device"}
+FLAG_OWNED_KEYS = {
+    "MODEL.WEIGHTS": "--weights",
+    "SEED": "--seeds",
+    "OUTPUT_DIR": "--output-dir",
+    "MODEL.DEVICE": "--device",
+}
 
 
 @dataclasses.dataclass
 class ConfigNotes:
     """What build_config changed on its own, to print (and test)."""
+
     lr_scaled: tuple[float, float] | None = None  # (from, to)
     # what the batch rule scaled: {"factor": 16 / batch, "MAX_ITER": [from, to], "STEPS": ..., ...} (JSON-ready)
     schedule_scaled: dict | None = None
@@ -61,15 +68,22 @@ def _scale_schedule(cfg: CfgNode, factor: float, keys: Sequence[str], notes: Con
         notes.messages.append(f"schedule {given_text} (not scaled with the batch)")
         return
     notes.schedule_scaled = {"factor": factor, **scaled}
-    notes.messages.append(f"schedule scaled by {factor:g} with the batch (same epochs): "
-                          + ", ".join(f"{k} {_fmt(a)} -> {_fmt(b)}" for k, (a, b) in scaled.items())
-                          + (f"; {given_text}" if given else ""))
+    notes.messages.append(
+        f"schedule scaled by {factor:g} with the batch (same epochs): "
+        + ", ".join(f"{k} {_fmt(a)} -> {_fmt(b)}" for k, (a, b) in scaled.items())
+        + (f"; {given_text}" if given else "")
+    )
     # e.g. a short check with MAX_ITER given: scaled steps past its end do nothing, a scaled warm-up is all of it
-    late = [k for k in ("STEPS", "WARMUP_ITERS") if k in scaled and max(_as_tuple(cfg.SOLVER[k]), default=0)
-            >= cfg.SOLVER.MAX_ITER]
+    late = [
+        k
+        for k in ("STEPS", "WARMUP_ITERS")
+        if k in scaled and max(_as_tuple(cfg.SOLVER[k]), default=0) >= cfg.SOLVER.MAX_ITER
+    ]
     if late:
-        notes.messages.append(f"scaled {' and '.join(late)} reach MAX_ITER {cfg.SOLVER.MAX_ITER}: "
-                              f"set them with --opts too for a shorter schedule")
+        notes.messages.append(
+            f"scaled {' and '.join(late)} reach MAX_ITER {cfg.SOLVER.MAX_ITER}: "
+            f"set them with --opts too for a shorter schedule"
+        )
 
 
 def _as_tuple(v) -> tuple:
@@ -80,9 +94,15 @@ def _fmt(v) -> str:
     return str(tuple(v)) if isinstance(v, (tuple, list)) else str(v)
 
 
-def build_config(config_file: str | os.PathLike, opts: Sequence[str] = (), *, norm: str | None = None,
-                 device: str = "cpu", weights: str | os.PathLike = "",
-                 input_settings: Mapping[str, Any] | None = None) -> tuple[CfgNode, ConfigNotes]:
+def build_config(
+    config_file: str | os.PathLike,
+    opts: Sequence[str] = (),
+    *,
+    norm: str | None = None,
+    device: str = "cpu",
+    weights: str | os.PathLike = "",
+    input_settings: Mapping[str, Any] | None = None,
+) -> tuple[CfgNode, ConfigNotes]:
     """The config every trial of a run shares (OUTPUT_DIR and SEED are set per trial).
 
     `input_settings` (dotted key -> value, e.g. the normalisation converted weights record) replace the file's
@@ -126,14 +146,15 @@ def build_config(config_file: str | os.PathLike, opts: Sequence[str] = (), *, no
         if "SOLVER.BASE_LR" in keys:
             notes.messages.append(
                 f"SOLVER.IMS_PER_BATCH {batch} (config: {ref_batch}) with SOLVER.BASE_LR {cfg.SOLVER.BASE_LR} "
-                f"as given (no linear scaling, since --opts sets it)")
+                f"as given (no linear scaling, since --opts sets it)"
+            )
         else:
             new_lr = ref_lr * batch / ref_batch
             notes.lr_scaled = (ref_lr, new_lr)
             cfg.SOLVER.BASE_LR = new_lr
             notes.messages.append(
-                f"SOLVER.IMS_PER_BATCH {batch} instead of {ref_batch}: BASE_LR scaled linearly "
-                f"{ref_lr:g} -> {new_lr:g}")
+                f"SOLVER.IMS_PER_BATCH {batch} instead of {ref_batch}: BASE_LR scaled linearly {ref_lr:g} -> {new_lr:g}"
+            )
         _scale_schedule(cfg, ref_batch / batch, keys, notes)
     if cfg.SOLVER.MAX_ITER <= 0:
         raise UserError(f"SOLVER.MAX_ITER must be positive, got {cfg.SOLVER.MAX_ITER}")
@@ -145,8 +166,10 @@ def build_config(config_file: str | os.PathLike, opts: Sequence[str] = (), *, no
 def config_differences(old: dict, new: dict, limit: int = 3) -> str:
     """'KEY (old -> new), ...' for the first few differing keys of two config dicts."""
     a, b = flatten_config(old), flatten_config(new)
-    diffs = [f"{k} ({a.get(k, '<unset>')} -> {b.get(k, '<unset>')})" for k in sorted(set(a) | set(b))
-             if a.get(k, "<unset>") != b.get(k, "<unset>")]
+    diffs = [
+        f"{k} ({a.get(k, '<unset>')} -> {b.get(k, '<unset>')})"
+        for k in sorted(set(a) | set(b))
+        if a.get(k, "<unset>") != b.get(k, "<unset>")
+    ]
     more = f" and {len(diffs) - limit} more" if len(diffs) > limit else ""
     return ", ".join(diffs[:limit]) + more
-

@@ -2,6 +2,7 @@
 
 Importing this module registers `Res5ROIHeadsExtraNorm` in Detectron2's ROI_HEADS_REGISTRY.
 """
+
 from __future__ import annotations
 
 from pathlib import Path

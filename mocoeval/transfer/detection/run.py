@@ -1,5 +1,6 @@
 """A detection transfer run (VOC or COCO): plan the trials (resume, refuse mismatches), run them here or on Slurm,
 summarise. What differs between the benchmarks is in `benchmark`; everything here is shared."""
+
 from __future__ import annotations
 
 import contextlib
@@ -13,22 +14,33 @@ import math
 import os
 import re
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 from detectron2.utils import comm
 
-from mocoeval.transfer.detection import modeling as d2_modeling
-from mocoeval.transfer.detection.benchmark import BENCHMARKS, Benchmark
 from mocoeval.convert.detectron2_weights import check_input_settings, input_settings, recorded_input_norm
+from mocoeval.results.identity import config_hash, config_identity
 from mocoeval.runtime.errors import UserError, one_line
 from mocoeval.runtime.fileio import atomic_write_json, atomic_write_text, check_output_dir, sha256_json
 from mocoeval.runtime.stop_request import Interrupted
-from mocoeval.results.identity import config_hash, config_identity
+from mocoeval.transfer.detection import modeling as d2_modeling
+from mocoeval.transfer.detection.benchmark import BENCHMARKS, Benchmark
 from mocoeval.transfer.detection.config import build_config, config_differences
-from mocoeval.transfer.detection.trial import (SlurmTrialJob, TrialSpec, WeightsInfo, check_weights, format_seconds,
-                    launch_trial, log_file, preflight_weights, read_metrics, setup_logging, trial_dir)
+from mocoeval.transfer.detection.trial import (
+    SlurmTrialJob,
+    TrialSpec,
+    WeightsInfo,
+    check_weights,
+    format_seconds,
+    launch_trial,
+    log_file,
+    preflight_weights,
+    read_metrics,
+    setup_logging,
+    trial_dir,
+)
 
 logger = logging.getLogger("mocoeval.voc")
 
@@ -98,11 +110,14 @@ def resolve_seeds(trials: int | None, seeds: Sequence[int] | None) -> list[int]:
 
 def _identity_mismatch(tdir: Path, recorded: dict, identity: dict, cfg_identity: dict, source: str) -> str | None:
     if recorded.get("seed") != identity["seed"]:
-        return (f"{tdir} was run with seed {recorded.get('seed')}, not {identity['seed']} "
-                f"(pass the same --seeds as before)")
+        return (
+            f"{tdir} was run with seed {recorded.get('seed')}, not {identity['seed']} (pass the same --seeds as before)"
+        )
     if recorded.get("weights_sha256") != identity["weights_sha256"]:
-        return (f"{tdir} was trained from other weights ({recorded.get('weights')}, sha256 "
-                f"{str(recorded.get('weights_sha256'))[:12]}) than {identity['weights']}")
+        return (
+            f"{tdir} was trained from other weights ({recorded.get('weights')}, sha256 "
+            f"{str(recorded.get('weights_sha256'))[:12]}) than {identity['weights']}"
+        )
     if recorded.get("config_hash") != identity["config_hash"]:
         detail = ""
         cfg_file = tdir / "config.yaml"
@@ -116,8 +131,13 @@ def _identity_mismatch(tdir: Path, recorded: dict, identity: dict, cfg_identity:
     return None
 
 
-def plan_trials(output_dir: Path, seeds: Sequence[int], identity_base: dict, cfg_identity: dict,
-                metrics: Sequence[str] = BENCHMARKS["voc"].metrics) -> list[TrialPlan]:
+def plan_trials(
+    output_dir: Path,
+    seeds: Sequence[int],
+    identity_base: dict,
+    cfg_identity: dict,
+    metrics: Sequence[str] = BENCHMARKS["voc"].metrics,
+) -> list[TrialPlan]:
     """Which of trials 1..N are finished, to be resumed, or new; refuse to mix different setups."""
     plans = []
     for i, seed in enumerate(seeds, start=1):
@@ -149,8 +169,9 @@ def plan_trials(output_dir: Path, seeds: Sequence[int], identity_base: dict, cfg
     return plans
 
 
-def summarize(output_dir: Path, trial_metrics: list[dict], requested: int, failed: list[int],
-              bench: Benchmark = BENCHMARKS["voc"]) -> tuple[dict, str]:
+def summarize(
+    output_dir: Path, trial_metrics: list[dict], requested: int, failed: list[int], bench: Benchmark = BENCHMARKS["voc"]
+) -> tuple[dict, str]:
     """Write summary.json and summary.csv; return the summary and a printable table."""
     import pandas as pd
 
@@ -161,12 +182,21 @@ def summarize(output_dir: Path, trial_metrics: list[dict], requested: int, faile
     stats = {}
     for m in names:
         values = rows[m].astype(float)
-        stats[m] = {"mean": float(values.mean()), "std": float(values.std(ddof=STD_DDOF)) if len(values) else math.nan,
-                    "min": float(values.min()), "max": float(values.max()), "n": int(values.count()),
-                    "values": [float(v) for v in values]}
+        stats[m] = {
+            "mean": float(values.mean()),
+            "std": float(values.std(ddof=STD_DDOF)) if len(values) else math.nan,
+            "min": float(values.min()),
+            "max": float(values.max()),
+            "n": int(values.count()),
+            "values": [float(v) for v in values],
+        }
     summary = {
-        "metrics": stats, "std_ddof": STD_DDOF, "n_trials": len(trial_metrics), "requested_trials": requested,
-        "failed_trials": failed, "trials": rows.to_dict(orient="records"),
+        "metrics": stats,
+        "std_ddof": STD_DDOF,
+        "n_trials": len(trial_metrics),
+        "requested_trials": requested,
+        "failed_trials": failed,
+        "trials": rows.to_dict(orient="records"),
         "dataset": bench.dataset,
     }
     atomic_write_json(output_dir / "summary.json", summary)
@@ -177,13 +207,32 @@ def summarize(output_dir: Path, trial_metrics: list[dict], requested: int, faile
         return str(int(v)) if digits == 0 else f"{float(v):.{digits}f}"
 
     def table_rows(digits):
-        out = [{"row": f"trial_{t['trial']}", "trial": cell(t["trial"], 0), "seed": cell(t["seed"], 0),
-                **{m: cell(t[m], digits) for m in names}, "wall_time_s": cell(t["wall_time_s"], 1)}
-               for t in summary["trials"]]
-        for label, key in [("mean", "mean"), (f"std (ddof={STD_DDOF})", "std"), ("min", "min"), ("max", "max"),
-                           ("n", "n")]:
-            out.append({"row": label, "trial": "", "seed": "", "wall_time_s": "",
-                        **{m: cell(stats[m][key], 0 if key == "n" else digits) for m in names}})
+        out = [
+            {
+                "row": f"trial_{t['trial']}",
+                "trial": cell(t["trial"], 0),
+                "seed": cell(t["seed"], 0),
+                **{m: cell(t[m], digits) for m in names},
+                "wall_time_s": cell(t["wall_time_s"], 1),
+            }
+            for t in summary["trials"]
+        ]
+        for label, key in [
+            ("mean", "mean"),
+            (f"std (ddof={STD_DDOF})", "std"),
+            ("min", "min"),
+            ("max", "max"),
+            ("n", "n"),
+        ]:
+            out.append(
+                {
+                    "row": label,
+                    "trial": "",
+                    "seed": "",
+                    "wall_time_s": "",
+                    **{m: cell(stats[m][key], 0 if key == "n" else digits) for m in names},
+                }
+            )
         return pd.DataFrame(out, columns=["row", "trial", "seed", *names, "wall_time_s"])
 
     buf = io.StringIO()
@@ -193,16 +242,26 @@ def summarize(output_dir: Path, trial_metrics: list[dict], requested: int, faile
     return summary, text
 
 
-def record_run(output_dir: Path, summary: dict, weights: WeightsInfo, cfg_hash: str, cfg_identity: dict,
-               seeds: list[int], wall_time_s: float, invocation_s: float | None = None,
-               batch_rule: dict | None = None, bench: Benchmark = BENCHMARKS["voc"]) -> Path | None:
+def record_run(
+    output_dir: Path,
+    summary: dict,
+    weights: WeightsInfo,
+    cfg_hash: str,
+    cfg_identity: dict,
+    seeds: list[int],
+    wall_time_s: float,
+    invocation_s: float | None = None,
+    batch_rule: dict | None = None,
+    bench: Benchmark = BENCHMARKS["voc"],
+) -> Path | None:
     """One results-store record per distinct result of this run directory (re-runs that change nothing
     write none); a record for more trials names the one it supersedes in extra.supersedes."""
     from mocoeval.results import store as results_store
 
     marker = output_dir / "run_record.json"
-    content_hash = sha256_json({"metrics": summary["metrics"], "trials": summary["trials"], "weights": weights.sha256,
-                                "config_hash": cfg_hash})
+    content_hash = sha256_json(
+        {"metrics": summary["metrics"], "trials": summary["trials"], "weights": weights.sha256, "config_hash": cfg_hash}
+    )
     previous = None
     if marker.exists():
         try:
@@ -214,18 +273,35 @@ def record_run(output_dir: Path, summary: dict, weights: WeightsInfo, cfg_hash: 
         return None
     metrics = {m: summary["metrics"][m]["mean"] for m in bench.metrics}
     metrics.update({f"{m}_std": summary["metrics"][m]["std"] for m in bench.metrics})
-    metrics.update({"n_trials": summary["n_trials"], "std_ddof": STD_DDOF,
-                    "per_trial": {m: summary["metrics"][m]["values"] for m in bench.metrics}})
+    metrics.update(
+        {
+            "n_trials": summary["n_trials"],
+            "std_ddof": STD_DDOF,
+            "per_trial": {m: summary["metrics"][m]["values"] for m in bench.metrics},
+        }
+    )
     path = results_store.write_run_record(
-        bench.name, variant=weights.variant, metrics=metrics, source_sha256=weights.source_sha256,
-        weights=weights.path, weights_sha256=weights.sha256, seeds=seeds, config=cfg_identity,
-        config_hash=cfg_hash, trials=summary["trials"], wall_time_s=round(wall_time_s, 3),
-        extra={"run_dir": str(output_dir.resolve()), "wall_time": "summed over the trials",
-               "invocation_s": round(invocation_s, 3) if invocation_s is not None else None,
-               "supersedes": previous.get("record") if previous else None,
-               "weights_source": weights.source or None,
-               # what the batch rule changed (the resolved values are in config): a departure from batch 16
-               **(batch_rule or {})})
+        bench.name,
+        variant=weights.variant,
+        metrics=metrics,
+        source_sha256=weights.source_sha256,
+        weights=weights.path,
+        weights_sha256=weights.sha256,
+        seeds=seeds,
+        config=cfg_identity,
+        config_hash=cfg_hash,
+        trials=summary["trials"],
+        wall_time_s=round(wall_time_s, 3),
+        extra={
+            "run_dir": str(output_dir.resolve()),
+            "wall_time": "summed over the trials",
+            "invocation_s": round(invocation_s, 3) if invocation_s is not None else None,
+            "supersedes": previous.get("record") if previous else None,
+            "weights_source": weights.source or None,
+            # what the batch rule changed (the resolved values are in config): a departure from batch 16
+            **(batch_rule or {}),
+        },
+    )
     atomic_write_json(marker, {"record": str(path), "content_hash": content_hash})
     logger.info(f"results recorded in {path}")
     return path
@@ -268,15 +344,23 @@ def run(opts: RunOptions) -> int:
     weights = check_weights(opts.weights, opts.variant)
     config_file = opts.config_file or str(bench.config_for(weights.layout, opts.schedule))
     input_norm = recorded_input_norm(weights.path) if weights.layout == "torchvision" else None
-    cfg, notes = build_config(config_file, opts.opts, norm=opts.norm, device=device, weights=weights.path,
-                              input_settings=input_settings(input_norm) if input_norm and not opts.config_file else None)
+    cfg, notes = build_config(
+        config_file,
+        opts.opts,
+        norm=opts.norm,
+        device=device,
+        weights=weights.path,
+        input_settings=input_settings(input_norm) if input_norm and not opts.config_file else None,
+    )
     check_input_settings(cfg, weights.layout, config_file, input_norm)
     world = gpus_per_trial * opts.num_machines
     if cfg.SOLVER.IMS_PER_BATCH % world:
         raise UserError(f"SOLVER.IMS_PER_BATCH {cfg.SOLVER.IMS_PER_BATCH} is not divisible by {world} processes")
     if cfg.MODEL.RESNETS.NORM == "BN" and world > 1:
-        notes.messages.append(f"NORM BN with {world} processes normalises per GPU "
-                              f"({cfg.SOLVER.IMS_PER_BATCH // world} images); the protocol synchronises BN")
+        notes.messages.append(
+            f"NORM BN with {world} processes normalises per GPU "
+            f"({cfg.SOLVER.IMS_PER_BATCH // world} images); the protocol synchronises BN"
+        )
     dataset_root = opts.dataset_root or os.environ.get("DETECTRON2_DATASETS", "datasets")
     bench.check_dataset(cfg, dataset_root)
     output_dir = check_output_dir(opts.output_dir or Path("output") / f"{bench.name}_{Path(opts.weights).stem}")
@@ -290,20 +374,27 @@ def run(opts: RunOptions) -> int:
     writes = is_main and not opts.dry_run  # a dry run creates nothing, not even the output folder or its log
     if writes:
         output_dir.mkdir(parents=True, exist_ok=True)
-    with (log_file(output_dir / "log.txt") if writes else contextlib.nullcontext()):
+    with log_file(output_dir / "log.txt") if writes else contextlib.nullcontext():
         for msg in notes.messages:
             logger.info(msg)
-        logger.info(f"{n} trial(s) in {output_dir}: weights {weights.path} (sha256 {weights.sha256[:12]}), "
-                    f"variant {weights.variant.get('name')}, config {config_file} (hash {cfg_hash[:12]}), "
-                    f"seeds {seeds}, device {device}, data {dataset_root}")
+        logger.info(
+            f"{n} trial(s) in {output_dir}: weights {weights.path} (sha256 {weights.sha256[:12]}), "
+            f"variant {weights.variant.get('name')}, config {config_file} (hash {cfg_hash[:12]}), "
+            f"seeds {seeds}, device {device}, data {dataset_root}"
+        )
         if load_report:
             logger.info(load_report)
         for p in plans:
             if p.status == "finished":
-                logger.info(f"trial {p.index}/{n} (seed {p.seed}): finished earlier, skipped — "
-                            + ", ".join(f"{m} {p.metrics[m]:.2f}" for m in bench.metrics))
-        extra_dirs = sorted(int(m[1]) for d in output_dir.glob("trial_*") if (m := TRIAL_DIR_RE.match(d.name))
-                            and int(m[1]) > n) if output_dir.is_dir() else []
+                logger.info(
+                    f"trial {p.index}/{n} (seed {p.seed}): finished earlier, skipped — "
+                    + ", ".join(f"{m} {p.metrics[m]:.2f}" for m in bench.metrics)
+                )
+        extra_dirs = (
+            sorted(int(m[1]) for d in output_dir.glob("trial_*") if (m := TRIAL_DIR_RE.match(d.name)) and int(m[1]) > n)
+            if output_dir.is_dir()
+            else []
+        )
         if extra_dirs:
             logger.info(f"trials {extra_dirs} exist in {output_dir} but are outside --trials {n}: not summarised")
         if opts.dry_run:
@@ -319,14 +410,29 @@ def run(opts: RunOptions) -> int:
             tcfg.OUTPUT_DIR = str(trial_dir(output_dir, p.index).resolve())
             tcfg.SEED = p.seed
             tcfg.freeze()
-            specs.append(TrialSpec(
-                index=p.index, n_trials=n, seed=p.seed, cfg=tcfg,
-                identity={**identity_base, "seed": p.seed, "dataset_root": str(Path(dataset_root).resolve()),
-                          "unused_weight_keys": unused, "weights_layout": weights.layout},
-                dataset_root=str(Path(dataset_root).resolve()), num_gpus=gpus_per_trial,
-                num_machines=opts.num_machines, machine_rank=opts.machine_rank, dist_url=opts.dist_url,
-                later_trials=(len(pending) - k - 1) if opts.launcher == "local" else 0,
-                checkpoint_minutes=opts.checkpoint_minutes, benchmark=bench.name))
+            specs.append(
+                TrialSpec(
+                    index=p.index,
+                    n_trials=n,
+                    seed=p.seed,
+                    cfg=tcfg,
+                    identity={
+                        **identity_base,
+                        "seed": p.seed,
+                        "dataset_root": str(Path(dataset_root).resolve()),
+                        "unused_weight_keys": unused,
+                        "weights_layout": weights.layout,
+                    },
+                    dataset_root=str(Path(dataset_root).resolve()),
+                    num_gpus=gpus_per_trial,
+                    num_machines=opts.num_machines,
+                    machine_rank=opts.machine_rank,
+                    dist_url=opts.dist_url,
+                    later_trials=(len(pending) - k - 1) if opts.launcher == "local" else 0,
+                    checkpoint_minutes=opts.checkpoint_minutes,
+                    benchmark=bench.name,
+                )
+            )
             if is_main:
                 _prepare_trial_dir(specs[-1])
 
@@ -353,15 +459,29 @@ def run(opts: RunOptions) -> int:
         if failed or summary is None:
             for i, why in sorted(failed.items()):
                 logger.error(f"trial {i}/{n} FAILED: {why} (log: {trial_dir(output_dir, i) / 'log.txt'})")
-            logger.error(f"{len(failed)} of {n} trial(s) failed; re-run the same command to retry them "
-                         f"(finished trials are kept); no results record written")
+            logger.error(
+                f"{len(failed)} of {n} trial(s) failed; re-run the same command to retry them "
+                f"(finished trials are kept); no results record written"
+            )
             return 1
         # the record's wall time: the trials' own (training + evaluation, summed), not this invocation's
         trials_s = sum(float(m.get("wall_time_s") or 0.0) for m in finished)
-        batch_rule = {"lr_scaled": list(notes.lr_scaled) if notes.lr_scaled else None,
-                      "schedule_scaled": notes.schedule_scaled}
-        record_run(output_dir, summary, weights, cfg_hash, cfg_identity, seeds, trials_s,
-                   invocation_s=time.time() - t_start, batch_rule=batch_rule, bench=bench)
+        batch_rule = {
+            "lr_scaled": list(notes.lr_scaled) if notes.lr_scaled else None,
+            "schedule_scaled": notes.schedule_scaled,
+        }
+        record_run(
+            output_dir,
+            summary,
+            weights,
+            cfg_hash,
+            cfg_identity,
+            seeds,
+            trials_s,
+            invocation_s=time.time() - t_start,
+            batch_rule=batch_rule,
+            bench=bench,
+        )
         return 0
 
 
@@ -370,10 +490,16 @@ def _prepare_trial_dir(spec: TrialSpec) -> None:
     spec.dir.mkdir(parents=True, exist_ok=True)
     trial_json = spec.dir / "trial.json"
     if not trial_json.exists():
-        atomic_write_json(trial_json, {
-            "trial": spec.index, **spec.identity,
-            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "torch": torch.__version__, "detectron2": __import__("detectron2").__version__})
+        atomic_write_json(
+            trial_json,
+            {
+                "trial": spec.index,
+                **spec.identity,
+                "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                "torch": torch.__version__,
+                "detectron2": __import__("detectron2").__version__,
+            },
+        )
     atomic_write_text(spec.dir / "config.yaml", spec.cfg.dump())
 
 
@@ -384,8 +510,10 @@ def _run_locally(specs: list[TrialSpec], bench: Benchmark) -> dict[int, str]:
         if durations:
             spec.later_trial_s = sum(durations) / len(durations)
         resuming = (spec.dir / "last_checkpoint").exists()
-        logger.info(f"trial {spec.index}/{spec.n_trials} (seed {spec.seed}): "
-                    f"{'resuming' if resuming else 'starting'} in {spec.dir}")
+        logger.info(
+            f"trial {spec.index}/{spec.n_trials} (seed {spec.seed}): "
+            f"{'resuming' if resuming else 'starting'} in {spec.dir}"
+        )
         t0 = time.time()
         try:
             launch_trial(spec)
@@ -403,10 +531,15 @@ def _run_locally(specs: list[TrialSpec], bench: Benchmark) -> dict[int, str]:
         m = read_metrics(spec.dir, bench.metrics)
         left = len(specs) - k - 1
         if m is not None and comm.get_rank() == 0 and spec.machine_rank == 0:
-            logger.info(f"trial {spec.index}/{spec.n_trials} done in {format_seconds(took)}: "
-                        + ", ".join(f"{x} {m[x]:.2f}" for x in bench.metrics)
-                        + (f"; overall ETA {format_seconds(left * sum(durations) / len(durations))} "
-                           f"for {left} more trial(s)" if left else ""))
+            logger.info(
+                f"trial {spec.index}/{spec.n_trials} done in {format_seconds(took)}: "
+                + ", ".join(f"{x} {m[x]:.2f}" for x in bench.metrics)
+                + (
+                    f"; overall ETA {format_seconds(left * sum(durations) / len(durations))} for {left} more trial(s)"
+                    if left
+                    else ""
+                )
+            )
     return failed
 
 
@@ -435,9 +568,14 @@ def _run_on_slurm(specs: list[TrialSpec], opts: RunOptions, output_dir: Path, be
         executor = submitit.AutoExecutor(folder=folder / "%j", cluster=opts.slurm_cluster)
         gpus = spec.num_gpus if spec.cfg.MODEL.DEVICE == "cuda" else 0
         executor.update_parameters(
-            name=f"{bench.name}_trial{spec.index}", nodes=1, tasks_per_node=1, gpus_per_node=gpus,
-            cpus_per_task=opts.cpus_per_task, timeout_min=opts.time_min,
-            **({"slurm_partition": opts.partition} if opts.partition else {}))
+            name=f"{bench.name}_trial{spec.index}",
+            nodes=1,
+            tasks_per_node=1,
+            gpus_per_node=gpus,
+            cpus_per_task=opts.cpus_per_task,
+            timeout_min=opts.time_min,
+            **({"slurm_partition": opts.partition} if opts.partition else {}),
+        )
         try:
             job = executor.submit(SlurmTrialJob(spec))
         except Exception as e:
@@ -456,14 +594,18 @@ def _run_on_slurm(specs: list[TrialSpec], opts: RunOptions, output_dir: Path, be
             try:
                 job.result()
                 m = read_metrics(trial_dir(output_dir, index), bench.metrics)
-                logger.info(f"trial {index}: Slurm job {job.job_id} finished"
-                            + (": " + ", ".join(f"{x} {m[x]:.2f}" for x in bench.metrics) if m else ""))
+                logger.info(
+                    f"trial {index}: Slurm job {job.job_id} finished"
+                    + (": " + ", ".join(f"{x} {m[x]:.2f}" for x in bench.metrics) if m else "")
+                )
             except Exception as e:
                 failed[index] = f"Slurm job {job.job_id}: {type(e).__name__}: {one_line(e)}"
         if waiting and time.time() - last_report > 600:
             last_report = time.time()
-            logger.info(f"waiting for {len(waiting)} of {len(jobs)} Slurm job(s): "
-                        + ", ".join(f"trial {i} ({j.job_id}: {j.state})" for i, j in waiting.items()))
+            logger.info(
+                f"waiting for {len(waiting)} of {len(jobs)} Slurm job(s): "
+                + ", ".join(f"trial {i} ({j.job_id}: {j.state})" for i, j in waiting.items())
+            )
         if waiting:
             time.sleep(SLURM_POLL_S)
     return failed

@@ -5,6 +5,7 @@
 
 The detection command of run_voc (same flags, trial layout, resume, Slurm, summary) with COCO's benchmark.
 """
+
 from __future__ import annotations
 
 import sys

@@ -5,6 +5,7 @@
 
 The command for both detection benchmarks: `run_coco` builds its parser and main here with the COCO texts.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,10 +31,12 @@ Data: Detectron2's voc_2007_trainval, voc_2012_trainval and voc_2007_test under 
         cost="""\
 Cost (measured, full protocol config, fp32): one H100 80GB runs batch 16 at 0.91 s/iter using 74 GB,
 i.e. ~6 h of training per trial (24k iterations) plus ~8 min of VOC07 test evaluation (0.1 s/image).""",
-        results="metrics.json (AP50, AP, AP75)", dataset_root="folder holding VOC2007/ and VOC2012/"),
+        results="metrics.json (AP50, AP, AP75)",
+        dataset_root="folder holding VOC2007/ and VOC2012/",
+    ),
     "coco": dict(
         description="Fine-tune and evaluate converted MoCo weights on COCO train2017 -> val2017 (Mask R-CNN R50-C4, "
-                    "1x or 2x), N trials.",
+        "1x or 2x), N trials.",
         examples="""\
   python transfer/run_coco.py --weights moco_v2_200ep.pkl --trials 5 --num-gpus 8     # 2x, the official config
   python transfer/run_coco.py --weights moco_v2_200ep.pkl --schedule 1x --trials 5 --launcher slurm --gpus-per-job 8
@@ -51,7 +54,8 @@ iterations at larger images (640-800 short side, VOC 480-800): at VOC's measured
 that would be ~45 h (~23 h) per trial on one GPU, plus evaluation of 5k val2017 images; an estimate, not a
 measurement.""",
         results="metrics.json (box_AP, box_AP50, box_AP75, mask_AP, mask_AP50, mask_AP75)",
-        dataset_root="folder holding coco/"),
+        dataset_root="folder holding coco/",
+    ),
 }
 
 EPILOG = """\
@@ -92,60 +96,127 @@ def build_parser(benchmark: str = "voc") -> argparse.ArgumentParser:
     bench, text = BENCHMARKS[benchmark], TEXTS[benchmark]
     default = bench.configs[bench.default_schedule]
     p = argparse.ArgumentParser(
-        prog=f"run_{benchmark}.py", description=text["description"], epilog=EPILOG.format(**text),
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--weights", required=True, metavar="PKL",
-                   help="converted Detectron2 R50 weights (.pkl from convert/to_d2.py), or Detectron2's MSRA "
-                        "Caffe2 R-50.pkl (the supervised row)")
-    p.add_argument("--trials", type=int, default=None, metavar="N",
-                   help="number of trials (default 5, or the number of --seeds)")
-    p.add_argument("--seeds", type=int, nargs="+", default=None, metavar="S",
-                   help="one seed per trial (default 0 1 ... N-1)")
-    p.add_argument("--config-file", default=None, metavar="YAML",
-                   help=f"Detectron2 config (default by the weights: {default['torchvision'].name} for converted "
-                        f"torchvision/MoCo weights, {default['caffe2'].name} (BGR, std 1, stride in 1x1) for "
-                        f"Caffe2 weights; one whose input settings contradict the weights is refused)")
+        prog=f"run_{benchmark}.py",
+        description=text["description"],
+        epilog=EPILOG.format(**text),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--weights",
+        required=True,
+        metavar="PKL",
+        help="converted Detectron2 R50 weights (.pkl from convert/to_d2.py), or Detectron2's MSRA "
+        "Caffe2 R-50.pkl (the supervised row)",
+    )
+    p.add_argument(
+        "--trials", type=int, default=None, metavar="N", help="number of trials (default 5, or the number of --seeds)"
+    )
+    p.add_argument(
+        "--seeds", type=int, nargs="+", default=None, metavar="S", help="one seed per trial (default 0 1 ... N-1)"
+    )
+    p.add_argument(
+        "--config-file",
+        default=None,
+        metavar="YAML",
+        help=f"Detectron2 config (default by the weights: {default['torchvision'].name} for converted "
+        f"torchvision/MoCo weights, {default['caffe2'].name} (BGR, std 1, stride in 1x1) for "
+        f"Caffe2 weights; one whose input settings contradict the weights is refused)",
+    )
     if bench.schedules:
-        p.add_argument("--schedule", choices=bench.schedules, default=None,
-                       help=f"the default config's schedule (default {bench.default_schedule}, the official MoCo "
-                            f"config; 1x: the MoCo v1 paper's 90k iterations); not with --config-file")
-    p.add_argument("--output-dir", default=None, metavar="DIR",
-                   help=f"run directory (default: output/{benchmark}_<weights file name>)")
-    p.add_argument("--dataset-root", default=None, metavar="DIR",
-                   help=f"{text['dataset_root']} (default: $DETECTRON2_DATASETS or ./datasets)")
-    p.add_argument("--norm", choices=("naiveSyncBN", "SyncBN", "BN"), default=None,
-                   help="MODEL.RESNETS.NORM (default: the config's naiveSyncBN, the official choice; SyncBN was "
-                        "used before Nov 2020; both are synchronised BN)")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
-                   help="MODEL.DEVICE (default: cuda if available, else cpu)")
-    p.add_argument("--variant", default=None, metavar="NAME",
-                   help="variant name for the results store (default: from the .pkl's source checkpoint; "
-                        "'supervised' / 'random-init' for the baselines)")
+        p.add_argument(
+            "--schedule",
+            choices=bench.schedules,
+            default=None,
+            help=f"the default config's schedule (default {bench.default_schedule}, the official MoCo "
+            f"config; 1x: the MoCo v1 paper's 90k iterations); not with --config-file",
+        )
+    p.add_argument(
+        "--output-dir",
+        default=None,
+        metavar="DIR",
+        help=f"run directory (default: output/{benchmark}_<weights file name>)",
+    )
+    p.add_argument(
+        "--dataset-root",
+        default=None,
+        metavar="DIR",
+        help=f"{text['dataset_root']} (default: $DETECTRON2_DATASETS or ./datasets)",
+    )
+    p.add_argument(
+        "--norm",
+        choices=("naiveSyncBN", "SyncBN", "BN"),
+        default=None,
+        help="MODEL.RESNETS.NORM (default: the config's naiveSyncBN, the official choice; SyncBN was "
+        "used before Nov 2020; both are synchronised BN)",
+    )
+    p.add_argument(
+        "--device",
+        choices=("auto", "cpu", "cuda"),
+        default="auto",
+        help="MODEL.DEVICE (default: cuda if available, else cpu)",
+    )
+    p.add_argument(
+        "--variant",
+        default=None,
+        metavar="NAME",
+        help="variant name for the results store (default: from the .pkl's source checkpoint; "
+        "'supervised' / 'random-init' for the baselines)",
+    )
     dist = p.add_argument_group("distributed (Detectron2 conventions)")
-    dist.add_argument("--num-gpus", type=int, default=1, metavar="G",
-                      help="processes (GPUs) per machine (default 1); with --device cpu, CPU processes "
-                           "(gloo) for checking the distributed path, not for speed")
+    dist.add_argument(
+        "--num-gpus",
+        type=int,
+        default=1,
+        metavar="G",
+        help="processes (GPUs) per machine (default 1); with --device cpu, CPU processes "
+        "(gloo) for checking the distributed path, not for speed",
+    )
     dist.add_argument("--num-machines", type=int, default=1, metavar="M")
     dist.add_argument("--machine-rank", type=int, default=0, metavar="R")
-    dist.add_argument("--dist-url", default="auto", metavar="URL",
-                      help="tcp://HOST:PORT of machine 0 (default: auto, a free local port)")
+    dist.add_argument(
+        "--dist-url",
+        default="auto",
+        metavar="URL",
+        help="tcp://HOST:PORT of machine 0 (default: auto, a free local port)",
+    )
     slurm = p.add_argument_group("Slurm (--launcher slurm; one job per trial, submitted with submitit)")
-    slurm.add_argument("--launcher", choices=("local", "slurm"), default="local",
-                       help="run trials here one after another (local) or as parallel Slurm jobs")
+    slurm.add_argument(
+        "--launcher",
+        choices=("local", "slurm"),
+        default="local",
+        help="run trials here one after another (local) or as parallel Slurm jobs",
+    )
     slurm.add_argument("--partition", default=None, metavar="NAME", help="Slurm partition")
-    slurm.add_argument("--gpus-per-job", type=int, default=None, metavar="G",
-                       help="GPUs per trial job (default: --num-gpus)")
-    slurm.add_argument("--time", dest="time_min", type=int, default=24 * 60, metavar="MIN",
-                       help="time limit per job in minutes (default 1440); on expiry the job is requeued "
-                            "and resumes")
+    slurm.add_argument(
+        "--gpus-per-job", type=int, default=None, metavar="G", help="GPUs per trial job (default: --num-gpus)"
+    )
+    slurm.add_argument(
+        "--time",
+        dest="time_min",
+        type=int,
+        default=24 * 60,
+        metavar="MIN",
+        help="time limit per job in minutes (default 1440); on expiry the job is requeued and resumes",
+    )
     slurm.add_argument("--cpus-per-task", type=int, default=10, metavar="C", help="CPUs per job (default 10)")
-    p.add_argument("--checkpoint-minutes", type=float, default=30.0, metavar="MIN",
-                   help="also save a resume checkpoint every MIN minutes of training, so that an interrupted "
-                        "trial loses at most MIN minutes (default 30; 0: only SOLVER.CHECKPOINT_PERIOD)")
-    p.add_argument("--dry-run", action="store_true",
-                   help="check weights, data and config, print what would run, train nothing")
-    p.add_argument("--opts", nargs=argparse.REMAINDER, default=[], metavar="KEY VALUE",
-                   help="config overrides for every trial, e.g. --opts SOLVER.IMS_PER_BATCH 8; must come last")
+    p.add_argument(
+        "--checkpoint-minutes",
+        type=float,
+        default=30.0,
+        metavar="MIN",
+        help="also save a resume checkpoint every MIN minutes of training, so that an interrupted "
+        "trial loses at most MIN minutes (default 30; 0: only SOLVER.CHECKPOINT_PERIOD)",
+    )
+    p.add_argument(
+        "--dry-run", action="store_true", help="check weights, data and config, print what would run, train nothing"
+    )
+    p.add_argument(
+        "--opts",
+        nargs=argparse.REMAINDER,
+        default=[],
+        metavar="KEY VALUE",
+        help="config overrides for every trial, e.g. --opts SOLVER.IMS_PER_BATCH 8; must come last",
+    )
     return p
 
 

@@ -1,4 +1,5 @@
 """One trial (VOC or COCO): the weights checks, the Detectron2 trainer with progress, train + evaluate + metrics.json."""
+
 from __future__ import annotations
 
 import contextlib
@@ -11,8 +12,8 @@ import logging
 import math
 import os
 import time
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
@@ -23,14 +24,15 @@ from detectron2.utils.env import seed_all_rng
 from detectron2.utils.events import CommonMetricPrinter, JSONWriter, TensorboardXWriter
 from detectron2.utils.logger import setup_logger
 
-# registers Res5ROIHeadsExtraNorm: launch() workers and submitit jobs import only this module
-from mocoeval.transfer.detection import modeling as d2_modeling  # noqa: F401
 from mocoeval.convert.detectron2_weights import NEW_IN_DETECTOR
-from mocoeval.runtime.logger import quiet_loggers
 from mocoeval.pretrain.residual_scaling import d2_residual_branch_scales
 from mocoeval.runtime.errors import UserError, one_line
 from mocoeval.runtime.fileio import atomic_write_json, atomic_write_text, sha256_file
+from mocoeval.runtime.logger import quiet_loggers
 from mocoeval.runtime.stop_request import StopRequest
+
+# registers Res5ROIHeadsExtraNorm: launch() workers and submitit jobs import only this module
+from mocoeval.transfer.detection import modeling as d2_modeling  # noqa: F401
 from mocoeval.transfer.detection.benchmark import BENCHMARKS, Benchmark
 
 logger = logging.getLogger("mocoeval.voc")
@@ -89,21 +91,32 @@ def check_weights(path: str | os.PathLike, variant_name: str | None = None) -> W
             variant = special_variant(variant_name).to_record()
     elif not variant:
         variant = special_variant(path.stem).to_record()
-        logger.warning(f"{path} does not say which pretraining it comes from (not made by convert/to_d2.py); "
-                       f"recording it as variant {path.stem!r} (set --variant to name it)")
-    return WeightsInfo(path=str(path.resolve()), sha256=sha, source=source,
-                       source_sha256=source.get("sha256") or sha, variant=dict(variant), layout=layout)
+        logger.warning(
+            f"{path} does not say which pretraining it comes from (not made by convert/to_d2.py); "
+            f"recording it as variant {path.stem!r} (set --variant to name it)"
+        )
+    return WeightsInfo(
+        path=str(path.resolve()),
+        sha256=sha,
+        source=source,
+        source_sha256=source.get("sha256") or sha,
+        variant=dict(variant),
+        layout=layout,
+    )
 
 
-def classify_loaded_keys(missing: Iterable[str], unexpected: Iterable[str],
-                         layout: str = "torchvision") -> tuple[list[str], list[str]]:
+def classify_loaded_keys(
+    missing: Iterable[str], unexpected: Iterable[str], layout: str = "torchvision"
+) -> tuple[list[str], list[str]]:
     """(bad missing keys, unused checkpoint keys) after loading converted weights into the detector.
 
     Only the RPN, the box predictor and the extra res5 norm are new layers; BN's num_batches_tracked
     counters are bookkeeping, not weights. Caffe2 weights have no BN running statistics (frozen BN, scale
     and bias only): their BN layers keep PyTorch's initial mean 0 / var 1, as in the official supervised run.
     """
-    optional = (".running_mean", ".running_var", "num_batches_tracked") if layout == "caffe2" else ("num_batches_tracked",)
+    optional = (
+        (".running_mean", ".running_var", "num_batches_tracked") if layout == "caffe2" else ("num_batches_tracked",)
+    )
     bad = sorted(k for k in missing if not k.startswith(ALLOWED_MISSING_PREFIXES) and not k.endswith(optional))
     return bad, sorted(unexpected)
 
@@ -112,11 +125,15 @@ def check_loaded_keys(missing, unexpected, weights: str, layout: str = "torchvis
     """Raise UserError if backbone/res5 tensors were not loaded; return the unused checkpoint keys."""
     bad, unused = classify_loaded_keys(missing, unexpected, layout)
     if bad:
-        raise UserError(f"{weights}: {len(bad)} detector tensors are not in the weights (only the RPN, box predictor, "
-                        f"mask head and roi_heads.res5.norm may be new), e.g. {', '.join(bad[:3])}")
+        raise UserError(
+            f"{weights}: {len(bad)} detector tensors are not in the weights (only the RPN, box predictor, "
+            f"mask head and roi_heads.res5.norm may be new), e.g. {', '.join(bad[:3])}"
+        )
     if unused:
-        logger.warning(f"{len(unused)} tensors of {weights} are not used by the detector "
-                       f"(e.g. a projection head): {', '.join(unused[:6])}{' ...' if len(unused) > 6 else ''}")
+        logger.warning(
+            f"{len(unused)} tensors of {weights} are not used by the detector "
+            f"(e.g. a projection head): {', '.join(unused[:6])}{' ...' if len(unused) > 6 else ''}"
+        )
     return unused
 
 
@@ -156,18 +173,31 @@ def preflight_weights(cfg: CfgNode, weights: WeightsInfo) -> tuple[list[str], st
     gc.collect()
     unused = check_loaded_keys(incompatible.missing_keys, incompatible.unexpected_keys, weights.path, weights.layout)
     new = [k for k in incompatible.missing_keys if k.startswith(ALLOWED_MISSING_PREFIXES)]
-    bn_stats = [k for k in incompatible.missing_keys if not k.startswith(ALLOWED_MISSING_PREFIXES)
-                and k.endswith((".running_mean", ".running_var"))]
-    groups = {"RPN": "proposal_generator.", "box predictor": "roi_heads.box_predictor.",
-              "res5 norm": "roi_heads.res5.norm.", "mask head": MASK_HEAD}
+    bn_stats = [
+        k
+        for k in incompatible.missing_keys
+        if not k.startswith(ALLOWED_MISSING_PREFIXES) and k.endswith((".running_mean", ".running_var"))
+    ]
+    groups = {
+        "RPN": "proposal_generator.",
+        "box predictor": "roi_heads.box_predictor.",
+        "res5 norm": "roi_heads.res5.norm.",
+        "mask head": MASK_HEAD,
+    }
     counts = {name: sum(k.startswith(p) for k in new) for name, p in groups.items()}
     if not counts["mask head"]:
         del counts["mask head"]  # a box-only detector (VOC) has none
-    report = (f"weights fit the detector: {n_model - len(incompatible.missing_keys)} of {n_model} tensors loaded; "
-              f"new, trained from scratch: " + ", ".join(f"{name} ({n})" for name, n in counts.items())
-              + (f"; BN running statistics start at mean 0 / var 1 (not in Caffe2 files): {len(bn_stats)}"
-                 if bn_stats else "")
-              + f"; unused in the file: {len(unused)}")
+    report = (
+        f"weights fit the detector: {n_model - len(incompatible.missing_keys)} of {n_model} tensors loaded; "
+        f"new, trained from scratch: "
+        + ", ".join(f"{name} ({n})" for name, n in counts.items())
+        + (
+            f"; BN running statistics start at mean 0 / var 1 (not in Caffe2 files): {len(bn_stats)}"
+            if bn_stats
+            else ""
+        )
+        + f"; unused in the file: {len(unused)}"
+    )
     return unused, report
 
 
@@ -183,8 +213,7 @@ class TrialProgress(HookBase):
     any (evaluation included), else as MAX_ITER iterations at the current speed.
     """
 
-    def __init__(self, trial: int, n_trials: int, later_trials: int, later_trial_s: float | None,
-                 period: int = 100):
+    def __init__(self, trial: int, n_trials: int, later_trials: int, later_trial_s: float | None, period: int = 100):
         self.trial, self.n_trials = trial, n_trials
         self.later_trials, self.later_trial_s = later_trials, later_trial_s
         self.period = period
@@ -202,10 +231,12 @@ class TrialProgress(HookBase):
         trial_eta = s_per_iter * (self.trainer.max_iter - done)
         per_later = self.later_trial_s if self.later_trial_s else s_per_iter * self.trainer.max_iter
         overall = trial_eta + per_later * self.later_trials
-        logger.info(f"trial {self.trial}/{self.n_trials}: iter {done}/{self.trainer.max_iter} "
-                    f"({s_per_iter:.2f} s/iter), trial ETA {format_seconds(trial_eta)}, overall ETA "
-                    f"{format_seconds(overall)} ({self.later_trials} more trial(s) after this one; "
-                    f"evaluation not included)")
+        logger.info(
+            f"trial {self.trial}/{self.n_trials}: iter {done}/{self.trainer.max_iter} "
+            f"({s_per_iter:.2f} s/iter), trial ETA {format_seconds(trial_eta)}, overall ETA "
+            f"{format_seconds(overall)} ({self.later_trials} more trial(s) after this one; "
+            f"evaluation not included)"
+        )
 
 
 class ResumePoints(HookBase):
@@ -242,8 +273,10 @@ class ResumePoints(HookBase):
         if it + 1 >= self.trainer.max_iter:
             self._stop.finishing()  # the last iteration writes model_final.pth anyway
             if self._stop.requested:
-                logger.warning("that was the last iteration: the trial goes on to its evaluation "
-                               "(send the signal again to stop at once)")
+                logger.warning(
+                    "that was the last iteration: the trial goes on to its evaluation "
+                    "(send the signal again to stop at once)"
+                )
             return
         if self._stop.requested:
             self._save_and_stop(it)
@@ -255,8 +288,12 @@ class ResumePoints(HookBase):
         # A stop was requested but training ended by an error first (typically the loader's worker processes,
         # which get the terminal's Ctrl-C too, have exited): save the last completed iteration and stop.
         try:
-            if self._stop.requested and not (self._stopped or self._stop.aborted) \
-                    and self.trainer.iter + 1 < self.trainer.max_iter and self.trainer.iter > self.trainer.start_iter:
+            if (
+                self._stop.requested
+                and not (self._stopped or self._stop.aborted)
+                and self.trainer.iter + 1 < self.trainer.max_iter
+                and self.trainer.iter > self.trainer.start_iter
+            ):
                 self.trainer.iter -= 1  # the last completed one, also in the trainer state that is saved
                 self._save_and_stop(self.trainer.iter)
         finally:
@@ -265,8 +302,10 @@ class ResumePoints(HookBase):
     def _save_and_stop(self, it: int):
         self._stopped = True
         path = self._save(it)
-        raise self._stop.interrupted(f"trial stopped after iteration {it + 1} of {self.trainer.max_iter}, resume "
-                                     f"point {path}; run the same command again to continue")
+        raise self._stop.interrupted(
+            f"trial stopped after iteration {it + 1} of {self.trainer.max_iter}, resume "
+            f"point {path}; run the same command again to continue"
+        )
 
     def _save(self, it: int) -> Path:
         name = f"model_{it:07d}"
@@ -304,8 +343,9 @@ class DetectionTrainer(DefaultTrainer):
 
     benchmark: Benchmark
 
-    def __init__(self, cfg, progress: TrialProgress | None = None, checkpoint_minutes: float = 0.0,
-                 stop_on_signal: bool = False):
+    def __init__(
+        self, cfg, progress: TrialProgress | None = None, checkpoint_minutes: float = 0.0, stop_on_signal: bool = False
+    ):
         # read by build_hooks, which DefaultTrainer.__init__ calls
         self._progress, self._checkpoint_minutes, self._stop_on_signal = progress, checkpoint_minutes, stop_on_signal
         with _ddp_without_device_ids(cfg.MODEL.DEVICE == "cpu" and comm.get_world_size() > 1):
@@ -318,30 +358,37 @@ class DetectionTrainer(DefaultTrainer):
     def build_hooks(self):
         # DefaultTrainer.__init__ created a plain DetectionCheckpointer just before calling this; swap in
         # ours (same model, directory and trainer state) so that the checkpoint hook uses it too.
-        self.checkpointer = TrialCheckpointer(self.checkpointer.model, self.cfg.OUTPUT_DIR,
-                                              **self.checkpointer.checkpointables)
+        self.checkpointer = TrialCheckpointer(
+            self.checkpointer.model, self.cfg.OUTPUT_DIR, **self.checkpointer.checkpointables
+        )
         hooks = super().build_hooks()
         if self._progress is not None and comm.is_main_process():
             hooks.insert(-1, self._progress)  # before the writers
         if self._checkpoint_minutes > 0 or self._stop_on_signal:
             # last: when it stops the trial, every other hook (the writers too) has seen the iteration
-            hooks.append(ResumePoints(self._checkpoint_minutes, self.cfg.SOLVER.CHECKPOINT_PERIOD,
-                                      self._stop_on_signal))
+            hooks.append(
+                ResumePoints(self._checkpoint_minutes, self.cfg.SOLVER.CHECKPOINT_PERIOD, self._stop_on_signal)
+            )
         return hooks
 
     def build_writers(self):
         out = self.cfg.OUTPUT_DIR
-        return [CommonMetricPrinter(self.max_iter), JSONWriter(os.path.join(out, "events.json")),
-                TensorboardXWriter(out)]
+        return [
+            CommonMetricPrinter(self.max_iter),
+            JSONWriter(os.path.join(out, "events.json")),
+            TensorboardXWriter(out),
+        ]
 
 
 class VOCTrainer(DetectionTrainer):
     """PascalVOCDetectionEvaluator: VOC07 11-point AP at IoU 0.50:0.05:0.95 -> AP, AP50, AP75."""
+
     benchmark = BENCHMARKS["voc"]
 
 
 class COCOTrainer(DetectionTrainer):
     """COCOEvaluator: box and mask AP, AP50, AP75 (COCOeval)."""
+
     benchmark = BENCHMARKS["coco"]
 
 
@@ -355,6 +402,7 @@ TRAINERS = {t.benchmark.name: t for t in (VOCTrainer, COCOTrainer)}
 @dataclasses.dataclass
 class TrialSpec:
     """Everything a worker process needs to run one trial (picklable: it crosses spawn/submitit)."""
+
     index: int
     n_trials: int
     seed: int
@@ -379,8 +427,12 @@ class TrialSpec:
 def setup_logging(rank: int = 0) -> None:
     """Detectron2-style console logging for our loggers and Detectron2's (idempotent)."""
     for name in LOGGER_NAMES:
-        setup_logger(output=None, distributed_rank=rank, name=name,
-                     abbrev_name={"detectron2": "d2", "mocoeval": "mocoeval"}.get(name))
+        setup_logger(
+            output=None,
+            distributed_rank=rank,
+            name=name,
+            abbrev_name={"detectron2": "d2", "mocoeval": "mocoeval"}.get(name),
+        )
 
 
 @contextlib.contextmanager
@@ -388,8 +440,9 @@ def log_file(path: Path):
     """Also log (our loggers and Detectron2's) to `path` while inside the block."""
     handler = logging.FileHandler(path)
     handler.setLevel(logging.DEBUG)
-    handler.setFormatter(logging.Formatter("[%(asctime)s] %(name)s %(levelname)s: %(message)s",
-                                           datefmt="%m/%d %H:%M:%S"))
+    handler.setFormatter(
+        logging.Formatter("[%(asctime)s] %(name)s %(levelname)s: %(message)s", datefmt="%m/%d %H:%M:%S")
+    )
     loggers = [logging.getLogger(n) for n in LOGGER_NAMES]
     for lg in loggers:
         lg.addHandler(handler)
@@ -436,20 +489,32 @@ def run_trial(spec: TrialSpec) -> None:
     with log_file(spec.dir / log_name):
         start = time.time()
         seed_all_rng(spec.seed + rank)
-        progress = TrialProgress(spec.index, spec.n_trials, spec.later_trials, spec.later_trial_s,
-                                 period=max(1, min(100, spec.cfg.SOLVER.MAX_ITER // 10)))
-        trainer = TRAINERS[spec.benchmark](spec.cfg, progress=progress, checkpoint_minutes=spec.checkpoint_minutes,
-                             stop_on_signal=spec.stop_on_signal)
+        progress = TrialProgress(
+            spec.index,
+            spec.n_trials,
+            spec.later_trials,
+            spec.later_trial_s,
+            period=max(1, min(100, spec.cfg.SOLVER.MAX_ITER // 10)),
+        )
+        trainer = TRAINERS[spec.benchmark](
+            spec.cfg, progress=progress, checkpoint_minutes=spec.checkpoint_minutes, stop_on_signal=spec.stop_on_signal
+        )
         resumed = trainer.checkpointer.has_checkpoint()
         trainer.resume_or_load(resume=True)
         if resumed:
             logger.info(f"trial {spec.index}/{spec.n_trials}: resuming from iteration {trainer.start_iter}")
         else:
             inc = trainer.checkpointer.last_incompatible
-            check_loaded_keys(inc.missing_keys, inc.unexpected_keys, spec.cfg.MODEL.WEIGHTS,
-                              spec.identity.get("weights_layout", "torchvision"))
-            logger.info("residual branch scale (res2..res5) of the loaded weights: %s",
-                        _format_scales(d2_residual_branch_scales(trainer.model.state_dict())))
+            check_loaded_keys(
+                inc.missing_keys,
+                inc.unexpected_keys,
+                spec.cfg.MODEL.WEIGHTS,
+                spec.identity.get("weights_layout", "torchvision"),
+            )
+            logger.info(
+                "residual branch scale (res2..res5) of the loaded weights: %s",
+                _format_scales(d2_residual_branch_scales(trainer.model.state_dict())),
+            )
         trainer.train()
         results = getattr(trainer, "_last_eval_results", None)  # set by DefaultTrainer's final EvalHook
         if comm.is_main_process():
@@ -458,11 +523,15 @@ def run_trial(spec: TrialSpec) -> None:
             scales = d2_residual_branch_scales(trainer.model.state_dict())
             logger.info("residual branch scale (res2..res5) after fine-tuning: %s", _format_scales(scales))
             record = {
-                "trial": spec.index, **metrics, **spec.identity, "residual_branch_scale": scales,
+                "trial": spec.index,
+                **metrics,
+                **spec.identity,
+                "residual_branch_scale": scales,
                 "iterations": spec.cfg.SOLVER.MAX_ITER,
                 "resumed_from_iter": trainer.start_iter if resumed else None,
                 "wall_time_s": round(time.time() - start, 3),  # of the session that finished the trial
-                "world_size": comm.get_world_size(), "device": spec.cfg.MODEL.DEVICE,
+                "world_size": comm.get_world_size(),
+                "device": spec.cfg.MODEL.DEVICE,
                 "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             }
             _write_metrics_once(spec.dir / "metrics.json", record)
@@ -485,8 +554,14 @@ def launch_trial(spec: TrialSpec) -> None:
     cpu_group = spec.cfg.MODEL.DEVICE == "cpu" and spec.num_gpus * spec.num_machines > 1
     # launch()'s workers use NCCL and one GPU each whenever CUDA is visible; hidden, they use gloo on CPU
     with _environ(CUDA_VISIBLE_DEVICES="") if cpu_group else contextlib.nullcontext():
-        launch(run_trial, spec.num_gpus, num_machines=spec.num_machines, machine_rank=spec.machine_rank,
-               dist_url=spec.dist_url, args=(spec,))
+        launch(
+            run_trial,
+            spec.num_gpus,
+            num_machines=spec.num_machines,
+            machine_rank=spec.machine_rank,
+            dist_url=spec.dist_url,
+            args=(spec,),
+        )
 
 
 @contextlib.contextmanager

@@ -1,12 +1,18 @@
 """Does a .pkl load into the R50-C4 detector as the transfer runs use it, with the source's tensors? The check
 behind `convert/to_d2.py --verify`: build the detector, load through Detectron2's checkpointer, compare."""
+
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
-
-from mocoeval.convert.detectron2_weights import (D2_RESNET50_SHAPES, NEW_IN_DETECTOR, input_mismatches, input_settings,
-                                                 recorded_input_norm)
+from mocoeval.convert.detectron2_weights import (
+    D2_RESNET50_SHAPES,
+    NEW_IN_DETECTOR,
+    input_mismatches,
+    input_settings,
+    recorded_input_norm,
+)
 from mocoeval.convert.formats import first_few
 from mocoeval.runtime.errors import UserError
 from mocoeval.runtime.logger import quiet_loggers
@@ -57,8 +63,16 @@ def classify_load_result(incompatible) -> dict:
     }
 
 
-def verify_conversion(state_dict: Mapping[str, Any], pkl_path, config_file=None, *, tol: float = 1e-4,
-                      image_size: int = 64, batch_size: int = 2, seed: int = 0) -> dict:
+def verify_conversion(
+    state_dict: Mapping[str, Any],
+    pkl_path,
+    config_file=None,
+    *,
+    tol: float = 1e-4,
+    image_size: int = 64,
+    batch_size: int = 2,
+    seed: int = 0,
+) -> dict:
     """Numerically compare the source torchvision ResNet-50 with the detector built from the converted file.
 
     Both in eval mode, fp32, fed the same already-normalised tensor (Detectron2's backbone does not
@@ -74,8 +88,15 @@ def verify_conversion(state_dict: Mapping[str, Any], pkl_path, config_file=None,
     # The normalisation the .pkl records is what the detector must feed: the default config takes it, a given
     # config must agree with it.
     needed = input_settings(recorded_input_norm(pkl_path))
-    opts = [] if config_file else [x for k in ("INPUT.FORMAT", "MODEL.PIXEL_MEAN", "MODEL.PIXEL_STD")
-                                   for x in (k, list(needed[k]) if isinstance(needed[k], tuple) else needed[k])]
+    opts = (
+        []
+        if config_file
+        else [
+            x
+            for k in ("INPUT.FORMAT", "MODEL.PIXEL_MEAN", "MODEL.PIXEL_STD")
+            for x in (k, list(needed[k]) if isinstance(needed[k], tuple) else needed[k])
+        ]
+    )
     model, cfg, incompatible = load_into_detector(pkl_path, config_file, opts)
     load = classify_load_result(incompatible)
     problems = []
@@ -85,15 +106,20 @@ def verify_conversion(state_dict: Mapping[str, Any], pkl_path, config_file=None,
         problems.append(f"shape mismatches: {first_few(load['incorrect_shapes'], 2)}")
     wrong_inputs = input_mismatches(cfg, needed)
     if wrong_inputs:
-        problems.append(f"config feeds {cfg.INPUT.FORMAT} input that the weights were not trained with (the "
-                        f"normalisation the .pkl records): {', '.join(wrong_inputs)}")
+        problems.append(
+            f"config feeds {cfg.INPUT.FORMAT} input that the weights were not trained with (the "
+            f"normalisation the .pkl records): {', '.join(wrong_inputs)}"
+        )
 
     # The source model: built on the meta device (no random init to pay for), then given the checkpoint's
     # tensors; fc and the BN step counters are not part of the backbone and get placeholders.
     with torch.device("meta"):
         source = torchvision.models.resnet50()
-    full = {k: torch.zeros(v.shape, dtype=v.dtype) for k, v in source.state_dict().items()
-            if k.startswith("fc.") or k.endswith("num_batches_tracked")}
+    full = {
+        k: torch.zeros(v.shape, dtype=v.dtype)
+        for k, v in source.state_dict().items()
+        if k.startswith("fc.") or k.endswith("num_batches_tracked")
+    }
     full.update({k: v for k, v in state_dict.items() if not (k.startswith("fc.") or k.endswith("num_batches_tracked"))})
     try:
         source.load_state_dict(full, strict=True, assign=True)
@@ -111,8 +137,10 @@ def verify_conversion(state_dict: Mapping[str, Any], pkl_path, config_file=None,
         res4 = model.backbone(x)["res4"]
         res5_out = res5_blocks(res4)
     if res4.shape != layer3.shape or res5_out.shape != layer4.shape:
-        problems.append(f"output shapes differ: res4 {tuple(res4.shape)} vs layer3 {tuple(layer3.shape)}, "
-                        f"res5 {tuple(res5_out.shape)} vs layer4 {tuple(layer4.shape)}")
+        problems.append(
+            f"output shapes differ: res4 {tuple(res4.shape)} vs layer3 {tuple(layer3.shape)}, "
+            f"res5 {tuple(res5_out.shape)} vs layer4 {tuple(layer4.shape)}"
+        )
         diff4 = diff5 = float("inf")
     else:
         diff4 = (res4 - layer3).abs().max().item()
@@ -123,12 +151,21 @@ def verify_conversion(state_dict: Mapping[str, Any], pkl_path, config_file=None,
     diffs = f"max|res4-layer3| {diff4:.2e}, max|res5-layer4| {diff5:.2e} (tol {tol:g}, fp32"
     if ok:
         counters = len(load["missing_batch_counters"])
-        line = (f"verify: OK {diffs}, input {batch_size}x3x{image_size}x{image_size}, feature max "
-                f"{layer3.abs().max().item():.3g}/{layer4.abs().max().item():.3g}); loaded all "
-                f"{len(D2_RESNET50_SHAPES)} backbone+res5 tensors, missing only the new heads "
-                f"({len(load['missing_new_heads'])} RPN/box-predictor/res5.norm tensors"
-                + (f", {counters} BN step counters" if counters else "") + ")")
+        line = (
+            f"verify: OK {diffs}, input {batch_size}x3x{image_size}x{image_size}, feature max "
+            f"{layer3.abs().max().item():.3g}/{layer4.abs().max().item():.3g}); loaded all "
+            f"{len(D2_RESNET50_SHAPES)} backbone+res5 tensors, missing only the new heads "
+            f"({len(load['missing_new_heads'])} RPN/box-predictor/res5.norm tensors"
+            + (f", {counters} BN step counters" if counters else "")
+            + ")"
+        )
     else:
         line = f"verify: FAIL {'; '.join(problems)}; {diffs})"
-    return {"ok": ok, "line": line, "max_abs_diff": {"res4_vs_layer3": diff4, "res5_vs_layer4": diff5},
-            "tol": tol, "problems": problems, "load": load}
+    return {
+        "ok": ok,
+        "line": line,
+        "max_abs_diff": {"res4_vs_layer3": diff4, "res5_vs_layer4": diff5},
+        "tol": tol,
+        "problems": problems,
+        "load": load,
+    }
