@@ -317,3 +317,14 @@ def test_two_trials_killed_and_resumed_write_box_and_mask_ap_a_summary_and_a_rec
         assert rec["metrics"][f"{key}_std"] == pytest.approx(summary["metrics"][key]["std"])
         assert len(rec["metrics"]["per_trial"][key]) == 2
     assert rec["metrics"]["n_trials"] == 2
+
+
+def test_a_default_coco_run_is_the_tables_official_protocol():
+    """run_coco.py's default configs hash as the tables' official COCO identity (so its rows meet the paper)."""
+    from mocoeval import CONFIG_DIR
+    from mocoeval.results.identity import config_hash, official_config_hash
+    from mocoeval.transfer.detection.config import build_config
+
+    for variant, name in (("d", "coco_R_50_C4_2x_moco.yaml"), ("supervised", "coco_R_50_C4_2x.yaml")):
+        cfg, _ = build_config(CONFIG_DIR / name, device="cuda", weights="")
+        assert config_hash(cfg) == official_config_hash(variant, "coco")

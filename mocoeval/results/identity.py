@@ -9,7 +9,7 @@ how they depart from the official protocol (what the tables key rows on and labe
   row: pascal_voc_R_50_C4_24k.yaml), built the way run_voc.py builds it. Departures are the differing keys
   of the record's stored config.
 - COCO: as VOC, official = configs/coco_R_50_C4_2x_moco.yaml (supervised: coco_R_50_C4_2x.yaml), the 2×
-  schedule of the official protocol. While that file is not in the checkout no COCO record is official.
+  schedule of the official protocol.
 
 Detectron2 and torch are imported only when a record of their stage is looked at.
 """
