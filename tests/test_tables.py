@@ -232,13 +232,17 @@ def test_paper_noise_bound_by_hand():
     assert statistics.paper_gap_within_noise("supervised", "AP75", 70.0, 3, 58.8) is None  # no published spread
 
 
-def test_no_supervised_row_means_no_gaps(store):
+def test_no_supervised_row_means_no_gaps(store, tmp_path):
     store.voc(D, "d" * 64, (82.0, 57.0, 63.0))
     store.add("linear", D, "d" * 64, {"top1": 67.25})
     rows = table_rows.collect_rows(load_records(store.root))
     assert tables.render_markdown_table(table_rows.ablation_frame(rows)).splitlines()[2] == (
         "| (d) | ✓ | ✓ | ✓ | 200 | 67.2 | 82.0 (1) | 57.0 (1) | 63.0 (1) |"
     )
+    # nor notes about gaps
+    tables.build_outputs(store.root, tmp_path / "out", plots=False)
+    md, tex = ((tmp_path / "out" / name).read_text() for name in (tables.OUT_MARKDOWN, tables.OUT_LATEX))
+    assert "gap to the supervised" not in md and "gap to" not in tex
 
 
 def test_row_order_is_fixed():
@@ -657,6 +661,8 @@ def test_coco_records_get_their_own_table_and_columns(store, coco_configs, tmp_p
     header = (tmp_path / "out" / tables.OUT_CSV).read_text().splitlines()[0].split(",")
     assert header == table_rows.CSV_COLUMNS + table_rows.COCO_CSV_COLUMNS
     assert "tab:mocoeval-coco" in (tmp_path / "out" / tables.OUT_LATEX).read_text()
+    # the supervised row has COCO results only: gaps, and their note, in the COCO table only
+    assert "with the gap to the supervised row in brackets." in md and "In brackets: the gap" not in md
 
 
 def test_without_coco_records_there_is_no_coco_table(store, tmp_path):
