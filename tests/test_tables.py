@@ -10,6 +10,7 @@ import re
 import warnings
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 
@@ -465,6 +466,43 @@ def test_plots_written_and_nonempty(store, tmp_path):
         assert img.shape[0] > 200 and img.shape[1] > 300
         assert img[..., :3].std() > 0.01  # something was drawn, not a blank canvas
     assert "![ablation_voc_trials](ablation_voc_trials.png)" in (tmp_path / "out" / "ablation.md").read_text()
+
+
+def test_trial_plot_points_boxes_axes_and_legend():
+    """Points for every trial, a box only from BOX_MIN_TRIALS trials, AP axes from >= 0, the paper's diamond for
+    the recipe row (protocol or not) but not for a row with extensions, and a legend naming what is drawn."""
+    from mocoeval.results import plots
+
+    def trial(row, case, extensions=""):
+        return dict(row=row, label="", case=case, epochs=None, official=False, extensions=extensions, source="s")
+
+    lines = [
+        {**trial(0, "random-init"), "seed": s, "AP50": v, "AP": v / 2, "AP75": v / 3} for s, v in enumerate((0.1, 0.4))
+    ]
+    lines += [
+        {**trial(1, "random-init", "residual_bn_init 0.1"), "seed": s, "AP50": v, "AP": v, "AP75": v}
+        for s, v in enumerate((0.0, 0.2, 0.3, 0.5, 0.9))
+    ]
+    frame = pd.DataFrame(lines)
+    fig = plots.voc_trials_figure(frame, ["random", "random [ext]"], paper_numbers.load_paper_numbers())
+    legend = fig.legends[0]
+    for ax in fig.axes:
+        assert ax.get_ylim()[0] >= 0.0
+        points = [c for c in ax.collections if c.get_label().startswith("ours")]
+        assert sum(len(c.get_offsets()) for c in points) == 7
+        # a box (from 5 trials) is drawn for row 1 only: its median line sits at x 1 +- the box's half-width
+        medians = [ln for ln in ax.lines if ln.get_color() == "black"]
+        assert len(medians) == 1 and sum(medians[0].get_xdata()) / 2 == pytest.approx(1.0)
+        drawn = {a.get_label() for a in [*ax.collections, *ax.lines] if not a.get_label().startswith("_")}
+        assert drawn <= {t.get_text() for t in legend.get_texts()}
+    # random init's published VOC numbers are far above these tiny values: drawn as an arrow at the edge
+    texts = [t.get_text() for t in fig.axes[0].texts]
+    assert texts == ["paper 60.2"]
+    assert {t.get_text() for t in legend.get_texts()} == {
+        "ours: one trial (colour: pretraining run)",
+        f"quartiles (rows with >= {plots.BOX_MIN_TRIALS} trials)",
+        "paper, off the axis",
+    }
 
 
 def test_latex_table(store, tmp_path):
