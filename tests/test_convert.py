@@ -334,6 +334,27 @@ def test_trust_pickle_for_legacy_objects(r50_state, tmp_path, capsys):
     dc.check_d2_pickle(tmp_path / "o.pkl")
 
 
+def test_refusal_names_what_the_safe_loader_rejects(tmp_path, capsys):
+    """A global of a module torch blocks (os.system) is named like any other pickled object, and any other
+    rejection quotes the safe loader's reason: never an "(unknown)"."""
+    import os
+    import zipfile
+
+    blocked = tmp_path / "blocked.pth"
+    torch.save({"state_dict": {}, "hook": os.system}, blocked)
+    err = _expect_error(capsys, [str(blocked), str(tmp_path / "o.pkl")])
+    assert f"a pickled {os.system.__module__}.system object" in err and "--trust-pickle" in err
+    # an instruction the safe unpickler has no handler for (INST), in a torch.save zip archive
+    torch.save({"a": 1}, tmp_path / "ok.pth")
+    odd = tmp_path / "odd.pth"
+    with zipfile.ZipFile(tmp_path / "ok.pth") as src, zipfile.ZipFile(odd, "w") as dst:
+        for name in src.namelist():
+            dst.writestr(name, b"(i__main__\nX\n." if name.endswith("data.pkl") else src.read(name))
+    err = _expect_error(capsys, [str(odd), str(tmp_path / "o.pkl")])
+    assert "does not support (Unsupported operand 105)" in err
+    assert "(unknown)" not in err and not (tmp_path / "o.pkl").exists()
+
+
 # ---------------------------------------------------------------------------------------------- bad input
 
 

@@ -475,7 +475,7 @@ def test_residual_bn_ramp_bad_input_is_one_line(tiny_data, flags, message):
         parse_config([str(tiny_data), "--epochs", "2", *flags])
 
 
-def test_official_checkpoint_resumes(uninterrupted, tiny_data, tmp_path):
+def test_official_checkpoint_resumes(uninterrupted, tiny_data, tmp_path, capsys):
     """An official-layout checkpoint (no config/seed/history) resumes from the flags, structure read off its
     tensors; with the same flags and seed it finishes like the uninterrupted run."""
     ours = torch.load(uninterrupted / "checkpoint_0000.pth.tar", map_location="cpu", weights_only=True)
@@ -503,7 +503,11 @@ def test_official_checkpoint_resumes(uninterrupted, tiny_data, tmp_path):
     assert sorted(p.name for p in out.glob("*.pth.tar")) == ["checkpoint_0001.pth.tar", "final.pth.tar"]
     ckpt = torch.load(out / "final.pth.tar", map_location="cpu", weights_only=True)
     assert ckpt["arch"] == "resnet18" and ckpt["config"]["mlp"] is True  # read off the official file
-    assert "no stored config (an official checkpoint)" in (out / "log.txt").read_text()
+    # its warning is marked once on the console and once in log.txt (the file's format has the level)
+    (logged,) = [ln for ln in (out / "log.txt").read_text().splitlines() if "no stored config" in ln]
+    assert "WARNING] " in logged and "WARNING: " not in logged
+    (shown,) = [ln for ln in capsys.readouterr().err.splitlines() if "no stored config" in ln]
+    assert "] WARNING: " in shown and shown.count("WARNING") == 1
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(uninterrupted, tiny_data, tmp_path, capsys):

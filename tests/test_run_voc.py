@@ -839,9 +839,10 @@ def test_ctrl_c_saves_the_iteration_and_the_same_command_resumes_from_it(
         "--opts",
         *opts,
     ]
+    console = tmp_path / "console.txt"  # a file, not a pipe: nobody reads stdout while the trial runs
     proc = subprocess.Popen(
         [sys.executable, str(SCRIPT), *command],
-        stdout=subprocess.DEVNULL,
+        stdout=console.open("w"),
         stderr=subprocess.PIPE,
         text=True,
         env=_subprocess_env(store),
@@ -865,6 +866,11 @@ def test_ctrl_c_saves_the_iteration_and_the_same_command_resumes_from_it(
     checkpoint = out / "trial_1" / (out / "trial_1" / "last_checkpoint").read_text().strip()
     assert checkpoint.name == f"model_{stopped_after - 1:07d}.pth" and str(checkpoint) in last
     assert "trial 1/1: SIGINT: trial stopped" in (out / "log.txt").read_text()
+    # the console has our lines; the model dump, dataset tables and torch's warnings are in log.txt only
+    shown, logged = console.read_text() + err, trial_log.read_text()
+    assert "trial 1/1 (seed 0): starting" in shown and "weights fit the detector" in shown
+    for detail in ("GeneralizedRCNN(", "Distribution of instances", "Loading from", "UserWarning", "is_fx_tracing"):
+        assert detail in logged and detail not in shown, detail
 
     assert cli.main(command) == 0
     m = _metrics(out, 1)

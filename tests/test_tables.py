@@ -10,6 +10,7 @@ import re
 import warnings
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 
@@ -232,13 +233,17 @@ def test_paper_noise_bound_by_hand():
     assert statistics.paper_gap_within_noise("supervised", "AP75", 70.0, 3, 58.8) is None  # no published spread
 
 
-def test_no_supervised_row_means_no_gaps(store):
+def test_no_supervised_row_means_no_gaps(store, tmp_path):
     store.voc(D, "d" * 64, (82.0, 57.0, 63.0))
     store.add("linear", D, "d" * 64, {"top1": 67.25})
     rows = table_rows.collect_rows(load_records(store.root))
     assert tables.render_markdown_table(table_rows.ablation_frame(rows)).splitlines()[2] == (
         "| (d) | ✓ | ✓ | ✓ | 200 | 67.2 | 82.0 (1) | 57.0 (1) | 63.0 (1) |"
     )
+    # nor notes about gaps
+    tables.build_outputs(store.root, tmp_path / "out", plots=False)
+    md, tex = ((tmp_path / "out" / name).read_text() for name in (tables.OUT_MARKDOWN, tables.OUT_LATEX))
+    assert "gap to the supervised" not in md and "gap to" not in tex
 
 
 def test_row_order_is_fixed():
@@ -463,6 +468,43 @@ def test_plots_written_and_nonempty(store, tmp_path):
     assert "![ablation_voc_trials](ablation_voc_trials.png)" in (tmp_path / "out" / "ablation.md").read_text()
 
 
+def test_trial_plot_points_boxes_axes_and_legend():
+    """Points for every trial, a box only from BOX_MIN_TRIALS trials, AP axes from >= 0, the paper's diamond for
+    the recipe row (protocol or not) but not for a row with extensions, and a legend naming what is drawn."""
+    from mocoeval.results import plots
+
+    def trial(row, case, extensions=""):
+        return dict(row=row, label="", case=case, epochs=None, official=False, extensions=extensions, source="s")
+
+    lines = [
+        {**trial(0, "random-init"), "seed": s, "AP50": v, "AP": v / 2, "AP75": v / 3} for s, v in enumerate((0.1, 0.4))
+    ]
+    lines += [
+        {**trial(1, "random-init", "residual_bn_init 0.1"), "seed": s, "AP50": v, "AP": v, "AP75": v}
+        for s, v in enumerate((0.0, 0.2, 0.3, 0.5, 0.9))
+    ]
+    frame = pd.DataFrame(lines)
+    fig = plots.voc_trials_figure(frame, ["random", "random [ext]"], paper_numbers.load_paper_numbers())
+    legend = fig.legends[0]
+    for ax in fig.axes:
+        assert ax.get_ylim()[0] >= 0.0
+        points = [c for c in ax.collections if c.get_label().startswith("ours")]
+        assert sum(len(c.get_offsets()) for c in points) == 7
+        # a box (from 5 trials) is drawn for row 1 only: its median line sits at x 1 +- the box's half-width
+        medians = [ln for ln in ax.lines if ln.get_color() == "black"]
+        assert len(medians) == 1 and sum(medians[0].get_xdata()) / 2 == pytest.approx(1.0)
+        drawn = {a.get_label() for a in [*ax.collections, *ax.lines] if not a.get_label().startswith("_")}
+        assert drawn <= {t.get_text() for t in legend.get_texts()}
+    # random init's published VOC numbers are far above these tiny values: drawn as an arrow at the edge
+    texts = [t.get_text() for t in fig.axes[0].texts]
+    assert texts == ["paper 60.2"]
+    assert {t.get_text() for t in legend.get_texts()} == {
+        "ours: one trial (colour: pretraining run)",
+        f"quartiles (rows with >= {plots.BOX_MIN_TRIALS} trials)",
+        "paper, off the axis",
+    }
+
+
 def test_latex_table(store, tmp_path):
     fill_fixture(store)
     store.add("linear", pretrain_variant(dict(epochs=10), name="my_run&co"), "m" * 64, {"top1": 1.0})
@@ -657,6 +699,8 @@ def test_coco_records_get_their_own_table_and_columns(store, coco_configs, tmp_p
     header = (tmp_path / "out" / tables.OUT_CSV).read_text().splitlines()[0].split(",")
     assert header == table_rows.CSV_COLUMNS + table_rows.COCO_CSV_COLUMNS
     assert "tab:mocoeval-coco" in (tmp_path / "out" / tables.OUT_LATEX).read_text()
+    # the supervised row has COCO results only: gaps, and their note, in the COCO table only
+    assert "with the gap to the supervised row in brackets." in md and "In brackets: the gap" not in md
 
 
 def test_without_coco_records_there_is_no_coco_table(store, tmp_path):

@@ -62,7 +62,7 @@ from mocoeval.results.store import pretrain_variant, write_run_record
 from mocoeval.runtime.distributed import Processes, barrier, setup_processes, teardown
 from mocoeval.runtime.errors import UserError, last_line
 from mocoeval.runtime.fileio import atomic_write_json, check_output_dir, sha256_file
-from mocoeval.runtime.logger import format_seconds, log_to
+from mocoeval.runtime.logger import ConsoleFormatter, format_seconds, log_to
 from mocoeval.runtime.precision import autocast_context, cpu_has_fast_bf16
 from mocoeval.runtime.schedule import build_sgd
 from mocoeval.runtime.stop_request import StopRequest, any_process
@@ -249,7 +249,7 @@ def default_workers(local_world: int) -> int:
 
 # ---------------------------------------------------------------- the run
 
-CONSOLE_FORMAT = logging.Formatter("[%(asctime)s] %(message)s", "%H:%M:%S")
+CONSOLE_FORMAT = ConsoleFormatter("[%(asctime)s] %(message)s", "%H:%M:%S")
 FILE_FORMAT = logging.Formatter("[%(asctime)s %(levelname)s] %(message)s", "%Y-%m-%d %H:%M:%S")
 
 
@@ -322,7 +322,7 @@ class PretrainRun:
         self.autocast_dtype = torch.bfloat16 if cfg.precision == "bf16" else None
         if self.autocast_dtype is not None and device.type == "cpu" and not cpu_has_fast_bf16():
             log.warning(
-                "WARNING: --precision bf16 on a CPU without AVX-512-bf16/AMX: oneDNN cannot run bf16 "
+                "--precision bf16 on a CPU without AVX-512-bf16/AMX: oneDNN cannot run bf16 "
                 "convolutions here and PyTorch falls back to a slow path (measured ~8x slower than fp32 "
                 "on an AVX2 EPYC). Use --precision fp32 on this machine."
             )
@@ -345,7 +345,7 @@ class PretrainRun:
             raise UserError(f"{cfg.data}/train has {self.n_images} images, fewer than the batch size {cfg.batch_size}")
         if cfg.moco_k > K_FRACTION_WARN * self.n_images:
             log.warning(
-                "WARNING: --moco-k %d is %.0f%% of the %d training images (more than %.0f%%): the queue "
+                "--moco-k %d is %.0f%% of the %d training images (more than %.0f%%): the queue "
                 "then holds older keys of the same images as negatives and training tends to stall at "
                 "loss ~ ln(K+1) = %.2f. Use K <= %d or more images.",
                 cfg.moco_k,
@@ -399,7 +399,7 @@ class PretrainRun:
             )
             if "config" not in ckpt:
                 log.warning(
-                    "WARNING: %s has no stored config (an official checkpoint): arch, MLP, dim and K were "
+                    "%s has no stored config (an official checkpoint): arch, MLP, dim and K were "
                     "read off its tensors; aug+, cos, T, lr and epochs come from the flags",
                     cfg.resume,
                 )

@@ -18,6 +18,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
 
 from mocoeval.results.paper import paper_by_case  # noqa: E402
 from mocoeval.results.store import VOC_METRICS as METRICS  # noqa: E402
@@ -25,6 +26,9 @@ from mocoeval.runtime.fileio import atomic_write  # noqa: E402
 
 PAPER_STYLE = dict(marker="D", s=46, facecolors="none", edgecolors="tab:red", linewidths=1.4, zorder=4)
 OURS_STYLE = dict(marker="o", s=28, zorder=3)
+# A box (quartiles) only from this many trials: from 2-4 trials it overstates what is known of the spread;
+# the trials themselves are always drawn.
+BOX_MIN_TRIALS = 5
 
 
 def _save(fig: Figure, path: Path) -> Path:
@@ -38,9 +42,12 @@ def _jitter(n: int, width: float = 0.22) -> np.ndarray:
 
 
 def plot_voc_trials(trials: pd.DataFrame, labels: Sequence[str], paper: pd.DataFrame | None, path) -> Path:
-    """One panel per VOC metric: a box per table row over its per-trial values, the trials as points
-    (coloured by source checkpoint), and the paper's mean for the row's case (same epochs) as a red diamond."""
-    path = Path(path)
+    return _save(voc_trials_figure(trials, labels, paper), Path(path))
+
+
+def voc_trials_figure(trials: pd.DataFrame, labels: Sequence[str], paper: pd.DataFrame | None) -> Figure:
+    """One panel per VOC metric: the trials as points (coloured by source checkpoint), a box over a table row's
+    trials when it has BOX_MIN_TRIALS, and the paper's mean for the row's recipe (same epochs) as a red diamond."""
     n_boxes = max(1, trials["row"].nunique() if not trials.empty else 1)
     # room for the longest line of the (multi-line) box labels: ~0.065 in a character at fontsize 8
     box_width = max([0.6] + [0.065 * len(line) for label in labels for line in label.splitlines()])
@@ -60,7 +67,7 @@ def plot_voc_trials(trials: pd.DataFrame, labels: Sequence[str], paper: pd.DataF
         for x, row in enumerate(rows_with_trials):
             sub = trials[trials["row"] == row]
             values = sub[metric].dropna().to_numpy(dtype=float)
-            if values.size:
+            if values.size >= BOX_MIN_TRIALS:
                 ax.boxplot(
                     [values],
                     positions=[x],
@@ -70,6 +77,7 @@ def plot_voc_trials(trials: pd.DataFrame, labels: Sequence[str], paper: pd.DataF
                     boxprops=dict(color="0.4"),
                     whiskerprops=dict(color="0.4"),
                     capprops=dict(color="0.4"),
+                    label=f"quartiles (rows with >= {BOX_MIN_TRIALS} trials)",
                 )
             for si, (_, src) in enumerate(sub.groupby("source", sort=True)):
                 v = src[metric].dropna().to_numpy(dtype=float)
@@ -79,17 +87,20 @@ def plot_voc_trials(trials: pd.DataFrame, labels: Sequence[str], paper: pd.DataF
                         v,
                         color=colors(si % 10),
                         **OURS_STYLE,
-                        label="ours (one trial)" if (x, si) == (0, 0) else None,
+                        label="ours: one trial (colour: pretraining run)",
                     )
-            official = sub["official"].iloc[0]  # the paper ran the recipe under the official protocol
-            pv = _paper_value(published.get(sub["case"].iloc[0]), sub["epochs"].iloc[0], metric) if official else None
+            # every row of a recipe and epochs the paper published, protocol or not (the reference to read it
+            # against); a row with extensions is not the paper's recipe
+            recipe = not sub["extensions"].iloc[0]
+            pv = _paper_value(published.get(sub["case"].iloc[0]), sub["epochs"].iloc[0], metric) if recipe else None
             if pv is not None:
                 paper_points.append((x, pv))
         _draw_paper_points(ax, trials[metric].dropna().to_numpy(dtype=float), paper_points)
         ax.set_xticks(range(len(rows_with_trials)))
         ax.set_xticklabels([labels[r] for r in rows_with_trials], fontsize=8)
         ax.set_xlim(-0.7, len(rows_with_trials) - 0.3)
-    handles, names = axes[0].get_legend_handles_labels()
+        ax.set_ylim(bottom=max(0.0, ax.get_ylim()[0]))  # AP is never negative
+    handles, names = _legend_entries(axes)
     if handles:
         fig.legend(
             handles,
@@ -102,7 +113,20 @@ def plot_voc_trials(trials: pd.DataFrame, labels: Sequence[str], paper: pd.DataF
         )
     fig.suptitle("Per-trial spread of VOC07 detection (Faster R-CNN R50-C4)")
     fig.tight_layout()
-    return _save(fig, path)
+    return fig
+
+
+def _legend_entries(axes) -> tuple[list, list[str]]:
+    """One legend entry per label drawn in any panel (a paper point may be in one panel only); points coloured
+    per pretraining run get a neutral marker, since their colour varies."""
+    entries: dict = {}
+    for ax in axes:
+        for handle, name in zip(*ax.get_legend_handles_labels()):
+            entries.setdefault(name, handle)
+    for name in entries:
+        if name.startswith("ours: one trial"):
+            entries[name] = Line2D([], [], marker="o", linestyle="", color="0.45", markersize=5)
+    return list(entries.values()), list(entries)
 
 
 def _missing(x) -> bool:
@@ -139,7 +163,9 @@ def _draw_paper_points(ax, ours: np.ndarray, points: list[tuple[float, float]], 
         y0, y1 = ax.get_ylim()
         for x, v in outside:
             edge, marker, va = (y1, "^", "top") if v > y1 else (y0, "v", "bottom")
-            ax.scatter([x], [edge], marker=marker, s=40, color="tab:red", clip_on=False, zorder=4)
+            ax.scatter(
+                [x], [edge], marker=marker, s=40, color="tab:red", clip_on=False, zorder=4, label="paper, off the axis"
+            )
             ax.annotate(
                 f"paper {v:.1f}",
                 (x, edge),

@@ -436,7 +436,7 @@ def ablation_frame(rows: Sequence[Row]) -> pd.DataFrame:
 
 
 def trials_frame(rows: Sequence[Row]) -> pd.DataFrame:
-    """Long format, one line per VOC trial: row index/label/case/epochs/official, source, seed, the three APs."""
+    """Long format, one line per VOC trial: row index/label/case/epochs/official/extensions, source, seed, the three APs."""
     lines = []
     for i, row in enumerate(rows):
         for src in row.sources:
@@ -448,12 +448,14 @@ def trials_frame(rows: Sequence[Row]) -> pd.DataFrame:
                         "case": row.key.case,
                         "epochs": row.key.epochs,
                         "official": row.official,
+                        "extensions": row.key.extensions_text(),
                         "source": src.sha256 or "",
                         "seed": t["seed"],
                         **{m: t[m] for m in METRICS},
                     }
                 )
-    return pd.DataFrame(lines, columns=["row", "label", "case", "epochs", "official", "source", "seed", *METRICS])
+    columns = ["row", "label", "case", "epochs", "official", "extensions", "source", "seed", *METRICS]
+    return pd.DataFrame(lines, columns=columns)
 
 
 # ------------------------------------------------------------------------------------------- naming

@@ -51,6 +51,14 @@ def describe_exception(e: BaseException) -> str:
     return f"{type(e).__name__}: {text[:200]}" if text else type(e).__name__
 
 
+def _unpickler_reason(message: str) -> str:
+    """The safe unpickler's own reason inside torch.load's "Weights only load failed" text (which wraps it in
+    advice about weights_only=False and a documentation link), on one line; "" when there is none."""
+    paragraphs = [" ".join(p.split()) for p in message.split("\n\n")]
+    reasons = [p for p in paragraphs if p and not p.startswith(("Weights only load failed", "Check the documentation"))]
+    return reasons[-1][:200] if reasons else ""
+
+
 def torch_load_safely(path: str | Path, trust_pickle: bool = False) -> Any:
     """torch.load on CPU with `weights_only=True`; a file that needs more is refused unless `trust_pickle`."""
     path = Path(path)
@@ -74,12 +82,13 @@ def torch_load_safely(path: str | Path, trust_pickle: bool = False) -> Any:
         msg = str(e)
         if "Weights only load failed" not in msg:
             raise UserError(f"{path}: corrupted PyTorch checkpoint ({describe_exception(e)})") from None
-        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", msg)
-        operand = re.search(r"Unsupported operand \d+", msg)
+        # "Unsupported global: GLOBAL x.y" (not allowlisted) or "unsupported GLOBAL x.y whose module ... is blocked"
+        found = re.search(r"unsupported (?:global: )?GLOBAL ([\w.]+)", msg, re.IGNORECASE)
+        reason = _unpickler_reason(msg)
         what = (
             f"a pickled {found.group(1)} object"
             if found
-            else f"pickle instructions the safe loader does not support ({operand.group(0) if operand else 'unknown'})"
+            else "pickle instructions the safe loader does not support" + (f" ({reason})" if reason else "")
         )
         if not trust_pickle:
             raise UserError(

@@ -21,6 +21,16 @@ def format_seconds(seconds: float | None) -> str:
     return str(datetime.timedelta(seconds=int(round(max(0.0, seconds)))))
 
 
+class ConsoleFormatter(logging.Formatter):
+    """A console format without %(levelname)s that still marks warnings and errors ("WARNING: ..."), so that
+    messages carry no level prefix of their own (which log.txt's format, with %(levelname)s, would double)."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        if record.levelno >= logging.WARNING:
+            record = logging.makeLogRecord({**record.__dict__, "message": f"{record.levelname}: {record.message}"})
+        return super().formatMessage(record)
+
+
 class TqdmHandler(logging.StreamHandler):
     """Prints above a live progress bar. Records marked `step_line` (per-step progress) are left out while a
     bar shows the same thing; in a non-terminal (Slurm logs, pipes) they are the progress."""

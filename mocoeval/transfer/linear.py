@@ -48,7 +48,7 @@ from mocoeval.runtime.fileio import (
     atomic_write_json,
     check_output_dir,
 )
-from mocoeval.runtime.logger import log_to
+from mocoeval.runtime.logger import ConsoleFormatter, log_to
 from mocoeval.runtime.stop_request import StopRequest, any_process
 from mocoeval.transfer.linear_config import LinearConfig
 from mocoeval.transfer.linear_data import (
@@ -81,7 +81,7 @@ CHECKPOINT_NAME = "checkpoint.pth.tar"
 BEST_CHECKPOINT_NAME = "model_best.pth.tar"
 METRICS_NAME = "metrics.json"
 CHECKPOINT_FORMAT = "mocoeval-linear"
-CONSOLE_FORMAT = logging.Formatter("[%(asctime)s linear] %(message)s", "%m/%d %H:%M:%S")
+CONSOLE_FORMAT = ConsoleFormatter("[%(asctime)s linear] %(message)s", "%m/%d %H:%M:%S")
 # Settings a resumed run must share with the checkpoint; anything else may change (with a warning).
 _RESUME_IDENTITY = ("seed", "image_size", "batch_size", "lr", "momentum", "weight_decay", "schedule", "feature_norm")
 _RESUME_MAY_CHANGE = ("resume", "output_dir", "workers", "print_freq", "device", "epochs")

@@ -424,20 +424,64 @@ class TrialSpec:
         return Path(self.cfg.OUTPUT_DIR)
 
 
+class ConsoleFilter(logging.Filter):
+    """What of Detectron2's and fvcore's logging reaches the console: the training metric lines, evaluation and
+    its results, and warnings and errors. The rest (the model dump, dataset tables, loader and checkpoint details)
+    is in log.txt only; the checkpoint loaders' missing-keys warning too, since the weights check reports that."""
+
+    SHOWN = ("detectron2.utils.events", "detectron2.evaluation")  # CommonMetricPrinter; evaluators, copypaste
+    LOAD_REPORTS = ("fvcore.common.checkpoint", "detectron2.checkpoint")  # reported by preflight_weights
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name.startswith(self.LOAD_REPORTS):
+            return record.levelno >= logging.ERROR
+        return record.levelno >= logging.WARNING or record.name.startswith(self.SHOWN)
+
+
+# Loggers whose records go to log.txt only during a trial: Python warnings (torch's deprecation and numpy's
+# divide warnings) and torch.fx's once-per-process note that Detectron2's pooler triggers.
+LOG_ONLY = ("py.warnings", "torch.fx._symbolic_trace")
+
+
 def setup_logging(rank: int = 0) -> None:
-    """Detectron2-style console logging for our loggers and Detectron2's (idempotent)."""
+    """Detectron2-style console logging for our loggers and Detectron2's (idempotent); Detectron2's and fvcore's
+    console output is filtered by ConsoleFilter."""
     for name in LOGGER_NAMES:
-        setup_logger(
+        lg = setup_logger(
             output=None,
             distributed_rank=rank,
             name=name,
             abbrev_name={"detectron2": "d2", "mocoeval": "mocoeval"}.get(name),
         )
+        if name == "mocoeval":
+            continue
+        for handler in lg.handlers:  # setup_logger is cached: the same handlers on every call
+            if not any(isinstance(f, ConsoleFilter) for f in handler.filters):
+                handler.addFilter(ConsoleFilter())
 
 
 @contextlib.contextmanager
-def log_file(path: Path):
-    """Also log (our loggers and Detectron2's) to `path` while inside the block."""
+def log_only(handler: logging.Handler):
+    """Send LOG_ONLY's records to `handler` (the trial's log.txt) and not to the console while inside."""
+    loggers = [logging.getLogger(n) for n in LOG_ONLY]
+    saved = [lg.propagate for lg in loggers]
+    logging.captureWarnings(True)
+    for lg in loggers:
+        lg.propagate = False
+        lg.addHandler(handler)
+    try:
+        yield
+    finally:
+        for lg, propagate in zip(loggers, saved):
+            lg.removeHandler(handler)
+            lg.propagate = propagate
+        logging.captureWarnings(False)
+
+
+@contextlib.contextmanager
+def log_file(path: Path, warnings_too: bool = False):
+    """Also log (our loggers and Detectron2's) to `path` while inside the block; with `warnings_too`, LOG_ONLY's
+    records go there instead of the console."""
     handler = logging.FileHandler(path)
     handler.setLevel(logging.DEBUG)
     handler.setFormatter(
@@ -447,7 +491,8 @@ def log_file(path: Path):
     for lg in loggers:
         lg.addHandler(handler)
     try:
-        yield
+        with log_only(handler) if warnings_too else contextlib.nullcontext():
+            yield
     finally:
         for lg in loggers:
             lg.removeHandler(handler)
@@ -486,7 +531,7 @@ def run_trial(spec: TrialSpec) -> None:
     bench.register(spec.dataset_root)  # a fresh worker process knows only DETECTRON2_DATASETS' registration
     spec.dir.mkdir(parents=True, exist_ok=True)
     log_name = "log.txt" if rank == 0 else f"log.txt.rank{rank}"
-    with log_file(spec.dir / log_name):
+    with log_file(spec.dir / log_name, warnings_too=True):
         start = time.time()
         seed_all_rng(spec.seed + rank)
         progress = TrialProgress(
