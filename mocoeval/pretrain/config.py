@@ -11,21 +11,17 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import sys
 from pathlib import Path
 
 import yaml
 
-from mocoeval.pretrain.checkpoint import (
-    find_resume_checkpoint,
-    load_moco_checkpoint,
-    structure_of,
-)
-from mocoeval.pretrain.residual_scaling import check_residual_bn_init
 from mocoeval.results.store import pretrain_variant
 from mocoeval.results.variants import describe_value
-from mocoeval.runtime.distributed import launched_world_size
 from mocoeval.runtime.errors import UserError
-from mocoeval.runtime.schedule import lr_at_epoch
+
+# The modules that import torch (checkpoint, residual_scaling, distributed, schedule) are imported inside the
+# functions that use them: `train_moco.py --help` and the flag errors answer before torch loads (seconds).
 
 ARCHS = (
     "resnet18",
@@ -38,12 +34,22 @@ ARCHS = (
     "wide_resnet50_2",
     "wide_resnet101_2",
 )
+# The ResNet stages the kNN monitor can pool after (here, not in knn.py, so that parsers need no torch).
+STAGES = ("layer1", "layer2", "layer3", "layer4")
 # Flags that describe how to run this process, not the run itself: never taken from a resumed checkpoint.
 RUNTIME_KEYS = {"data", "config", "resume", "device", "workers", "print_freq", "compile", "checkpoint_minutes"}
 # What the checkpoint's tensors fix: a flag that contradicts them cannot resume that checkpoint.
 STRUCTURE_KEYS = ("arch", "mlp", "moco_dim", "moco_k")
 # How the checkpoint's run began: a resumed run keeps it, so a flag that contradicts it is an error too.
 INIT_KEYS = ("residual_bn_init", "residual_bn_ramp")  # the ramp's progress lives in the weights
+
+
+def check_residual_bn_init(value: float) -> float:
+    """The residual-branch BN scale a user asked for (--residual-bn-init of train_moco, to_d2, run_linear,
+    inspect_collapse): within [0, 1]. Here, with the flags, not beside the scaling code: checking needs no torch."""
+    if not 0 <= value <= 1:
+        raise UserError(f"--residual-bn-init must be between 0 and 1, got {value:g}")
+    return value
 
 
 @dataclasses.dataclass
@@ -97,6 +103,8 @@ class PretrainConfig:
 
     def epoch_lr(self, epoch: int) -> float:
         """The schedule's lr of `epoch` (0-based): cosine with --cos (v2), else x0.1 at each --schedule epoch (v1)."""
+        from mocoeval.runtime.schedule import lr_at_epoch
+
         return lr_at_epoch(self.lr, epoch, schedule=self.schedule, epochs=self.epochs, cos=self.cos)
 
 
@@ -342,20 +350,40 @@ def default_output_dir(args) -> str:
     return str(Path("output") / "pretrain" / pretrain_variant(vars(args)).name)
 
 
+# The official main_moco.py's own process launcher; torchrun starts the processes here.
+MAIN_MOCO_LAUNCH_FLAGS = ("--dist-url", "--dist-backend", "--multiprocessing-distributed", "--world-size", "--rank")
+
+
+def refuse_main_moco_launch_flags(argv) -> None:
+    """One line that points to torchrun, rather than argparse's 'unrecognized arguments', for main_moco's flags."""
+    given = [a.split("=")[0] for a in argv if a.split("=")[0] in MAIN_MOCO_LAUNCH_FLAGS]
+    if given:
+        raise UserError(
+            f"{' '.join(dict.fromkeys(given))}: main_moco.py's launcher flags; here torchrun starts the processes: "
+            "torchrun --nproc_per_node GPUS [--nnodes N --node_rank R --master_addr HOST --master_port PORT] "
+            "pretrain/train_moco.py DATA_DIR [flags] (--batch-size stays the global batch)"
+        )
+
+
 def parse_config(argv=None) -> tuple[PretrainConfig, dict | None]:
     """Resolve the flags -> (config, resume checkpoint dict or None). Raises UserError for bad input."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    refuse_main_moco_launch_flags(argv)
     parser = build_parser()
     early = argparse.ArgumentParser(add_help=False)
     early.add_argument("--config")
     early.add_argument("--resume")
     pre, _ = early.parse_known_args(argv)
     file_values = _load_yaml(pre.config, parser) if pre.config else {}
+    parser.set_defaults(**file_values)
+    first = parser.parse_args(argv)  # --help and flag errors here, before any checkpoint (or torch) is loaded
+
+    from mocoeval.pretrain.checkpoint import find_resume_checkpoint, load_moco_checkpoint
+    from mocoeval.runtime.distributed import launched_world_size
 
     # Where is the checkpoint to resume? ('auto': the latest one in the output dir, which may be a default)
     resume_path = pre.resume if pre.resume is not None else file_values.get("resume")
     if resume_path == "auto":
-        parser.set_defaults(**file_values)
-        first = parser.parse_args(argv)
         out = first.output_dir or default_output_dir(first)
         resume_path = find_resume_checkpoint(out)
     ckpt = load_moco_checkpoint(resume_path) if resume_path else None
@@ -373,6 +401,8 @@ def parse_config(argv=None) -> tuple[PretrainConfig, dict | None]:
 def _checkpoint_settings(ckpt: dict, parser: argparse.ArgumentParser, resume_path) -> dict:
     """The run settings a resumed checkpoint carries (its stored config, less RUNTIME_KEYS, and what its
     tensors fix), with the flags' types; older checkpoints' keys are translated."""
+    from mocoeval.pretrain.checkpoint import structure_of
+
     inherited = {}
     actions = {a.dest: a for a in parser._actions}
     stored = ckpt.get("config") if isinstance(ckpt.get("config"), dict) else {}
