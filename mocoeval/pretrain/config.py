@@ -90,6 +90,7 @@ class PretrainConfig:
     save_every: int
     checkpoint_minutes: float
     keep_checkpoints: int
+    keep_every: int
     knn_data: str | None
     knn_every: int
     knn_k: int
@@ -106,6 +107,34 @@ class PretrainConfig:
         from mocoeval.runtime.schedule import lr_at_epoch
 
         return lr_at_epoch(self.lr, epoch, schedule=self.schedule, epochs=self.epochs, cos=self.cos)
+
+
+def saved_epochs(cfg: PretrainConfig) -> list[int]:
+    """The epoch counts after which a checkpoint_XXXX is written: every --save-every epochs and the last."""
+    return [e for e in range(1, cfg.epochs + 1) if e % cfg.save_every == 0 or e == cfg.epochs]
+
+
+def kept_checkpoint(cfg: PretrainConfig, epochs_done: int, newest: list[int]) -> bool:
+    """Whether the checkpoint after `epochs_done` epochs stays, given the `newest` epoch counts saved so far
+    (sorted): all with --keep-checkpoints 0, else the --keep-checkpoints newest and the --keep-every milestones."""
+    if cfg.keep_checkpoints == 0 or epochs_done in newest[-cfg.keep_checkpoints :]:
+        return True
+    return cfg.keep_every > 0 and epochs_done % cfg.keep_every == 0
+
+
+def checkpoint_policy(cfg: PretrainConfig) -> str:
+    """The start-up line that says which checkpoints the run keeps."""
+    saved = saved_epochs(cfg)
+    if cfg.keep_checkpoints == 0:
+        return f"checkpoints: {len(saved)} checkpoint_XXXX files, all kept (--keep-checkpoints 0)"
+    kept = [e for e in saved if kept_checkpoint(cfg, e, saved)]
+    shown = ", ".join(map(str, kept[:4])) + (f", ..., {kept[-1]}" if len(kept) > 4 else "")
+    milestones = f" and every {cfg.keep_every}th epoch's" if cfg.keep_every else ""
+    return (
+        f"checkpoints: after every {cfg.save_every} epoch(s), keeping the newest {cfg.keep_checkpoints} (for "
+        f"--resume){milestones}: {len(kept)} of {len(saved)} at the end (epochs {shown}); "
+        "--keep-checkpoints 0 keeps all"
+    )
 
 
 def run_config(cfg: PretrainConfig, bn_splits: int, world_size: int) -> dict:
@@ -285,12 +314,23 @@ def build_parser() -> argparse.ArgumentParser:
         "most MIN minutes; Ctrl-C / SIGTERM always saves one after the current step, then stops. "
         "Only the newest is kept, and none once the next checkpoint_XXXX is written",
     )
+    # One checkpoint per epoch, all kept (the official code), is ~67 GB for a 200-epoch ResNet-50: by default
+    # keep what a user needs, the newest (to resume) and milestones (to evaluate along the way).
     r.add_argument(
         "--keep-checkpoints",
         type=int,
-        default=0,
+        default=1,
         metavar="N",
-        help="keep only the N newest checkpoint_XXXX files (0 = keep all, as the official code)",
+        help="keep the N newest checkpoint_XXXX files (for --resume), plus the --keep-every milestones; "
+        "0 = keep every checkpoint, as the official code (~67 GB for 200 epochs of a ResNet-50)",
+    )
+    r.add_argument(
+        "--keep-every",
+        type=int,
+        default=10,
+        metavar="E",
+        help="also keep for good the checkpoint after every E-th epoch (milestones; 0: none). With the defaults "
+        "a 200-epoch run keeps 20 files (epochs 10, 20, ..., 200; ~7 GB for a ResNet-50), not 200",
     )
     r.add_argument(
         "--knn-data",
@@ -482,6 +522,7 @@ def validate(cfg: PretrainConfig, world_size: int = 1, checkpoint_settings: dict
     need(cfg.knn_k > 0 and cfg.knn_t > 0, "--knn-k and --knn-t must be positive")
     need(cfg.print_freq > 0, f"--print-freq must be positive, got {cfg.print_freq}")
     need(cfg.keep_checkpoints >= 0, f"--keep-checkpoints must be >= 0, got {cfg.keep_checkpoints}")
+    need(cfg.keep_every >= 0, f"--keep-every must be >= 0 (0: no milestones), got {cfg.keep_every}")
     need(cfg.workers is None or cfg.workers >= 0, f"--workers must be >= 0, got {cfg.workers}")
     need(
         cfg.batch_size % world_size == 0,
