@@ -98,3 +98,24 @@ def test_main_moco_launcher_flags_point_to_torchrun(flags, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "torchrun --nproc_per_node" in err[0]
     assert all(f.split("=")[0] in err[0] for f in flags if f.startswith("--"))
+
+
+# ------------------------------------------------------------------ defaults relative to the working directory
+def test_the_store_and_tables_default_to_the_working_directory(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "MOCOEVAL_RESULTS_DIR"}
+    env["PYTHONPATH"] = str(REPO)
+    cmd = [sys.executable, str(REPO / "results" / "make_tables.py"), "--no-plots"]
+    out = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / "results" / "ablation.md").is_file()  # ./results, not the package's checkout
+    assert "./results/runs" in run_python([str(REPO / "results" / "make_tables.py"), "--help"]).stdout.replace(
+        "\n", " "
+    )
+
+
+@pytest.mark.parametrize("store, tables", [("elsewhere/runs", "elsewhere"), ("records", "records")])
+def test_tables_go_next_to_the_store_named_by_the_environment(tmp_path, store, tables):
+    env = {"MOCOEVAL_RESULTS_DIR": str(tmp_path / store)}
+    out = run_python([str(REPO / "results" / "make_tables.py"), "--no-plots"], cwd=tmp_path, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / tables / "ablation.md").is_file() and not (tmp_path / "results").exists()

@@ -160,7 +160,7 @@ continue an interrupted run (every other flag comes from the checkpoint; mid-epo
 output (--output-dir): checkpoint_XXXX.pth.tar (official layout: after epoch XXXX+1, 0-based like the
 official code), final.pth.tar (the last one), resume_epochEEEE_stepSSSSSS.pth.tar (a mid-epoch resume point,
 while one is newer than the last checkpoint), metrics.json, log.txt, config.json, tb/ (tensorboard);
-one run record in results/runs/ (or $MOCOEVAL_RESULTS_DIR).
+one run record in ./results/runs/ (or $MOCOEVAL_RESULTS_DIR); tables next to it, in ./results/.
 """
 
 
