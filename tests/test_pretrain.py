@@ -5,6 +5,7 @@ deterministic data, and the multi-process (torchrun, gloo) shuffle BN."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import os
 import shutil
@@ -65,7 +66,23 @@ def results_dir(tmp_path, monkeypatch) -> Path:
     return store
 
 
-TINY = ["--image-size", "32", "-b", "8", "--moco-k", "16", "--workers", "0", "--seed", "7", "-p", "2"]
+# --keep-checkpoints 0: these tests resume from, and compare, earlier epochs' checkpoints (test_cli checks the default)
+TINY = [
+    "--image-size",
+    "32",
+    "-b",
+    "8",
+    "--moco-k",
+    "16",
+    "--workers",
+    "0",
+    "--seed",
+    "7",
+    "-p",
+    "2",
+    "--keep-checkpoints",
+    "0",
+]
 V2 = ["--mlp", "--aug-plus", "--cos", "--moco-t", "0.2"]
 
 
@@ -965,3 +982,37 @@ def test_torchrun_a_signal_to_one_process_stops_both_at_the_same_step(tiny_data,
     run_cli([tiny_data, "--resume", "auto", "--output-dir", out, "--workers", "0", "--device", "cpu"])
     history = json.loads((out / "metrics.json").read_text())["history"]
     assert [h["epoch"] for h in history] == [1, 2] and (out / "final.pth.tar").exists()
+
+
+def test_default_checkpoints_keep_the_newest_and_milestones_and_resume_auto_finds_the_newest(tmp_path):
+    """200 epochs kept one checkpoint each (~67 GB): by default the newest and every --keep-every'th stay."""
+    from mocoeval.pretrain.checkpoint import checkpoint_name, find_resume_checkpoint
+    from mocoeval.pretrain.config import PretrainConfig, checkpoint_policy
+    from mocoeval.pretrain.engine import prune_checkpoints
+
+    def run(cfg, folder):
+        folder.mkdir()
+        for epochs_done in range(1, 26):  # as the engine does: save, then prune
+            (folder / checkpoint_name(epochs_done)).touch()
+            prune_checkpoints(folder, cfg)
+        return sorted(p.name for p in folder.iterdir())
+
+    default = PretrainConfig.defaults(epochs=25)
+    assert run(default, tmp_path / "default") == [checkpoint_name(e) for e in (10, 20, 25)]
+    assert find_resume_checkpoint(tmp_path / "default").name == checkpoint_name(25)
+    assert "keeping the newest 1 (for --resume) and every 10th epoch's: 3 of 25" in checkpoint_policy(default)
+    assert len(run(dataclasses.replace(default, keep_checkpoints=0), tmp_path / "all")) == 25
+    two = run(dataclasses.replace(default, keep_checkpoints=2, keep_every=0), tmp_path / "two")
+    assert two == [checkpoint_name(24), checkpoint_name(25)]
+
+
+def test_a_run_keeps_milestones_says_so_and_resumes_from_the_newest(tiny_data, tmp_path):
+    out = tmp_path / "run"
+    common = [tiny_data, *TINY, "--arch", "resnet18", "--output-dir", out, "--keep-checkpoints", "1"]
+    run_cli([*common, "--epochs", "3", "--keep-every", "2"])
+    assert sorted(p.name for p in out.glob("checkpoint_*")) == ["checkpoint_0001.pth.tar", "checkpoint_0002.pth.tar"]
+    log = (out / "log.txt").read_text()
+    assert "keeping the newest 1 (for --resume) and every 2th epoch's: 2 of 3 at the end" in log
+    run_cli([*common, "--epochs", "4", "--resume", "auto"])  # continues from epoch 3, the newest
+    assert "resumed " + str(out / "checkpoint_0002.pth.tar") + ": 3 of 4 epochs done" in (out / "log.txt").read_text()
+    assert sorted(p.name for p in out.glob("checkpoint_*")) == ["checkpoint_0001.pth.tar", "checkpoint_0003.pth.tar"]

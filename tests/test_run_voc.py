@@ -140,7 +140,7 @@ def test_build_config_scales_lr_and_schedule_with_batch():
 @pytest.mark.parametrize(
     "opts, message",
     [
-        (["SOLVER.MAX_ITER"], "odd number"),
+        (["SOLVER.MAX_ITER"], "KEY VALUE pairs"),
         (["SOLVER.NO_SUCH_KEY", "1"], "NO_SUCH_KEY"),
         (["SOLVER.MAX_ITER", "abc"], "--opts"),
         (["MODEL.WEIGHTS", "x.pkl"], "--weights"),

@@ -22,7 +22,7 @@ from pathlib import Path
 from mocoeval.convert.detectron2_weights import check_output_pkl, read_caffe2_weights, save_d2_pickle, torchvision_to_d2
 from mocoeval.convert.formats import FORMATS, LAYOUTS, load_resnet50, parse_random_init, random_init_resnet50
 from mocoeval.convert.resnet50 import INPUT_NORMS, first_few
-from mocoeval.pretrain.residual_scaling import check_residual_bn_init
+from mocoeval.pretrain.config import check_residual_bn_init
 from mocoeval.results.variants import describe_departures, recipe_departures
 from mocoeval.runtime.errors import UserError, cli_main
 from mocoeval.runtime.fileio import plain_write_mode

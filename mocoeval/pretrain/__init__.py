@@ -2,7 +2,3 @@
 
 The CLI is pretrain/train_moco.py; `engine.train_step` is the step the throughput benchmark reuses.
 """
-
-from mocoeval.pretrain.builder import MoCo, SplitBatchNorm, contrastive_loss, contrastive_top1, resnet_encoder
-
-__all__ = ["MoCo", "SplitBatchNorm", "contrastive_loss", "contrastive_top1", "resnet_encoder"]

@@ -11,21 +11,17 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import sys
 from pathlib import Path
 
 import yaml
 
-from mocoeval.pretrain.checkpoint import (
-    find_resume_checkpoint,
-    load_moco_checkpoint,
-    structure_of,
-)
-from mocoeval.pretrain.residual_scaling import check_residual_bn_init
 from mocoeval.results.store import pretrain_variant
 from mocoeval.results.variants import describe_value
-from mocoeval.runtime.distributed import launched_world_size
 from mocoeval.runtime.errors import UserError
-from mocoeval.runtime.schedule import lr_at_epoch
+
+# The modules that import torch (checkpoint, residual_scaling, distributed, schedule) are imported inside the
+# functions that use them: `train_moco.py --help` and the flag errors answer before torch loads (seconds).
 
 ARCHS = (
     "resnet18",
@@ -38,12 +34,22 @@ ARCHS = (
     "wide_resnet50_2",
     "wide_resnet101_2",
 )
+# The ResNet stages the kNN monitor can pool after (here, not in knn.py, so that parsers need no torch).
+STAGES = ("layer1", "layer2", "layer3", "layer4")
 # Flags that describe how to run this process, not the run itself: never taken from a resumed checkpoint.
 RUNTIME_KEYS = {"data", "config", "resume", "device", "workers", "print_freq", "compile", "checkpoint_minutes"}
 # What the checkpoint's tensors fix: a flag that contradicts them cannot resume that checkpoint.
 STRUCTURE_KEYS = ("arch", "mlp", "moco_dim", "moco_k")
 # How the checkpoint's run began: a resumed run keeps it, so a flag that contradicts it is an error too.
 INIT_KEYS = ("residual_bn_init", "residual_bn_ramp")  # the ramp's progress lives in the weights
+
+
+def check_residual_bn_init(value: float) -> float:
+    """The residual-branch BN scale a user asked for (--residual-bn-init of train_moco, to_d2, run_linear,
+    inspect_collapse): within [0, 1]. Here, with the flags, not beside the scaling code: checking needs no torch."""
+    if not 0 <= value <= 1:
+        raise UserError(f"--residual-bn-init must be between 0 and 1, got {value:g}")
+    return value
 
 
 @dataclasses.dataclass
@@ -84,6 +90,7 @@ class PretrainConfig:
     save_every: int
     checkpoint_minutes: float
     keep_checkpoints: int
+    keep_every: int
     knn_data: str | None
     knn_every: int
     knn_k: int
@@ -97,7 +104,37 @@ class PretrainConfig:
 
     def epoch_lr(self, epoch: int) -> float:
         """The schedule's lr of `epoch` (0-based): cosine with --cos (v2), else x0.1 at each --schedule epoch (v1)."""
+        from mocoeval.runtime.schedule import lr_at_epoch
+
         return lr_at_epoch(self.lr, epoch, schedule=self.schedule, epochs=self.epochs, cos=self.cos)
+
+
+def saved_epochs(cfg: PretrainConfig) -> list[int]:
+    """The epoch counts after which a checkpoint_XXXX is written: every --save-every epochs and the last."""
+    return [e for e in range(1, cfg.epochs + 1) if e % cfg.save_every == 0 or e == cfg.epochs]
+
+
+def kept_checkpoint(cfg: PretrainConfig, epochs_done: int, newest: list[int]) -> bool:
+    """Whether the checkpoint after `epochs_done` epochs stays, given the `newest` epoch counts saved so far
+    (sorted): all with --keep-checkpoints 0, else the --keep-checkpoints newest and the --keep-every milestones."""
+    if cfg.keep_checkpoints == 0 or epochs_done in newest[-cfg.keep_checkpoints :]:
+        return True
+    return cfg.keep_every > 0 and epochs_done % cfg.keep_every == 0
+
+
+def checkpoint_policy(cfg: PretrainConfig) -> str:
+    """The start-up line that says which checkpoints the run keeps."""
+    saved = saved_epochs(cfg)
+    if cfg.keep_checkpoints == 0:
+        return f"checkpoints: {len(saved)} checkpoint_XXXX files, all kept (--keep-checkpoints 0)"
+    kept = [e for e in saved if kept_checkpoint(cfg, e, saved)]
+    shown = ", ".join(map(str, kept[:4])) + (f", ..., {kept[-1]}" if len(kept) > 4 else "")
+    milestones = f" and every {cfg.keep_every}th epoch's" if cfg.keep_every else ""
+    return (
+        f"checkpoints: after every {cfg.save_every} epoch(s), keeping the newest {cfg.keep_checkpoints} (for "
+        f"--resume){milestones}: {len(kept)} of {len(saved)} at the end (epochs {shown}); "
+        "--keep-checkpoints 0 keeps all"
+    )
 
 
 def run_config(cfg: PretrainConfig, bn_splits: int, world_size: int) -> dict:
@@ -123,7 +160,7 @@ continue an interrupted run (every other flag comes from the checkpoint; mid-epo
 output (--output-dir): checkpoint_XXXX.pth.tar (official layout: after epoch XXXX+1, 0-based like the
 official code), final.pth.tar (the last one), resume_epochEEEE_stepSSSSSS.pth.tar (a mid-epoch resume point,
 while one is newer than the last checkpoint), metrics.json, log.txt, config.json, tb/ (tensorboard);
-one run record in results/runs/ (or $MOCOEVAL_RESULTS_DIR).
+one run record in ./results/runs/ (or $MOCOEVAL_RESULTS_DIR); tables next to it, in ./results/.
 """
 
 
@@ -277,12 +314,23 @@ def build_parser() -> argparse.ArgumentParser:
         "most MIN minutes; Ctrl-C / SIGTERM always saves one after the current step, then stops. "
         "Only the newest is kept, and none once the next checkpoint_XXXX is written",
     )
+    # One checkpoint per epoch, all kept (the official code), is ~67 GB for a 200-epoch ResNet-50: by default
+    # keep what a user needs, the newest (to resume) and milestones (to evaluate along the way).
     r.add_argument(
         "--keep-checkpoints",
         type=int,
-        default=0,
+        default=1,
         metavar="N",
-        help="keep only the N newest checkpoint_XXXX files (0 = keep all, as the official code)",
+        help="keep the N newest checkpoint_XXXX files (for --resume), plus the --keep-every milestones; "
+        "0 = keep every checkpoint, as the official code (~67 GB for 200 epochs of a ResNet-50)",
+    )
+    r.add_argument(
+        "--keep-every",
+        type=int,
+        default=10,
+        metavar="E",
+        help="also keep for good the checkpoint after every E-th epoch (milestones; 0: none). With the defaults "
+        "a 200-epoch run keeps 20 files (epochs 10, 20, ..., 200; ~7 GB for a ResNet-50), not 200",
     )
     r.add_argument(
         "--knn-data",
@@ -342,20 +390,40 @@ def default_output_dir(args) -> str:
     return str(Path("output") / "pretrain" / pretrain_variant(vars(args)).name)
 
 
+# The official main_moco.py's own process launcher; torchrun starts the processes here.
+MAIN_MOCO_LAUNCH_FLAGS = ("--dist-url", "--dist-backend", "--multiprocessing-distributed", "--world-size", "--rank")
+
+
+def refuse_main_moco_launch_flags(argv) -> None:
+    """One line that points to torchrun, rather than argparse's 'unrecognized arguments', for main_moco's flags."""
+    given = [a.split("=")[0] for a in argv if a.split("=")[0] in MAIN_MOCO_LAUNCH_FLAGS]
+    if given:
+        raise UserError(
+            f"{' '.join(dict.fromkeys(given))}: main_moco.py's launcher flags; here torchrun starts the processes: "
+            "torchrun --nproc_per_node GPUS [--nnodes N --node_rank R --master_addr HOST --master_port PORT] "
+            "pretrain/train_moco.py DATA_DIR [flags] (--batch-size stays the global batch)"
+        )
+
+
 def parse_config(argv=None) -> tuple[PretrainConfig, dict | None]:
     """Resolve the flags -> (config, resume checkpoint dict or None). Raises UserError for bad input."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    refuse_main_moco_launch_flags(argv)
     parser = build_parser()
     early = argparse.ArgumentParser(add_help=False)
     early.add_argument("--config")
     early.add_argument("--resume")
     pre, _ = early.parse_known_args(argv)
     file_values = _load_yaml(pre.config, parser) if pre.config else {}
+    parser.set_defaults(**file_values)
+    first = parser.parse_args(argv)  # --help and flag errors here, before any checkpoint (or torch) is loaded
+
+    from mocoeval.pretrain.checkpoint import find_resume_checkpoint, load_moco_checkpoint
+    from mocoeval.runtime.distributed import launched_world_size
 
     # Where is the checkpoint to resume? ('auto': the latest one in the output dir, which may be a default)
     resume_path = pre.resume if pre.resume is not None else file_values.get("resume")
     if resume_path == "auto":
-        parser.set_defaults(**file_values)
-        first = parser.parse_args(argv)
         out = first.output_dir or default_output_dir(first)
         resume_path = find_resume_checkpoint(out)
     ckpt = load_moco_checkpoint(resume_path) if resume_path else None
@@ -373,6 +441,8 @@ def parse_config(argv=None) -> tuple[PretrainConfig, dict | None]:
 def _checkpoint_settings(ckpt: dict, parser: argparse.ArgumentParser, resume_path) -> dict:
     """The run settings a resumed checkpoint carries (its stored config, less RUNTIME_KEYS, and what its
     tensors fix), with the flags' types; older checkpoints' keys are translated."""
+    from mocoeval.pretrain.checkpoint import structure_of
+
     inherited = {}
     actions = {a.dest: a for a in parser._actions}
     stored = ckpt.get("config") if isinstance(ckpt.get("config"), dict) else {}
@@ -452,6 +522,7 @@ def validate(cfg: PretrainConfig, world_size: int = 1, checkpoint_settings: dict
     need(cfg.knn_k > 0 and cfg.knn_t > 0, "--knn-k and --knn-t must be positive")
     need(cfg.print_freq > 0, f"--print-freq must be positive, got {cfg.print_freq}")
     need(cfg.keep_checkpoints >= 0, f"--keep-checkpoints must be >= 0, got {cfg.keep_checkpoints}")
+    need(cfg.keep_every >= 0, f"--keep-every must be >= 0 (0: no milestones), got {cfg.keep_every}")
     need(cfg.workers is None or cfg.workers >= 0, f"--workers must be >= 0, got {cfg.workers}")
     need(
         cfg.batch_size % world_size == 0,

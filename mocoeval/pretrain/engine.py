@@ -43,7 +43,7 @@ from mocoeval.pretrain.checkpoint import (
     save_checkpoint,
     strip_prefix,
 )
-from mocoeval.pretrain.config import PretrainConfig, run_config, validate
+from mocoeval.pretrain.config import PretrainConfig, checkpoint_policy, kept_checkpoint, run_config, validate
 from mocoeval.pretrain.data import (
     MAX_UNREADABLE_FRACTION,
     EpochSampler,
@@ -442,6 +442,7 @@ class PretrainRun:
                 self.workers,
                 self.out,
             )
+            log.info("%s", checkpoint_policy(cfg))
             atomic_write_json(self.out / "config.json", self.config)
         self.last_ckpt = find_latest_checkpoint(self.out) if self.is_main else None
 
@@ -596,7 +597,7 @@ class PretrainRun:
                     seed=self.seed,
                     history=self.history,
                 )
-                _prune_checkpoints(self.out, cfg.keep_checkpoints)
+                prune_checkpoints(self.out, cfg)
                 self.points.superseded()
             _write_metrics(self.out, self.config, self.variant, self.history, self.last_ckpt, None)
         if stop_now:
@@ -816,12 +817,14 @@ def knn_loaders(knn_data, image_size: int, batch: int, workers: int) -> dict:
     }
 
 
-def _prune_checkpoints(out: Path, keep: int):
-    if keep <= 0:
-        return
-    found = sorted((int(m.group(1)), p) for p in out.iterdir() if (m := CHECKPOINT_RE.match(p.name)))
-    for _, path in found[:-keep]:
-        path.unlink(missing_ok=True)
+def prune_checkpoints(out: Path, cfg: PretrainConfig):
+    """Delete the checkpoint_XXXX files that `kept_checkpoint` does not keep (the newest always stays, so
+    `--resume auto` finds it)."""
+    found = sorted((int(m.group(1)) + 1, p) for p in out.iterdir() if (m := CHECKPOINT_RE.match(p.name)))
+    epochs = [e for e, _ in found]
+    for epochs_done, path in found:
+        if not kept_checkpoint(cfg, epochs_done, epochs):
+            path.unlink(missing_ok=True)
 
 
 def _already_finished(out: Path) -> bool:

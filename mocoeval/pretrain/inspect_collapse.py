@@ -25,18 +25,15 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import TYPE_CHECKING
 
-import torch
-import torch.nn.functional as F
-
-from mocoeval.data.layout import check_imagefolder
-from mocoeval.pretrain.builder import key_spread, shuffle_batch, unshuffle_batch
-from mocoeval.pretrain.checkpoint import load_moco_checkpoint, strip_prefix
-from mocoeval.pretrain.config import ARCHS, PretrainConfig
-from mocoeval.pretrain.engine import COLLAPSED_SPREAD, build_loader, build_model, knn_loaders, resolve_bn_splits
-from mocoeval.pretrain.knn import STAGES, knn_top1, reestimate_bn_statistics
-from mocoeval.pretrain.residual_scaling import check_residual_bn_init, residual_branch_scales
+from mocoeval.pretrain.config import ARCHS, STAGES, PretrainConfig, check_residual_bn_init
 from mocoeval.runtime.errors import UserError, cli_main
+
+if TYPE_CHECKING:
+    import torch
+
+# torch and the modules that import it are imported inside the functions, so that --help answers at once.
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -94,7 +91,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-@torch.no_grad()
 def view_similarities(
     model,
     im_q: torch.Tensor,
@@ -106,36 +102,50 @@ def view_similarities(
     the queued keys and the keys of another batch `im_k_other` (same weights). The model is left
     as it was: the BN running statistics this training-mode pass moves are put back (a later kNN sees the
     checkpoint's, or the initial, statistics)."""
-    buffers = {name: b.clone() for name, b in model.named_buffers()}
-    was_training = model.training
-    model.train()
-    try:
-        q = F.normalize(model.encoder_q(im_q), dim=1)
+    import torch
+    import torch.nn.functional as F
 
-        def keys(images):
-            shuffled, unshuffle = shuffle_batch(images)
-            return F.normalize(unshuffle_batch(model.encoder_k(shuffled), unshuffle), dim=1)
+    from mocoeval.pretrain.builder import key_spread, shuffle_batch, unshuffle_batch
 
-        k = keys(im_k)
-        k_other = keys(im_k_other) if im_k_other is not None else None
-    finally:
-        for name, b in model.named_buffers():
-            b.copy_(buffers[name])
-        model.train(was_training)
-    n = q.shape[0]
-    off = ~torch.eye(n, dtype=torch.bool)
-    qk = q @ k.t()
-    stats = {"positive_cos": qk.diag().mean().item(), "negative_cos": qk[off].mean().item()}
-    if k_other is not None:
-        stats["other_batch_cos"] = (q @ k_other.t()).mean().item()
-    if queue is not None:
-        stats["queue_cos"] = (q @ F.normalize(queue.float(), dim=0)).mean().item()
-    return {**stats, "output_pairwise_cos": (q @ q.t())[off].mean().item(), "key_spread": key_spread(k.t()).item()}
+    with torch.no_grad():
+        buffers = {name: b.clone() for name, b in model.named_buffers()}
+        was_training = model.training
+        model.train()
+        try:
+            q = F.normalize(model.encoder_q(im_q), dim=1)
+
+            def keys(images):
+                shuffled, unshuffle = shuffle_batch(images)
+                return F.normalize(unshuffle_batch(model.encoder_k(shuffled), unshuffle), dim=1)
+
+            k = keys(im_k)
+            k_other = keys(im_k_other) if im_k_other is not None else None
+        finally:
+            for name, b in model.named_buffers():
+                b.copy_(buffers[name])
+            model.train(was_training)
+        n = q.shape[0]
+        off = ~torch.eye(n, dtype=torch.bool)
+        qk = q @ k.t()
+        stats = {"positive_cos": qk.diag().mean().item(), "negative_cos": qk[off].mean().item()}
+        if k_other is not None:
+            stats["other_batch_cos"] = (q @ k_other.t()).mean().item()
+        if queue is not None:
+            stats["queue_cos"] = (q @ F.normalize(queue.float(), dim=0)).mean().item()
+        return {**stats, "output_pairwise_cos": (q @ q.t())[off].mean().item(), "key_spread": key_spread(k.t()).item()}
 
 
 @cli_main
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    import torch
+
+    from mocoeval.data.layout import check_imagefolder
+    from mocoeval.pretrain.checkpoint import load_moco_checkpoint, strip_prefix
+    from mocoeval.pretrain.engine import COLLAPSED_SPREAD, build_loader, build_model, knn_loaders, resolve_bn_splits
+    from mocoeval.pretrain.knn import knn_top1, reestimate_bn_statistics
+    from mocoeval.pretrain.residual_scaling import residual_branch_scales
+
     if args.weights and (args.arch or args.no_mlp or args.residual_bn_init is not None):
         raise UserError(
             "--arch, --no-mlp and --residual-bn-init describe a --random-init model; --weights brings its own"

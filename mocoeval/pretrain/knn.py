@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-STAGES = ("layer1", "layer2", "layer3", "layer4")
+from mocoeval.pretrain.config import STAGES
 
 
 def backbone_of(resnet: nn.Module, stage: str = "layer4") -> nn.Module:

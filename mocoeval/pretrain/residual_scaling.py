@@ -16,16 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from mocoeval.runtime.errors import UserError
-
 _BRANCH_LAST_BN = re.compile(r"(?:^|\.)(res[2-5])\.\d+\.conv3\.norm\.weight$")
-
-
-def check_residual_bn_init(value: float) -> float:
-    """The residual-branch BN scale a user asked for (train_moco.py --residual-bn-init): within [0, 1]."""
-    if not 0 <= value <= 1:
-        raise UserError(f"--residual-bn-init must be between 0 and 1, got {value:g}")
-    return value
 
 
 def residual_branch_last_bns(encoder: nn.Module) -> dict:

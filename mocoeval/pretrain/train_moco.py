@@ -13,13 +13,14 @@ tb/ (tensorboard); and one run record in results/runs/.
 from __future__ import annotations
 
 from mocoeval.pretrain.config import parse_config
-from mocoeval.pretrain.engine import train
 from mocoeval.runtime.errors import cli_main
 
 
 @cli_main
 def main(argv=None):
     cfg, resume_ckpt = parse_config(argv)
+    from mocoeval.pretrain.engine import train  # torch: after parsing, so that --help answers at once
+
     return train(cfg, resume_ckpt)
 
 

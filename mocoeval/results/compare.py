@@ -255,7 +255,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         type=Path,
         default=None,
         metavar="DIR",
-        help="folder of run records (default: $MOCOEVAL_RESULTS_DIR, else results/runs)",
+        help=results_store.STORE_HELP,
     )
     parser.add_argument("--json", action="store_true", help="print a JSON list, one object per metric")
     parser.add_argument("--list", action="store_true", help="print the selectable row labels, one per line")

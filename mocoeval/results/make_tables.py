@@ -44,15 +44,15 @@ def parse_args(argv=None) -> argparse.Namespace:
         type=Path,
         default=None,
         metavar="DIR",
-        help="folder of run records (default: $MOCOEVAL_RESULTS_DIR, else results/runs)",
+        help=results_store.STORE_HELP,
     )
     parser.add_argument(
         "--out",
         type=Path,
         default=None,
         metavar="DIR",
-        help="output folder (default: the parent of a runs folder named 'runs', i.e. results/; "
-        "else the runs folder itself)",
+        help="output folder (default: next to the run records: the parent of a runs folder named 'runs', "
+        "i.e. ./results/ or the parent of $MOCOEVAL_RESULTS_DIR; else the runs folder itself)",
     )
     parser.add_argument(
         "--paper",

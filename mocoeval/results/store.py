@@ -41,8 +41,16 @@ PAPER_CASES = {
 SPECIAL_VARIANTS = ("random-init", "supervised")
 
 
+# Relative to where the command runs (like Detectron2's ./output), not to where the package is installed.
+DEFAULT_STORE_DIR = Path("results") / "runs"
+STORE_HELP = "folder of run records (default: $MOCOEVAL_RESULTS_DIR, else ./results/runs under the current directory)"
+
+
 def default_store_dir() -> Path:
-    return Path(os.environ.get("MOCOEVAL_RESULTS_DIR", REPO_ROOT / "results" / "runs"))
+    """The run records' folder: $MOCOEVAL_RESULTS_DIR, else ./results/runs. Tables go next to it (see
+    `mocoeval.results.tables.default_out_dir`): ./results/, or the parent of $MOCOEVAL_RESULTS_DIR when that
+    folder is named `runs`, else $MOCOEVAL_RESULTS_DIR itself."""
+    return Path(os.environ.get("MOCOEVAL_RESULTS_DIR") or DEFAULT_STORE_DIR)
 
 
 def case_of(mlp: bool, aug_plus: bool, cos: bool, epochs: int | None) -> str:

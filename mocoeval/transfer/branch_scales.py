@@ -18,7 +18,6 @@ from pathlib import Path
 
 from mocoeval.convert.detectron2_weights import check_d2_pickle, torchvision_to_d2
 from mocoeval.convert.formats import load_resnet50
-from mocoeval.pretrain.residual_scaling import d2_residual_branch_scales
 from mocoeval.runtime.checkpoint_io import torch_load_safely
 from mocoeval.runtime.errors import UserError, cli_main
 
@@ -37,6 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def branch_scales_of(path: Path) -> dict[str, float]:
     """The per-stage scales of one file, whichever of the three kinds it is (UserError if none)."""
+    from mocoeval.pretrain.residual_scaling import d2_residual_branch_scales  # torch: not for --help
+
     if path.is_dir():
         raise UserError(f"{path} is a directory, expected a weights file")
     if not path.is_file():

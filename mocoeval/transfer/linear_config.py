@@ -11,6 +11,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
+from mocoeval.pretrain.config import check_residual_bn_init
 from mocoeval.results.identity import LINCLS_DEFAULTS as D
 from mocoeval.runtime.errors import UserError
 
@@ -55,10 +56,6 @@ class LinearConfig:
         if self.residual_bn_init is not None:
             if not self.random_init:
                 raise UserError("--residual-bn-init describes a --random-init network; a checkpoint has its own scales")
-            from mocoeval.pretrain.residual_scaling import (
-                check_residual_bn_init,  # imports torch: only when used
-            )
-
             check_residual_bn_init(self.residual_bn_init)
         for flag, value in (
             ("--epochs", self.epochs),

@@ -8,7 +8,7 @@
 DATA_DIR is an ImageFolder root with train/<class>/*.jpg and val/<class>/*.jpg (ImageNet, or the embedded
 datasets/imagenet-mini). Defaults are the official MoCo main_lincls protocol; flags keep its names
 (--pretrained is an alias of --weights). Writes OUTPUT_DIR/{checkpoint.pth.tar, model_best.pth.tar, metrics.json,
-log.txt, tb/} and one record to the results store (results/runs/, or $MOCOEVAL_RESULTS_DIR).
+log.txt, tb/} and one record to the results store (./results/runs/, or $MOCOEVAL_RESULTS_DIR).
 """
 
 from __future__ import annotations

@@ -472,7 +472,8 @@ def random_init_resnet50(seed: int, residual_bn_init: float = 1.0) -> tuple[Orde
     import torch
     from torchvision.models import resnet50
 
-    from mocoeval.pretrain.residual_scaling import check_residual_bn_init, set_residual_branch_scales
+    from mocoeval.pretrain.config import check_residual_bn_init
+    from mocoeval.pretrain.residual_scaling import set_residual_branch_scales
 
     check_residual_bn_init(residual_bn_init)
     with torch.random.fork_rng(devices=[]):

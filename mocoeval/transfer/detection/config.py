@@ -39,9 +39,12 @@ class ConfigNotes:
     messages: list[str] = dataclasses.field(default_factory=list)
 
 
-def _opts_pairs(opts: Sequence[str]) -> list[tuple[str, str]]:
+def opts_pairs(opts: Sequence[str]) -> list[tuple[str, str]]:
     if len(opts) % 2:
-        raise UserError(f"--opts takes KEY VALUE pairs, got an odd number of items: {' '.join(opts)}")
+        raise UserError(
+            f"config overrides (--opts or trailing pairs) come as KEY VALUE pairs, got {len(opts)} items, one "
+            f"without its value: {' '.join(opts)}"
+        )
     return [(opts[i], opts[i + 1]) for i in range(0, len(opts), 2)]
 
 
@@ -115,7 +118,7 @@ def build_config(
     config_file = Path(config_file)
     if not config_file.is_file():
         raise UserError(f"config file not found: {config_file}")
-    pairs = _opts_pairs(list(opts))
+    pairs = opts_pairs(list(opts))
     keys = [k for k, _ in pairs]
     for key in keys:
         if key in FLAG_OWNED_KEYS:

@@ -210,21 +210,43 @@ def build_parser(benchmark: str = "voc") -> argparse.ArgumentParser:
     p.add_argument(
         "--dry-run", action="store_true", help="check weights, data and config, print what would run, train nothing"
     )
+    # Overrides as Detectron2's tools take them (trailing KEY VALUE pairs) or after --opts, anywhere and
+    # repeatable: --opts stops at the next flag instead of swallowing the rest of the line.
     p.add_argument(
         "--opts",
-        nargs=argparse.REMAINDER,
+        nargs="+",
+        action="extend",
         default=[],
         metavar="KEY VALUE",
-        help="config overrides for every trial, e.g. --opts SOLVER.IMS_PER_BATCH 8; must come last",
+        help="config overrides for every trial, e.g. --opts SOLVER.IMS_PER_BATCH 8 (or, as in Detectron2's tools, "
+        "the pairs alone after the flags)",
+    )
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        default=[],
+        metavar="KEY VALUE",
+        help="config overrides in Detectron2's convention, e.g. SOLVER.MAX_ITER 200 (the same as --opts)",
     )
     return p
 
 
+def parse_args(argv=None, benchmark: str = "voc") -> argparse.Namespace:
+    """The flags, with the trailing KEY VALUE pairs appended to --opts (flags and pairs may be interleaved)."""
+    args = build_parser(benchmark).parse_intermixed_args(argv)
+    args.opts = [*args.opts, *args.overrides]
+    del args.overrides
+    return args
+
+
 @cli_main
 def main(argv=None, benchmark: str = "voc") -> int:
-    args = build_parser(benchmark).parse_args(argv)
+    args = parse_args(argv, benchmark)
     from mocoeval.results.tables import regenerate
+    from mocoeval.transfer.detection.config import opts_pairs
     from mocoeval.transfer.detection.run import RunOptions, run
+
+    opts_pairs(args.opts)  # an odd count is a typo on the command line: say so before checking any file
 
     code = run(RunOptions(**vars(args), benchmark=benchmark))
     if code == 0 and not args.dry_run:
