@@ -651,7 +651,10 @@ def test_the_weights_recorded_input_normalisation_sets_the_config_or_refuses_a_c
     imagenet_hash = protocol_identity.config_hash(voc_config.build_config(DEFAULT_VOC_CONFIG)[0])[:12]
     assert imagenet_hash not in proc.stdout + proc.stderr  # the recorded normalisation is in the config
     proc = _run_cli([*common, "--output-dir", tmp_path / "b", "--config-file", DEFAULT_VOC_CONFIG], store)
-    _assert_one_line_error(proc, "does not fit the weights' recorded input normalisation: MODEL.PIXEL_MEAN")
+    _assert_one_line_error(
+        proc,
+        "does not fit converted torchvision/MoCo weights with the input normalisation they record: MODEL.PIXEL_MEAN",
+    )
 
 
 def test_output_dir_that_is_a_file_is_one_line_error(tmp_path, random_r50_pkl, mini_data_root):

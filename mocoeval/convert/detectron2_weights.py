@@ -252,17 +252,14 @@ def check_input_settings(cfg, layout: str, config_file, input_norm: Mapping[str,
     """Refuse (one line) a config whose input settings contradict the weights, e.g. the MSRA Caffe2 R-50.pkl with
     the RGB MoCo config: it would train without error but on wrongly normalised input. Converted weights need the
     normalisation they record (`input_norm`, their `mocoeval_input`; ImageNet RGB when they record none)."""
-    if layout == "torchvision" and input_norm:
-        wrong = input_mismatches(cfg, input_settings(input_norm))
-        if wrong:
-            raise UserError(f"{config_file} does not fit the weights' recorded input normalisation: {'; '.join(wrong)}")
-        return
-    wrong = input_mismatches(cfg, layout)
+    custom = layout == "torchvision" and input_norm and input_settings(input_norm) != INPUT_SETTINGS[layout]
+    wrong = input_mismatches(cfg, input_settings(input_norm) if custom else layout)
     if wrong:
         other = next(k for k in INPUT_SETTINGS if k != layout)
         hint = " (the settings of " + LAYOUT_NAMES[other] + ")" if not input_mismatches(cfg, other) else ""
+        what = LAYOUT_NAMES[layout] + (" with the input normalisation they record" if custom else "")
         raise UserError(
-            f"{config_file} does not fit {LAYOUT_NAMES[layout]}: {'; '.join(wrong)}{hint}; "
+            f"{config_file} does not fit {what}: {'; '.join(wrong)}{hint}; "
             f"leave out --config-file to get the matching config"
         )
 
