@@ -102,5 +102,5 @@ def test_demo_pipeline_end_to_end(tmp_path):
             for r in records
             if r["variant"]["name"] == "random-init" and r["variant"].get("residual_bn_init") == scale
         ]
-        assert len(rand) == 2 and len({r["source_sha256"] for r in rand}) == 1
+        assert len(rand) == 3 and len({r["source_sha256"] for r in rand}) == 1  # linear, VOC, COCO
     assert len({r["source_sha256"] for r in records if r["variant"]["name"] == "random-init"}) == 2

@@ -727,3 +727,20 @@ def test_malformed_coco_trials_are_skipped_with_a_warning(store):
     store.add("coco", D, "d" * 64, {}, trials=[{"trial": 0, "seed": 0, "box_AP": "n/a"}], config_hash="a" * 64)
     with pytest.warns(UserWarning, match="box_AP is not a finite number"):
         assert table_rows.collect_rows(load_records(store.root)) == []
+
+
+def test_linear_vs_voc_labels_of_close_points_do_not_overlap():
+    """The paper's (c) and (d) are 0.2 top-1 apart: one label goes above its point, the other below; a label of
+    ours in the right half of the axes runs leftwards, so it stays inside."""
+    from mocoeval.results import plots, rows
+
+    assert plots.label_offsets([66.2, 67.3, 67.5, 71.1], gap=1.5) == [(5, -10), (5, 6), (5, -10), (5, -10)]
+    frame = rows.ablation_frame(rows.collect_rows(load_records(EVIDENCE_DIR / "runs")))
+    ax = plots.linear_vs_voc_figure(frame, paper_numbers.load_paper_numbers()).axes[0]
+    labels = {t.get_text(): t for t in ax.texts}
+    assert labels["c"].xyann[1] != labels["d"].xyann[1]
+    ours = [t for t in ax.texts if t.get_color() == "tab:blue"]
+    assert ours and all(t.get_horizontalalignment() == "left" for t in ours)  # all left of the axes' middle
+    fig = plots.linear_vs_voc_figure(frame.assign(linear_top1=frame["linear_top1"] + 25), None)
+    rightmost = max((t for t in fig.axes[0].texts if t.get_color() == "tab:blue"), key=lambda t: t.xy[0])
+    assert rightmost.get_horizontalalignment() == "right" and rightmost.xyann[0] < 0
