@@ -735,6 +735,9 @@ def test_linear_vs_voc_labels_of_close_points_do_not_overlap():
     from mocoeval.results import plots, rows
 
     assert plots.label_offsets([66.2, 67.3, 67.5, 71.1], gap=1.5) == [(5, -10), (5, 6), (5, -10), (5, -10)]
+    up, down = (0, 4), (0, -24)  # ours: close in x and y alternate; close in x only do not
+    assert plots.label_offsets([22.0, 29.5, 34.5], 8.0, up, down, ys=[0, 0, 0], y_gap=7.0) == [up, down, up]
+    assert plots.label_offsets([47.8, 48.3], 4.3, up, down, ys=[10.1, 19.2], y_gap=7.0) == [up, up]
     frame = rows.ablation_frame(rows.collect_rows(load_records(EVIDENCE_DIR / "runs")))
     ax = plots.linear_vs_voc_figure(frame, paper_numbers.load_paper_numbers()).axes[0]
     labels = {t.get_text(): t for t in ax.texts}

@@ -178,15 +178,20 @@ def _draw_paper_points(ax, ours: np.ndarray, points: list[tuple[float, float]], 
         ax.set_ylim(y0, y1)
 
 
-def label_offsets(xs: Sequence[float], gap: float) -> list[tuple[int, int]]:
-    """Label offsets (points) below-right of each point; a point within `gap` of its left neighbour along x gets
-    its label above instead, alternating, so that the labels of close points do not overlap."""
-    out = [(5, -10)] * len(xs)
-    below, previous = True, None
+def label_offsets(
+    xs: Sequence[float], gap: float, first=(5, -10), other=(5, 6), ys: Sequence[float] | None = None, y_gap=math.inf
+) -> list[tuple[int, int]]:
+    """Label offsets (points) for points along x: `first` (below-right) for each, but a point within `gap` of its
+    left neighbour (and within `y_gap` of its height, given `ys`) gets the other side, alternating, so that the
+    labels of close points do not overlap."""
+    out = [first] * len(xs)
+    use_first, previous = True, None
     for i in sorted(range(len(xs)), key=lambda i: xs[i]):
-        below = not below if previous is not None and xs[i] - previous < gap else True
-        out[i] = (5, -10) if below else (5, 6)
-        previous = xs[i]
+        close = previous is not None and xs[i] - xs[previous] < gap
+        close = close and (ys is None or abs(ys[i] - ys[previous]) < y_gap)
+        use_first = not use_first if close else True
+        out[i] = first if use_first else other
+        previous = i
     return out
 
 
@@ -217,14 +222,26 @@ def linear_vs_voc_figure(frame: pd.DataFrame, paper: pd.DataFrame | None) -> Fig
             )
             xs = list(ours["linear_top1"]) + ([] if paper is None else list(paper["linear_top1"].dropna()))
             middle = (min(xs) + max(xs)) / 2
-            for line in ours.to_dict("records"):
+            lines = ours.to_dict("records")
+            # two-line labels ~15% of the x range wide and ~10% of the y range high: neighbours closer than that
+            # alternate above / below
+            ys = list(ours["AP50_mean"]) + ([] if paper is None else list(paper["AP50"].dropna()))
+            heights = label_offsets(
+                [ln["linear_top1"] for ln in lines],
+                0.15 * (max(xs) - min(xs)),
+                (0, 4),
+                (0, -24),
+                ys=[ln["AP50_mean"] for ln in lines],
+                y_gap=0.1 * (max(ys) - min(ys)),
+            )
+            for line, (_, dy) in zip(lines, heights):
                 right_half = line["linear_top1"] > middle  # label to the left of the point: stays inside the axes
                 ax.annotate(
                     _short(line["case"], line["epochs"], line["extensions"])
                     + ("" if line["official"] else "\n(non-protocol)"),
                     (line["linear_top1"], line["AP50_mean"]),
                     textcoords="offset points",
-                    xytext=(-5, 4) if right_half else (5, 4),
+                    xytext=(-5, dy) if right_half else (5, dy),
                     ha="right" if right_half else "left",
                     fontsize=8,
                     color="tab:blue",
