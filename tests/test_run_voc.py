@@ -982,3 +982,23 @@ def test_slurm_path_through_submitits_local_executor_requeues_on_timeout_and_res
     job_log = "".join(p.read_text() for p in (out / "slurm").rglob("*_log.*"))  # submitit logs to stdout
     assert "Caught signal SIGUSR2" in job_log and "this job is timed-out" in job_log and "Requeued job" in job_log
     assert json.loads((out / "summary.json").read_text())["n_trials"] == 1
+
+
+def test_pretraining_logs_only_to_its_own_handlers_after_a_voc_trial_in_the_same_process(tmp_path, capsys):
+    """Detectron2's cached setup_logger leaves a console handler on "mocoeval" (here: a VOC trial's logging set
+    up in this process); runtime.logger.log_to sets it aside, so a pretraining line is printed once."""
+    import logging
+
+    from mocoeval.runtime.logger import log_to
+
+    voc_trial.setup_logging(0)
+    cached = list(logging.getLogger("mocoeval").handlers)  # Detectron2's, cached for the process
+    assert cached
+    fmt = logging.Formatter("%(message)s")
+    with log_to("mocoeval", tmp_path, True, console_format=fmt) as log:
+        logging.getLogger("mocoeval.pretrain").info("one line")
+        assert not set(cached) & set(log.handlers)
+    console = capsys.readouterr()
+    assert (console.out + console.err).count("one line") == 1
+    assert (tmp_path / "log.txt").read_text().count("one line") == 1
+    assert logging.getLogger("mocoeval").handlers  # restored afterwards

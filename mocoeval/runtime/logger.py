@@ -59,8 +59,10 @@ def log_to(
     stream: TextIO | None = None,
     bar_active: bool = False,
 ):
-    """Route logger `name` to the console (main process only) and to output_dir/log.txt while the block runs;
-    other processes log warnings and errors only. Handlers and levels are restored afterwards."""
+    """Route logger `name` to the console (main process only) and to output_dir/log.txt while the block runs, and
+    only there: handlers already on the logger (e.g. the ones Detectron2's cached `setup_logger` leaves after a VOC
+    run in the same process) are set aside. Other processes log warnings and errors only. Handlers and levels are
+    restored afterwards."""
     handlers: list[logging.Handler] = []
     if is_main:
         console = TqdmHandler(stream, bar_active)
@@ -71,9 +73,11 @@ def log_to(
             log_file.setFormatter(file_format or console_format)
             handlers.append(log_file)
     log = logging.getLogger(name)
-    old_level, old_propagate = log.level, log.propagate
+    old_level, old_propagate, old_handlers = log.level, log.propagate, list(log.handlers)
     log.setLevel(logging.INFO if is_main else logging.WARNING)
     log.propagate = False
+    for h in old_handlers:
+        log.removeHandler(h)
     for h in handlers:
         log.addHandler(h)
     try:
@@ -82,6 +86,8 @@ def log_to(
         for h in handlers:
             log.removeHandler(h)
             h.close()
+        for h in old_handlers:
+            log.addHandler(h)
         log.setLevel(old_level)
         log.propagate = old_propagate
 
