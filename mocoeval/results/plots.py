@@ -49,8 +49,8 @@ def voc_trials_figure(trials: pd.DataFrame, labels: Sequence[str], paper: pd.Dat
     """One panel per VOC metric: the trials as points (coloured by source checkpoint), a box over a table row's
     trials when it has BOX_MIN_TRIALS, and the paper's mean for the row's recipe (same epochs) as a red diamond."""
     n_boxes = max(1, trials["row"].nunique() if not trials.empty else 1)
-    # room for the longest line of the (multi-line) box labels: ~0.065 in a character at fontsize 8
-    box_width = max([0.6] + [0.065 * len(line) for label in labels for line in label.splitlines()])
+    # room for the longest line of the (multi-line) box labels: ~0.08 in a character at fontsize 8 (with margins)
+    box_width = max([0.6] + [0.08 * len(line) for label in labels for line in label.splitlines()])
     fig = Figure(figsize=(max(9.0, len(METRICS) * (1.2 + box_width * n_boxes)), 4.2))
     axes = fig.subplots(1, len(METRICS), squeeze=False)[0]
     rows_with_trials = sorted(trials["row"].unique()) if not trials.empty else []
