@@ -14,7 +14,7 @@ import numpy as np
 import pycocotools.mask as mask_util
 import pytest
 import yaml
-from test_run_voc import TINY_OPTS, _subprocess_env, kill_when
+from test_run_voc import TINY_OPTS, _subprocess_env, cpu_run_args, kill_when
 
 from mocoeval.data import coco as coco_data
 from mocoeval.data.make_mini_data import TEST_SIZES, pixel_polygons
@@ -263,15 +263,10 @@ def test_two_trials_killed_and_resumed_write_box_and_mask_ap_a_summary_and_a_rec
     """Trial 1 finishes, trial 2 is SIGKILLed after its first timed resume point; the same command skips trial 1,
     resumes trial 2 from that point and writes the summary and one "coco" record with both AP families."""
     out = tmp_path / "run"
-    command = [
-        "--weights",
-        str(random_r50_pkl),
-        "--output-dir",
-        str(out),
-        "--dataset-root",
-        str(mini_data_root),
-        "--device",
-        "cpu",
+    command = cpu_run_args(
+        random_r50_pkl,
+        out,
+        mini_data_root,
         "--trials",
         "2",
         "--checkpoint-minutes",
@@ -280,7 +275,7 @@ def test_two_trials_killed_and_resumed_write_box_and_mask_ap_a_summary_and_a_rec
         *COCO_TINY_OPTS,
         "SOLVER.MAX_ITER",
         "4",
-    ]
+    )
     t2 = out / "trial_2"
     proc = subprocess.Popen(
         [sys.executable, str(REPO / "transfer" / "run_coco.py"), *command],

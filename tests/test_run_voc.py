@@ -71,6 +71,21 @@ def kill_when(proc: subprocess.Popen, ready, what: str, sig: int = signal.SIGKIL
     proc.send_signal(sig)
 
 
+def cpu_run_args(weights, out, dataset_root, *extra) -> list[str]:
+    """run_voc.py / run_coco.py arguments for a CPU run of `weights` on the mini data into `out`, then `extra`."""
+    return [
+        "--weights",
+        str(weights),
+        "--output-dir",
+        str(out),
+        "--dataset-root",
+        str(dataset_root),
+        "--device",
+        "cpu",
+        *extra,
+    ]
+
+
 def _subprocess_env(store_dir: Path) -> dict:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
@@ -712,16 +727,7 @@ def test_branch_scales_reads_every_kind_of_weights_file(tmp_path, random_r50_pkl
 def test_trials_summary_rerun_kill_resume_and_failure(tmp_path, random_r50_pkl, mini_data_root, store):
     cli = _load_script()
     out = tmp_path / "run"
-    common = [
-        "--weights",
-        str(random_r50_pkl),
-        "--output-dir",
-        str(out),
-        "--dataset-root",
-        str(mini_data_root),
-        "--device",
-        "cpu",
-    ]
+    common = cpu_run_args(random_r50_pkl, out, mini_data_root)
 
     # 1. Two trials: metrics per trial, a summary with n=2, one results record.
     assert cli.main([*common, "--trials", "2", "--opts", *TINY_OPTS]) == 0
@@ -826,22 +832,9 @@ def test_ctrl_c_saves_the_iteration_and_the_same_command_resumes_from_it(
     cli = _load_script()
     out = tmp_path / "run"
     opts = [*TINY_OPTS, "SOLVER.MAX_ITER", "12"]
-    command = [
-        "--weights",
-        str(random_r50_pkl),
-        "--output-dir",
-        str(out),
-        "--dataset-root",
-        str(mini_data_root),
-        "--device",
-        "cpu",
-        "--trials",
-        "1",
-        "--checkpoint-minutes",
-        "0",
-        "--opts",
-        *opts,
-    ]
+    command = cpu_run_args(
+        random_r50_pkl, out, mini_data_root, "--trials", "1", "--checkpoint-minutes", "0", "--opts", *opts
+    )
     console = tmp_path / "console.txt"  # a file, not a pipe: nobody reads stdout while the trial runs
     proc = subprocess.Popen(
         [sys.executable, str(SCRIPT), *command],
@@ -888,15 +881,10 @@ def test_two_cpu_processes_run_a_trial_through_detectron2s_launcher(tmp_path, ra
     out = tmp_path / "run"
     assert (
         cli.main(
-            [
-                "--weights",
-                str(random_r50_pkl),
-                "--output-dir",
-                str(out),
-                "--dataset-root",
-                str(mini_data_root),
-                "--device",
-                "cpu",
+            cpu_run_args(
+                random_r50_pkl,
+                out,
+                mini_data_root,
                 "--num-gpus",
                 "2",
                 "--trials",
@@ -905,7 +893,7 @@ def test_two_cpu_processes_run_a_trial_through_detectron2s_launcher(tmp_path, ra
                 "0",
                 "--opts",
                 *TINY_OPTS,
-            ]
+            )
         )
         == 0
     )
