@@ -7,12 +7,20 @@ Order and numbers are the protocol's (see /work/shared/protocol.md, "Pretraining
         -> RandomGrayscale(0.2) -> RandomApply(GaussianBlur(sigma ~ U[0.1, 2.0]), p 0.5)
         -> HorizontalFlip -> ToTensor -> ImageNet mean/std
 All randomness comes from torch's global generator, so seeding it fixes a sample's views.
+
+`moco_transform` is that pipeline as torchvision ops (the reference). The loader runs it as `TwoViewAugment`:
+every random parameter of a view is drawn first, with torchvision's own `get_params` in the order the
+reference consumes the generator, then applied. So the views are the reference's, exactly, for the same
+generator state; they leave the workers as uint8 with their parameters, and `ViewBatch` finishes them on
+the training device -- normalising (bit-identical to ToTensor + Normalize), or, with `colour_on_device`,
+applying the colour ops there as well (`augment_batched`), so a GPU's loader only decodes and crops.
 """
 
 from __future__ import annotations
 
 import torch
 import torchvision.transforms as T
+import torchvision.transforms.functional as TF
 from PIL import ImageFilter
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -24,6 +32,13 @@ JITTER_AUG_PLUS = (0.4, 0.4, 0.4, 0.1)
 JITTER_AUG_PLUS_P = 0.8
 BLUR_SIGMA = (0.1, 2.0)
 BLUR_P = 0.5
+FLIP_P = 0.5
+
+# One view's drawn parameters, a row of VIEW_PARAMS numbers (float64, so the loader applies exactly what it ships).
+P_JITTER_ON, P_BRIGHTNESS, P_CONTRAST, P_SATURATION, P_HUE = 0, 1, 2, 3, 4
+P_ORDER = slice(5, 9)  # ColorJitter's fn_idx: 0 brightness, 1 contrast, 2 saturation, 3 hue, in application order
+P_GRAY_ON, P_BLUR_ON, P_BLUR_SIGMA, P_FLIP_ON = 9, 10, 11, 12
+VIEW_PARAMS = 13
 
 
 class GaussianBlur:
@@ -85,3 +100,105 @@ def eval_transform(image_size: int = 224) -> T.Compose:
             T.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD),
         ]
     )
+
+
+class TwoViewAugment:
+    """`TwoCropsTransform(moco_transform(image_size, aug_plus))` as the loader runs it: PIL image ->
+    (views, params), views uint8 (2, 3, S, S) cropped -- and, unless `colour_on_device`, colour-augmented and
+    flipped -- params float64 (2, VIEW_PARAMS). Normalisation is left to `ViewBatch` on the training device."""
+
+    def __init__(self, image_size: int, aug_plus: bool, colour_on_device: bool = False):
+        self.image_size, self.aug_plus, self.colour_on_device = int(image_size), bool(aug_plus), colour_on_device
+        self.crop = T.RandomResizedCrop(image_size, scale=CROP_SCALE)
+        self.jitter = T.ColorJitter(*(JITTER_AUG_PLUS if aug_plus else JITTER_V1))
+
+    def __call__(self, img):
+        views, params = zip(*(self.view(img) for _ in range(2)))
+        return torch.stack(views), torch.tensor(params, dtype=torch.float64)
+
+    def view(self, img) -> tuple[torch.Tensor, list[float]]:
+        c = self.crop
+        i, j, h, w = c.get_params(img, c.scale, c.ratio)
+        img = TF.resized_crop(img, i, j, h, w, c.size, c.interpolation, antialias=c.antialias)
+        params = self.draw_colour_params()
+        if not self.colour_on_device:
+            img = apply_colour(img, params, self.aug_plus)
+        return TF.pil_to_tensor(img), params
+
+    def draw_colour_params(self) -> list[float]:
+        """The draws of the reference pipeline after its crop, in its order (RandomApply applies when
+        `p >= rand`, RandomGrayscale / RandomHorizontalFlip when `rand < p`)."""
+        p = [0.0] * VIEW_PARAMS
+        if self.aug_plus:
+            if not JITTER_AUG_PLUS_P < torch.rand(1):
+                self._draw_jitter(p)
+            p[P_GRAY_ON] = float(torch.rand(1) < GRAYSCALE_P)
+            if not BLUR_P < torch.rand(1):
+                lo, hi = BLUR_SIGMA  # as GaussianBlur.__call__ draws it
+                p[P_BLUR_ON], p[P_BLUR_SIGMA] = 1.0, lo + (hi - lo) * torch.rand(()).item()
+        else:
+            p[P_GRAY_ON] = float(torch.rand(1) < GRAYSCALE_P)
+            self._draw_jitter(p)
+        p[P_FLIP_ON] = float(torch.rand(1) < FLIP_P)
+        return p
+
+    def _draw_jitter(self, p: list[float]):
+        j = self.jitter
+        order, *factors = j.get_params(j.brightness, j.contrast, j.saturation, j.hue)
+        p[P_JITTER_ON] = 1.0
+        p[P_BRIGHTNESS : P_HUE + 1] = factors
+        p[P_ORDER] = [float(i) for i in order]
+
+    def __repr__(self):
+        where = "on the device" if self.colour_on_device else "in the loader"
+        return f"{type(self).__name__}({self.image_size} px, {'aug+' if self.aug_plus else 'v1'}, colour {where})"
+
+
+_ADJUST = (TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation, TF.adjust_hue)
+
+
+def apply_colour(img, p: list[float], aug_plus: bool):
+    """A cropped PIL view's colour ops and flip from its drawn parameters, as the reference applies them."""
+    gray = p[P_GRAY_ON] > 0
+    if gray and not aug_plus:  # v1 greys before the jitter
+        img = TF.rgb_to_grayscale(img, num_output_channels=3)
+    if p[P_JITTER_ON] > 0:
+        for fn in p[P_ORDER]:
+            img = _ADJUST[int(fn)](img, p[P_BRIGHTNESS + int(fn)])
+    if gray and aug_plus:
+        img = TF.rgb_to_grayscale(img, num_output_channels=3)
+    if p[P_BLUR_ON] > 0:
+        img = img.filter(ImageFilter.GaussianBlur(radius=p[P_BLUR_SIGMA]))
+    if p[P_FLIP_ON] > 0:
+        img = TF.hflip(img)
+    return img
+
+
+def normalize_views(views: torch.Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.Tensor:
+    """uint8 (..., 3, H, W) -> float, the reference's ToTensor + Normalize in the same float operations."""
+    shape = (3, 1, 1)
+    x = views.to(torch.float32).div_(255)
+    mean_t = torch.as_tensor(mean, dtype=torch.float32, device=x.device).view(shape)
+    std_t = torch.as_tensor(std, dtype=torch.float32, device=x.device).view(shape)
+    return x.sub_(mean_t).div_(std_t)
+
+
+class ViewBatch:
+    """A loader batch's views (uint8 (B, 2, 3, S, S) and params (B, 2, VIEW_PARAMS)) -> (im_q, im_k), float and
+    normalised on `device`, in `memory_format`: normalisation only, or with `colour_on_device` the colour ops
+    as well (batched on the device; statistically, not bitwise, equal to the PIL ops)."""
+
+    def __init__(self, device: torch.device, aug_plus: bool, colour_on_device: bool, channels_last: bool = False):
+        self.device, self.aug_plus, self.colour_on_device = device, aug_plus, colour_on_device
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+
+    def __call__(self, views: torch.Tensor, params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        views = views.to(self.device, non_blocking=True)
+        if self.colour_on_device:
+            from mocoeval.pretrain.augment_batched import augment_views
+
+            flat = params.to(self.device, torch.float32, non_blocking=True).flatten(0, 1)
+            x = augment_views(views.flatten(0, 1), flat, self.aug_plus).unflatten(0, views.shape[:2])
+        else:
+            x = normalize_views(views)
+        return tuple(x[:, v].contiguous(memory_format=self.memory_format) for v in range(2))

@@ -37,7 +37,18 @@ ARCHS = (
 # The ResNet stages the kNN monitor can pool after (here, not in knn.py, so that parsers need no torch).
 STAGES = ("layer1", "layer2", "layer3", "layer4")
 # Flags that describe how to run this process, not the run itself: never taken from a resumed checkpoint.
-RUNTIME_KEYS = {"data", "config", "resume", "device", "workers", "print_freq", "compile", "checkpoint_minutes"}
+RUNTIME_KEYS = {
+    "data",
+    "config",
+    "resume",
+    "device",
+    "workers",
+    "augment_on",
+    "print_freq",
+    "compile",
+    "checkpoint_minutes",
+}
+AUGMENT_ON = ("auto", "loader", "device")
 # What the checkpoint's tensors fix: a flag that contradicts them cannot resume that checkpoint.
 STRUCTURE_KEYS = ("arch", "mlp", "moco_dim", "moco_k")
 # How the checkpoint's run began: a resumed run keeps it, so a flag that contradicts it is an error too.
@@ -61,6 +72,7 @@ class PretrainConfig:
     config: str | None
     arch: str
     workers: int | None
+    augment_on: str  # where the colour augmentations run: AUGMENT_ON
     epochs: int
     batch_size: int  # global: all processes together
     lr: float
@@ -190,6 +202,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="N",
         help="data loading workers per process (default: CPU cores / processes on this machine, at most 32)",
+    )
+    A(
+        "--augment-on",
+        choices=AUGMENT_ON,
+        default="auto",
+        help="where the views' colour augmentations run: the loader's workers (PIL, the reference ops) or the "
+        "training device (batched, statistically equal; the workers then only decode and crop). auto: the "
+        "device on CUDA, the loader on CPU",
     )
     A("--epochs", type=int, default=200, help="total epochs")
     A("-b", "--batch-size", type=int, default=256, metavar="N", help="global batch size (all processes together)")

@@ -24,7 +24,7 @@ import torch.utils.data
 from tqdm import tqdm
 
 from mocoeval.data.layout import check_imagefolder
-from mocoeval.pretrain.augment import TwoCropsTransform, eval_transform, moco_transform
+from mocoeval.pretrain.augment import TwoViewAugment, ViewBatch, eval_transform
 from mocoeval.pretrain.builder import (
     MoCo,
     contrastive_loss,
@@ -114,11 +114,13 @@ def build_loader(
     device: torch.device,
     rank: int = 0,
     world: int = 1,
+    colour_on_device: bool = False,
 ) -> torch.utils.data.DataLoader:
-    """Two augmented views per image of DATA_DIR/train, batches of `batch` per process; the sampler
+    """Two views per image of DATA_DIR/train as uint8 with their drawn parameters (`augment.TwoViewAugment`;
+    `augment.ViewBatch` finishes them on the device), batches of `batch` per process; the sampler
     (`loader.sampler.set_epoch`) fixes the order and every view from (seed, epoch, index)."""
     dataset = TwoViewImageFolder(
-        check_train_folder(data_dir), TwoCropsTransform(moco_transform(image_size, aug_plus)), seed
+        check_train_folder(data_dir), TwoViewAugment(image_size, aug_plus, colour_on_device), seed
     )
     return torch.utils.data.DataLoader(
         dataset,
@@ -130,6 +132,12 @@ def build_loader(
         persistent_workers=workers > 0,
         generator=torch.Generator().manual_seed(seed),
     )  # its own generator: the global one stays per-epoch seeded
+
+
+def colour_on_device(augment_on: str, device: torch.device) -> bool:
+    """--augment-on auto: the colour ops run on a GPU (the workers only decode and crop), in the loader on CPU,
+    where the workers' PIL ops are cheaper than batched float ops taken from the step's own cores."""
+    return augment_on == "device" or (augment_on == "auto" and device.type == "cuda")
 
 
 def lr_at_step(cfg: PretrainConfig, epoch: int, step: int, steps_per_epoch: int) -> float:
@@ -337,9 +345,20 @@ class PretrainRun:
     def build(self):
         """The loader, the model (same initial weights and queue on every process) and the optimizer."""
         cfg, world, device = self.cfg, self.procs.world_size, self.device
+        on_device = colour_on_device(cfg.augment_on, device)
         self.loader = build_loader(
-            cfg.data, cfg.image_size, cfg.aug_plus, self.seed, self.batch, self.workers, device, self.procs.rank, world
+            cfg.data,
+            cfg.image_size,
+            cfg.aug_plus,
+            self.seed,
+            self.batch,
+            self.workers,
+            device,
+            self.procs.rank,
+            world,
+            colour_on_device=on_device,
         )
+        self.view_batch = ViewBatch(device, cfg.aug_plus, on_device, cfg.channels_last)
         self.n_images = len(self.loader.dataset)
         if self.n_images // world < self.batch:
             raise UserError(f"{cfg.data}/train has {self.n_images} images, fewer than the batch size {cfg.batch_size}")
@@ -423,7 +442,7 @@ class PretrainRun:
             )
             log.info(
                 "MoCo %s: %s, %d images, %d steps/epoch of %d (%d per process x %d), K %d, m %g, T %g, "
-                "BN splits %d, %s%s, seed %d, device %s, %d workers -> %s",
+                "BN splits %d, %s%s, seed %d, device %s, %d workers, colour augmentations %s -> %s",
                 self.variant["name"],
                 cfg.arch,
                 self.n_images,
@@ -440,6 +459,7 @@ class PretrainRun:
                 self.seed,
                 self.device,
                 self.workers,
+                "on the device" if self.view_batch.colour_on_device else "in the loader",
                 self.out,
             )
             log.info("%s", checkpoint_policy(cfg))
@@ -496,8 +516,8 @@ class PretrainRun:
     def _run_steps(self, ep: EpochState):
         """The epoch's steps, with mid-epoch resume points; errors of the loader's workers become one line."""
         try:
-            for step, ((im_q, im_k), unreadable) in enumerate(self.loader, start=ep.first_step):
-                at_log = self._step(ep, step, im_q, im_k, unreadable)
+            for step, ((views, params), unreadable) in enumerate(self.loader, start=ep.first_step):
+                at_log = self._step(ep, step, *self.view_batch(views, params), unreadable)
                 # Mid-epoch resume points: every process must take the same decision, so with several
                 # they meet only at log steps (where they sync anyway); the epoch's end has its own.
                 if step + 1 < self.steps_per_epoch and (not self.procs.distributed or at_log):
@@ -516,13 +536,8 @@ class PretrainRun:
     def _step(self, ep: EpochState, step: int, im_q, im_k, unreadable) -> bool:
         """One training step (lr warm-up, residual branch ramp, MoCo step); logs every --print-freq steps
         and at the epoch's end. Returns whether it logged."""
-        cfg, device, spe = self.cfg, self.device, self.steps_per_epoch
+        cfg, spe = self.cfg, self.steps_per_epoch
         _count_unreadable(unreadable, self.bad_files, self.loader.dataset, self.n_images // self.procs.world_size)
-        im_q = im_q.to(device, non_blocking=True)
-        im_k = im_k.to(device, non_blocking=True)
-        if cfg.channels_last:
-            im_q = im_q.contiguous(memory_format=torch.channels_last)
-            im_k = im_k.contiguous(memory_format=torch.channels_last)
         if ep.index < cfg.warmup_epochs:
             ep.lr = lr_at_step(cfg, ep.index, step, spe)
             for group in self.optimizer.param_groups:

@@ -141,6 +141,7 @@ def main(argv=None) -> int:
     import torch
 
     from mocoeval.data.layout import check_imagefolder
+    from mocoeval.pretrain.augment import ViewBatch
     from mocoeval.pretrain.checkpoint import load_moco_checkpoint, strip_prefix
     from mocoeval.pretrain.engine import COLLAPSED_SPREAD, build_loader, build_model, knn_loaders, resolve_bn_splits
     from mocoeval.pretrain.knn import knn_top1, reestimate_bn_statistics
@@ -189,12 +190,13 @@ def main(argv=None) -> int:
             raise UserError(f"{args.weights} does not fit a {arch} MoCo model: {str(e).splitlines()[0]}") from None
     loader = build_loader(args.data, size, True, args.seed, args.batch_size, 0, torch.device("cpu"))
     loader.sampler.set_epoch(0)
-    batches = iter(loader)
+    view_batch = ViewBatch(torch.device("cpu"), aug_plus=True, colour_on_device=False)
+    batches = (view_batch(views, params) for (views, params), _ in loader)
     try:
-        (im_q, im_k), _ = next(batches)
+        im_q, im_k = next(batches)
     except StopIteration:
         raise UserError(f"{args.data}/train holds fewer than --batch-size {args.batch_size} images") from None
-    (_, im_k_other), _ = next(batches, ((None, None), None))  # a second batch when the data holds one
+    _, im_k_other = next(batches, (None, None))  # a second batch when the data holds one
     torch.manual_seed(args.seed)  # the key shuffle
     stats = {
         "weights": args.weights or f"random-init:{args.random_init}",

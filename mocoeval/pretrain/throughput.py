@@ -20,12 +20,13 @@ import torch
 import torch.nn as nn
 import torch.utils.data
 
-from mocoeval.pretrain.augment import IMAGENET_MEAN, IMAGENET_STD
+from mocoeval.pretrain.augment import IMAGENET_MEAN, IMAGENET_STD, ViewBatch
 from mocoeval.pretrain.config import PretrainConfig
 from mocoeval.pretrain.engine import (
     build_loader,
     build_model,
     build_optimizer,
+    colour_on_device,
     compile_encoders,
     resolve_bn_splits,
     train_step,
@@ -50,6 +51,7 @@ class BenchConfig:
     mode: str = "step"
     workers: int = 2
     data: str | None = None
+    augment_on: str = "auto"  # ours: where the colour augmentations run (train_moco.py --augment-on)
 
 
 def _dtype(precision: str):
@@ -61,8 +63,9 @@ def _sync(device: torch.device):
         torch.cuda.synchronize(device)
 
 
-def _batches(cfg: BenchConfig, device: torch.device, loader_factory):
-    """An endless iterator of (im_q, im_k) on the device: the same in-memory batch (step) or the loader's."""
+def _batches(cfg: BenchConfig, device: torch.device, loader_factory, finish):
+    """An endless iterator of (im_q, im_k) on the device: the same in-memory batch (step) or the loader's,
+    `finish(batch)` turning a loader batch into the two views on the device."""
     fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
     if cfg.mode == "step":
         g = torch.Generator().manual_seed(0)
@@ -75,12 +78,8 @@ def _batches(cfg: BenchConfig, device: torch.device, loader_factory):
     while True:
         if hasattr(loader.sampler, "set_epoch"):
             loader.sampler.set_epoch(epoch)
-        for views in loader:
-            im_q, im_k = views[0] if isinstance(views[0], (list, tuple)) else views[:2]
-            yield (
-                im_q.to(device, non_blocking=True).contiguous(memory_format=fmt),
-                im_k.to(device, non_blocking=True).contiguous(memory_format=fmt),
-            )
+        for batch in loader:
+            yield finish(batch)
         epoch += 1
 
 
@@ -111,9 +110,17 @@ class OursRunner:
             compile_encoders(self.model)
         self.optimizer = build_optimizer(self.model, run_cfg, device)
         self.dtype = _dtype(cfg.precision)
+        on_device = colour_on_device(cfg.augment_on, device)
+        view_batch = ViewBatch(device, True, on_device, cfg.channels_last)
         self.batches = _batches(
-            cfg, device, lambda: build_loader(cfg.data, cfg.image_size, True, 0, cfg.batch_size, cfg.workers, device)
+            cfg,
+            device,
+            lambda: build_loader(
+                cfg.data, cfg.image_size, True, 0, cfg.batch_size, cfg.workers, device, 0, 1, on_device
+            ),
+            lambda batch: view_batch(*batch[0]),
         )
+        self.colour_on_device = on_device
 
     def step(self):
         im_q, im_k = next(self.batches)
@@ -165,7 +172,13 @@ class LightlyRunner:
                 persistent_workers=cfg.workers > 0,
             )
 
-        self.batches = _batches(cfg, device, loader)
+        fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
+        self.batches = _batches(
+            cfg,
+            device,
+            loader,
+            lambda batch: tuple(v.to(device, non_blocking=True).contiguous(memory_format=fmt) for v in batch[0]),
+        )
 
     def step(self):
         im_q, im_k = next(self.batches)
@@ -236,6 +249,7 @@ def benchmark(
                 "pairs_per_s": pairs / elapsed[r.name],
                 "peak_memory_mib": round(peak_memory_mib(device), 1),
                 "bn_splits": getattr(r, "bn_splits", 1),
+                "colour_on_device": getattr(r, "colour_on_device", False) and cfg.mode == "loop",
             }
         )
     if {"ours", "lightly"} <= set(implementations):

@@ -1,0 +1,127 @@
+"""The loader's view path: parameters drawn first, applied in the workers (uint8) or on the device, normalised on
+the device -- the same views as the reference pipeline (`moco_transform`), exactly where the ops are the same."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from mocoeval.pretrain.augment import (
+    BLUR_SIGMA,
+    P_BLUR_ON,
+    P_BLUR_SIGMA,
+    P_FLIP_ON,
+    P_GRAY_ON,
+    P_JITTER_ON,
+    P_ORDER,
+    VIEW_PARAMS,
+    TwoCropsTransform,
+    TwoViewAugment,
+    ViewBatch,
+    moco_transform,
+    normalize_views,
+)
+from mocoeval.pretrain.config import RUNTIME_KEYS, parse_config
+from mocoeval.pretrain.data import derive_seed
+from mocoeval.pretrain.engine import build_loader, colour_on_device
+
+
+def structured_image(rng: np.random.Generator, h: int = 40, w: int = 52) -> Image.Image:
+    """Smooth colour gradients, a bright square and noise: every colour op has something to change."""
+    yy, xx = np.mgrid[0:h, 0:w] / max(h, w)
+    base = np.stack([xx, yy, 1 - xx * yy], axis=-1) * rng.uniform(80, 200, size=3)
+    y0, x0 = rng.integers(0, h // 2), rng.integers(0, w // 2)
+    base[y0 : y0 + h // 3, x0 : x0 + w // 3] = rng.uniform(150, 255, size=3)
+    noisy = base + rng.normal(0, 12, size=base.shape)
+    return Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8))
+
+
+@pytest.fixture(scope="module")
+def images() -> list[Image.Image]:
+    rng = np.random.default_rng(0)
+    return [structured_image(rng) for _ in range(6)]
+
+
+@pytest.mark.parametrize("aug_plus", [True, False], ids=["aug+", "v1"])
+def test_loader_views_are_the_reference_pipelines_bit_for_bit(images, aug_plus):
+    reference = TwoCropsTransform(moco_transform(32, aug_plus=aug_plus))
+    augment = TwoViewAugment(32, aug_plus=aug_plus)
+    seen = {P_JITTER_ON: set(), P_GRAY_ON: set(), P_BLUR_ON: set(), P_FLIP_ON: set()}
+    for n in range(60):
+        img = images[n % len(images)]
+        torch.manual_seed(n)
+        expected = reference(img)
+        after_reference = torch.rand(1)
+        torch.manual_seed(n)
+        views, params = augment(img)
+        assert torch.equal(torch.rand(1), after_reference), "the generator must advance exactly as the reference's"
+        assert views.dtype == torch.uint8 and views.shape == (2, 3, 32, 32)
+        assert params.dtype == torch.float64 and params.shape == (2, VIEW_PARAMS)
+        got = normalize_views(views)
+        assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
+        for column, values in seen.items():
+            values.update(params[:, column].tolist())
+    # every branch was taken both ways (v1: the jitter always, blur never)
+    assert seen[P_GRAY_ON] == seen[P_FLIP_ON] == {0.0, 1.0}
+    assert seen[P_JITTER_ON] == ({0.0, 1.0} if aug_plus else {1.0})
+    assert seen[P_BLUR_ON] == ({0.0, 1.0} if aug_plus else {0.0})
+
+
+def test_drawn_parameters_stay_in_the_protocols_ranges(images):
+    augment = TwoViewAugment(32, aug_plus=True)
+    torch.manual_seed(0)
+    rows = torch.cat([augment(images[n % len(images)])[1] for n in range(150)])
+    jittered = rows[rows[:, P_JITTER_ON] == 1]
+    for column, (lo, hi) in zip(range(1, 5), [(0.6, 1.4)] * 3 + [(-0.1, 0.1)]):
+        assert jittered[:, column].min() >= lo and jittered[:, column].max() <= hi
+    assert all(sorted(order) == [0, 1, 2, 3] for order in jittered[:, P_ORDER].tolist())
+    blurred = rows[rows[:, P_BLUR_ON] == 1, P_BLUR_SIGMA]
+    assert blurred.min() >= BLUR_SIGMA[0] and blurred.max() <= BLUR_SIGMA[1]
+    # rates near the protocol's probabilities (300 views: 3 standard errors)
+    for column, p in [(P_JITTER_ON, 0.8), (P_GRAY_ON, 0.2), (P_BLUR_ON, 0.5), (P_FLIP_ON, 0.5)]:
+        rate = rows[:, column].mean().item()
+        assert abs(rate - p) < 3 * (p * (1 - p) / len(rows)) ** 0.5, (column, rate)
+
+
+def test_a_loader_batch_holds_each_samples_reference_views(tmp_path, images):
+    """Through the real loader (2 workers) and ViewBatch: sample i of epoch e has the views the reference
+    pipeline draws from the generator seeded with (seed, e, i), whichever worker made it."""
+    for c in range(2):
+        (tmp_path / "train" / f"c{c}").mkdir(parents=True)
+        for i in range(4):
+            images[(c * 4 + i) % len(images)].save(tmp_path / "train" / f"c{c}" / f"{i}.png")
+    loader = build_loader(tmp_path, 32, True, seed=5, batch=4, workers=2, device=torch.device("cpu"))
+    loader.sampler.set_epoch(1)
+    order = [i for _, i in loader.sampler]
+    (views, params), _ = next(iter(loader))
+    im_q, im_k = ViewBatch(torch.device("cpu"), aug_plus=True, colour_on_device=False)(views, params)
+    reference = TwoCropsTransform(moco_transform(32, aug_plus=True))
+    for row, index in enumerate(order[:4]):
+        path = loader.dataset.samples[index][0]
+        torch.manual_seed(derive_seed(5, 1, index))
+        q, k = reference(Image.open(path).convert("RGB"))
+        assert torch.equal(im_q[row], q) and torch.equal(im_k[row], k)
+
+
+def test_view_batch_gives_contiguous_views_in_the_asked_memory_format(images):
+    augment = TwoViewAugment(32, aug_plus=True)
+    torch.manual_seed(0)
+    views, params = (torch.stack(t) for t in zip(*(augment(img) for img in images[:4])))
+    for channels_last in (False, True):
+        im_q, im_k = ViewBatch(torch.device("cpu"), True, False, channels_last)(views, params)
+        fmt = torch.channels_last if channels_last else torch.contiguous_format
+        assert im_q.shape == im_k.shape == (4, 3, 32, 32) and im_q.dtype == torch.float32
+        assert im_q.is_contiguous(memory_format=fmt) and im_k.is_contiguous(memory_format=fmt)
+        assert torch.equal(im_q, normalize_views(views[:, 0])) and torch.equal(im_k, normalize_views(views[:, 1]))
+
+
+def test_augment_on_flag_resolves_per_device_and_is_a_runtime_setting(tmp_path):
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert not colour_on_device("auto", cpu) and colour_on_device("auto", cuda)
+    assert colour_on_device("device", cpu) and not colour_on_device("loader", cuda)
+    cfg, _ = parse_config([str(tmp_path), "--augment-on", "device"])
+    assert cfg.augment_on == "device"
+    assert parse_config([str(tmp_path)])[0].augment_on == "auto"
+    assert "augment_on" in RUNTIME_KEYS  # how this process runs: never taken from a resumed checkpoint
