@@ -589,3 +589,45 @@ def test_resume_rejects_files_that_are_not_moco_checkpoints(tmp_path):
     )
     with pytest.raises(UserError, match="cannot be resumed: it has no epoch or optimizer"):
         parse_config([str(tmp_path), "--resume", str(no_opt)])
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16-autocast"])
+def test_split_bn_cpu_kernel_path_matches_per_split_batch_norm(channels_last, dtype):
+    """The CPU path writes every split into one output through ATen's out= kernels; forward, input and
+    parameter gradients and running statistics equal per-split F.batch_norm + cat (four splits)."""
+    torch.manual_seed(0)
+    bn = SplitBatchNorm(8, num_splits=4)
+    with torch.no_grad():
+        bn.weight.uniform_(0.5, 2.0)
+        bn.bias.normal_()
+    weight, bias = bn.weight.detach().clone().requires_grad_(), bn.bias.detach().clone().requires_grad_()
+    x = torch.randn(16, 8, 5, 5) * 3 + torch.arange(16).view(16, 1, 1, 1)  # splits with different statistics
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    means, variances = [], []
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+        xa_in, xb_in = (t.to(dtype) for t in (xa, xb))
+        y = bn(xa_in)
+        ref_parts = []
+        for c in xb_in.chunk(4):
+            m, v = torch.zeros(8), torch.ones(8)
+            ref_parts.append(F.batch_norm(c, m, v, weight, bias, True, 0.1, bn.eps))
+            means.append(m)
+            variances.append(v)
+        ref = torch.cat(ref_parts)
+    assert y.dtype == ref.dtype and y.is_contiguous(memory_format=x_format(channels_last))
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    assert torch.allclose(y.float(), ref.float(), atol=tol)
+    g = torch.randn_like(y)
+    y.backward(g)
+    ref.backward(g)
+    assert torch.allclose(xa.grad, xb.grad, atol=tol * 10)
+    assert torch.allclose(bn.weight.grad, weight.grad, atol=1e-4) and torch.allclose(bn.bias.grad, bias.grad, atol=1e-4)
+    assert torch.allclose(bn.running_mean, torch.stack(means).mean(0), atol=1e-5)
+    assert torch.allclose(bn.running_var, torch.stack(variances).mean(0), atol=1e-4)
+
+
+def x_format(channels_last: bool):
+    return torch.channels_last if channels_last else torch.contiguous_format

@@ -36,11 +36,12 @@ from mocoeval.pretrain.residual_scaling import set_residual_branch_scales
 
 class SplitBatchNorm(nn.BatchNorm2d):
     """BatchNorm2d that, in training, normalises `num_splits` consecutive sub-batches separately, each with
-    its own F.batch_norm call, as if each sat on its own GPU.
+    its own statistics, as if each sat on its own GPU.
 
     Same parameters and buffers as nn.BatchNorm2d (checkpoints keep torchvision's keys). The running
     statistics move towards the mean over sub-batches of each sub-batch's mean and unbiased variance. In
-    eval mode, or with one split, it is plain BatchNorm2d.
+    eval mode, or with one split, it is plain BatchNorm2d. On CPU the sub-batches are normalised into one
+    output tensor (`_SplitBatchNormCPU`): concatenating per-split outputs cost ~7% of a ResNet-50 step there.
     """
 
     def __init__(self, num_features: int, num_splits: int = 1, **kwargs):
@@ -59,18 +60,62 @@ class SplitBatchNorm(nn.BatchNorm2d):
             )
         self.num_batches_tracked.add_(1)
         factor = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
-        # Every call moves its own copy of the running statistics; the update being linear, the mean of the
+        # Every split moves its own copy of the running statistics; the update being linear, the mean of the
         # copies is the update towards the mean of the sub-batch statistics.
-        outs, means, variances = [], [], []
-        for chunk in x.chunk(s):  # chunks of the batch dim are views in any memory format
-            mean, var = self.running_mean.clone(), self.running_var.clone()
-            outs.append(F.batch_norm(chunk, mean, var, self.weight, self.bias, True, factor, self.eps))
-            means.append(mean)
-            variances.append(var)
+        means = [self.running_mean.clone() for _ in range(s)]
+        variances = [self.running_var.clone() for _ in range(s)]
+        if x.device.type == "cpu" and self.affine:
+            out = _SplitBatchNormCPU.apply(x, self.weight, self.bias, means, variances, factor, self.eps)
+        else:  # chunks of the batch dim are views in any memory format
+            chunks = zip(x.chunk(s), means, variances)
+            out = torch.cat(
+                [F.batch_norm(c, m, v, self.weight, self.bias, True, factor, self.eps) for c, m, v in chunks]
+            )
         with torch.no_grad():
             self.running_mean.copy_(torch.stack(means).mean(0))
             self.running_var.copy_(torch.stack(variances).mean(0))
-        return torch.cat(outs)
+        return out
+
+
+class _SplitBatchNormCPU(torch.autograd.Function):
+    """Training-mode batch norm of consecutive sub-batches written straight into one output (and, backwards,
+    one input gradient) through ATen's out= kernels: the same kernels F.batch_norm runs on CPU, without the
+    concatenation. `means` / `variances` (one copy of the running statistics per split) are updated in place."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, means, variances, momentum, eps):
+        fmt = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+        x = x.contiguous(memory_format=fmt)
+        out = torch.empty_like(x, memory_format=fmt)
+        stat_dtype = torch.float32 if x.dtype in (torch.bfloat16, torch.float16) else x.dtype
+        saved = []
+        for xc, oc, mean, var in zip(x.chunk(len(means)), out.chunk(len(means)), means, variances):
+            save_mean = torch.empty(x.shape[1], dtype=stat_dtype)
+            save_invstd = torch.empty(x.shape[1], dtype=stat_dtype)
+            torch.ops.aten.native_batch_norm.out(
+                xc, weight, bias, mean, var, True, momentum, eps, out=oc, save_mean=save_mean, save_invstd=save_invstd
+            )
+            saved += [save_mean, save_invstd]
+        ctx.save_for_backward(x, weight, *saved)
+        ctx.fmt, ctx.eps = fmt, eps
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, weight, *saved = ctx.saved_tensors
+        grad_out = grad_out.contiguous(memory_format=ctx.fmt)
+        grad_in = torch.empty_like(x, memory_format=ctx.fmt)
+        grad_weight, grad_bias = torch.zeros_like(weight), torch.zeros_like(weight)
+        part_weight, part_bias = torch.empty_like(weight), torch.empty_like(weight)
+        splits = len(saved) // 2
+        for i, (go, xc, gi) in enumerate(zip(grad_out.chunk(splits), x.chunk(splits), grad_in.chunk(splits))):
+            torch.ops.aten.native_batch_norm_backward.out(
+                go, xc, weight, None, None, saved[2 * i], saved[2 * i + 1], True, ctx.eps, [True, True, True],
+                out0=gi, out1=part_weight, out2=part_bias,
+            )  # fmt: skip
+            grad_weight += part_weight
+            grad_bias += part_bias
+        return grad_in, grad_weight, grad_bias, None, None, None, None
 
 
 def resnet_encoder(arch: str, dim: int, mlp: bool, bn_splits: int = 1, residual_bn_init: float = 1.0) -> nn.Module:
