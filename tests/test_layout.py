@@ -20,6 +20,7 @@ COMMANDS = {
     "mocoeval.transfer.detection.run_coco",
     "mocoeval.transfer.run_linear",
     "mocoeval.transfer.branch_scales",
+    "mocoeval.transfer.gpu_check",
     "mocoeval.results.make_tables",
     "mocoeval.results.compare",
 }

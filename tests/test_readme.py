@@ -1,8 +1,8 @@
 """The README's commands, checked (issue 33): a renamed script, flag, make target or linked file breaks a test.
 
 1. Every command the README shows (fenced blocks and inline code spans) is parsed; each script it names must exist
-   and each `--flag` it passes must be in that script's `--help`; each `make` target and `DEMO_*` variable must be
-   in the Makefile; each relative Markdown link must resolve.
+   and each `--flag` it passes must be in that script's `--help` (scripts/install.sh's and wheelhouse.sh's too); each
+   `make` target and `DEMO_*` variable must be in the Makefile; each relative Markdown link must resolve.
 2. The README commands that run offline are run as written, with `output/...` paths and `--out DIR` moved into a
    temporary folder: the converter on `random-init:0`, the VOC `--dry-run` of the evaluation flow (on the converted
    random network and the mini data, since the official checkpoint is not here), `compare.py` on the claim in
@@ -30,6 +30,7 @@ COMMAND_DIRS = ("pretrain", "convert", "transfer", "results")
 # bare script names ("`run_voc.py --trials 5`") -> their path
 SCRIPTS = {p.name: p.relative_to(ROOT).as_posix() for d in COMMAND_DIRS for p in sorted((ROOT / d).glob("*.py"))}
 MODULES = {"mocoeval.data.make_mini_data"}  # `python -m ...` commands the README shows
+SHELL_SCRIPTS = ("scripts/install.sh", "scripts/wheelhouse.sh")  # `bash SCRIPT ...` commands with flags
 FENCE = re.compile(r"^```[^\n]*\n(.*?)^```", re.S | re.M)
 FLAG = re.compile(r"--[a-z][a-z0-9-]*")
 
@@ -70,6 +71,8 @@ def _script_and_args(words: list[str]) -> tuple[str, list[str]] | None:
             return words[i + 1], words[i + 2 :]
         if w.endswith(".py") and (w in SCRIPTS.values() or w in SCRIPTS):
             return SCRIPTS.get(w, w), words[i + 1 :]
+        if w in SHELL_SCRIPTS:
+            return w, words[i + 1 :]
     return None
 
 
@@ -100,9 +103,8 @@ def _env(**extra) -> dict:
 @functools.cache
 def _help(script: str) -> str:
     argv = ["-m", script] if script in MODULES else [str(ROOT / script)]
-    proc = subprocess.run(
-        [sys.executable, *argv, "--help"], cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=120
-    )
+    command = ["bash", *argv] if script in SHELL_SCRIPTS else [sys.executable, *argv]
+    proc = subprocess.run([*command, "--help"], cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     return proc.stdout
 
@@ -136,7 +138,7 @@ OTHER_TOOLS_FLAGS = {"--nproc_per_node", "--index-url", "--no-build-isolation", 
 
 def test_every_flag_named_anywhere_in_the_readme_exists():
     """Flags named on their own (`--input-norm none`, `--resume auto`) must be in some command's --help."""
-    helps = "\n".join(_help(s) for s in sorted({*SCRIPTS.values(), *MODULES}))
+    helps = "\n".join(_help(s) for s in sorted({*SCRIPTS.values(), *MODULES, *SHELL_SCRIPTS}))
     named = set(re.findall(r"(?<![\w-])--[a-z][a-z0-9_-]*[a-z0-9]", README)) - OTHER_TOOLS_FLAGS
     missing = sorted(f for f in named if not re.search(rf"(?<![\w-]){re.escape(f)}(?![\w-])", helps))
     assert not missing, f"the README names flags no command has: {missing}"

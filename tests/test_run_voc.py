@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -639,6 +640,49 @@ def test_dry_run_checks_and_prints_plan(tmp_path, random_r50_pkl, mini_data_root
     assert "BASE_LR scaled linearly 0.02 -> 0.005" in log
     assert "trial 1/2 (seed 0): would start" in log and "trial 2/2 (seed 1): would start" in log
     assert not out.exists() and not store.exists()  # a dry run creates nothing, not even its output folder
+
+
+def test_amp_sets_detectron2s_amp_trainer_and_departs_from_the_protocol():
+    """--amp = SOLVER.AMP.ENABLED True (DefaultTrainer then builds its AMPTrainer): another config hash than fp32."""
+    script = _load_script()
+    assert script.parse_args(["--weights", "w.pkl", "--amp"]).amp is True
+    assert script.parse_args(["--weights", "w.pkl"]).amp is False
+    amp, notes = voc_config.build_config(DEFAULT_VOC_CONFIG, [], device="cuda", amp=True)
+    fp32, _ = voc_config.build_config(DEFAULT_VOC_CONFIG, [], device="cuda")
+    assert amp.SOLVER.AMP.ENABLED is True and fp32.SOLVER.AMP.ENABLED is False
+    assert any(m.startswith("AMP: Detectron2's AMPTrainer") for m in notes.messages)
+    assert protocol_identity.config_hash(amp) != protocol_identity.config_hash(fp32)
+    agreeing, _ = voc_config.build_config(DEFAULT_VOC_CONFIG, ["SOLVER.AMP.ENABLED", "True"], device="cuda", amp=True)
+    assert agreeing.dump() == amp.dump()
+
+
+@pytest.mark.parametrize(
+    "opts, device, message",
+    [
+        (["SOLVER.AMP.ENABLED", "False"], "cuda", "--amp contradicts --opts SOLVER.AMP.ENABLED False"),
+        ([], "cpu", "needs a GPU: Detectron2's AMPTrainer trains on CUDA only"),
+    ],
+)
+def test_amp_with_a_contradiction_or_on_cpu_is_refused(opts, device, message):
+    with pytest.raises(UserError, match=re.escape(message)):
+        voc_config.build_config(DEFAULT_VOC_CONFIG, opts, device=device, amp=True)
+
+
+def test_amp_dry_run_prints_it_and_cpu_is_one_line_error(tmp_path, random_r50_pkl, mini_data_root, store):
+    common = ["--weights", random_r50_pkl, "--dataset-root", mini_data_root, "--output-dir", tmp_path / "o", "--amp"]
+    _assert_one_line_error(_run_cli([*common, "--device", "cpu"], store), "--amp", "needs a GPU")
+    _assert_one_line_error(
+        _run_cli([*common, "--device", "cpu", "--opts", "SOLVER.AMP.ENABLED", "False"], store), "--amp contradicts"
+    )
+    if importlib.util.find_spec("submitit") is None:
+        pytest.skip("submitit is not installed: no device-free --amp dry run (--launcher slurm plans for CUDA)")
+    proc = _run_cli([*common, "--launcher", "slurm", "--dry-run"], store)  # Slurm jobs train on CUDA
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    log = proc.stdout + proc.stderr
+    official = protocol_identity.official_config_hash("random-init")[:12]
+    assert "AMP: Detectron2's AMPTrainer" in log and "device cuda" in log
+    assert "config " in log and f"(hash {official})" not in log  # AMP is in the config hash: not the official one
+    assert not (tmp_path / "o").exists() and not store.exists()
 
 
 def test_the_weights_recorded_input_normalisation_sets_the_config_or_refuses_a_contradiction(

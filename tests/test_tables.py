@@ -85,18 +85,24 @@ class Store:
         atomic_write_json(path, rec)
         return path
 
-    def voc(self, variant, sha, *aps, seeds=None, opts=None):
-        """A VOC record; `opts` (Detectron2 KEY VALUE list) builds its config as run_voc.py's --opts would."""
+    def voc(self, variant, sha, *aps, seeds=None, opts=None, amp=False):
+        """A VOC record; `opts` (Detectron2 KEY VALUE list) builds its config as run_voc.py's --opts would, `amp` as
+        its --amp (on a GPU: the device is not part of the identity)."""
         seeds = seeds if seeds is not None else range(len(aps))
         trials = [
             {"trial": i, "seed": s, "AP50": ap[0], "AP": ap[1], "AP75": ap[2]}
             for i, (s, ap) in enumerate(zip(seeds, aps))
         ]
         config = config_hash = None
-        if opts is not None:
+        if opts is not None or amp:
             from mocoeval.transfer.detection import config as voc_config
 
-            cfg, _ = voc_config.build_config(REPO_ROOT / "configs" / "pascal_voc_R_50_C4_24k_moco.yaml", opts)
+            cfg, _ = voc_config.build_config(
+                REPO_ROOT / "configs" / "pascal_voc_R_50_C4_24k_moco.yaml",
+                opts or [],
+                device="cuda" if amp else "cpu",
+                amp=amp,
+            )
             config, config_hash = yaml.safe_load(cfg.dump()), protocol_identity.config_hash(cfg)
         return self.add("voc", variant, sha, trials=trials, config=config, config_hash=config_hash)
 
@@ -384,6 +390,15 @@ def test_source_with_one_identity_per_stage_is_one_row_and_sources_pool_by_ident
         ("(d)", [67.0], 0),
         ("(d) [linear: 10 ep; VOC: MAX_ITER 200]", [50.0, 52.0], 2),
     ]
+
+
+def test_an_amp_run_departs_from_the_protocol_and_its_label_says_amp(store):
+    official = store.voc(D, "d" * 64, (82.0, 57.0, 63.0))
+    amp = store.voc(D, "d" * 64, (81.8, 56.9, 62.8), amp=True)  # run_voc.py --amp
+    identities = [protocol_identity.detection_identity(json.loads(p.read_text())) for p in (official, amp)]
+    assert identities[0].official and identities[0].key != identities[1].key
+    assert identities[1].departures == (("SOLVER.AMP.ENABLED", True),) and identities[1].describe() == "VOC: AMP"
+    assert [(r.label, r.official) for r in _rows(store)] == [("(d)", True), ("(d) [VOC: AMP]", False)]
 
 
 def test_labels_show_three_departures_the_notes_and_csv_all(store, tmp_path):

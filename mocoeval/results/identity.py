@@ -92,8 +92,11 @@ COCO_MOCO_CONFIG = "coco_R_50_C4_2x_moco.yaml"
 # Per detection stage: (the supervised row's config by variant name, every other variant's config).
 DETECTION_CONFIGS = {"voc": (VOC_CONFIGS, VOC_MOCO_CONFIG), "coco": (COCO_CONFIGS, COCO_MOCO_CONFIG)}
 STAGE_TITLES = {"linear": "linear", "voc": "VOC", "coco": "COCO"}
-# VOC keys shown first in a label (the schedule and the batch say most about a short run); others follow by name.
-VOC_KEY_ORDER = ("SOLVER.MAX_ITER", "SOLVER.IMS_PER_BATCH", "SOLVER.BASE_LR", "SOLVER.STEPS")
+# VOC keys shown first in a label (the schedule, the precision and the batch say most about a short run); others
+# follow by name.
+VOC_KEY_ORDER = ("SOLVER.MAX_ITER", "SOLVER.AMP.ENABLED", "SOLVER.IMS_PER_BATCH", "SOLVER.BASE_LR", "SOLVER.STEPS")
+# Detection settings a label names in words rather than as 'KEY value' (value -> text).
+_DETECTION_TEXT = {"SOLVER.AMP.ENABLED": {True: "AMP", False: "no AMP"}}
 
 
 @dataclass(frozen=True)
@@ -148,6 +151,8 @@ def _departure_text(stage: str, name: str, value) -> str:
             return "feature-norm" if value else "no feature-norm"
         if name in _LINEAR_TEXT:
             return _LINEAR_TEXT[name].format(_fmt(value))
+    if stage in DETECTION_CONFIGS and name in _DETECTION_TEXT and value in _DETECTION_TEXT[name]:
+        return _DETECTION_TEXT[name][value]
     if name == "config":  # a VOC record without a stored config: only its hash is known
         return f"config {value}"
     return f"{name.rsplit('.', 1)[-1] if stage in DETECTION_CONFIGS else name} {_fmt(value)}"

@@ -48,6 +48,7 @@ def opts_pairs(opts: Sequence[str]) -> list[tuple[str, str]]:
     return [(opts[i], opts[i + 1]) for i in range(0, len(opts), 2)]
 
 
+AMP_KEY = "SOLVER.AMP.ENABLED"  # set by --amp
 SCHEDULE_KEYS = ("SOLVER.MAX_ITER", "SOLVER.STEPS", "SOLVER.WARMUP_ITERS")
 
 
@@ -105,6 +106,7 @@ def build_config(
     device: str = "cpu",
     weights: str | os.PathLike = "",
     input_settings: Mapping[str, Any] | None = None,
+    amp: bool = False,
 ) -> tuple[CfgNode, ConfigNotes]:
     """The config every trial of a run shares (OUTPUT_DIR and SEED are set per trial).
 
@@ -114,6 +116,8 @@ def build_config(
     The protocol's batch rule: if `--opts` changes SOLVER.IMS_PER_BATCH away from the config file's
     batch (16 in the protocol), BASE_LR is scaled by batch / 16 and MAX_ITER, STEPS and WARMUP_ITERS
     by 16 / batch (same number of epochs), each unless `--opts` sets it itself. What changed is in `notes`.
+
+    `amp` (run_voc.py --amp) sets SOLVER.AMP.ENABLED, with which Detectron2's DefaultTrainer builds its AMPTrainer.
     """
     config_file = Path(config_file)
     if not config_file.is_file():
@@ -139,6 +143,18 @@ def build_config(
     except (KeyError, ValueError, AssertionError, SyntaxError) as e:
         raise UserError(f"bad --opts: {one_line(e)}") from None
     notes = ConfigNotes()
+    if amp:
+        if AMP_KEY in keys and not cfg.SOLVER.AMP.ENABLED:
+            raise UserError(f"--amp contradicts --opts {AMP_KEY} False: give one of them")
+        cfg.SOLVER.AMP.ENABLED = True
+    if cfg.SOLVER.AMP.ENABLED:
+        # AMPTrainer.run_step asserts CUDA: refuse before any trial starts rather than fail at its first step
+        if device == "cpu":
+            raise UserError(f"AMP (--amp or {AMP_KEY} True) needs a GPU: Detectron2's AMPTrainer trains on CUDA only")
+        notes.messages.append(
+            "AMP: Detectron2's AMPTrainer (fp16 autocast, gradient scaling); the protocol trains in fp32, so the "
+            "run's identity and its table rows say AMP"
+        )
     if norm:
         cfg.MODEL.RESNETS.NORM = norm
     ref_batch, ref_lr = file_cfg.SOLVER.IMS_PER_BATCH, file_cfg.SOLVER.BASE_LR

@@ -78,6 +78,7 @@ class RunOptions:
     time_min: int = 24 * 60
     cpus_per_task: int = 10
     dry_run: bool = False
+    amp: bool = False  # SOLVER.AMP.ENABLED: Detectron2's AMPTrainer
     checkpoint_minutes: float = 30.0
     # submitit cluster behind --launcher slurm; "local" runs the same jobs as local processes (tests)
     slurm_cluster: str = "slurm"
@@ -351,6 +352,7 @@ def run(opts: RunOptions) -> int:
         device=device,
         weights=weights.path,
         input_settings=input_settings(input_norm) if input_norm and not opts.config_file else None,
+        amp=opts.amp,
     )
     check_input_settings(cfg, weights.layout, config_file, input_norm)
     world = gpus_per_trial * opts.num_machines

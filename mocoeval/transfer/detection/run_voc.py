@@ -156,6 +156,13 @@ def build_parser(benchmark: str = "voc") -> argparse.ArgumentParser:
         help="MODEL.DEVICE (default: cuda if available, else cpu)",
     )
     p.add_argument(
+        "--amp",
+        action="store_true",
+        help="mixed precision: Detectron2's AMPTrainer (SOLVER.AMP.ENABLED True: fp16 autocast, gradient scaling; "
+        "CUDA only). Not the protocol's fp32: it is part of the run's config identity, so the tables label its rows "
+        "AMP",
+    )
+    p.add_argument(
         "--variant",
         default=None,
         metavar="NAME",
