@@ -69,3 +69,11 @@ def test_bench_bad_queue_is_one_line_error():
         timeout=120,
     )
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "multiple" in proc.stderr
+
+
+def test_bench_loader_mode_times_the_loader_alone():
+    proc = _bench("--modes", "loader", "--workers", "0")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (row,) = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert row["mode"] == "loader" and row["workers"] == 0 and row["pairs_per_s"] > 0
+    assert row["colour_on_device"] is False  # auto on CPU: the colour ops run in the loader

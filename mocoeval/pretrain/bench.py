@@ -19,6 +19,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from mocoeval.pretrain.config import AUGMENT_ON
 from mocoeval.runtime.errors import UserError, cli_main
 
 
@@ -48,9 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--modes",
         nargs="+",
-        choices=("step", "loop"),
+        choices=("step", "loop", "loader"),
         default=["step", "loop"],
-        help="step: model step on an in-memory batch; loop: data loader + step (default both)",
+        help="step: model step on an in-memory batch; loop: data loader + step; loader: the loader alone, up to "
+        "the views on the device (with --workers 0: its cost on one core) (default step loop)",
     )
     p.add_argument("--steps", type=int, default=6, help="timed steps per round (default 6)")
     p.add_argument("--rounds", type=int, default=2, help="alternating rounds per implementation (default 2)")
@@ -69,6 +71,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="also run lightly's MoCo v2 (pip install -e .[bench]) and add ours/lightly 'ratio'",
     )
+    p.add_argument(
+        "--augment-on",
+        choices=AUGMENT_ON,
+        default="auto",
+        help="ours: where the colour augmentations run, as train_moco.py --augment-on (default auto: the device "
+        "on CUDA, the loader's workers on CPU)",
+    )
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     return p
 
@@ -77,10 +86,11 @@ def _line(r: dict) -> str:
     ratio = f"  ours/lightly {r['ratio']:.2f}" if "ratio" in r else ""
     mem = "peak GPU mem" if r["device"].startswith("cuda") else "peak RSS"
     return (
-        f"{r['impl']:8s} {r['mode']:4s} {r['arch']} {r['image_size']}px b{r['batch_size']} K{r['moco_k']} "
+        f"{r['impl']:8s} {r['mode']:6s} {r['arch']} {r['image_size']}px b{r['batch_size']} K{r['moco_k']} "
         f"{r['device']} {r['precision']}{' CL' if r['channels_last'] else ''}"
         f"{' compiled' if r['compile'] else ''} threads {r['threads']}"
-        f"{' workers ' + str(r['workers']) if r['mode'] == 'loop' else ''}: {r['pairs_per_s']:7.1f} pairs/s "
+        f"{' workers ' + str(r['workers']) if r['mode'] != 'step' else ''}"
+        f"{' colour on device' if r['colour_on_device'] else ''}: {r['pairs_per_s']:7.1f} pairs/s "
         f"({r['steps_timed']} steps)  {mem} {r['peak_memory_mib']:.0f} MiB{ratio}"
     )
 
@@ -108,7 +118,7 @@ def main(argv=None) -> int:
         raise UserError(f"--device {args.device}: CUDA is not available here")
     with tempfile.TemporaryDirectory(prefix="mocoeval-bench-") as tmp:
         data = args.data
-        if "loop" in args.modes and data is None:
+        if {"loop", "loader"} & set(args.modes) and data is None:
             from mocoeval.data.make_mini_data import generate
 
             per_class = max(1, -(-args.images // 20))
@@ -142,6 +152,7 @@ def main(argv=None) -> int:
                     mode=mode,
                     workers=args.workers,
                     data=data,
+                    augment_on=args.augment_on,
                 )
                 for r in benchmark(cfg, impls, steps=args.steps, warmup=args.warmup, rounds=args.rounds):
                     print(json.dumps(r) if args.json else _line(r), flush=True)

@@ -1,9 +1,10 @@
 """Pretraining throughput: image pairs per second of our MoCo step and loop, and of a peer's (lightly).
 
-Two modes, so that the bottleneck is visible:
-  step  the model step alone, on one batch already in memory (forward q and k, loss, backward, SGD,
-        momentum update, enqueue);
-  loop  the whole training loop: the data loader (decode + two aug+ views per image) feeding the step.
+Three modes, so that the bottleneck is visible:
+  step    the model step alone, on one batch already in memory (forward q and k, loss, backward, SGD,
+          momentum update, enqueue);
+  loop    the whole training loop: the data loader (decode + two aug+ views per image) feeding the step;
+  loader  the loader alone, up to the views on the device (with 0 workers: its cost on one core).
 Each implementation is built once and warmed up, then the implementations are timed in alternation
 (A B A B ...) so that drifts of the machine (turbo, other load) hit both alike. The clock is read after a
 device synchronisation only at the ends of a timed round.
@@ -126,6 +127,9 @@ class OursRunner:
         im_q, im_k = next(self.batches)
         return train_step(self.model, self.optimizer, im_q, im_k, self.dtype)[0]
 
+    def fetch(self):
+        return next(self.batches)[0]
+
 
 class LightlyRunner:
     """The same MoCo v2 recipe from lightly's building blocks, as its MoCo example writes it: torchvision
@@ -194,6 +198,9 @@ class LightlyRunner:
         self.optimizer.zero_grad(set_to_none=True)
         return loss.detach()
 
+    def fetch(self):
+        return next(self.batches)[0]
+
 
 RUNNERS = {"ours": OursRunner, "lightly": LightlyRunner}
 
@@ -211,19 +218,20 @@ def benchmark(
     """Pairs/s of each implementation for one configuration, timed in alternation; one result dict each."""
     device = torch.device(cfg.device)
     runners = [RUNNERS[name](cfg, device) for name in implementations]
+    work = {r.name: r.fetch if cfg.mode == "loader" else r.step for r in runners}
     for r in runners:
         for _ in range(warmup):
-            loss = r.step()
+            out = work[r.name]()
         _sync(device)
-        if not torch.isfinite(loss):
-            raise RuntimeError(f"{r.name}: non-finite loss during warm-up")
+        if not torch.isfinite(out).all():
+            raise RuntimeError(f"{r.name}: non-finite {'views' if cfg.mode == 'loader' else 'loss'} during warm-up")
     elapsed = {r.name: 0.0 for r in runners}
     for i in range(rounds):
         for r in runners:
             _sync(device)
             start = time.perf_counter()
             for _ in range(steps):
-                r.step()
+                work[r.name]()
             _sync(device)
             elapsed[r.name] += time.perf_counter() - start
             if on_round:
@@ -243,13 +251,13 @@ def benchmark(
                 "precision": cfg.precision,
                 "channels_last": cfg.channels_last,
                 "compile": cfg.compile and r.name == "ours",
-                "workers": cfg.workers if cfg.mode == "loop" else 0,
+                "workers": 0 if cfg.mode == "step" else cfg.workers,
                 "threads": torch.get_num_threads(),
                 "steps_timed": rounds * steps,
                 "pairs_per_s": pairs / elapsed[r.name],
                 "peak_memory_mib": round(peak_memory_mib(device), 1),
                 "bn_splits": getattr(r, "bn_splits", 1),
-                "colour_on_device": getattr(r, "colour_on_device", False) and cfg.mode == "loop",
+                "colour_on_device": getattr(r, "colour_on_device", False) and cfg.mode != "step",
             }
         )
     if {"ours", "lightly"} <= set(implementations):
