@@ -826,3 +826,57 @@ def test_bad_coco_paper_numbers_are_user_errors(tmp_path, line, column, value, m
     csv_line = raw.index[line] + 2  # the header is line 1
     with pytest.raises(UserError, match=re.escape(message.format(line=csv_line))):
         paper_numbers.load_paper_numbers(bad)
+
+
+def _coco_comparison(md: str) -> list[str]:
+    """The table lines of ablation.md's COCO comparison."""
+    section = md.split("## Ours vs the published numbers on COCO\n\n")[1].split("\n\n")[0]
+    return section.splitlines()[2:]
+
+
+def test_official_coco_rows_are_compared_with_the_published_2x_numbers(store, coco_configs, tmp_path):
+    # derived by _coco: box AP50 60.3, AP75 42.3; mask AP50 54.5, AP75 35.5
+    _coco(store, SUP, "s" * 64, (40.3, 34.5))
+    _coco(store, D, "d" * 64, (5.0, 4.0), config_hash="f" * 64)  # a short COCO run: never the paper's (d)
+    store.voc(D, "d" * 64, (82.0, 57.0, 63.0))
+    build(store, tmp_path / "out")
+    out = tmp_path / "out"
+    md = (out / tables.OUT_MARKDOWN).read_text()
+    # Δ by hand: 40.3 − 40.0, 60.3 − 59.9, 42.3 − 43.1, 34.5 − 34.7, 54.5 − 56.5, 35.5 − 36.9; no noise marks
+    assert _coco_comparison(md) == [
+        "| supervised |  |  | 40.0 | 40.3 | +0.3 | 59.9 | 60.3 | +0.4 | 43.1 | 42.3 | -0.8 | 34.7 | 34.5 | -0.2 "
+        "| 56.5 | 54.5 | -2.0 | 36.9 | 35.5 | -1.4 |",
+        "| MoCo v1 | 200 |  | 40.7 | — | — | 60.5 | — | — | 44.1 | — | — | 35.4 | — | — | 57.3 | — | — | 37.6 | — | — |",
+        "| (d) | 200 |  | 40.7 | — | — | — | — | — | — | — | — | 35.6 | — | — | — | — | — | — | — | — |",
+        "| (e) | 800 |  | 41.2 | — | — | — | — | — | — | — | — | 35.8 | — | — | — | — | — | — | — | — |",
+    ]
+    coco_section = md.split("## Ours vs the published numbers on COCO")[1].split("## Sources")[0]
+    assert "noise)" not in coco_section and "(d) and (e) from InsLoc (Yang et al. CVPR 2021)" in coco_section
+    assert "The 1× lines of `results/paper_numbers.csv` (`coco_schedule` 1x) are compared with nothing" in coco_section
+    with open(out / tables.OUT_COCO_PAPER_CSV, newline="") as f:
+        lines = list(csv.DictReader(f))
+    assert [ln["case"] for ln in lines] == ["supervised", "moco_v1", "d", "e"]
+    assert not any(c.endswith("within_noise") for c in lines[0])
+    assert (lines[0]["box_AP_paper"], lines[0]["box_AP_ours"], lines[0]["mask_AP50_diff"]) == ("40", "40.3", "-2")
+    assert lines[0]["paper_source"] == "MoCo v1 (He et al. CVPR 2020), Table 5, R50-C4"
+    assert (lines[2]["box_AP_paper"], lines[2]["box_AP_ours"], lines[2]["box_AP50_paper"]) == ("40.7", "", "")
+    tex = (out / tables.OUT_LATEX).read_text()
+    assert "\\label{tab:mocoeval-coco-vs-paper}" in tex
+    assert "supervised &  &  & 40.0 & 40.3 & +0.3 & 59.9 & 60.3 & +0.4 & 43.1 & 42.3 & $-$0.8 &" in tex
+    # the VOC / linear comparison is the one a store without COCO gets: its cases, columns, numbers
+    with open(out / tables.OUT_PAPER_CSV, newline="") as f:
+        voc = list(csv.DictReader(f))
+    assert [ln["case"] for ln in voc] == list(PROTOCOL_TABLE1)
+    assert list(voc[0]) == list(tables.comparison_frame(table_rows.ablation_frame([]), None).columns)
+    by_case = {ln["case"]: ln for ln in voc}
+    assert (by_case["supervised"]["AP50_paper"], by_case["supervised"]["AP50_ours"]) == ("81.3", "")
+    assert by_case["d"]["AP50_ours"] == ""  # (d)'s row departs in COCO: not the paper's, in VOC either
+
+
+def test_without_coco_records_there_is_no_coco_comparison(store, tmp_path):
+    fill_fixture(store)
+    written = build(store, tmp_path / "out")
+    assert tables.OUT_COCO_PAPER_CSV not in {p.name for p in written}
+    assert not (tmp_path / "out" / tables.OUT_COCO_PAPER_CSV).exists()
+    assert "COCO" not in (tmp_path / "out" / tables.OUT_MARKDOWN).read_text()
+    assert "coco" not in (tmp_path / "out" / tables.OUT_LATEX).read_text()
