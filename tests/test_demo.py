@@ -93,7 +93,7 @@ def test_demo_pipeline_end_to_end(tmp_path):
     # the demo's short schedules are not the protocol: every row says so in its label
     assert "| random init [linear: " in table and "| random init [residual_bn_init 0.1; linear: " in table
     assert "| MoCo v1 [linear: " in table and "VOC: MAX_ITER 2" in table
-    for name in ("ablation.csv", "ablation.tex", "ablation_vs_paper.csv"):
+    for name in ("ablation.csv", "ablation.tex", "ablation_vs_paper.csv", "ablation_coco_vs_paper.csv"):
         assert (out / "results" / name).is_file()
     # Each random-init row's records of both stages are the same backbone: they join; the two rows do not.
     for scale in (None, 0.1):

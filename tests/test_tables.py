@@ -18,9 +18,17 @@ from mocoeval.results import identity as protocol_identity
 from mocoeval.results import paper as paper_numbers
 from mocoeval.results import rows as table_rows
 from mocoeval.results import statistics, tables
-from mocoeval.results.store import REPO_ROOT, load_records, pretrain_variant, special_variant, write_run_record
+from mocoeval.results.store import (
+    COCO_METRICS,
+    REPO_ROOT,
+    load_records,
+    pretrain_variant,
+    special_variant,
+    write_run_record,
+)
 from mocoeval.runtime.errors import UserError
 from mocoeval.runtime.fileio import atomic_write_json
+from mocoeval.transfer.detection.benchmark import BENCHMARKS
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -565,6 +573,7 @@ def test_paper_numbers_csv_matches_protocol():
         200,
     )
     assert by_case["e"]["epochs"] == 800
+    paper = paper[paper["coco_schedule"] == ""]  # the COCO lines reuse labels (supervised IN-1M, MoCo IG-1B)
     labels = dict(zip(paper["label"], zip(paper["AP50"], paper["AP"], paper["AP75"])))
     assert labels["MoCo IG-1B"] == (82.2, 57.2, 63.7)
     assert labels["end-to-end"] == (80.4, 54.6, 60.3) and labels["memory bank"] == (80.6, 54.9, 60.6)
@@ -762,3 +771,127 @@ def test_linear_vs_voc_labels_of_close_points_do_not_overlap():
     fig = plots.linear_vs_voc_figure(frame.assign(linear_top1=frame["linear_top1"] + 25), None)
     rightmost = max((t for t in fig.axes[0].texts if t.get_color() == "tab:blue"), key=lambda t: t.xy[0])
     assert rightmost.get_horizontalalignment() == "right" and rightmost.xyann[0] < 0
+
+
+# Published COCO numbers (R50-C4 Mask R-CNN): case -> box AP / AP50 / AP75, mask AP / AP50 / AP75 (None: not
+# published by that source), per schedule. MoCo v1 Table 5; (d), (e): InsLoc's MoCo v2 baseline (box / mask AP only).
+COCO_PUBLISHED = {
+    "2x": {
+        "supervised": (40.0, 59.9, 43.1, 34.7, 56.5, 36.9),
+        "moco_v1": (40.7, 60.5, 44.1, 35.4, 57.3, 37.6),
+        "d": (40.7, None, None, 35.6, None, None),
+        "e": (41.2, None, None, 35.8, None, None),
+    },
+    "1x": {
+        "random-init": (26.4, 44.0, 27.8, 29.3, 46.9, 30.8),
+        "supervised": (38.2, 58.2, 41.2, 33.3, 54.7, 35.2),
+        "d": (38.9, None, None, 34.1, None, None),
+        "e": (39.3, None, None, 34.3, None, None),
+    },
+}
+
+
+def test_paper_numbers_csv_coco_lines():
+    paper = paper_numbers.load_paper_numbers()
+    assert list(paper.columns) == paper_numbers.PAPER_COLUMNS
+    for schedule, expected in COCO_PUBLISHED.items():
+        by_case = paper_numbers.paper_by_case(paper, schedule)
+        assert set(by_case) == set(expected), schedule
+        for case, numbers in expected.items():
+            line = by_case[case]
+            assert tuple(None if math.isnan(line[m]) else line[m] for m in COCO_METRICS) == numbers, (schedule, case)
+            assert math.isnan(line["AP50"]) and math.isnan(line["linear_top1"])  # a COCO line holds COCO numbers only
+            source = line["source"]
+            assert source.startswith(
+                "InsLoc (Yang et al. CVPR 2021)" if case in ("d", "e") else "MoCo v1 (He et al. CVPR 2020)"
+            )
+        for case in ("d", "e"):
+            line = by_case[case]
+            assert (line["mlp"], line["aug_plus"], line["cos"], line["epochs"]) == (
+                True,
+                True,
+                True,
+                200 if case == "d" else 800,
+            )
+    ig = paper[(paper["label"] == "MoCo IG-1B") & (paper["coco_schedule"] == "2x")].iloc[0]
+    assert (ig["case"], ig["box_AP"], ig["mask_AP75"]) == ("", 41.1, 38.1)
+    table5 = paper[paper["source"].str.contains("Table 5")]
+    assert table5["note"].str.startswith("cross-checked against").all()  # each Table 5 line says how it was checked
+    # the COCO lines of a case leave the VOC / linear lookup as it was (test_paper_numbers_csv_matches_protocol)
+    assert paper_numbers.paper_by_case(paper)["supervised"]["AP50"] == 81.3
+    # the compared schedule is the one whose config identity.py takes as the official COCO protocol
+    moco_config = BENCHMARKS["coco"].configs[paper_numbers.COCO_PAPER_SCHEDULE]["torchvision"]
+    assert moco_config.name == protocol_identity.COCO_MOCO_CONFIG
+
+
+@pytest.mark.parametrize(
+    "line, column, value, message",
+    [
+        (-1, "box_AP", "n/a", "column box_AP line {line} is not a number: 'n/a'"),
+        (-1, "coco_schedule", "3x", "column coco_schedule must be 2x/1x/empty, line {line} has '3x'"),
+        (-1, "AP50", "60.0", "line {line}: a COCO line (coco_schedule set) has no linear or VOC numbers"),
+        (1, "mask_AP", "30.0", "line {line}: a line with COCO numbers needs its coco_schedule"),
+    ],
+)
+def test_bad_coco_paper_numbers_are_user_errors(tmp_path, line, column, value, message):
+    raw = pd.read_csv(paper_numbers.PAPER_NUMBERS_CSV, dtype=str, keep_default_na=False)
+    raw.loc[raw.index[line], column] = value
+    bad = tmp_path / "paper.csv"
+    raw.to_csv(bad, index=False)
+    csv_line = raw.index[line] + 2  # the header is line 1
+    with pytest.raises(UserError, match=re.escape(message.format(line=csv_line))):
+        paper_numbers.load_paper_numbers(bad)
+
+
+def _coco_comparison(md: str) -> list[str]:
+    """The table lines of ablation.md's COCO comparison."""
+    section = md.split("## Ours vs the published numbers on COCO\n\n")[1].split("\n\n")[0]
+    return section.splitlines()[2:]
+
+
+def test_official_coco_rows_are_compared_with_the_published_2x_numbers(store, coco_configs, tmp_path):
+    # derived by _coco: box AP50 60.3, AP75 42.3; mask AP50 54.5, AP75 35.5
+    _coco(store, SUP, "s" * 64, (40.3, 34.5))
+    _coco(store, D, "d" * 64, (5.0, 4.0), config_hash="f" * 64)  # a short COCO run: never the paper's (d)
+    store.voc(D, "d" * 64, (82.0, 57.0, 63.0))
+    build(store, tmp_path / "out")
+    out = tmp_path / "out"
+    md = (out / tables.OUT_MARKDOWN).read_text()
+    # Δ by hand: 40.3 − 40.0, 60.3 − 59.9, 42.3 − 43.1, 34.5 − 34.7, 54.5 − 56.5, 35.5 − 36.9; no noise marks
+    assert _coco_comparison(md) == [
+        "| supervised |  |  | 40.0 | 40.3 | +0.3 | 59.9 | 60.3 | +0.4 | 43.1 | 42.3 | -0.8 | 34.7 | 34.5 | -0.2 "
+        "| 56.5 | 54.5 | -2.0 | 36.9 | 35.5 | -1.4 |",
+        "| MoCo v1 | 200 |  | 40.7 | — | — | 60.5 | — | — | 44.1 | — | — | 35.4 | — | — | 57.3 | — | — | 37.6 | — | — |",
+        "| (d) | 200 |  | 40.7 | — | — | — | — | — | — | — | — | 35.6 | — | — | — | — | — | — | — | — |",
+        "| (e) | 800 |  | 41.2 | — | — | — | — | — | — | — | — | 35.8 | — | — | — | — | — | — | — | — |",
+    ]
+    coco_section = md.split("## Ours vs the published numbers on COCO")[1].split("## Sources")[0]
+    assert "noise)" not in coco_section and "(d) and (e) from InsLoc (Yang et al. CVPR 2021)" in coco_section
+    assert "The 1× lines of `results/paper_numbers.csv` (`coco_schedule` 1x) are compared with nothing" in coco_section
+    with open(out / tables.OUT_COCO_PAPER_CSV, newline="") as f:
+        lines = list(csv.DictReader(f))
+    assert [ln["case"] for ln in lines] == ["supervised", "moco_v1", "d", "e"]
+    assert not any(c.endswith("within_noise") for c in lines[0])
+    assert (lines[0]["box_AP_paper"], lines[0]["box_AP_ours"], lines[0]["mask_AP50_diff"]) == ("40", "40.3", "-2")
+    assert lines[0]["paper_source"] == "MoCo v1 (He et al. CVPR 2020), Table 5, R50-C4"
+    assert (lines[2]["box_AP_paper"], lines[2]["box_AP_ours"], lines[2]["box_AP50_paper"]) == ("40.7", "", "")
+    tex = (out / tables.OUT_LATEX).read_text()
+    assert "\\label{tab:mocoeval-coco-vs-paper}" in tex
+    assert "supervised &  &  & 40.0 & 40.3 & +0.3 & 59.9 & 60.3 & +0.4 & 43.1 & 42.3 & $-$0.8 &" in tex
+    # the VOC / linear comparison is the one a store without COCO gets: its cases, columns, numbers
+    with open(out / tables.OUT_PAPER_CSV, newline="") as f:
+        voc = list(csv.DictReader(f))
+    assert [ln["case"] for ln in voc] == list(PROTOCOL_TABLE1)
+    assert list(voc[0]) == list(tables.comparison_frame(table_rows.ablation_frame([]), None).columns)
+    by_case = {ln["case"]: ln for ln in voc}
+    assert (by_case["supervised"]["AP50_paper"], by_case["supervised"]["AP50_ours"]) == ("81.3", "")
+    assert by_case["d"]["AP50_ours"] == ""  # (d)'s row departs in COCO: not the paper's, in VOC either
+
+
+def test_without_coco_records_there_is_no_coco_comparison(store, tmp_path):
+    fill_fixture(store)
+    written = build(store, tmp_path / "out")
+    assert tables.OUT_COCO_PAPER_CSV not in {p.name for p in written}
+    assert not (tmp_path / "out" / tables.OUT_COCO_PAPER_CSV).exists()
+    assert "COCO" not in (tmp_path / "out" / tables.OUT_MARKDOWN).read_text()
+    assert "coco" not in (tmp_path / "out" / tables.OUT_LATEX).read_text()

@@ -8,9 +8,11 @@ atomically, into the output folder:
   ablation.csv                one line per row (variant x protocol identity): case, mlp, aug_plus, cos,
                               epochs, extensions, linear_protocol, voc_protocol, linear_top1 (final epoch),
                               linear_best_top1, AP50_mean, AP50_std, AP_mean, AP_std, AP75_mean, AP75_std, n_trials
-                              (with COCO records also a COCO table in the .md/.tex and coco_protocol, box_/mask_AP*
-                              mean and std, coco_n_trials in the CSV)
+                              (with COCO records also a COCO table and its comparison with the published
+                              numbers in the .md/.tex, and coco_protocol, box_/mask_AP* mean and std,
+                              coco_n_trials in the CSV)
   ablation_vs_paper.csv       ours beside the paper's numbers, per case
+  ablation_coco_vs_paper.csv  with COCO records: ours beside the published COCO (2x) numbers, per case
   ablation_voc_trials.png     per-variant spread of the per-trial VOC AP50 / AP / AP75
   ablation_linear_vs_voc.png  linear top-1 against VOC AP50, ours and the paper's
 

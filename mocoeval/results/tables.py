@@ -19,7 +19,7 @@ from typing import Any
 import pandas as pd
 
 from mocoeval.results import store as results_store
-from mocoeval.results.paper import CASE_LABELS, load_paper_numbers, paper_by_case
+from mocoeval.results.paper import CASE_LABELS, COCO_PAPER_SCHEDULE, COCO_SCHEDULES, load_paper_numbers, paper_by_case
 from mocoeval.results.rows import (
     COCO_CSV_COLUMNS,
     COCO_METRICS,
@@ -47,6 +47,7 @@ OUT_MARKDOWN = "ablation.md"
 OUT_LATEX = "ablation.tex"
 OUT_CSV = "ablation.csv"
 OUT_PAPER_CSV = "ablation_vs_paper.csv"
+OUT_COCO_PAPER_CSV = "ablation_coco_vs_paper.csv"  # written only with COCO results, as the COCO table
 OUT_TRIALS_PNG = "ablation_voc_trials.png"
 OUT_LINEAR_VS_VOC_PNG = "ablation_linear_vs_voc.png"
 
@@ -223,9 +224,8 @@ def render_markdown_table(frame: pd.DataFrame) -> str:
     return _md_table(TABLE_HEADER, _MD_ALIGN, _table_cells(frame, _MARKDOWN))
 
 
-def _comparison_lines(frame: pd.DataFrame, paper: pd.DataFrame | None) -> list[dict]:
+def _comparison_lines(frame: pd.DataFrame, published: Mapping[str, dict]) -> list[dict]:
     """For each published case (in table order): the paper row and each of our rows of that case."""
-    published = paper_by_case(paper)
     ours = frame.to_dict("records")
     cases = sorted(published, key=lambda c: VariantKey(c, None, None, None, None).sort_key())
     out = []
@@ -243,14 +243,17 @@ COMPARISON_METRICS = (
     ("AP", "AP_mean", "AP_n", "AP"),
     ("AP75", "AP75_mean", "AP75_n", "AP75"),
 )
+COCO_COMPARISON_METRICS = tuple((m, f"{m}_mean", f"{m}_n", t) for m, t in zip(COCO_METRICS, COCO_HEADER[2:]))
 
 
-def comparison_frame(frame: pd.DataFrame, paper: pd.DataFrame | None) -> pd.DataFrame:
-    """Ours beside the published numbers: per case paper value, ours (mean), difference ours - paper, and
-    whether that difference is within the paper's noise (empty where the paper reports no spread)."""
-
+def _comparison(
+    frame: pd.DataFrame, published: Mapping[str, dict], metrics: Sequence[tuple], noise: bool
+) -> pd.DataFrame:
+    """Per published case and each of our rows of it: per metric the paper's value, ours (mean), ours - paper,
+    and (with `noise`) whether that difference is within the paper's noise."""
+    kinds = ("paper", "ours", "diff") + (("within_noise",) if noise else ())
     lines = []
-    for item in _comparison_lines(frame, paper):
+    for item in _comparison_lines(frame, published):
         p, o = item["paper"], item["ours"]
         line = {
             "case": item["case"],
@@ -258,30 +261,44 @@ def comparison_frame(frame: pd.DataFrame, paper: pd.DataFrame | None) -> pd.Data
             "paper_epochs": p["epochs"],
             "epochs": None if o is None else o["epochs"],
         }
-        for name, ours_col, n_col, _ in COMPARISON_METRICS:
+        for name, ours_col, n_col, _ in metrics:
             pv = p[name]
             ov = None if o is None or o[n_col] == 0 else o[ours_col]
             line[f"{name}_paper"] = None if _missing(pv) else float(pv)
             line[f"{name}_ours"] = None if _missing(ov) else float(ov)
             line[f"{name}_diff"] = None if _missing(pv) or _missing(ov) else _gap(ov, pv)
-            line[f"{name}_within_noise"] = (
-                None
-                if line[f"{name}_diff"] is None
-                else paper_gap_within_noise(item["case"], name, float(ov), int(o[n_col]), float(pv))
-            )
+            if noise:
+                line[f"{name}_within_noise"] = (
+                    None
+                    if line[f"{name}_diff"] is None
+                    else paper_gap_within_noise(item["case"], name, float(ov), int(o[n_col]), float(pv))
+                )
         lines.append(line)
-    columns = ["case", "paper_source", "paper_epochs", "epochs"] + [
-        f"{n}_{w}" for n, _, _, _ in COMPARISON_METRICS for w in ("paper", "ours", "diff", "within_noise")
-    ]
+    columns = ["case", "paper_source", "paper_epochs", "epochs"] + [f"{n}_{w}" for n, _, _, _ in metrics for w in kinds]
     out = pd.DataFrame(lines, columns=columns)
-    for n, _, _, _ in COMPARISON_METRICS:
+    for n, _, _, _ in metrics if noise else ():
         out[f"{n}_within_noise"] = out[f"{n}_within_noise"].astype("object")  # True / False / empty
     for col in ("paper_epochs", "epochs"):
         out[col] = out[col].astype("Int64")
     return out
 
 
-def _comparison_cells(comp: pd.DataFrame, style: _Style) -> list[list[str]]:
+def comparison_frame(frame: pd.DataFrame, paper: pd.DataFrame | None) -> pd.DataFrame:
+    """Ours beside the published linear and VOC numbers: per case paper value, ours (mean), difference
+    ours - paper, and whether that difference is within the paper's noise (empty where the paper reports no
+    spread)."""
+    return _comparison(frame, paper_by_case(paper), COMPARISON_METRICS, noise=True)
+
+
+def coco_comparison_frame(frame: pd.DataFrame, paper: pd.DataFrame | None) -> pd.DataFrame:
+    """Ours beside the published COCO numbers of our official schedule (2x), as `comparison_frame` without the
+    within-noise columns: no spread is published for COCO."""
+    return _comparison(frame, paper_by_case(paper, COCO_PAPER_SCHEDULE), COCO_COMPARISON_METRICS, noise=False)
+
+
+def _comparison_cells(
+    comp: pd.DataFrame, style: _Style, metrics: Sequence[tuple] = COMPARISON_METRICS
+) -> list[list[str]]:
     def num(x):
         return style.missing if _missing(x) else f"{x:.1f}"
 
@@ -291,8 +308,8 @@ def _comparison_cells(comp: pd.DataFrame, style: _Style) -> list[list[str]]:
     cells = []
     for ln in comp.to_dict("records"):
         line = [style.escape(CASE_LABELS.get(ln["case"], ln["case"])), epochs(ln["paper_epochs"]), epochs(ln["epochs"])]
-        for name, _, _, _ in COMPARISON_METRICS:
-            diff, within = ln[f"{name}_diff"], ln[f"{name}_within_noise"]
+        for name, _, _, _ in metrics:
+            diff, within = ln[f"{name}_diff"], ln.get(f"{name}_within_noise")
             mark = "" if _missing(within) else " (within noise)" if within else " (beyond noise)"
             line += [
                 num(ln[f"{name}_paper"]),
@@ -303,14 +320,42 @@ def _comparison_cells(comp: pd.DataFrame, style: _Style) -> list[list[str]]:
     return cells
 
 
-COMPARISON_HEADER = ["case", "epochs (paper)", "epochs (ours)"] + [
-    f"{title} {w}" for _, _, _, title in COMPARISON_METRICS for w in ("paper", "ours", "Δ")
-]
+def _comparison_header(metrics: Sequence[tuple]) -> list[str]:
+    return ["case", "epochs (paper)", "epochs (ours)"] + [
+        f"{t} {w}" for _, _, _, t in metrics for w in ("paper", "ours", "Δ")
+    ]
 
 
-def render_comparison_markdown(comp: pd.DataFrame) -> str:
-    align = [":--", "--:", "--:"] + ["--:"] * (3 * len(COMPARISON_METRICS))
-    return _md_table(COMPARISON_HEADER, align, _comparison_cells(comp, _MARKDOWN))
+def render_comparison_markdown(comp: pd.DataFrame, metrics: Sequence[tuple] = COMPARISON_METRICS) -> str:
+    align = [":--", "--:", "--:"] + ["--:"] * (3 * len(metrics))
+    return _md_table(_comparison_header(metrics), align, _comparison_cells(comp, _MARKDOWN, metrics))
+
+
+def _times(schedule: str, times: str = "×") -> str:
+    """'2x' as the tables print it: '2×' (LaTeX: times='$\\times$')."""
+    return schedule.replace("x", times)
+
+
+def render_coco_comparison_markdown(frame: pd.DataFrame, paper: pd.DataFrame | None) -> str:
+    """Ours vs the published COCO numbers with its notes; empty string when no row has COCO results."""
+    if not has_coco(frame):
+        return ""
+    comp = coco_comparison_frame(frame, paper)
+    by_source: dict[str, list[str]] = {}
+    for ln in comp.drop_duplicates("case").to_dict("records"):
+        by_source.setdefault(ln["paper_source"], []).append(CASE_LABELS.get(ln["case"], ln["case"]))
+    sources = "; ".join(f"{' and '.join(cases)} from {src}" for src, cases in by_source.items())
+    official, others = _times(COCO_PAPER_SCHEDULE), [s for s in COCO_SCHEDULES if s != COCO_PAPER_SCHEDULE]
+    notes = [
+        f"Paper, {official} schedule: {sources or 'no published numbers'}. Δ = ours − paper (displayed values). "
+        f"{MISSING} under paper: not reported by that source; under ours: no result yet.",
+        f"Compared: the published {official} lines, with our rows under the official protocol in every stage (its "
+        f"COCO config is the {official} schedule). The {' / '.join(map(_times, others))} lines of "
+        f"`results/paper_numbers.csv` (`coco_schedule` {' / '.join(others)}) are compared with nothing: such a "
+        "run departs from that protocol. No spread is published for COCO: no within / beyond noise marks.",
+    ]
+    table = render_comparison_markdown(comp, COCO_COMPARISON_METRICS)
+    return "## Ours vs the published numbers on COCO\n\n" + table + "\n" + "\n".join(f"- {n}" for n in notes) + "\n"
 
 
 def _sources_markdown(rows: Sequence[Row]) -> str:
@@ -410,6 +455,8 @@ def render_markdown(
     )
 
     parts.append(f"- {paper_noise_note()}\n")
+    if coco:
+        parts.append(render_coco_comparison_markdown(frame, paper))
     if rows:
         parts.append("## Sources\n")
         parts.append(_sources_markdown(rows))
@@ -429,14 +476,20 @@ def _latex_tabular(header: Sequence[str], align: str, cells: Sequence[Sequence[s
     return "\n".join(lines)
 
 
-def render_latex(frame: pd.DataFrame, paper: pd.DataFrame | None) -> str:
-    """ablation.tex: the ablation table and ours-vs-paper, as two table environments to \\input."""
-    header = ["case", "MLP", "aug+", "cos", "epochs", "ImageNet acc.", "VOC AP$_{50}$", "VOC AP", "VOC AP$_{75}$"]
-    comp_header = ["case", "ep. (paper)", "ep. (ours)"] + [
-        f"{t.replace('AP50', 'AP$_{50}$').replace('AP75', 'AP$_{75}$')} {w}"
-        for _, _, _, t in COMPARISON_METRICS
-        for w in ("paper", "ours", "$\\Delta$")
+def _latex_ap(text: str) -> str:
+    return text.replace("AP50", "AP$_{50}$").replace("AP75", "AP$_{75}$")
+
+
+def _latex_comparison_header(metrics: Sequence[tuple]) -> list[str]:
+    return ["case", "ep. (paper)", "ep. (ours)"] + [
+        f"{_latex_ap(t)} {w}" for _, _, _, t in metrics for w in ("paper", "ours", "$\\Delta$")
     ]
+
+
+def render_latex(frame: pd.DataFrame, paper: pd.DataFrame | None) -> str:
+    """ablation.tex: the ablation table and ours-vs-paper (with COCO results also the COCO table and its
+    ours-vs-paper), as table environments to \\input."""
+    header = ["case", "MLP", "aug+", "cos", "epochs", "ImageNet acc.", "VOC AP$_{50}$", "VOC AP", "VOC AP$_{75}$"]
     gaps = has_gaps(frame)
     return "\n".join(
         [
@@ -457,7 +510,7 @@ def render_latex(frame: pd.DataFrame, paper: pd.DataFrame | None) -> str:
             "\\centering",
             "\\scriptsize",
             _latex_tabular(
-                comp_header,
+                _latex_comparison_header(COMPARISON_METRICS),
                 "lrr" + "rrr" * len(COMPARISON_METRICS),
                 _comparison_cells(comparison_frame(frame, paper), _LATEX),
                 "no published numbers",
@@ -477,7 +530,7 @@ def render_latex(frame: pd.DataFrame, paper: pd.DataFrame | None) -> str:
                 "\\centering",
                 "\\small",
                 _latex_tabular(
-                    [h.replace("AP50", "AP$_{50}$").replace("AP75", "AP$_{75}$") for h in COCO_HEADER],
+                    [_latex_ap(h) for h in COCO_HEADER],
                     "lr" + "r" * len(COCO_METRICS),
                     _coco_cells(frame, _LATEX),
                     "no COCO results",
@@ -485,6 +538,21 @@ def render_latex(frame: pd.DataFrame, paper: pd.DataFrame | None) -> str:
                 "\\caption{COCO transfer: Mask R-CNN R50-C4 (box and mask AP on val2017, mean $\\pm$ std over n trials, "
                 "population std)." + (" In brackets: gap to supervised.}" if has_gaps(frame, COCO_METRICS) else "}"),
                 "\\label{tab:mocoeval-coco}",
+                "\\end{table}",
+                "",
+                "\\begin{table}[t]",
+                "\\centering",
+                "\\scriptsize",
+                _latex_tabular(
+                    _latex_comparison_header(COCO_COMPARISON_METRICS),
+                    "lrr" + "rrr" * len(COCO_COMPARISON_METRICS),
+                    _comparison_cells(coco_comparison_frame(frame, paper), _LATEX, COCO_COMPARISON_METRICS),
+                    "no published numbers",
+                ),
+                "\\caption{Ours beside the published COCO numbers ("
+                + _times(COCO_PAPER_SCHEDULE, "$\\times$")
+                + " schedule; sources in ablation.md). $\\Delta$ = ours $-$ paper; no spread is published for COCO.}",
+                "\\label{tab:mocoeval-coco-vs-paper}",
                 "\\end{table}",
                 "",
             ]
@@ -561,6 +629,9 @@ def build_outputs(
     written.append(atomic_write_text(out_dir / OUT_LATEX, render_latex(frame, paper)))
     written.append(atomic_write_text(out_dir / OUT_CSV, render_csv(frame)))
     written.append(atomic_write_text(out_dir / OUT_PAPER_CSV, render_comparison_csv(comp)))
+    if has_coco(frame):  # as the COCO table: stores without COCO results keep their outputs
+        coco_comp = coco_comparison_frame(frame, paper)
+        written.append(atomic_write_text(out_dir / OUT_COCO_PAPER_CSV, render_comparison_csv(coco_comp)))
     return written + images
 
 
