@@ -822,6 +822,8 @@ def test_paper_numbers_csv_coco_lines():
     # the compared schedule is the one whose config identity.py takes as the official COCO protocol
     moco_config = BENCHMARKS["coco"].configs[paper_numbers.COCO_PAPER_SCHEDULE]["torchvision"]
     assert moco_config.name == protocol_identity.COCO_MOCO_CONFIG
+    assert paper_numbers.COCO_PAPER_SCHEDULE == BENCHMARKS["coco"].default_schedule
+    assert set(paper_numbers.COCO_SCHEDULES) == set(BENCHMARKS["coco"].schedules)
 
 
 @pytest.mark.parametrize(

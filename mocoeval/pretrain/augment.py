@@ -12,8 +12,8 @@ All randomness comes from torch's global generator, so seeding it fixes a sample
 every random parameter of a view is drawn first, with torchvision's own `get_params` in the order the
 reference consumes the generator, then applied. So the views are the reference's, exactly, for the same
 generator state; they leave the workers as uint8 with their parameters, and `ViewBatch` finishes them on
-the training device -- normalising (bit-identical to ToTensor + Normalize), or, with `colour_on_device`,
-applying the colour ops there as well (`augment_batched`), so a GPU's loader only decodes and crops.
+the training device (`augment_batched.ViewBatch`) -- normalising (bit-identical to ToTensor + Normalize), or,
+with `colour_on_device`, applying the colour ops there as well, so a GPU's loader only decodes and crops.
 """
 
 from __future__ import annotations
@@ -105,7 +105,7 @@ def eval_transform(image_size: int = 224) -> T.Compose:
 class TwoViewAugment:
     """`TwoCropsTransform(moco_transform(image_size, aug_plus))` as the loader runs it: PIL image ->
     (views, params), views uint8 (2, 3, S, S) cropped -- and, unless `colour_on_device`, colour-augmented and
-    flipped -- params float64 (2, VIEW_PARAMS). Normalisation is left to `ViewBatch` on the training device."""
+    flipped -- params float64 (2, VIEW_PARAMS). Normalisation is left to `augment_batched.ViewBatch` on the training device."""
 
     def __init__(self, image_size: int, aug_plus: bool, colour_on_device: bool = False):
         self.image_size, self.aug_plus, self.colour_on_device = int(image_size), bool(aug_plus), colour_on_device
@@ -181,24 +181,3 @@ def normalize_views(views: torch.Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD) -
     mean_t = torch.as_tensor(mean, dtype=torch.float32, device=x.device).view(shape)
     std_t = torch.as_tensor(std, dtype=torch.float32, device=x.device).view(shape)
     return x.sub_(mean_t).div_(std_t)
-
-
-class ViewBatch:
-    """A loader batch's views (uint8 (B, 2, 3, S, S) and params (B, 2, VIEW_PARAMS)) -> (im_q, im_k), float and
-    normalised on `device`, in `memory_format`: normalisation only, or with `colour_on_device` the colour ops
-    as well (batched on the device; statistically, not bitwise, equal to the PIL ops)."""
-
-    def __init__(self, device: torch.device, aug_plus: bool, colour_on_device: bool, channels_last: bool = False):
-        self.device, self.aug_plus, self.colour_on_device = device, aug_plus, colour_on_device
-        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
-
-    def __call__(self, views: torch.Tensor, params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        views = views.to(self.device, non_blocking=True)
-        if self.colour_on_device:
-            from mocoeval.pretrain.augment_batched import augment_views
-
-            flat = params.to(self.device, torch.float32, non_blocking=True).flatten(0, 1)
-            x = augment_views(views.flatten(0, 1), flat, self.aug_plus).unflatten(0, views.shape[:2])
-        else:
-            x = normalize_views(views)
-        return tuple(x[:, v].contiguous(memory_format=self.memory_format) for v in range(2))

@@ -24,7 +24,8 @@ import torch.utils.data
 from tqdm import tqdm
 
 from mocoeval.data.layout import check_imagefolder
-from mocoeval.pretrain.augment import TwoViewAugment, ViewBatch, eval_transform
+from mocoeval.pretrain.augment import TwoViewAugment, eval_transform
+from mocoeval.pretrain.augment_batched import ViewBatch
 from mocoeval.pretrain.builder import (
     MoCo,
     contrastive_loss,

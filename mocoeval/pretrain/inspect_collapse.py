@@ -141,7 +141,7 @@ def main(argv=None) -> int:
     import torch
 
     from mocoeval.data.layout import check_imagefolder
-    from mocoeval.pretrain.augment import ViewBatch
+    from mocoeval.pretrain.augment_batched import ViewBatch
     from mocoeval.pretrain.checkpoint import load_moco_checkpoint, strip_prefix
     from mocoeval.pretrain.engine import COLLAPSED_SPREAD, build_loader, build_model, knn_loaders, resolve_bn_splits
     from mocoeval.pretrain.knn import knn_top1, reestimate_bn_statistics

@@ -21,7 +21,8 @@ import torch
 import torch.nn as nn
 import torch.utils.data
 
-from mocoeval.pretrain.augment import IMAGENET_MEAN, IMAGENET_STD, ViewBatch
+from mocoeval.pretrain.augment import IMAGENET_MEAN, IMAGENET_STD
+from mocoeval.pretrain.augment_batched import ViewBatch
 from mocoeval.pretrain.config import PretrainConfig
 from mocoeval.pretrain.engine import (
     build_loader,
