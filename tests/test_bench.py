@@ -77,3 +77,11 @@ def test_bench_loader_mode_times_the_loader_alone():
     (row,) = [json.loads(line) for line in proc.stdout.splitlines()]
     assert row["mode"] == "loader" and row["workers"] == 0 and row["pairs_per_s"] > 0
     assert row["colour_on_device"] is False  # auto on CPU: the colour ops run in the loader
+
+
+def test_bench_bn_splits_equal_work_and_bad_value():
+    proc = _bench("--modes", "step", "--bn-splits", "1")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(proc.stdout.splitlines()[0])["bn_splits"] == 1
+    bad = _bench("--modes", "step", "--bn-splits", "3")  # batch 4
+    assert bad.returncode == 2 and bad.stderr.startswith("error: ") and "--bn-splits 3" in bad.stderr

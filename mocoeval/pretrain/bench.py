@@ -78,6 +78,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="ours: where the colour augmentations run, as train_moco.py --augment-on (default auto: the device "
         "on CUDA, the loader's workers on CPU)",
     )
+    p.add_argument(
+        "--bn-splits",
+        type=int,
+        default=0,
+        metavar="S",
+        help="ours: BN groups per batch, as train_moco.py --bn-splits (default 0: its default, 2 for one process: "
+        "the shuffle-BN emulation; lightly's MoCo example has no shuffle BN, so 1 compares equal work)",
+    )
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     return p
 
@@ -100,6 +108,8 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if min(args.steps, args.rounds, args.batch_size, args.image_size) < 1 or args.warmup < 0:
         raise UserError("--steps, --rounds, --batch-size and --image-size must be positive, --warmup >= 0")
+    if args.bn_splits < 0 or (args.bn_splits and args.batch_size % args.bn_splits):
+        raise UserError(f"--bn-splits {args.bn_splits} must be 0 or divide --batch-size {args.batch_size}")
     if args.moco_k % args.batch_size:
         raise UserError(f"--moco-k {args.moco_k} must be a multiple of --batch-size {args.batch_size}")
     impls = ("ours",)
@@ -153,6 +163,7 @@ def main(argv=None) -> int:
                     workers=args.workers,
                     data=data,
                     augment_on=args.augment_on,
+                    bn_splits=args.bn_splits,
                 )
                 for r in benchmark(cfg, impls, steps=args.steps, warmup=args.warmup, rounds=args.rounds):
                     print(json.dumps(r) if args.json else _line(r), flush=True)

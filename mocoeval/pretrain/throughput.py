@@ -54,6 +54,7 @@ class BenchConfig:
     workers: int = 2
     data: str | None = None
     augment_on: str = "auto"  # ours: where the colour augmentations run (train_moco.py --augment-on)
+    bn_splits: int = 0  # ours: train_moco.py --bn-splits (0: its default; lightly's MoCo has no shuffle BN: 1)
 
 
 def _dtype(precision: str):
@@ -103,7 +104,7 @@ class OursRunner:
             weight_decay=1e-4,
             residual_bn_init=1.0,
         )
-        self.bn_splits = resolve_bn_splits(0, cfg.batch_size, 1)
+        self.bn_splits = resolve_bn_splits(cfg.bn_splits, cfg.batch_size, 1)
         torch.manual_seed(0)
         self.model = build_model(run_cfg, self.bn_splits).to(device)
         if cfg.channels_last:
