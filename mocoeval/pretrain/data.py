@@ -51,7 +51,8 @@ def check_train_folder(data_dir: str | Path) -> Path:
 
 
 class TwoViewImageFolder(torch.utils.data.Dataset):
-    """Unlabelled images -> ([view_q, view_k], unreadable) with keys (epoch, index) from `EpochSampler`.
+    """Unlabelled images -> (transform(image), unreadable) with keys (epoch, index) from `EpochSampler`; the
+    pretraining transform (`augment.TwoViewAugment`) gives (views, params): two uint8 views and their parameters.
 
     Each sample's augmentation draws from torch's generator seeded with (seed, epoch, index). An unreadable
     file is replaced by the next readable one and its index returned in `unreadable` (-1 when none), so
