@@ -237,7 +237,8 @@ def test_view_batch_on_device_path_and_memory_formats(images):
         assert torch.equal(im_k, augment_views(views[:, 1], params[:, 1].float(), True))
     if torch.cuda.is_available():
         cuda = augment_views(crops.cuda(), params.view(8, -1).float().cuda(), True).cpu()
-        assert torch.allclose(cuda, augment_views(crops, params.view(8, -1).float(), True), atol=1e-4)
+        # cuDNN may run the blur's convolutions in TF32 (10-bit mantissa): ~1e-3 of a pixel, not a bug
+        assert torch.allclose(cuda, augment_views(crops, params.view(8, -1).float(), True), atol=5e-3)
 
 
 def test_device_augment_bad_shapes_and_empty_batches():
