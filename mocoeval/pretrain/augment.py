@@ -11,9 +11,9 @@ All randomness comes from torch's global generator, so seeding it fixes a sample
 `moco_transform` is that pipeline as torchvision ops (the reference). The loader runs it as `TwoViewAugment`:
 every random parameter of a view is drawn first, with torchvision's own `get_params` in the order the
 reference consumes the generator, then applied. So the views are the reference's, exactly, for the same
-generator state; they leave the workers as uint8 with their parameters, and `ViewBatch` finishes them on
-the training device (`augment_batched.ViewBatch`) -- normalising (bit-identical to ToTensor + Normalize), or,
-with `colour_on_device`, applying the colour ops there as well, so a GPU's loader only decodes and crops.
+generator state; they leave the workers as uint8 with their parameters, and `augment_batched.ViewBatch`
+finishes them on the training device -- normalising (bit-identical to ToTensor + Normalize), or, with
+`colour_on_device`, applying the colour ops there as well, so a GPU's loader only decodes and crops.
 """
 
 from __future__ import annotations
@@ -174,10 +174,18 @@ def apply_colour(img, p: list[float], aug_plus: bool):
     return img
 
 
+def to_unit_float(views: torch.Tensor) -> torch.Tensor:
+    """uint8 -> float32 in [0, 1], as ToTensor computes it."""
+    return views.to(torch.float32).div_(255)
+
+
+def standardize_(x: torch.Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.Tensor:
+    """Normalize's float operations, in place, on (..., 3, H, W)."""
+    mean_t = torch.as_tensor(mean, dtype=x.dtype, device=x.device).view(3, 1, 1)
+    std_t = torch.as_tensor(std, dtype=x.dtype, device=x.device).view(3, 1, 1)
+    return x.sub_(mean_t).div_(std_t)
+
+
 def normalize_views(views: torch.Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.Tensor:
     """uint8 (..., 3, H, W) -> float, the reference's ToTensor + Normalize in the same float operations."""
-    shape = (3, 1, 1)
-    x = views.to(torch.float32).div_(255)
-    mean_t = torch.as_tensor(mean, dtype=torch.float32, device=x.device).view(shape)
-    std_t = torch.as_tensor(std, dtype=torch.float32, device=x.device).view(shape)
-    return x.sub_(mean_t).div_(std_t)
+    return standardize_(to_unit_float(views), mean, std)

@@ -32,6 +32,8 @@ from mocoeval.pretrain.augment import (
     P_ORDER,
     VIEW_PARAMS,
     normalize_views,
+    standardize_,
+    to_unit_float,
 )
 
 BLUR_RADIUS = math.ceil(3 * BLUR_SIGMA[1])  # the kernel covers +-3 sigma of the widest blur
@@ -51,7 +53,7 @@ def augment_views(
             f"augment_views: views must be (N, 3, S, S) and params (N, {VIEW_PARAMS}), got "
             f"{tuple(views.shape)} and {tuple(params.shape)}"
         )
-    x = views.to(torch.float32).div_(255)
+    x = to_unit_float(views)
     p = params.to(x.device, torch.float32)
 
     def on(column: int) -> torch.Tensor:
@@ -64,10 +66,7 @@ def augment_views(
         x = torch.where(on(P_GRAY_ON), grayscale(x), x)
         x = torch.where(on(P_BLUR_ON), gaussian_blur(x, p[:, P_BLUR_SIGMA]), x)
     x = torch.where(on(P_FLIP_ON), x.flip(-1), x)
-    shape = (1, 3, 1, 1)
-    mean_t = torch.as_tensor(mean, dtype=x.dtype, device=x.device).view(shape)
-    std_t = torch.as_tensor(std, dtype=x.dtype, device=x.device).view(shape)
-    return x.sub_(mean_t).div_(std_t)
+    return standardize_(x, mean, std)
 
 
 def jitter(x: torch.Tensor, p: torch.Tensor) -> torch.Tensor:

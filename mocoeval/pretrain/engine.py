@@ -118,7 +118,7 @@ def build_loader(
     colour_on_device: bool = False,
 ) -> torch.utils.data.DataLoader:
     """Two views per image of DATA_DIR/train as uint8 with their drawn parameters (`augment.TwoViewAugment`;
-    `augment.ViewBatch` finishes them on the device), batches of `batch` per process; the sampler
+    `augment_batched.ViewBatch` finishes them on the device), batches of `batch` per process; the sampler
     (`loader.sampler.set_epoch`) fixes the order and every view from (seed, epoch, index)."""
     dataset = TwoViewImageFolder(
         check_train_folder(data_dir), TwoViewAugment(image_size, aug_plus, colour_on_device), seed
