@@ -3,7 +3,8 @@ view pipelines applied there too, batched over cropped uint8 views.
 
 The loader's workers draw every parameter of a view and crop it (`augment.TwoViewAugment` with
 `colour_on_device`); here the rest runs batched from those parameters, in float32, without a host
-synchronisation: each op is computed for the whole batch and kept where a view's parameters ask for it.
+synchronisation: the parameters arrive on the host with the views, so which views need an op is decided there
+and each op runs only on those views (index_select / index_copy_ on the device).
   aug+: [jitter, in the view's order] -> [grayscale] -> [Gaussian blur] -> [flip] -> ImageNet mean/std
   v1:   [grayscale] -> jitter -> [flip] -> ImageNet mean/std
 Jitter, grayscale and flip are torchvision's float-tensor ops (adjust_brightness/contrast/saturation/hue,
@@ -47,40 +48,44 @@ def augment_views(
     mean=IMAGENET_MEAN,
     std=IMAGENET_STD,
 ) -> torch.Tensor:
-    """uint8 (N, 3, S, S) cropped views and their (N, VIEW_PARAMS) parameters -> float32 (N, 3, S, S), normalised."""
+    """uint8 (N, 3, S, S) cropped views and their (N, VIEW_PARAMS) parameters -> float32 (N, 3, S, S), normalised.
+    `params` is read on the host (where the loader delivers it; a device tensor is copied there, a sync)."""
     if views.ndim != 4 or views.shape[1] != 3 or params.shape != (views.shape[0], VIEW_PARAMS):
         raise ValueError(
             f"augment_views: views must be (N, 3, S, S) and params (N, {VIEW_PARAMS}), got "
             f"{tuple(views.shape)} and {tuple(params.shape)}"
         )
     x = to_unit_float(views)
-    p = params.to(x.device, torch.float32)
+    host = params.detach().to("cpu", torch.float32)
+    p = host.to(x.device, non_blocking=True)
 
-    def on(column: int) -> torch.Tensor:
-        return (p[:, column] > 0).view(-1, 1, 1, 1)
+    def apply(op, rows: torch.Tensor, *args):
+        """x[rows] = op(x[rows], *args[rows]) for the views in the host bool mask `rows`."""
+        nonlocal x
+        if not rows.any():
+            return
+        if rows.all():
+            x = op(x, *args)
+            return
+        idx = rows.nonzero().flatten().to(x.device, non_blocking=True)
+        x.index_copy_(0, idx, op(x.index_select(0, idx), *(a.index_select(0, idx) for a in args)))
+
+    def gray(v):  # a tensor of its own: x is updated in place
+        return grayscale(v).contiguous()
 
     if not aug_plus:
-        x = torch.where(on(P_GRAY_ON), grayscale(x), x)
-    x = jitter(x, p)
-    if aug_plus:
-        x = torch.where(on(P_GRAY_ON), grayscale(x), x)
-        x = torch.where(on(P_BLUR_ON), gaussian_blur(x, p[:, P_BLUR_SIGMA]), x)
-    x = torch.where(on(P_FLIP_ON), x.flip(-1), x)
-    return standardize_(x, mean, std)
-
-
-def jitter(x: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
-    """ColorJitter with per-view factors and order (fn ids of torchvision's ColorJitter) where jitter_on."""
-    ops = (adjust_brightness, adjust_contrast, adjust_saturation, adjust_hue)
-    active = p[:, P_JITTER_ON] > 0
-    order = p[:, P_ORDER].round().long()
-    for position in range(4):
-        out = x
+        apply(gray, host[:, P_GRAY_ON] > 0)
+    jitter_on = host[:, P_JITTER_ON] > 0
+    order = host[:, P_ORDER].round().long()
+    ops = (adjust_brightness, adjust_contrast, adjust_saturation, adjust_hue)  # torchvision ColorJitter's fn ids
+    for position in range(4):  # each view gets one op per position: disjoint rows
         for fn, op in enumerate(ops):
-            chosen = (active & (order[:, position] == fn)).view(-1, 1, 1, 1)
-            out = torch.where(chosen, op(x, p[:, P_BRIGHTNESS + fn]), out)
-        x = out
-    return x
+            apply(op, jitter_on & (order[:, position] == fn), p[:, P_BRIGHTNESS + fn])
+    if aug_plus:
+        apply(gray, host[:, P_GRAY_ON] > 0)
+        apply(gaussian_blur, host[:, P_BLUR_ON] > 0, p[:, P_BLUR_SIGMA])
+    apply(lambda v: v.flip(-1), host[:, P_FLIP_ON] > 0)
+    return standardize_(x, mean, std)
 
 
 def _per_view(factor: torch.Tensor) -> torch.Tensor:
@@ -187,7 +192,7 @@ class ViewBatch:
     def __call__(self, views: torch.Tensor, params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         views = views.to(self.device, non_blocking=True)
         if self.colour_on_device:
-            flat = params.to(self.device, torch.float32, non_blocking=True).flatten(0, 1)
+            flat = params.flatten(0, 1)  # stays on the host: augment_views picks each op's views there
             x = augment_views(views.flatten(0, 1), flat, self.aug_plus).unflatten(0, views.shape[:2])
         else:
             x = normalize_views(views)
