@@ -181,6 +181,16 @@ def test_device_colour_ops_are_torchvisions_tensor_ops_per_view(images, aug_plus
     assert torch.allclose(got, expected, atol=1e-4), (got - expected).abs().max()
 
 
+@pytest.mark.parametrize("aug_plus", [True, False], ids=["aug+", "v1"])
+def test_device_colour_ops_on_a_batch_equal_them_view_by_view(images, aug_plus):
+    """Each op runs only on the views that drew it (index_select / index_copy_); one view at a time, every op
+    runs on the whole batch or not at all: the two paths must agree."""
+    crops, params, _ = _drawn(images, aug_plus, 24)
+    batch = augment_views(crops, params.float(), aug_plus)
+    one_by_one = torch.cat([augment_views(c[None], q[None].float(), aug_plus) for c, q in zip(crops, params)])
+    assert torch.allclose(batch, one_by_one, atol=1e-5), (batch - one_by_one).abs().max()
+
+
 def test_device_blur_is_a_gaussian_close_to_pils(images):
     """PIL's GaussianBlur approximates a Gaussian with box blurs and rounds to uint8: on these images the mean
     absolute difference to the true Gaussian here is 0.30-0.87/255 over sigmas in [0.1, 2] (measured), the bound
