@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import subprocess
@@ -85,3 +86,43 @@ def test_bench_bn_splits_equal_work_and_bad_value():
     assert json.loads(proc.stdout.splitlines()[0])["bn_splits"] == 1
     bad = _bench("--modes", "step", "--bn-splits", "3")  # batch 4
     assert bad.returncode == 2 and bad.stderr.startswith("error: ") and "--bn-splits 3" in bad.stderr
+
+
+def test_bench_workers_mode_times_one_worker_single_threaded():
+    proc = _bench("--modes", "workers", "--augment-on", "device", "--source-size", "40")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    (row,) = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert row["mode"] == "workers" and row["workers"] == 0 and row["threads"] == 1 and row["pairs_per_s"] > 0
+    assert row["colour_on_device"] is True
+    bad = _bench("--modes", "workers", "--source-size", "8")
+    assert bad.returncode == 2 and bad.stderr.startswith("error: ") and "--source-size" in bad.stderr
+
+
+def test_workers_mode_fetches_what_the_workers_hand_over(mini_data_root):
+    import torch
+
+    from mocoeval.pretrain.throughput import BenchConfig, OursRunner
+
+    data = str(mini_data_root / "imagenet-mini")
+    tiny = dict(arch="resnet18", image_size=32, batch_size=4, moco_k=8, workers=0, data=data, augment_on="device")
+    views = OursRunner(BenchConfig(mode="workers", **tiny), torch.device("cpu")).fetch()
+    assert views.dtype == torch.uint8 and views.shape == (4, 2, 3, 32, 32)  # cropped, not yet coloured/normalised
+    finished = OursRunner(BenchConfig(mode="loader", **tiny), torch.device("cpu")).fetch()
+    assert finished.dtype == torch.float32 and finished.shape == (4, 3, 32, 32)
+
+
+def test_a_runners_failure_comes_back_in_one_line_with_its_name(tmp_path):
+    import pytest
+
+    from mocoeval.pretrain.throughput import BenchConfig, benchmark
+    from mocoeval.runtime.errors import UserError
+
+    (tmp_path / "train").mkdir()  # an ImageFolder root without classes: the runner's loader refuses it
+    cfg = BenchConfig(
+        arch="resnet18", image_size=32, batch_size=4, moco_k=8, mode="loop", workers=0, data=str(tmp_path)
+    )
+    with pytest.raises(UserError, match=r"^ours: .*train: no class folders") as err:
+        benchmark(cfg, ("ours",), steps=1, warmup=1, rounds=1)
+    assert "\n" not in str(err.value)
+    with pytest.raises(RuntimeError, match=r"^ours: \w+Error: .*resnet_nope"):  # any other failure: its type named
+        benchmark(dataclasses.replace(cfg, mode="step", arch="resnet_nope"), ("ours",), steps=1, warmup=1, rounds=1)

@@ -48,6 +48,7 @@ def test_smoke_preset_runs_every_part_on_cpu_and_writes_the_report(tmp_path):
     assert units == {
         ("pretrain", "step"): "pairs/s",
         ("pretrain", "loop"): "pairs/s",
+        ("pretrain", "workers"): "pairs/s",
         ("voc", None): "s/iter",
         ("linear", "step"): "images/s",
         ("linear", "loop"): "images/s",
@@ -112,6 +113,7 @@ def test_the_full_preset_measures_at_the_protocols_sizes():
             key = tuple(sorted({"mode": mode, "precision": precision, **dict(extra)}.items()))
             assert ("pretrain", key) in rows and ("linear", key) in rows
     assert ("pretrain", (("channels_last", True), ("compile", True), ("mode", "step"), ("precision", "bf16"))) in rows
+    assert ("pretrain", (("mode", "workers"), ("precision", "fp32"))) in rows
     assert {("voc", (("amp", False),)), ("voc", (("amp", True),))} <= rows
     assert {p["kind"] for p in smoke["parts"]} == {p["kind"] for p in full["parts"]}
     assert all(p["timeout_s"] <= full["budget_s"] for p in full["parts"])

@@ -18,6 +18,7 @@ import yaml
 from PIL import Image, ImageFilter
 
 from mocoeval.pretrain.augment import GaussianBlur, TwoCropsTransform, eval_transform, moco_transform
+from mocoeval.pretrain.build import build_model, resolve_bn_splits
 from mocoeval.pretrain.builder import (
     MoCo,
     SplitBatchNorm,
@@ -29,9 +30,9 @@ from mocoeval.pretrain.builder import (
     unshuffle_batch,
 )
 from mocoeval.pretrain.config import PretrainConfig, build_parser, parse_config, run_config
-from mocoeval.pretrain.engine import build_model, lr_at_step, resolve_bn_splits
 from mocoeval.pretrain.knn import backbone_of, knn_predict, reestimate_bn_statistics
 from mocoeval.pretrain.residual_scaling import residual_branch_scales
+from mocoeval.pretrain.step import lr_at_step
 from mocoeval.runtime.errors import UserError
 from mocoeval.runtime.schedule import lr_at_epoch
 
@@ -87,7 +88,7 @@ def test_key_spread_is_one_for_uniform_keys_and_zero_for_collapsed_ones():
 
 
 def test_stage_grad_ratios_are_gradient_over_weight_norm_per_resnet_stage():
-    from mocoeval.pretrain.engine import GRAD_STAGES, stage_grad_ratios
+    from mocoeval.pretrain.step import GRAD_STAGES, stage_grad_ratios
 
     encoder = resnet_encoder("resnet18", 8, mlp=True)
     for p in encoder.parameters():
@@ -248,7 +249,7 @@ def test_zero_init_residual_starts_every_block_as_the_identity_and_tames_early_g
     """--zero-init-residual: every residual branch's last BN scale is 0 (both encoders: the key encoder is a copy),
     so each block passes its input on; the stem's first gradient shrinks by an order of magnitude (the
     lab notes' first-step table: 9.7 -> 0.39 at 64 px; here a smaller ResNet-50 problem of the same kind)."""
-    from mocoeval.pretrain.engine import GRAD_STAGES, stage_grad_ratios
+    from mocoeval.pretrain.step import GRAD_STAGES, stage_grad_ratios
 
     torch.manual_seed(0)
     zero = resnet_encoder("resnet50", 16, mlp=True, residual_bn_init=0.0)

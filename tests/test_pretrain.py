@@ -21,10 +21,11 @@ import torch
 from PIL import Image
 
 from mocoeval.pretrain.augment import TwoCropsTransform, moco_transform
+from mocoeval.pretrain.build import build_model, compile_encoders
 from mocoeval.pretrain.checkpoint import strip_prefix
 from mocoeval.pretrain.config import parse_config
 from mocoeval.pretrain.data import EpochSampler, TwoViewImageFolder
-from mocoeval.pretrain.engine import build_model, compile_encoders, train_step
+from mocoeval.pretrain.step import train_step
 from mocoeval.results.store import load_records
 from mocoeval.runtime.errors import UserError
 from mocoeval.runtime.fileio import sha256_file
@@ -988,7 +989,7 @@ def test_default_checkpoints_keep_the_newest_and_milestones_and_resume_auto_find
     """200 epochs kept one checkpoint each (~67 GB): by default the newest and every --keep-every'th stay."""
     from mocoeval.pretrain.checkpoint import checkpoint_name, find_resume_checkpoint
     from mocoeval.pretrain.config import PretrainConfig, checkpoint_policy
-    from mocoeval.pretrain.engine import prune_checkpoints
+    from mocoeval.pretrain.run_folder import prune_checkpoints
 
     def run(cfg, folder):
         folder.mkdir()

@@ -14,8 +14,10 @@ from mocoeval.pretrain.augment import (
     IMAGENET_STD,
     P_BLUR_ON,
     P_BLUR_SIGMA,
+    P_BRIGHTNESS,
     P_FLIP_ON,
     P_GRAY_ON,
+    P_HUE,
     P_JITTER_ON,
     P_ORDER,
     VIEW_PARAMS,
@@ -25,9 +27,9 @@ from mocoeval.pretrain.augment import (
     normalize_views,
 )
 from mocoeval.pretrain.augment_batched import ViewBatch, augment_views, gaussian_blur
+from mocoeval.pretrain.build import build_loader, colour_on_device
 from mocoeval.pretrain.config import RUNTIME_KEYS, parse_config
 from mocoeval.pretrain.data import derive_seed
-from mocoeval.pretrain.engine import build_loader, colour_on_device
 
 
 def structured_image(rng: np.random.Generator, h: int = 40, w: int = 52) -> Image.Image:
@@ -256,3 +258,25 @@ def test_device_augment_bad_shapes_and_empty_batches():
         augment_views(torch.zeros(2, 3, 8, 8, dtype=torch.uint8), torch.zeros(2, 5), True)
     out = augment_views(torch.zeros(0, 3, 8, 8, dtype=torch.uint8), torch.zeros(0, VIEW_PARAMS), True)
     assert out.shape == (0, 3, 8, 8)
+
+
+def test_device_augment_refuses_parameter_rows_the_loader_cannot_draw(images):
+    crops, params, _ = _drawn(images, True, 4)
+    params = params.float()
+    augment_views(crops, params, True)  # the loader's own rows pass
+    jittered = int((params[:, P_JITTER_ON] == 1).nonzero()[0])
+    cases = {
+        "not finite": (jittered, P_BRIGHTNESS, float("nan")),
+        "flip flag not 0 or 1": (1, P_FLIP_ON, 0.5),
+        "jitter order not a permutation": (jittered, P_ORDER.start, float(params[jittered, P_ORDER.start + 1])),
+        "jitter factor out of range": (jittered, P_HUE, 0.7),
+        "blur sigma outside": (2, P_BLUR_SIGMA, 2.5),
+    }
+    for text, (row, col, value) in cases.items():
+        bad = params.clone()
+        bad[row, col] = value
+        if col == P_BLUR_SIGMA:
+            bad[row, P_BLUR_ON] = 1.0
+        with pytest.raises(ValueError, match=f"params row {row}: .*{text}") as err:
+            augment_views(crops, bad, True)
+        assert "\n" not in str(err.value)

@@ -29,6 +29,7 @@ from mocoeval.pretrain.augment import (
     P_BRIGHTNESS,
     P_FLIP_ON,
     P_GRAY_ON,
+    P_HUE,
     P_JITTER_ON,
     P_ORDER,
     VIEW_PARAMS,
@@ -57,6 +58,7 @@ def augment_views(
         )
     x = to_unit_float(views)
     host = params.detach().to("cpu", torch.float32)
+    check_params(host)
     p = host.to(x.device, non_blocking=True)
 
     def apply(op, rows: torch.Tensor, *args):
@@ -86,6 +88,31 @@ def augment_views(
         apply(gaussian_blur, host[:, P_BLUR_ON] > 0, p[:, P_BLUR_SIGMA])
     apply(lambda v: v.flip(-1), host[:, P_FLIP_ON] > 0)
     return standardize_(x, mean, std)
+
+
+_FLAGS = {"jitter": P_JITTER_ON, "grayscale": P_GRAY_ON, "blur": P_BLUR_ON, "flip": P_FLIP_ON}
+
+
+def check_params(host: torch.Tensor):
+    """One-line ValueError for the first view whose (host) parameter row `TwoViewAugment` could not have drawn:
+    a flag not 0/1, a jitter order that is no permutation of the four ops, a factor outside what ColorJitter
+    draws from, a blur sigma outside BLUR_SIGMA (the kernel is cut at its upper end). A few host ops per batch."""
+    lo, hi = BLUR_SIGMA
+    jitter, blur = host[:, P_JITTER_ON] == 1, host[:, P_BLUR_ON] == 1
+    order_ok = (host[:, P_ORDER].sort(dim=1).values == torch.arange(4.0)).all(dim=1)
+    factors_ok = (host[:, P_BRIGHTNESS:P_HUE] >= 0).all(dim=1) & (host[:, P_HUE].abs() <= 0.5)
+    sigma_ok = (host[:, P_BLUR_SIGMA] >= lo - 1e-6) & (host[:, P_BLUR_SIGMA] <= hi + 1e-6)
+    checks = [(~torch.isfinite(host).all(dim=1), "a number that is not finite")]
+    checks += [((host[:, col] != 0) & (host[:, col] != 1), f"{name} flag not 0 or 1") for name, col in _FLAGS.items()]
+    checks += [
+        (jitter & ~order_ok, "jitter order not a permutation of 0-3"),
+        (jitter & ~factors_ok, "jitter factor out of range (brightness, contrast, saturation >= 0; |hue| <= 0.5)"),
+        (blur & ~sigma_ok, f"blur sigma outside [{lo}, {hi}]"),
+    ]
+    found = [(int(mask.nonzero()[0]), text) for mask, text in checks if mask.any()]
+    if found:
+        row, text = min(found, key=lambda f: f[0])
+        raise ValueError(f"augment_views: params row {row}: {text}: {host[row].tolist()}")
 
 
 def _per_view(factor: torch.Tensor) -> torch.Tensor:

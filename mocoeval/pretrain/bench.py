@@ -5,6 +5,8 @@
     python pretrain/bench.py --compare lightly --json        # beside lightly's MoCo v2, A B A B ..., ratio
     python pretrain/bench.py --device cuda --image-size 224 --batch-size 256 --moco-k 65536 \\
         --precision bf16 --channels-last --modes step loop --data /data/imagenet
+    python pretrain/bench.py --modes workers --image-size 224 --source-size 448 --augment-on device \
+        --compare lightly                                    # pairs/s one loader worker delivers for a GPU
 
 One line per (mode, precision, implementation); with --json one JSON object per line. Warm-up steps are
 not timed; implementations are timed in alternating rounds. Loop mode reads DATA_DIR/train (default: a
@@ -49,10 +51,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--modes",
         nargs="+",
-        choices=("step", "loop", "loader"),
+        choices=("step", "loop", "loader", "workers"),
         default=["step", "loop"],
         help="step: model step on an in-memory batch; loop: data loader + step; loader: the loader alone, up to "
-        "the views on the device (with --workers 0: its cost on one core) (default step loop)",
+        "the views on the device (with --workers 0: its cost on one core); workers: one loader worker's share "
+        "alone, single-threaded in this process (pairs/s per worker; --workers ignored) (default step loop)",
     )
     p.add_argument("--steps", type=int, default=6, help="timed steps per round (default 6)")
     p.add_argument("--rounds", type=int, default=2, help="alternating rounds per implementation (default 2)")
@@ -65,6 +68,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="ImageFolder root with train/ for loop mode (default: generate imagenet-mini)",
     )
     p.add_argument("--images", type=int, default=400, help="images to generate when --data is not given")
+    p.add_argument(
+        "--source-size",
+        type=int,
+        default=0,
+        metavar="PX",
+        help="side of the generated images, 16-512 (default 0: max(--image-size, 64); ImageNet's photos are "
+        "~400x350 px, and decoding costs more the larger they are)",
+    )
     p.add_argument(
         "--compare",
         choices=("lightly",),
@@ -97,7 +108,7 @@ def _line(r: dict) -> str:
         f"{r['impl']:8s} {r['mode']:6s} {r['arch']} {r['image_size']}px b{r['batch_size']} K{r['moco_k']} "
         f"{r['device']} {r['precision']}{' CL' if r['channels_last'] else ''}"
         f"{' compiled' if r['compile'] else ''} threads {r['threads']}"
-        f"{' workers ' + str(r['workers']) if r['mode'] != 'step' else ''}"
+        f"{' workers ' + str(r['workers']) if r['mode'] in ('loop', 'loader') else ''}"
         f"{' colour on device' if r['colour_on_device'] else ''}: {r['pairs_per_s']:7.1f} pairs/s "
         f"({r['steps_timed']} steps)  {mem} {r['peak_memory_mib']:.0f} MiB{ratio}"
     )
@@ -108,6 +119,10 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if min(args.steps, args.rounds, args.batch_size, args.image_size) < 1 or args.warmup < 0:
         raise UserError("--steps, --rounds, --batch-size and --image-size must be positive, --warmup >= 0")
+    if args.source_size and not 16 <= args.source_size <= 512:
+        raise UserError(
+            f"--source-size must be 0 or between 16 and 512 (the generator's range), got {args.source_size}"
+        )
     if args.bn_splits < 0 or (args.bn_splits and args.batch_size % args.bn_splits):
         raise UserError(f"--bn-splits {args.bn_splits} must be 0 or divide --batch-size {args.batch_size}")
     if args.moco_k % args.batch_size:
@@ -128,7 +143,7 @@ def main(argv=None) -> int:
         raise UserError(f"--device {args.device}: CUDA is not available here")
     with tempfile.TemporaryDirectory(prefix="mocoeval-bench-") as tmp:
         data = args.data
-        if {"loop", "loader"} & set(args.modes) and data is None:
+        if {"loop", "loader", "workers"} & set(args.modes) and data is None:
             from mocoeval.data.make_mini_data import generate
 
             per_class = max(1, -(-args.images // 20))
@@ -141,7 +156,7 @@ def main(argv=None) -> int:
                 voc2012_trainval=4,
                 imagenet_train_per_class=per_class,
                 imagenet_val_per_class=1,
-                imagenet_size=max(args.image_size, 64),
+                imagenet_size=args.source_size or max(args.image_size, 64),
             )
             data = tmp + "/imagenet-mini"
         elif data is not None and not (Path(data) / "train").is_dir():

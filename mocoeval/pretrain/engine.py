@@ -2,14 +2,14 @@
 come from the shared runtime. One run is a `PretrainRun`: resolve -> build -> resume -> open_monitoring ->
 train_epochs -> summary, its mid-epoch resume points a `ResumePoints`.
 
-One training step (`train_step`) is shared with the throughput benchmark. It never waits for the device:
-loss and accuracy are accumulated on the device and read back every `--print-freq` steps only.
+What it is built from (model, optimizer, loaders) is `build`, one step and its monitor `step` -- both shared with
+the throughput benchmark -- and what a finished run leaves in its folder `run_folder`. A step never waits for the
+device: loss and accuracy are accumulated there and read back every `--print-freq` steps only.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
 import os
@@ -24,17 +24,18 @@ import torch.utils.data
 from tqdm import tqdm
 
 from mocoeval.data.layout import check_imagefolder
-from mocoeval.pretrain.augment import TwoViewAugment, eval_transform
 from mocoeval.pretrain.augment_batched import ViewBatch
-from mocoeval.pretrain.builder import (
-    MoCo,
-    contrastive_loss,
-    contrastive_top1,
-    key_spread,
-    resnet_encoder,
+from mocoeval.pretrain.build import (
+    build_loader,
+    build_model,
+    build_optimizer,
+    colour_on_device,
+    compile_encoders,
+    default_workers,
+    knn_loaders,
+    resolve_bn_splits,
 )
 from mocoeval.pretrain.checkpoint import (
-    CHECKPOINT_RE,
     FINAL_NAME,
     checkpoint_name,
     find_latest_checkpoint,
@@ -44,12 +45,9 @@ from mocoeval.pretrain.checkpoint import (
     save_checkpoint,
     strip_prefix,
 )
-from mocoeval.pretrain.config import PretrainConfig, checkpoint_policy, kept_checkpoint, run_config, validate
+from mocoeval.pretrain.config import PretrainConfig, checkpoint_policy, run_config, validate
 from mocoeval.pretrain.data import (
     MAX_UNREADABLE_FRACTION,
-    EpochSampler,
-    LabelledImageFolder,
-    TwoViewImageFolder,
     check_train_folder,
     derive_seed,
 )
@@ -59,13 +57,14 @@ from mocoeval.pretrain.residual_scaling import (
     residual_branch_gain,
     residual_branch_scales,
 )
-from mocoeval.results.store import pretrain_variant, write_run_record
+from mocoeval.pretrain.run_folder import already_finished, finish_run, prune_checkpoints, write_metrics
+from mocoeval.pretrain.step import COLLAPSED_SPREAD, StepMonitor, lr_at_step, stage_grad_ratios, train_step
+from mocoeval.results.store import pretrain_variant
 from mocoeval.runtime.distributed import Processes, barrier, setup_processes, teardown
 from mocoeval.runtime.errors import UserError, last_line
-from mocoeval.runtime.fileio import atomic_write_json, check_output_dir, sha256_file
+from mocoeval.runtime.fileio import atomic_write_json, check_output_dir
 from mocoeval.runtime.logger import ConsoleFormatter, format_seconds, log_to
-from mocoeval.runtime.precision import autocast_context, cpu_has_fast_bf16
-from mocoeval.runtime.schedule import build_sgd
+from mocoeval.runtime.precision import cpu_has_fast_bf16
 from mocoeval.runtime.stop_request import StopRequest, any_process
 
 log = logging.getLogger("mocoeval.pretrain")
@@ -75,185 +74,6 @@ K_FRACTION_WARN = 0.10  # warn when the queue holds more than 10% of the trainin
 
 class TrainingDiverged(UserError):
     """The loss became NaN or Inf."""
-
-
-# ---------------------------------------------------------------- building blocks (shared with the benchmark)
-
-
-def build_model(cfg: PretrainConfig, bn_splits: int = 1) -> MoCo:
-    """MoCo with the config's architecture; BN layers split into `bn_splits` sub-batches in training."""
-    return MoCo(
-        lambda: resnet_encoder(cfg.arch, cfg.moco_dim, cfg.mlp, bn_splits, cfg.residual_bn_init),
-        dim=cfg.moco_dim,
-        K=cfg.moco_k,
-        m=cfg.moco_m,
-        T=cfg.moco_t,
-    )
-
-
-def compile_encoders(model: MoCo) -> MoCo:
-    """torch.compile each encoder in place (nn.Module.compile): parameter and buffer names, hence checkpoints,
-    stay those of the plain model. The queue, shuffle and loss stay eager: they are cheap and data-dependent."""
-    model.encoder_q.compile()
-    model.encoder_k.compile()
-    return model
-
-
-def build_optimizer(model: torch.nn.Module, cfg: PretrainConfig, device: torch.device) -> torch.optim.SGD:
-    """SGD over all parameters, as the official code (the key encoder's never get gradients, so they
-    are skipped; keeping them keeps official optimizer states loadable). Weight decay on every tensor."""
-    return build_sgd(model.parameters(), cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, device=device)
-
-
-def build_loader(
-    data_dir,
-    image_size: int,
-    aug_plus: bool,
-    seed: int,
-    batch: int,
-    workers: int,
-    device: torch.device,
-    rank: int = 0,
-    world: int = 1,
-    colour_on_device: bool = False,
-) -> torch.utils.data.DataLoader:
-    """Two views per image of DATA_DIR/train as uint8 with their drawn parameters (`augment.TwoViewAugment`;
-    `augment_batched.ViewBatch` finishes them on the device), batches of `batch` per process; the sampler
-    (`loader.sampler.set_epoch`) fixes the order and every view from (seed, epoch, index)."""
-    dataset = TwoViewImageFolder(
-        check_train_folder(data_dir), TwoViewAugment(image_size, aug_plus, colour_on_device), seed
-    )
-    return torch.utils.data.DataLoader(
-        dataset,
-        batch_size=batch,
-        sampler=EpochSampler(len(dataset), seed, rank, world),
-        num_workers=workers,
-        drop_last=True,
-        pin_memory=device.type == "cuda",
-        persistent_workers=workers > 0,
-        generator=torch.Generator().manual_seed(seed),
-    )  # its own generator: the global one stays per-epoch seeded
-
-
-def colour_on_device(augment_on: str, device: torch.device) -> bool:
-    """--augment-on auto: the colour ops run on a GPU (the workers only decode and crop), in the loader on CPU,
-    where the workers' PIL ops are cheaper than batched float ops taken from the step's own cores."""
-    return augment_on == "device" or (augment_on == "auto" and device.type == "cuda")
-
-
-def lr_at_step(cfg: PretrainConfig, epoch: int, step: int, steps_per_epoch: int) -> float:
-    """The epoch's scheduled lr, times a linear ramp over the first --warmup-epochs epochs (counted in steps,
-    so the first step already trains: lr * 1 / (warm-up steps))."""
-    lr = cfg.epoch_lr(epoch)
-    progress = epoch + (step + 1) / steps_per_epoch
-    if progress < cfg.warmup_epochs:
-        lr *= progress / cfg.warmup_epochs
-    return lr
-
-
-def resolve_bn_splits(requested: int, per_process_batch: int, world_size: int) -> int:
-    """0 = auto: one BN group per 32 images (the official 8 GPUs x 32), and at least 2 in a single
-    process, since one BN group over the whole batch lets the model cheat through batch statistics."""
-    if requested:
-        if per_process_batch % requested:
-            raise UserError(f"--bn-splits {requested} does not divide the per-process batch {per_process_batch}")
-        return requested
-    splits = max(per_process_batch // 32, 2 if world_size == 1 else 1)
-    while splits > 1 and per_process_batch % splits:
-        splits -= 1
-    return splits
-
-
-def train_step(model, optimizer, im_q, im_k, autocast_dtype=None):
-    """One MoCo step; returns (loss, top-1) as device tensors, without synchronising."""
-    with autocast_context(im_q.device, autocast_dtype):
-        logits = model(im_q, im_k)
-    loss = contrastive_loss(logits)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
-    return loss.detach(), contrastive_top1(logits.detach())
-
-
-COLLAPSED_SPREAD = 0.1  # key spread below this: warn that the keys have collapsed (1 = uniform on the sphere)
-GRAD_STAGES = ("stem", "layer1", "layer2", "layer3", "layer4", "fc")  # torchvision ResNet; fc = projection head
-
-
-def stage_grad_ratios(encoder: torch.nn.Module) -> torch.Tensor:
-    """Gradient norm / weight norm of each stage in GRAD_STAGES over its tensors that have a gradient (the
-    relative size of an SGD step before lr and weight decay; NaN for a stage without any), one device tensor,
-    no sync. Shows which part of the network moves: e.g. at 64 px a fresh ResNet-50's stem gets a first-step
-    gradient ten times its weights (lab notes, 'Where it starts')."""
-    grads = {stage: ([], []) for stage in GRAD_STAGES}
-    for name, p in encoder.named_parameters():
-        stage = name.split(".")[0]
-        stage = "stem" if stage in ("conv1", "bn1") else stage
-        if p.grad is not None and stage in grads:
-            grads[stage][0].append(p.grad)
-            grads[stage][1].append(p.detach())
-    ratios = []
-    for g, w in grads.values():
-        if not g:
-            ratios.append(torch.tensor(math.nan, device=next(encoder.parameters()).device))
-            continue
-        g_norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(g)))
-        w_norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(w)))
-        ratios.append(g_norm.float() / w_norm.float().clamp_min(1e-12))
-    return torch.stack(ratios)
-
-
-class StepMonitor:
-    """Loss / top-1 / non-finite count summed on the device; `read(queue, grad_ratios)` (the one host sync)
-    returns the window's means, images/s, the queue's key spread and the last step's per-stage gradient ratios,
-    and folds them into the epoch totals."""
-
-    def __init__(self, device: torch.device, images_per_step: int):
-        self.device, self.images_per_step = device, images_per_step
-        self.window = torch.zeros(3, device=device)
-        self.steps, self.start = 0, time.time()
-        self.epoch_totals = [0.0, 0.0, 0]  # loss sum, top-1 sum, steps
-
-    def add(self, loss: torch.Tensor, acc1: torch.Tensor):
-        self.window += torch.stack([loss, acc1, (~torch.isfinite(loss)).float()])
-        self.steps += 1
-
-    def read(self, queue: torch.Tensor, grad_ratios: torch.Tensor) -> dict:
-        loss_sum, acc_sum, nonfinite, spread, *ratios = torch.cat(
-            [self.window, key_spread(queue).reshape(1), grad_ratios.to(self.window)]
-        ).tolist()
-        now = time.time()
-        out = {
-            "loss": loss_sum / self.steps,
-            "acc1": 100 * acc_sum / self.steps,
-            "nonfinite": nonfinite,
-            "key_spread": spread,
-            "grad_ratio": dict(zip(GRAD_STAGES, ratios)),
-            "images_per_s": self.steps * self.images_per_step / max(now - self.start, 1e-9),
-        }
-        self.epoch_totals = [
-            self.epoch_totals[0] + loss_sum,
-            self.epoch_totals[1] + acc_sum,
-            self.epoch_totals[2] + self.steps,
-        ]
-        self.window.zero_()
-        self.steps, self.start = 0, now
-        return out
-
-    def epoch_means(self, world_size: int = 1) -> tuple[float, float]:
-        """(mean loss, mean top-1 %) of the epoch over every process."""
-        totals = torch.tensor(self.epoch_totals, dtype=torch.float64, device=self.device)
-        if world_size > 1:
-            dist.all_reduce(totals)
-        loss_sum, acc_sum, steps = totals.tolist()
-        return loss_sum / steps, 100 * acc_sum / steps
-
-
-# ---------------------------------------------------------------- processes
-
-
-def default_workers(local_world: int) -> int:
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, min(32, cpus) // max(local_world, 1))
 
 
 # ---------------------------------------------------------------- the run
@@ -615,7 +435,7 @@ class PretrainRun:
                 )
                 prune_checkpoints(self.out, cfg)
                 self.points.superseded()
-            _write_metrics(self.out, self.config, self.variant, self.history, self.last_ckpt, None)
+            write_metrics(self.out, self.config, self.variant, self.history, self.last_ckpt, None)
         if stop_now:
             barrier(self.procs.world_size)
             raise self.points.stop.interrupted(
@@ -695,13 +515,13 @@ class PretrainRun:
         last_ckpt = self.last_ckpt
         if self.start_epoch >= cfg.epochs:
             log.info("%s is already at epoch %d of %d: nothing to train", cfg.resume, self.start_epoch, cfg.epochs)
-            if _already_finished(self.out) or not self.history:  # (no history: an official checkpoint, not our run)
+            if already_finished(self.out) or not self.history:  # (no history: an official checkpoint, not our run)
                 return {
                     "checkpoint": str(self.out / FINAL_NAME) if (self.out / FINAL_NAME).is_file() else cfg.resume,
                     "history": self.history,
                 }
             last_ckpt = Path(cfg.resume)  # finish what an interrupted run left undone (final link, record)
-        return _finish(self.out, last_ckpt, self.config, self.variant, self.history, self.seed)
+        return finish_run(self.out, last_ckpt, self.config, self.variant, self.history, self.seed)
 
 
 class ResumePoints:
@@ -817,106 +637,3 @@ def _count_unreadable(unreadable: torch.Tensor, bad_files: set, dataset, n_local
             f"{len(bad_files)} unreadable images (more than {MAX_UNREADABLE_FRACTION:.0%} of "
             f"{n_local}), e.g. {first}: fix or remove them"
         )
-
-
-def knn_loaders(knn_data, image_size: int, batch: int, workers: int) -> dict:
-    """Loaders of KNN_DATA/{train,val} (labelled, eval transform) and the class count, for `knn_top1`."""
-    root = Path(knn_data)
-    tf = eval_transform(image_size)
-    train_set = LabelledImageFolder(root / "train", tf)
-    val_set = LabelledImageFolder(root / "val", tf, class_names=train_set.classes)
-    kw = dict(batch_size=max(batch, 64), shuffle=False, num_workers=workers, drop_last=False)
-    return {
-        "train": torch.utils.data.DataLoader(train_set, **kw),
-        "val": torch.utils.data.DataLoader(val_set, **kw),
-        "num_classes": len(train_set.classes),
-    }
-
-
-def prune_checkpoints(out: Path, cfg: PretrainConfig):
-    """Delete the checkpoint_XXXX files that `kept_checkpoint` does not keep (the newest always stays, so
-    `--resume auto` finds it)."""
-    found = sorted((int(m.group(1)) + 1, p) for p in out.iterdir() if (m := CHECKPOINT_RE.match(p.name)))
-    epochs = [e for e, _ in found]
-    for epochs_done, path in found:
-        if not kept_checkpoint(cfg, epochs_done, epochs):
-            path.unlink(missing_ok=True)
-
-
-def _already_finished(out: Path) -> bool:
-    try:
-        metrics = json.loads((out / "metrics.json").read_text())
-    except (OSError, ValueError):
-        return False
-    return bool(metrics.get("run_record")) and (out / FINAL_NAME).is_file()
-
-
-def _write_metrics(out: Path, config, variant, history, checkpoint, run_record):
-    final = history[-1] if history else {}
-    atomic_write_json(
-        out / "metrics.json",
-        {
-            "variant": variant,
-            "config": config,
-            "epochs_done": len(history) and history[-1]["epoch"],
-            "final": final,
-            "history": history,
-            "checkpoint": str(checkpoint) if checkpoint else None,
-            "run_record": str(run_record) if run_record else None,
-        },
-    )
-
-
-def _link_final(src: Path, out: Path) -> Path:
-    """final.pth.tar: a hard link to the last checkpoint (a copy where links are impossible), made atomically."""
-    final, tmp = out / FINAL_NAME, out / f".{FINAL_NAME}.tmp"
-    tmp.unlink(missing_ok=True)
-    try:
-        os.link(src, tmp)
-    except OSError:
-        shutil.copyfile(src, tmp)
-    os.replace(tmp, final)
-    return final
-
-
-def _fmt(value, spec: str) -> str:
-    return "n/a" if value is None else format(value, spec)
-
-
-def _finish(out: Path, last_ckpt: Path, config, variant, history, seed) -> dict:
-    final = _link_final(Path(last_ckpt), out)
-    remove_resume_points(out)
-    sha = sha256_file(final)
-    last = history[-1] if history else {}
-    metrics = {
-        "final_loss": last.get("loss"),
-        "final_acc1": last.get("acc1"),
-        "epochs": config["epochs"],
-        "ln_k_plus_1": math.log(config["moco_k"] + 1),
-        "images_per_s": last.get("images_per_s"),
-    }
-    if "knn_top1" in last:
-        metrics["final_knn_top1"] = last["knn_top1"]
-    wall = sum(h.get("time_s", 0.0) for h in history)
-    record = write_run_record(
-        "pretrain",
-        variant=variant,
-        metrics=metrics,
-        source_sha256=sha,
-        weights=str(final),
-        weights_sha256=sha,
-        config=config,
-        seeds=[seed],
-        wall_time_s=wall,
-        extra={"output_dir": str(out), "checkpoint": str(last_ckpt)},
-    )
-    _write_metrics(out, config, variant, history, final, record)
-    log.info(
-        "done: %s (sha256 %s), loss %s, acc1 %s%%; run record %s",
-        final,
-        sha[:12],
-        _fmt(metrics["final_loss"], ".4f"),
-        _fmt(metrics["final_acc1"], ".2f"),
-        record,
-    )
-    return {"checkpoint": str(final), "sha256": sha, "metrics": metrics, "run_record": str(record), "history": history}

@@ -142,10 +142,11 @@ def main(argv=None) -> int:
 
     from mocoeval.data.layout import check_imagefolder
     from mocoeval.pretrain.augment_batched import ViewBatch
+    from mocoeval.pretrain.build import build_loader, build_model, knn_loaders, resolve_bn_splits
     from mocoeval.pretrain.checkpoint import load_moco_checkpoint, strip_prefix
-    from mocoeval.pretrain.engine import COLLAPSED_SPREAD, build_loader, build_model, knn_loaders, resolve_bn_splits
     from mocoeval.pretrain.knn import knn_top1, reestimate_bn_statistics
     from mocoeval.pretrain.residual_scaling import residual_branch_scales
+    from mocoeval.pretrain.step import COLLAPSED_SPREAD
 
     if args.weights and (args.arch or args.no_mlp or args.residual_bn_init is not None):
         raise UserError(

@@ -1,18 +1,23 @@
 """Pretraining throughput: image pairs per second of our MoCo step and loop, and of a peer's (lightly).
 
-Three modes, so that the bottleneck is visible:
-  step    the model step alone, on one batch already in memory (forward q and k, loss, backward, SGD,
-          momentum update, enqueue);
-  loop    the whole training loop: the data loader (decode + two aug+ views per image) feeding the step;
-  loader  the loader alone, up to the views on the device (with 0 workers: its cost on one core).
-Each implementation is built once and warmed up, then the implementations are timed in alternation
-(A B A B ...) so that drifts of the machine (turbo, other load) hit both alike. The clock is read after a
-device synchronisation only at the ends of a timed round.
+Four modes, so that the bottleneck is visible:
+  step     the model step alone, on one batch already in memory (forward q and k, loss, backward, SGD,
+           momentum update, enqueue);
+  loop     the whole training loop: the data loader (decode + two aug+ views per image) feeding the step;
+  loader   the loader alone, up to the views on the device (with 0 workers: its cost on one core);
+  workers  one loader worker's share alone (decode, crop, the colour ops where they run in the workers, collate),
+           single-threaded, as a worker runs: pairs/s per worker process, which sizes the CPU cores a GPU needs
+           (with --augment-on device the colour ops are the GPU's, not the workers').
+Each implementation runs in a process of its own, is built once and warmed up, then the implementations are
+timed in alternation (A B A B ...) so that drifts of the machine (turbo, other load) hit both alike. The clock
+is read after a device synchronisation only at the ends of a timed round.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
+import multiprocessing
 import resource
 import time
 from dataclasses import dataclass
@@ -23,16 +28,17 @@ import torch.utils.data
 
 from mocoeval.pretrain.augment import IMAGENET_MEAN, IMAGENET_STD
 from mocoeval.pretrain.augment_batched import ViewBatch
-from mocoeval.pretrain.config import PretrainConfig
-from mocoeval.pretrain.engine import (
+from mocoeval.pretrain.build import (
     build_loader,
     build_model,
     build_optimizer,
     colour_on_device,
     compile_encoders,
     resolve_bn_splits,
-    train_step,
 )
+from mocoeval.pretrain.config import PretrainConfig
+from mocoeval.pretrain.step import train_step
+from mocoeval.runtime.errors import UserError, one_line
 from mocoeval.runtime.precision import autocast_context
 
 
@@ -70,6 +76,8 @@ def _batches(cfg: BenchConfig, device: torch.device, loader_factory, finish):
     """An endless iterator of (im_q, im_k) on the device: the same in-memory batch (step) or the loader's,
     `finish(batch)` turning a loader batch into the two views on the device."""
     fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    if cfg.mode == "workers":
+        finish = _as_workers_deliver
     if cfg.mode == "step":
         g = torch.Generator().manual_seed(0)
         x = torch.randn(2, cfg.batch_size, 3, cfg.image_size, cfg.image_size, generator=g)
@@ -86,8 +94,13 @@ def _batches(cfg: BenchConfig, device: torch.device, loader_factory, finish):
         epoch += 1
 
 
+def _as_workers_deliver(batch):
+    """The batch as the workers hand it over (views and, ours, their parameters): nothing done in the main process."""
+    return batch[0]
+
+
 class OursRunner:
-    """Our pretrainer's step (`engine.train_step`) and loader (`engine.build_loader`), as train_moco.py runs them."""
+    """Our pretrainer's step (`step.train_step`) and loader (`build.build_loader`), as train_moco.py runs them."""
 
     name = "ours"
 
@@ -208,62 +221,127 @@ RUNNERS = {"ours": OursRunner, "lightly": LightlyRunner}
 
 
 def peak_memory_mib(device: torch.device) -> float:
-    """Peak device memory (CUDA) or the process's peak resident set size (CPU: all runners together)."""
+    """Peak device memory (CUDA) or the process's peak resident set size (CPU)."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def benchmark(
-    cfg: BenchConfig, implementations=("ours",), steps: int = 6, warmup: int = 2, rounds: int = 3, on_round=None
+    cfg: BenchConfig, implementations=("ours",), steps: int = 6, warmup: int = 2, rounds: int = 3
 ) -> list[dict]:
-    """Pairs/s of each implementation for one configuration, timed in alternation; one result dict each."""
-    device = torch.device(cfg.device)
-    runners = [RUNNERS[name](cfg, device) for name in implementations]
-    work = {r.name: r.fetch if cfg.mode == "loader" else r.step for r in runners}
-    for r in runners:
-        for _ in range(warmup):
-            out = work[r.name]()
-        _sync(device)
-        if not torch.isfinite(out).all():
-            raise RuntimeError(f"{r.name}: non-finite {'views' if cfg.mode == 'loader' else 'loss'} during warm-up")
-    elapsed = {r.name: 0.0 for r in runners}
-    for i in range(rounds):
-        for r in runners:
-            _sync(device)
-            start = time.perf_counter()
-            for _ in range(steps):
-                work[r.name]()
-            _sync(device)
-            elapsed[r.name] += time.perf_counter() - start
-            if on_round:
-                on_round(r.name, i + 1, rounds)
-    results = []
-    for r in runners:
-        pairs = rounds * steps * cfg.batch_size
-        results.append(
-            {
-                "impl": r.name,
-                "mode": cfg.mode,
-                "arch": cfg.arch,
-                "image_size": cfg.image_size,
-                "batch_size": cfg.batch_size,
-                "moco_k": cfg.moco_k,
-                "device": str(device),
-                "precision": cfg.precision,
-                "channels_last": cfg.channels_last,
-                "compile": cfg.compile and r.name == "ours",
-                "workers": 0 if cfg.mode == "step" else cfg.workers,
-                "threads": torch.get_num_threads(),
-                "steps_timed": rounds * steps,
-                "pairs_per_s": pairs / elapsed[r.name],
-                "peak_memory_mib": round(peak_memory_mib(device), 1),
-                "bn_splits": getattr(r, "bn_splits", 1),
-                "colour_on_device": getattr(r, "colour_on_device", False) and cfg.mode != "step",
-            }
-        )
+    """Pairs/s of each implementation for one configuration; one result dict each.
+
+    Every implementation runs in a process of its own (spawned, then built and warmed up, one after the other) and
+    the processes take turns, one timed round each, the others waiting idle (on CUDA having handed their cached
+    memory back, so that both fit on one GPU; a round there starts with one untimed step). Sharing one process,
+    whichever runner was built first ran its loop 8-15% slower than alone (loop mode on 2 cores: ours built
+    first, 54.5 pairs/s beside lightly against 63.8 alone; lightly first, 50.9 against 59.5), which had put ours
+    at 0.93-0.96 of lightly's."""
+    if cfg.mode == "workers":  # one worker's share, in the runner's process (single-threaded there, as a worker)
+        cfg = dataclasses.replace(cfg, workers=0)
+    ctx = multiprocessing.get_context("spawn")  # no fork of a process that may hold CUDA or thread pools
+    runs = []
+    try:
+        for name in implementations:
+            conn, child_conn = ctx.Pipe()
+            proc = ctx.Process(target=_serve, args=(name, cfg, warmup, steps, child_conn), name=f"bench-{name}")
+            proc.start()
+            child_conn.close()
+            runs.append((name, proc, conn))
+            _answer(name, proc, conn)  # built and warmed up, one after the other: never two warm-ups at once
+        elapsed = dict.fromkeys(implementations, 0.0)
+        for _ in range(rounds):
+            for name, proc, conn in runs:
+                conn.send("round")
+                elapsed[name] += _answer(name, proc, conn)
+        results = []
+        for name, proc, conn in runs:
+            conn.send("stop")
+            results.append(
+                {
+                    "impl": name,
+                    "mode": cfg.mode,
+                    "arch": cfg.arch,
+                    "image_size": cfg.image_size,
+                    "batch_size": cfg.batch_size,
+                    "moco_k": cfg.moco_k,
+                    "device": str(torch.device(cfg.device)),
+                    "precision": cfg.precision,
+                    "channels_last": cfg.channels_last,
+                    "compile": cfg.compile and name == "ours",
+                    "workers": 0 if cfg.mode == "step" else cfg.workers,
+                    "steps_timed": rounds * steps,
+                    "pairs_per_s": rounds * steps * cfg.batch_size / elapsed[name],
+                    **_answer(name, proc, conn),  # threads, peak memory, BN groups, where the colour ops ran
+                }
+            )
+    finally:
+        for _, proc, conn in runs:
+            conn.close()
+            proc.join(timeout=30)
+            if proc.is_alive():
+                proc.kill()
+                proc.join()
     if {"ours", "lightly"} <= set(implementations):
         speed = {x["impl"]: x["pairs_per_s"] for x in results}
         for x in results:
             x["ratio"] = speed["ours"] / speed["lightly"]  # > 1: ours is faster
     return results
+
+
+def _serve(name: str, cfg: BenchConfig, warmup: int, steps: int, conn) -> None:
+    """One implementation's process: build and warm up, answer; then one timed round per "round" message, and at
+    "stop" the facts of the run. Any error is sent as one line for the parent to raise."""
+    try:
+        if cfg.mode == "workers":
+            torch.set_num_threads(1)  # as DataLoader runs each worker
+        device = torch.device(cfg.device)
+        runner = RUNNERS[name](cfg, device)
+        work = runner.step if cfg.mode in ("step", "loop") else runner.fetch
+        for _ in range(warmup):
+            out = work()
+        _sync(device)
+        if warmup and not torch.isfinite(out).all():
+            raise RuntimeError(f"non-finite {'loss' if cfg.mode in ('step', 'loop') else 'views'} during warm-up")
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        conn.send(("ready", None))
+        while conn.recv() == "round":
+            if device.type == "cuda":
+                work()  # untimed: refills the caching allocator the last round handed back
+            _sync(device)
+            start = time.perf_counter()
+            for _ in range(steps):
+                work()
+            _sync(device)
+            conn.send(("elapsed", time.perf_counter() - start))
+            if device.type == "cuda":  # while the others run, hold only live tensors: both fit on one GPU
+                torch.cuda.empty_cache()
+        facts = {
+            "threads": torch.get_num_threads(),
+            "peak_memory_mib": round(peak_memory_mib(device), 1),
+            "bn_splits": getattr(runner, "bn_splits", 1),
+            "colour_on_device": getattr(runner, "colour_on_device", False) and cfg.mode != "step",
+        }
+        conn.send(("facts", facts))
+    except UserError as e:  # bad input: the parent raises it as such, a one-line error for the command
+        conn.send(("user-error", one_line(e)))
+    except BaseException as e:  # noqa: BLE001 -- the parent raises it, with the implementation's name
+        conn.send(("error", f"{type(e).__name__}: {one_line(e)}"))
+    finally:
+        conn.close()
+
+
+def _answer(name: str, proc, conn):
+    """The implementation's next answer; its error, or the death of its process, raised here in one line."""
+    try:
+        kind, value = conn.recv()
+    except (EOFError, ConnectionResetError):
+        proc.join(timeout=10)
+        raise RuntimeError(f"{name}: its benchmark process died (exit code {proc.exitcode})") from None
+    if kind == "user-error":
+        raise UserError(f"{name}: {value}")
+    if kind == "error":
+        raise RuntimeError(f"{name}: {value}")
+    return value

@@ -45,6 +45,7 @@ UNITS = {"pretrain": "pairs/s", "voc": "s/iter", "linear": "images/s"}
 WHAT = {
     ("pretrain", "step"): "MoCo v2 pretraining step (batch in memory)",
     ("pretrain", "loop"): "MoCo v2 pretraining loop (loader + step)",
+    ("pretrain", "workers"): "MoCo v2 pretraining, one loader worker's share (pairs/s per worker process)",
     ("voc", None): "VOC fine-tuning, R50-C4 protocol config",
     ("linear", "step"): "linear classification step (batch in memory)",
     ("linear", "loop"): "linear classification, run_linear.py on ImageNet-mini",
@@ -376,26 +377,6 @@ def _peak(device) -> dict:
     return {"peak_memory_mib": round(peak_memory_mib(device), 1), "peak_memory": "peak RSS of the part's process"}
 
 
-class RoundPeaks:
-    """Peak CUDA memory of each implementation in `benchmark`, from its `on_round` calls: it builds and warms up every
-    implementation before timing them in alternation, so the first reading (holding the others' warm-ups) is left out
-    and the peak is reset after each timed round. Each figure includes the other implementation's resident weights."""
-
-    def __init__(self, device):
-        self.device, self.first, self.peaks = device, True, {}
-
-    def __call__(self, name: str, round_: int, rounds: int) -> None:
-        import torch
-
-        if self.device.type != "cuda":
-            return
-        value = torch.cuda.max_memory_allocated(self.device) / 2**20
-        if not self.first:
-            self.peaks[name] = max(self.peaks.get(name, 0.0), value)
-        self.first = False
-        torch.cuda.reset_peak_memory_stats(self.device)
-
-
 # ------------------------------------------------------------------------------------------ the parts
 def pretrain_rows(task: dict, spec: dict, device):
     """Ours and lightly's MoCo v2 (when lightly is installed), with pretrain/bench.py's benchmark."""
@@ -418,28 +399,30 @@ def pretrain_rows(task: dict, spec: dict, device):
         workers=task["preset"]["workers"],
         data=str(Path(task["data_root"]) / "imagenet-mini"),
     )
-    peaks = RoundPeaks(device)
-    _reset_peak(device)
-    results = benchmark(
-        cfg, impls, steps=sizes["steps"], warmup=sizes["warmup"], rounds=sizes["rounds"], on_round=peaks
-    )
+    results = benchmark(cfg, impls, steps=sizes["steps"], warmup=sizes["warmup"], rounds=sizes["rounds"])
     for r in results:
         row = {
             "impl": r["impl"],
             "value": round(r["pairs_per_s"], 2),
             "size": f"{r['arch']} {r['image_size']} px, batch {r['batch_size']}, K {r['moco_k']}",
-            "detail": {k: r[k] for k in ("steps_timed", "workers", "threads", "bn_splits", "compile") if k in r},
+            "detail": {
+                k: r[k]
+                for k in ("steps_timed", "workers", "threads", "bn_splits", "compile", "colour_on_device")
+                if k in r
+            },
         }
         if "ratio" in r:
             row["ours_over_lightly"] = round(r["ratio"], 3)
-        if r["impl"] in peaks.peaks:
-            row.update(peak_memory_mib=round(peaks.peaks[r["impl"]], 1), peak_memory="max_memory_allocated, its rounds")
-        else:
-            row.update(_peak(device))
-            if device.type == "cuda":
-                row["peak_memory"] = "max_memory_allocated, all implementations of the row"
+        # each implementation runs in a process of its own: the peak is its own (incl. warm-up and compiling)
+        what = "max_memory_allocated" if device.type == "cuda" else "peak RSS"
+        row.update(peak_memory_mib=r["peak_memory_mib"], peak_memory=f"{what} of its own process")
+        notes = []
+        if cfg.mode == "workers":  # what the worker does decides its figure
+            notes.append("colour ops on the device" if r["colour_on_device"] else "colour ops in the worker")
         if len(impls) == 1:
-            row["note"] = "lightly is not installed: ours alone"
+            notes.append("lightly is not installed: ours alone")
+        if notes:
+            row["note"] = "; ".join(notes)
         yield row
 
 
