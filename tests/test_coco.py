@@ -17,7 +17,8 @@ import yaml
 from test_run_voc import TINY_OPTS, _subprocess_env, cpu_run_args, kill_when
 
 from mocoeval.data import coco as coco_data
-from mocoeval.data.make_mini_data import TEST_SIZES, pixel_polygons
+from mocoeval.data.make_mini_data import TEST_SIZES
+from mocoeval.data.mini_images import pixel_polygons
 from mocoeval.transfer.detection import modeling as d2_modeling
 from mocoeval.transfer.detection.benchmark import BENCHMARKS
 from mocoeval.transfer.detection.run_coco import main as run_coco_main

@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 from mocoeval.data import make_mini_data as mmd
+from mocoeval.data import mini_images as mini
 from mocoeval.data.layout import check_imagefolder, check_voc_root
 from mocoeval.data.sources import NOTO_FONT_PATHS
 from mocoeval.data.voc import VOC_CLASS_NAMES
@@ -86,10 +87,10 @@ def test_boxes_are_exact_visible_extents_and_occlusion_is_bounded():
     of its pixels to later ones; the truncated flag matches the cut; difficult and truncated
     objects occur, but are a minority (as in real VOC)."""
     sizes = mmd._normalise_sizes({"voc_short_side": 96})
-    assets = mmd.load_assets(sizes)
+    assets = mini.load_assets(sizes)
     n_objects = n_difficult = n_truncated = n_occluded = 0
     for number in range(40):
-        scene = mmd.compose_voc_scene(np.random.default_rng([5, 2007, number]), assets, 96)
+        scene = mini.compose_voc_scene(np.random.default_rng([5, 2007, number]), assets, 96)
         assert scene.canvas.shape[:2] == scene.owner.shape and min(scene.owner.shape) == 96
         assert 1 <= len(scene.objects) <= 5
         for k, obj in enumerate(scene.objects):
@@ -126,9 +127,9 @@ def test_every_split_of_20_or_more_images_holds_every_class(tmp_path):
             if split in splits:
                 assert {first[i] for i in splits[split]} == set(VOC_CLASS_NAMES), (folder, split)
     # ... and the scene's first object is that class.
-    assets = mmd.load_assets(mmd._normalise_sizes({"voc_short_side": 96}))
+    assets = mini.load_assets(mmd._normalise_sizes({"voc_short_side": 96}))
     for number in range(5):
-        scene = mmd.compose_voc_scene(np.random.default_rng([5, 2007, number]), assets, 96, first_class="cow")
+        scene = mini.compose_voc_scene(np.random.default_rng([5, 2007, number]), assets, 96, first_class="cow")
         assert scene.objects[0].name == "cow"
 
 
@@ -167,6 +168,23 @@ def test_same_seed_same_bytes_whatever_the_workers_other_seed_differs(tmp_path):
     assert all(files_a[k] != files_c[k] for k in jpegs)
 
 
+def test_an_unguarded_script_with_torch_loaded_fails_in_one_line_instead_of_hanging(tmp_path):
+    """With torch loaded the pool starts its workers by forkserver/spawn, which import the caller's __main__: an
+    unguarded script would restart dying workers forever under multiprocessing.Pool."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "unguarded.py"
+    script.write_text(
+        "import torch\n"
+        "from mocoeval.data.make_mini_data import generate\n"
+        f"generate({str(tmp_path / 'out')!r}, seed=0, workers=2, **{TINY!r})\n"
+    )
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    assert "must guard its top level with `if __name__ == '__main__':`, or pass workers=1" in proc.stderr
+
+
 def test_rerun_is_a_noop_and_changed_flags_regenerate_only_their_part(tmp_path):
     mmd.generate(tmp_path, seed=1, workers=1, **TINY)
     voc_jpg = tmp_path / "VOC2007" / "JPEGImages" / "000001.jpg"
@@ -203,16 +221,16 @@ def test_imagenet_style_is_recorded_and_regenerates_only_imagenet(tmp_path):
 
 def test_object_style_backdrop_is_plain_and_the_object_is_kept_whole():
     rng = np.random.default_rng(0)
-    backdrop = mmd._backdrop(rng, 64)
+    backdrop = mini._backdrop(rng, 64)
     assert backdrop.shape == (64, 64, 3)
     assert np.array_equal(backdrop[..., 0], backdrop[..., 2])  # grey: nothing but brightness and grain
-    assert abs(float(backdrop.std()) - mmd._IN_BACKDROP_GRAIN) < 1.5
+    assert abs(float(backdrop.std()) - mini._IN_BACKDROP_GRAIN) < 1.5
 
-    sprite = mmd.load_assets(mmd._normalise_sizes({"imagenet_size": 64}))["imagenet"]["sprites"]["cat"][0]
+    sprite = mini.load_assets(mmd._normalise_sizes({"imagenet_size": 64}))["imagenet"]["sprites"]["cat"][0]
     before = np.asarray(sprite, dtype=np.float64)
     shapes = set()
     for seed in range(4):
-        warped = np.asarray(mmd._warp_sprite(np.random.default_rng(seed), sprite), dtype=np.float64)
+        warped = np.asarray(mini._warp_sprite(np.random.default_rng(seed), sprite), dtype=np.float64)
         # The warp stretches and squeezes locally (area changes by some percent) but loses no part of the
         # drawing at the padded border, and the result is cropped tight to the drawing.
         assert abs(warped[..., 3].sum() / before[..., 3].sum() - 1) < 0.25
@@ -380,9 +398,9 @@ def test_noto_style_missing_font_is_a_one_line_error(monkeypatch, tmp_path):
     reason="Noto Color Emoji not installed (Debian fonts-noto-color-emoji)",
 )
 def test_noto_style_adds_drawings_per_class(tmp_path):
-    only = mmd.load_assets(mmd._normalise_sizes({"voc_short_side": 48, "imagenet_size": 32}))
+    only = mini.load_assets(mmd._normalise_sizes({"voc_short_side": 48, "imagenet_size": 32}))
     counts = {k: len(v) for k, v in only["voc"]["sprites"].items()}
-    both = mmd.load_assets(
+    both = mini.load_assets(
         mmd._normalise_sizes({"voc_short_side": 48, "imagenet_size": 32, "glyph_styles": "openmoji,noto"})
     )
     assert all(len(both["voc"]["sprites"][k]) >= counts[k] for k in counts)
