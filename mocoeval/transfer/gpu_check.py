@@ -12,7 +12,9 @@ Parts (configs/gpu_check.yaml says the sizes and the time each part may take):
                    transfer/run_voc.py, fp32 and --amp (Detectron2's AMP trainer)
   linear           linear classification images/s at 224 px, batch 256 (transfer/run_linear.py's training step, and
                    the whole command on ImageNet-mini)
-Each row has the peak GPU memory of that row (torch.cuda.max_memory_allocated; on a CPU the part's peak RSS).
+  pretrain-workers the pairs/s one loader worker delivers (bench.py --modes workers; last, if time is left)
+Each row has the peak GPU memory of that row (torch.cuda.max_memory_allocated; on a CPU the part's peak RSS; a
+pretraining row's from its implementation's own process).
 
 Every part runs in a process of its own, so that one part's crash, hang or memory leaves the others' figures (and
 the report says what failed, in one line). Writes OUT/report.json, OUT/report.md, OUT/logs/PART.log (one per part)
