@@ -9,8 +9,9 @@
         --compare lightly                                    # pairs/s one loader worker delivers for a GPU
 
 One line per (mode, precision, implementation); with --json one JSON object per line. Warm-up steps are
-not timed; implementations are timed in alternating rounds. Loop mode reads DATA_DIR/train (default: a
-generated imagenet-mini of --images images in a temporary folder). Keep the machine otherwise idle.
+not timed; each implementation runs in a process of its own, timed in alternating rounds. Loop mode reads
+DATA_DIR/train (default: a generated imagenet-mini of --images images in a temporary folder). Keep the machine
+otherwise idle.
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=["step", "loop"],
         help="step: model step on an in-memory batch; loop: data loader + step; loader: the loader alone, up to "
         "the views on the device (with --workers 0: its cost on one core); workers: one loader worker's share "
-        "alone, single-threaded in this process (pairs/s per worker; --workers ignored) (default step loop)",
+        "alone, single-threaded as a worker runs (pairs/s per worker; --workers ignored) (default step loop)",
     )
     p.add_argument("--steps", type=int, default=6, help="timed steps per round (default 6)")
     p.add_argument("--rounds", type=int, default=2, help="alternating rounds per implementation (default 2)")
