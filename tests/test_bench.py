@@ -126,3 +126,28 @@ def test_a_runners_failure_comes_back_in_one_line_with_its_name(tmp_path):
     assert "\n" not in str(err.value)
     with pytest.raises(RuntimeError, match=r"^ours: \w+Error: .*resnet_nope"):  # any other failure: its type named
         benchmark(dataclasses.replace(cfg, mode="step", arch="resnet_nope"), ("ours",), steps=1, warmup=1, rounds=1)
+
+
+def test_a_runner_process_that_dies_is_reported_not_waited_for():
+    import multiprocessing
+    import os
+    import signal
+    import threading
+    import time
+
+    import pytest
+
+    from mocoeval.pretrain.throughput import BenchConfig, benchmark
+
+    def kill_the_runner():
+        while not multiprocessing.active_children():
+            time.sleep(0.05)
+        time.sleep(1.0)  # let it import and start building
+        for child in multiprocessing.active_children():
+            os.kill(child.pid, signal.SIGKILL)
+
+    threading.Thread(target=kill_the_runner, daemon=True).start()
+    cfg = BenchConfig(arch="resnet18", image_size=32, batch_size=4, moco_k=8, mode="step")
+    with pytest.raises(RuntimeError, match=r"^ours: its benchmark process died \(exit code -9\)"):
+        benchmark(cfg, ("ours",), steps=1000, warmup=1000, rounds=1000)
+    assert not multiprocessing.active_children()
