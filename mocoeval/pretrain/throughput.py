@@ -235,9 +235,8 @@ def benchmark(
     Every implementation runs in a process of its own (spawned, then built and warmed up, one after the other) and
     the processes take turns, one timed round each, the others waiting idle (on CUDA having handed their cached
     memory back, so that both fit on one GPU; a round there starts with one untimed step). Sharing one process,
-    whichever runner was built first ran its loop 8-15% slower than alone (loop mode on 2 cores: ours built
-    first, 54.5 pairs/s beside lightly against 63.8 alone; lightly first, 50.9 against 59.5), which had put ours
-    at 0.93-0.96 of lightly's."""
+    the runner built first ran its loop slower than alone (README, "Pretraining throughput on CPU": ours 61.5
+    pairs/s beside lightly against 67.2 alone on 2 cores), which had put ours below lightly's."""
     if cfg.mode == "workers":  # one worker's share, in the runner's process (single-threaded there, as a worker)
         cfg = dataclasses.replace(cfg, workers=0)
     ctx = multiprocessing.get_context("spawn")  # no fork of a process that may hold CUDA or thread pools
@@ -298,12 +297,13 @@ def _serve(name: str, cfg: BenchConfig, warmup: int, steps: int, conn) -> None:
             torch.set_num_threads(1)  # as DataLoader runs each worker
         device = torch.device(cfg.device)
         runner = RUNNERS[name](cfg, device)
-        work = runner.step if cfg.mode in ("step", "loop") else runner.fetch
+        trains = cfg.mode in ("step", "loop")
+        work = runner.step if trains else runner.fetch
         for _ in range(warmup):
             out = work()
         _sync(device)
         if warmup and not torch.isfinite(out).all():
-            raise RuntimeError(f"non-finite {'loss' if cfg.mode in ('step', 'loop') else 'views'} during warm-up")
+            raise RuntimeError(f"non-finite {'loss' if trains else 'views'} during warm-up")
         if device.type == "cuda":
             torch.cuda.empty_cache()
         conn.send(("ready", None))
