@@ -80,6 +80,16 @@ def test_bench_loader_mode_times_the_loader_alone():
     assert row["colour_on_device"] is False  # auto on CPU: the colour ops run in the loader
 
 
+def test_bench_loader_priority_idle_on_cpu_unless_normal():
+    rows = {}
+    for priority in ("auto", "normal"):
+        proc = _bench("--modes", "loader", "--workers", "1", "--loader-priority", priority)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        (rows[priority],) = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert rows["auto"]["idle_workers"] is True and rows["normal"]["idle_workers"] is False
+    assert all(r["workers"] == 1 and r["pairs_per_s"] > 0 for r in rows.values())
+
+
 def test_bench_bn_splits_equal_work_and_bad_value():
     proc = _bench("--modes", "step", "--bn-splits", "1")
     assert proc.returncode == 0, proc.stderr[-2000:]

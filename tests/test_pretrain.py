@@ -21,9 +21,15 @@ import torch
 from PIL import Image
 
 from mocoeval.pretrain.augment import TwoCropsTransform, moco_transform
-from mocoeval.pretrain.build import build_model, compile_encoders
+from mocoeval.pretrain.build import (
+    build_loader,
+    build_model,
+    compile_encoders,
+    idle_loader_workers,
+    run_at_idle_priority,
+)
 from mocoeval.pretrain.checkpoint import strip_prefix
-from mocoeval.pretrain.config import parse_config
+from mocoeval.pretrain.config import RUNTIME_KEYS, parse_config
 from mocoeval.pretrain.data import EpochSampler, TwoViewImageFolder
 from mocoeval.pretrain.step import train_step
 from mocoeval.results.store import load_records
@@ -234,6 +240,38 @@ def test_checkpoint_every_epoch_in_the_official_layout(uninterrupted):
         assert ckpt["variant"]["name"] == "d" and ckpt["seed"] == 7 and ckpt["config"]["bn_splits_effective"] == 2
         assert [h["epoch"] for h in ckpt["history"]] == list(range(1, epochs_done + 1))
     assert sha256_file(uninterrupted / "final.pth.tar") == sha256_file(uninterrupted / "checkpoint_0001.pth.tar")
+
+
+class _SchedulingPolicy(torch.utils.data.Dataset):
+    """Each item: the scheduling policy of the process that loads it."""
+
+    def __len__(self):
+        return 2
+
+    def __getitem__(self, i):
+        return os.sched_getscheduler(0)
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="SCHED_IDLE is Linux's")
+def test_loader_workers_run_at_idle_priority_on_cpu_only(mini_data_root, tmp_path, uninterrupted):
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert idle_loader_workers("auto", cpu) and not idle_loader_workers("auto", cuda)
+    assert idle_loader_workers("idle", cuda) and not idle_loader_workers("normal", cpu)
+    assert parse_config([str(tmp_path)])[0].loader_priority == "auto"
+    assert parse_config([str(tmp_path), "--loader-priority", "normal"])[0].loader_priority == "normal"
+    assert "loader_priority" in RUNTIME_KEYS  # how this process runs: never taken from a resumed checkpoint
+
+    data = mini_data_root / "imagenet-mini"
+    loader = build_loader(data, 32, True, 0, 2, 1, cpu, idle_workers=True)
+    assert loader.worker_init_fn is run_at_idle_priority
+    assert build_loader(data, 32, True, 0, 2, 1, cpu).worker_init_fn is None
+    # the real init function in a real worker process: the worker runs at SCHED_IDLE, this process does not
+    policies = torch.utils.data.DataLoader(_SchedulingPolicy(), num_workers=1, worker_init_fn=loader.worker_init_fn)
+    assert [int(p) for p in policies] == [os.SCHED_IDLE] * 2
+    assert os.sched_getscheduler(0) == os.SCHED_OTHER
+    # train_moco on the CPU with workers: auto made them idle, and the run says so; results are unchanged by it
+    # (the resumed runs below, with 0 workers, finish exactly like this one)
+    assert "2 workers (idle priority)" in (uninterrupted / "log.txt").read_text()
 
 
 def assert_same_state(a: Path, b: Path):

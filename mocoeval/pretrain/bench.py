@@ -22,7 +22,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from mocoeval.pretrain.config import AUGMENT_ON
+from mocoeval.pretrain.config import AUGMENT_ON, LOADER_PRIORITY
 from mocoeval.runtime.errors import UserError, cli_main
 
 
@@ -91,6 +91,13 @@ def build_parser() -> argparse.ArgumentParser:
         "on CUDA, the loader's workers on CPU)",
     )
     p.add_argument(
+        "--loader-priority",
+        choices=LOADER_PRIORITY,
+        default="auto",
+        help="ours: the loader workers' CPU scheduling, as train_moco.py --loader-priority (default auto: idle on "
+        "CPU, normal on CUDA; lightly's workers run at normal priority, as its example ships)",
+    )
+    p.add_argument(
         "--bn-splits",
         type=int,
         default=0,
@@ -110,6 +117,7 @@ def _line(r: dict) -> str:
         f"{r['device']} {r['precision']}{' CL' if r['channels_last'] else ''}"
         f"{' compiled' if r['compile'] else ''} threads {r['threads']}"
         f"{' workers ' + str(r['workers']) if r['mode'] in ('loop', 'loader') else ''}"
+        f"{' (idle priority)' if r['idle_workers'] else ''}"
         f"{' colour on device' if r['colour_on_device'] else ''}: {r['pairs_per_s']:7.1f} pairs/s "
         f"({r['steps_timed']} steps)  {mem} {r['peak_memory_mib']:.0f} MiB{ratio}"
     )
@@ -179,6 +187,7 @@ def main(argv=None) -> int:
                     workers=args.workers,
                     data=data,
                     augment_on=args.augment_on,
+                    loader_priority=args.loader_priority,
                     bn_splits=args.bn_splits,
                 )
                 for r in benchmark(cfg, impls, steps=args.steps, warmup=args.warmup, rounds=args.rounds):

@@ -54,10 +54,12 @@ def build_loader(
     rank: int = 0,
     world: int = 1,
     colour_on_device: bool = False,
+    idle_workers: bool = False,
 ) -> torch.utils.data.DataLoader:
     """Two views per image of DATA_DIR/train as uint8 with their drawn parameters (`augment.TwoViewAugment`;
     `augment_batched.ViewBatch` finishes them on the device), batches of `batch` per process; the sampler
-    (`loader.sampler.set_epoch`) fixes the order and every view from (seed, epoch, index)."""
+    (`loader.sampler.set_epoch`) fixes the order and every view from (seed, epoch, index). With `idle_workers`
+    the workers run at idle CPU priority (`idle_loader_workers`)."""
     dataset = TwoViewImageFolder(
         check_train_folder(data_dir), TwoViewAugment(image_size, aug_plus, colour_on_device), seed
     )
@@ -69,14 +71,38 @@ def build_loader(
         drop_last=True,
         pin_memory=device.type == "cuda",
         persistent_workers=workers > 0,
-        generator=torch.Generator().manual_seed(seed),
-    )  # its own generator: the global one stays per-epoch seeded
+        generator=torch.Generator().manual_seed(seed),  # its own: the global one stays per-epoch seeded
+        worker_init_fn=run_at_idle_priority if idle_workers else None,
+    )
 
 
 def colour_on_device(augment_on: str, device: torch.device) -> bool:
     """--augment-on auto: the colour ops run on a GPU (the workers only decode and crop), in the loader on CPU,
     where the workers' PIL ops are cheaper than batched float ops taken from the step's own cores."""
     return augment_on == "device" or (augment_on == "auto" and device.type == "cuda")
+
+
+def idle_loader_workers(loader_priority: str, device: torch.device) -> bool:
+    """--loader-priority auto: idle workers when training on the CPU, normal ones on GPUs. On the CPU the step's
+    threads take every core, and a worker that preempts one of them stalls the step's whole parallel region until
+    that thread runs again; at idle priority the workers take only the cores the step leaves free (between its
+    parallel regions; while it waits for a batch, if ever), which made the CPU loop faster (README, "Pretraining
+    throughput on CPU"). On a GPU the loader decides the throughput and must not yield to anything."""
+    if loader_priority == "auto":
+        return device.type == "cpu" and hasattr(os, "SCHED_IDLE")
+    if loader_priority == "idle" and not hasattr(os, "SCHED_IDLE"):
+        raise UserError("--loader-priority idle needs Linux's SCHED_IDLE scheduling policy; use normal here")
+    return loader_priority == "idle"
+
+
+def run_at_idle_priority(worker_id: int) -> None:
+    """DataLoader worker_init_fn: this worker process runs at SCHED_IDLE; what it computes does not change, only
+    when it gets a core. Lowering one's own priority needs no privilege; where a sandbox forbids the call anyway,
+    the worker stays at normal priority (the loop is then only slower)."""
+    try:
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    except OSError:
+        pass
 
 
 def resolve_bn_splits(requested: int, per_process_batch: int, world_size: int) -> int:

@@ -44,11 +44,13 @@ RUNTIME_KEYS = {
     "device",
     "workers",
     "augment_on",
+    "loader_priority",
     "print_freq",
     "compile",
     "checkpoint_minutes",
 }
 AUGMENT_ON = ("auto", "loader", "device")
+LOADER_PRIORITY = ("auto", "normal", "idle")
 # What the checkpoint's tensors fix: a flag that contradicts them cannot resume that checkpoint.
 STRUCTURE_KEYS = ("arch", "mlp", "moco_dim", "moco_k")
 # How the checkpoint's run began: a resumed run keeps it, so a flag that contradicts it is an error too.
@@ -73,6 +75,7 @@ class PretrainConfig:
     arch: str
     workers: int | None
     augment_on: str  # where the colour augmentations run: AUGMENT_ON
+    loader_priority: str  # the loader workers' CPU scheduling: LOADER_PRIORITY
     epochs: int
     batch_size: int  # global: all processes together
     lr: float
@@ -210,6 +213,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="where the views' colour augmentations run: the loader's workers (PIL, the reference ops) or the "
         "training device (batched, statistically equal; the workers then only decode and crop). auto: the "
         "device on CUDA, the loader on CPU",
+    )
+    A(
+        "--loader-priority",
+        choices=LOADER_PRIORITY,
+        default="auto",
+        help="the loader workers' CPU scheduling: normal, or idle (Linux SCHED_IDLE: a worker runs only on a core "
+        "the training step leaves free, instead of preempting one of the step's threads). auto: idle when training "
+        "on the CPU, normal on GPUs (where the loader must never wait)",
     )
     A("--epochs", type=int, default=200, help="total epochs")
     A("-b", "--batch-size", type=int, default=256, metavar="N", help="global batch size (all processes together)")

@@ -32,6 +32,7 @@ from mocoeval.pretrain.build import (
     colour_on_device,
     compile_encoders,
     default_workers,
+    idle_loader_workers,
     knn_loaders,
     resolve_bn_splits,
 )
@@ -167,6 +168,7 @@ class PretrainRun:
         """The loader, the model (same initial weights and queue on every process) and the optimizer."""
         cfg, world, device = self.cfg, self.procs.world_size, self.device
         on_device = colour_on_device(cfg.augment_on, device)
+        self.idle_workers = idle_loader_workers(cfg.loader_priority, device)
         self.loader = build_loader(
             cfg.data,
             cfg.image_size,
@@ -178,6 +180,7 @@ class PretrainRun:
             self.procs.rank,
             world,
             colour_on_device=on_device,
+            idle_workers=self.idle_workers,
         )
         self.view_batch = ViewBatch(device, cfg.aug_plus, on_device, cfg.channels_last)
         self.n_images = len(self.loader.dataset)
@@ -263,7 +266,7 @@ class PretrainRun:
             )
             log.info(
                 "MoCo %s: %s, %d images, %d steps/epoch of %d (%d per process x %d), K %d, m %g, T %g, "
-                "BN splits %d, %s%s, seed %d, device %s, %d workers, colour augmentations %s -> %s",
+                "BN splits %d, %s%s, seed %d, device %s, %d workers%s, colour augmentations %s -> %s",
                 self.variant["name"],
                 cfg.arch,
                 self.n_images,
@@ -280,6 +283,7 @@ class PretrainRun:
                 self.seed,
                 self.device,
                 self.workers,
+                " (idle priority)" if self.idle_workers and self.workers else "",
                 "on the device" if self.view_batch.colour_on_device else "in the loader",
                 self.out,
             )

@@ -34,6 +34,7 @@ from mocoeval.pretrain.build import (
     build_optimizer,
     colour_on_device,
     compile_encoders,
+    idle_loader_workers,
     resolve_bn_splits,
 )
 from mocoeval.pretrain.config import PretrainConfig
@@ -60,6 +61,7 @@ class BenchConfig:
     workers: int = 2
     data: str | None = None
     augment_on: str = "auto"  # ours: where the colour augmentations run (train_moco.py --augment-on)
+    loader_priority: str = "auto"  # ours: the loader workers' CPU scheduling (train_moco.py --loader-priority)
     bn_splits: int = 0  # ours: train_moco.py --bn-splits (0: its default; lightly's MoCo has no shuffle BN: 1)
 
 
@@ -128,15 +130,17 @@ class OursRunner:
         self.dtype = _dtype(cfg.precision)
         on_device = colour_on_device(cfg.augment_on, device)
         view_batch = ViewBatch(device, True, on_device, cfg.channels_last)
+        idle = idle_loader_workers(cfg.loader_priority, device)
         self.batches = _batches(
             cfg,
             device,
             lambda: build_loader(
-                cfg.data, cfg.image_size, True, 0, cfg.batch_size, cfg.workers, device, 0, 1, on_device
+                cfg.data, cfg.image_size, True, 0, cfg.batch_size, cfg.workers, device, 0, 1, on_device, idle
             ),
             lambda batch: view_batch(*batch[0]),
         )
         self.colour_on_device = on_device
+        self.idle_workers = idle and cfg.workers > 0 and cfg.mode in ("loop", "loader")
 
     def step(self):
         im_q, im_k = next(self.batches)
@@ -323,6 +327,7 @@ def _serve(name: str, cfg: BenchConfig, warmup: int, steps: int, conn) -> None:
             "peak_memory_mib": round(peak_memory_mib(device), 1),
             "bn_splits": getattr(runner, "bn_splits", 1),
             "colour_on_device": getattr(runner, "colour_on_device", False) and cfg.mode != "step",
+            "idle_workers": getattr(runner, "idle_workers", False),
         }
         conn.send(("facts", facts))
     except UserError as e:  # bad input: the parent raises it as such, a one-line error for the command

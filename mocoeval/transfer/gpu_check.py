@@ -409,7 +409,15 @@ def pretrain_rows(task: dict, spec: dict, device):
             "size": f"{r['arch']} {r['image_size']} px, batch {r['batch_size']}, K {r['moco_k']}",
             "detail": {
                 k: r[k]
-                for k in ("steps_timed", "workers", "threads", "bn_splits", "compile", "colour_on_device")
+                for k in (
+                    "steps_timed",
+                    "workers",
+                    "threads",
+                    "bn_splits",
+                    "compile",
+                    "colour_on_device",
+                    "idle_workers",
+                )
                 if k in r
             },
         }
