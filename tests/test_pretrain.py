@@ -274,6 +274,13 @@ def test_loader_workers_run_at_idle_priority_on_cpu_only(mini_data_root, tmp_pat
     assert "2 workers (idle priority)" in (uninterrupted / "log.txt").read_text()
 
 
+def test_loader_priority_idle_without_sched_idle_is_one_line_error(monkeypatch):
+    monkeypatch.delattr(os, "SCHED_IDLE", raising=False)  # as on macOS or Windows
+    assert not idle_loader_workers("auto", torch.device("cpu"))  # auto: normal workers there
+    with pytest.raises(UserError, match="needs Linux's SCHED_IDLE"):
+        idle_loader_workers("idle", torch.device("cpu"))
+
+
 def assert_same_state(a: Path, b: Path):
     ca, cb = (torch.load(p, map_location="cpu", weights_only=True) for p in (a, b))
     assert ca["epoch"] == cb["epoch"]
@@ -965,9 +972,12 @@ def test_torchrun_two_processes_train_and_checkpoint(tiny_data, tmp_path, result
             "cpu",
             "--output-dir",
             str(out),
+            "--workers",
+            "1",  # a loader worker per process, at idle priority (auto on CPU)
         ]
     )
     assert res.returncode == 0, res.stderr[-3000:]
+    assert "1 workers (idle priority)" in (out / "log.txt").read_text()
     ckpt = torch.load(out / "final.pth.tar", map_location="cpu", weights_only=True)
     assert ckpt["config"]["world_size"] == 2 and ckpt["config"]["bn_splits_effective"] == 1
     sd = strip_prefix(ckpt["state_dict"])
