@@ -34,7 +34,7 @@ from mocoeval.pretrain.knn import backbone_of, knn_predict, reestimate_bn_statis
 from mocoeval.pretrain.residual_scaling import residual_branch_scales
 from mocoeval.pretrain.step import lr_at_step
 from mocoeval.runtime.errors import UserError
-from mocoeval.runtime.schedule import lr_at_epoch
+from mocoeval.runtime.schedule import build_sgd, lr_at_epoch, sgd_implementation
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -433,6 +433,31 @@ def test_lr_schedules():
     assert lr_at_epoch(0.03, 150, epochs=200, cos=True, schedule=[120]) == 0.03 * 0.5 * (
         1.0 + math.cos(math.pi * 150 / 200)
     )  # cosine ignores the milestones
+
+
+def test_sgd_is_fused_on_cpu_with_the_default_implementations_steps():
+    """build_sgd with a device takes torch's fused kernel where it runs (this torch has one for the CPU); its
+    steps (momentum, weight decay, changing lr) are the default implementation's; without a device: the default."""
+    torch.manual_seed(0)
+    shapes = [(64, 3, 7, 7), (64,), (2048, 128), (1,)]
+    params = {impl: [torch.randn(s).requires_grad_() for s in shapes] for impl in ("default", "fused")}
+    for a, b in zip(*params.values()):
+        b.data.copy_(a.data)
+    start = [p.detach().clone() for p in params["default"]]
+    fused = build_sgd(params["fused"], 0.03, momentum=0.9, weight_decay=1e-4, device=torch.device("cpu"))
+    default = build_sgd(params["default"], 0.03, momentum=0.9, weight_decay=1e-4)
+    assert fused.param_groups[0]["fused"] is True and sgd_implementation(torch.device("cpu"))["fused"] is True
+    assert not default.param_groups[0]["fused"]
+    for step in range(6):
+        grads = [torch.randn(s) for s in shapes]
+        for opt in (fused, default):
+            opt.param_groups[0]["lr"] = 0.03 * 0.5**step
+            for p, g in zip(opt.param_groups[0]["params"], grads):
+                p.grad = g.clone()
+            opt.step()
+    for a, b, a0 in zip(params["default"], params["fused"], start):
+        assert (a - a0).abs().max() > 1e-3  # the steps moved the weights
+        assert torch.allclose(a, b, rtol=1e-6, atol=1e-7)
 
 
 def test_warmup_ramps_linearly_per_step_then_follows_the_schedule(tmp_path):

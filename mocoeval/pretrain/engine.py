@@ -66,6 +66,7 @@ from mocoeval.runtime.errors import UserError, last_line
 from mocoeval.runtime.fileio import atomic_write_json, check_output_dir
 from mocoeval.runtime.logger import ConsoleFormatter, format_seconds, log_to
 from mocoeval.runtime.precision import cpu_has_fast_bf16
+from mocoeval.runtime.schedule import sgd_implementation
 from mocoeval.runtime.stop_request import StopRequest, any_process
 
 log = logging.getLogger("mocoeval.pretrain")
@@ -221,7 +222,7 @@ class PretrainRun:
             except (RuntimeError, ValueError, KeyError) as e:
                 raise UserError(f"cannot resume {cfg.resume}: {last_line(e)[:300]}") from None
             for group in self.optimizer.param_groups:  # implementation choice of this machine, not of the checkpoint
-                group["fused"], group["foreach"] = (True if device.type == "cuda" else None), None
+                group.update(sgd_implementation(device))
             self.start_epoch = int(ckpt["epoch"])
             self.history = list(ckpt.get("history") or [])
             self.start_step = int(ckpt.get("step_in_epoch") or 0)  # a resume point: steps into the next epoch
